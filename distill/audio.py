@@ -1,0 +1,137 @@
+"""Audio I/O (soundfile) and log-mel features (torchaudio).
+
+Frame/sample alignment — the rule teacher conditioning relies on:
+
+    A waveform of T samples is first trimmed to T' = (T // hop) * hop samples, then zero-padded by
+    p = (n_fft - hop) / 2 samples on each side, and framed without centring. That gives exactly
+    T // hop frames, and frame i is the window [i*hop - p, i*hop - p + n_fft): it is centred on the
+    hop block [i*hop, (i+1)*hop), the block of samples it conditions. So `mel[:, i]` describes
+    `audio[i*hop:(i+1)*hop]`, and the mel of a hop-aligned crop `audio[a*hop - p : b*hop + p]`
+    (unpadded) equals `mel[:, a:b]` of the whole utterance.
+
+`torchaudio.load`/`save` are not used: they need torchcodec and FFmpeg. soundfile reads WAV, FLAC,
+OGG/Vorbis, MP3 (libsndfile >= 1.1) and the other libsndfile formats.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+from distill.config import FeatureConfig
+from distill.errors import AudioError
+
+
+def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
+    """Read any soundfile format as float32 mono in [-1, 1] at `sample_rate`.
+
+    Returns: (T,) float32. Stereo and multichannel files are averaged to mono; other sample rates
+    are resampled with torchaudio (band-limited sinc). Raises `AudioError` (with the file and the
+    reason) for a missing, unreadable, empty or non-finite file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(path, "file not found")
+    if path.is_dir():
+        raise AudioError(path, "is a folder, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as err:
+        text = str(err).split("\n")[0].strip() or type(err).__name__
+        raise AudioError(path, f"not readable as audio ({text})") from None
+    if data.shape[0] == 0:
+        raise AudioError(path, "contains no samples")
+    if not np.isfinite(data).all():
+        raise AudioError(path, "contains NaN or Inf samples")
+    x = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    if rate != sample_rate:
+        x = resample(x, rate, sample_rate)
+    return x
+
+
+def resample(x: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
+    """Band-limited resampling. x: (..., T) float -> (..., round(T * new / orig))."""
+    if orig_rate == new_rate:
+        return x
+    g = math.gcd(int(orig_rate), int(new_rate))
+    return torchaudio.functional.resample(x, orig_rate // g, new_rate // g)
+
+
+def save_wav(path: str | Path, x: torch.Tensor | np.ndarray, sample_rate: int) -> None:
+    """Write mono audio as 16-bit PCM WAV. x: (T,) or (1, T) float in [-1, 1]; values outside are clipped."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    x = np.asarray(x, dtype=np.float32).reshape(-1)
+    x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0).clip(-1.0, 1.0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), x, sample_rate, subtype="PCM_16", format="WAV")
+
+
+def num_frames(num_samples: int, hop_length: int) -> int:
+    """Mel frames of a waveform of `num_samples` samples (see the alignment rule above)."""
+    return num_samples // hop_length
+
+
+class LogMel(torch.nn.Module):
+    """Natural-log mel magnitude spectrogram with the alignment rule of this module.
+
+    forward(x: (..., T) float) -> (..., n_mels, T // hop) float32.
+    Magnitude (not power) STFT, Slaney-normalised mel filters on the Slaney mel scale (as librosa and
+    most vocoder code bases), log(max(mel, log_floor)).
+    """
+
+    def __init__(self, features: FeatureConfig):
+        super().__init__()
+        self.features = features
+        self.pad = (features.n_fft - features.hop_length) // 2
+        self.spectrogram = torchaudio.transforms.Spectrogram(
+            n_fft=features.n_fft,
+            win_length=features.win_length,
+            hop_length=features.hop_length,
+            power=1.0,
+            center=False,
+        )
+        fbanks = torchaudio.functional.melscale_fbanks(
+            n_freqs=features.n_fft // 2 + 1,
+            f_min=features.f_min,
+            f_max=features.f_max,
+            n_mels=features.n_mels,
+            sample_rate=features.sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        self.register_buffer("fbanks", fbanks, persistent=False)  # (n_freqs, n_mels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hop = self.features.hop_length
+        frames = num_frames(x.shape[-1], hop)
+        lead = x.shape[:-1]
+        if frames == 0:
+            return x.new_zeros(*lead, self.features.n_mels, 0, dtype=torch.float32)
+        x = x[..., : frames * hop].float().reshape(-1, frames * hop)
+        x = torch.nn.functional.pad(x, (self.pad, self.pad))
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            spec = self.spectrogram(x)  # (N, n_freqs, frames)
+            mel = torch.matmul(spec.transpose(1, 2), self.fbanks).transpose(1, 2)
+            logmel = torch.log(torch.clamp(mel, min=self.features.log_floor))
+        return logmel.reshape(*lead, self.features.n_mels, frames)
+
+    @property
+    def silence_value(self) -> float:
+        """The log-mel value of digital silence, used to pad mels at utterance edges."""
+        return math.log(self.features.log_floor)
+
+
+def pad_mel(mel: torch.Tensor, context: int, value: float) -> torch.Tensor:
+    """Add `context` frames of `value` (silence) on both sides. mel: (..., n_mels, F) -> (..., n_mels, F + 2c)."""
+    if context == 0:
+        return mel
+    return torch.nn.functional.pad(mel, (context, context), value=value)

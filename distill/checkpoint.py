@@ -1,0 +1,268 @@
+"""Atomic, self-describing checkpoints, loaded safely.
+
+A checkpoint is a dict saved with `torch.save` holding only tensors and plain data, so it loads
+with `torch.load(weights_only=True)`: a file that would run code when unpickled is refused.
+
+Keys: format, version, task, step, batches_consumed, nonfinite_skipped, model, ema, optimizer,
+scheduler, scaler, rng (per rank: python, numpy, torch, cuda), config (the full resolved config),
+model_class, model_args (constructor arguments), features (the feature settings), extra (task data,
+e.g. which teacher a student was distilled from), versions.
+
+Writes go to a temp file in the same folder, are fsync'ed, then renamed over the target, so a crash
+leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import os
+import pickle
+import random
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.errors import CheckpointError
+
+FORMAT = "wavedistill-checkpoint"
+VERSION = 1
+LATEST = "latest.pt"
+# Only classes of this project may be rebuilt from a checkpoint's model_class.
+_TRUSTED_PACKAGES = ("distill", "teachers", "students", "eval")
+_STEP_FILE = re.compile(r"^step_(\d{8,})\.pt$")
+
+
+# --------------------------------------------------------------------------------------------
+# Models remember their constructor arguments
+
+
+def remember_args(init):
+    """Decorate a module's `__init__` so the instance keeps its arguments in `constructor_args`.
+
+    The outermost decorated `__init__` wins, so a subclass records its own arguments. Arguments must
+    be plain data (numbers, strings, bools, None, lists, dicts) so that checkpoints stay safe to load.
+    """
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
+        init(self, *args, **kwargs)
+        _check_plain(arguments, type(self).__name__)
+        object.__setattr__(self, "constructor_args", arguments)
+
+    return wrapper
+
+
+def _check_plain(value: Any, where: str) -> None:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_plain(v, where)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: constructor argument keys must be strings, got {k!r}")
+            _check_plain(v, where)
+        return
+    raise TypeError(
+        f"{where}: constructor argument {value!r} ({type(value).__name__}) is not plain data; "
+        "pass numbers, strings, lists or dicts so checkpoints can describe the model"
+    )
+
+
+def class_path(obj: Any) -> str:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def build_model(payload: dict) -> torch.nn.Module:
+    """Rebuild the model a checkpoint describes (class + constructor arguments) and load its weights."""
+    module_name, _, qualname = payload["model_class"].partition(":")
+    if module_name.split(".")[0] not in _TRUSTED_PACKAGES:
+        raise CheckpointError(
+            f"checkpoint names model class {payload['model_class']!r}, which is not part of wavedistill; refusing to import it"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        raise CheckpointError(
+            f"checkpoint names model class {payload['model_class']!r}, which this version of wavedistill does not have"
+        ) from None
+    model = obj(**payload["model_args"])
+    load_state(model, payload["model"], "model")
+    return model
+
+
+def load_state(module: torch.nn.Module, state: dict, what: str) -> None:
+    """`load_state_dict(strict=True)` with a one-line error naming the missing/unexpected/mismatched keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+        if shapes:
+            parts.append(f"shape mismatch {', '.join(shapes[:3])}")
+        raise CheckpointError(f"{what} weights do not fit the model ({'; '.join(parts)}); was it saved from another architecture?")
+    module.load_state_dict(state, strict=True)
+
+
+# --------------------------------------------------------------------------------------------
+# RNG states as plain data
+
+
+def rng_state() -> dict:
+    """The python, numpy, torch and CUDA RNG states of this process, as tensors and plain data."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+
+
+# --------------------------------------------------------------------------------------------
+# Saving and loading
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temp file in the same folder, fsync, rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load and check a wavedistill checkpoint; every failure is a one-line `CheckpointError`."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / LATEST).is_file():
+            path = path / LATEST
+        else:
+            raise CheckpointError(f"{path}: folder has no {LATEST}; pass a checkpoint file or a run folder with one")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(
+            f"{path}: refused: the file holds Python objects that would run code when loaded "
+            f"(weights_only=True: {first[:160]}); only load checkpoints written by wavedistill"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or not written by torch.save: {str(err).splitlines()[0][:160]})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a wavedistill checkpoint (no format tag '{FORMAT}')")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {payload.get('version')} is not {VERSION}, the one this wavedistill reads"
+        )
+    return payload
+
+
+def check_features(saved: dict, current: dict, saved_name: str, current_name: str) -> None:
+    """Raise if two feature settings differ, naming every differing key and both values."""
+    diffs = [
+        f"{key}: {saved.get(key)!r} in {saved_name} vs {current.get(key)!r} in {current_name}"
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key) != current.get(key)
+    ]
+    if diffs:
+        raise CheckpointError(
+            "feature settings differ (" + "; ".join(diffs) + f"); use data/features that match {saved_name}"
+        )
+
+
+class CheckpointManager:
+    """Keeps `step_XXXXXXXX.pt` files (the last `keep_last`) and `latest.pt` in a run folder."""
+
+    def __init__(self, run_dir: str | Path, keep_last: int = 3):
+        self.dir = Path(run_dir) / "checkpoints"
+        self.keep_last = max(1, keep_last)
+
+    @property
+    def latest(self) -> Path:
+        return self.dir / LATEST
+
+    def step_files(self) -> list[Path]:
+        if not self.dir.is_dir():
+            return []
+        files = [p for p in self.dir.iterdir() if _STEP_FILE.match(p.name)]
+        return sorted(files, key=lambda p: int(_STEP_FILE.match(p.name).group(1)))
+
+    def save(self, payload: dict) -> Path:
+        """Write the step file, point latest.pt at it (hard link, else a copy), prune old step files."""
+        target = self.dir / f"step_{payload['step']:08d}.pt"
+        atomic_save(payload, target)
+        tmp = self.dir / f".{LATEST}.{os.getpid()}.link"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(target, tmp)
+            os.replace(tmp, self.latest)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            atomic_save(payload, self.latest)
+        _fsync_dir(self.dir)
+        for old in self.step_files()[: -self.keep_last]:
+            old.unlink(missing_ok=True)
+        return target

@@ -1,0 +1,146 @@
+"""Subcommands provided by the base package, and the argument handling every training command shares."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+from distill.config import DataStageConfig, load_config
+from distill.errors import ConfigError
+
+log = logging.getLogger("wavedistill")
+
+
+# --------------------------------------------------------------------------------------------
+# Shared by training commands (train-teacher, distill, ...)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
+    parser.add_argument("--config", default=default_config, help="YAML preset (see configs/)")
+    parser.add_argument("--out", required=True, help="run folder: checkpoints/, tensorboard/, config.yaml, metrics.jsonl")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out exactly where its latest checkpoint stopped")
+    parser.add_argument("--init", default=None, metavar="CKPT",
+                        help="start a new run from the model weights of another checkpoint")
+    parser.add_argument("--steps", type=int, default=None, help="shorthand for train.steps=N")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.lr=3e-4")
+
+
+def training_config(args: argparse.Namespace, config_cls: type):
+    """The config of a training command: a fresh run reads --config; --resume reads the run's own
+    config.yaml (so the continuation is exact) and applies only the command-line overrides."""
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"argument {bad[0]!r} is not an override; write key.sub=value (e.g. train.lr=3e-4)")
+    saved = Path(args.out) / "config.yaml"
+    if args.resume and saved.is_file():
+        if args.config:
+            log.info("resuming: using %s (the run's own config), not --config %s", saved, args.config)
+        return load_config(config_cls, saved, overrides)
+    return load_config(config_cls, args.config, overrides)
+
+
+def run_training(args: argparse.Namespace, config_cls: type, make_task: Callable) -> int:
+    from distill.trainer import Trainer
+
+    cfg = training_config(args, config_cls)
+    trainer = Trainer(make_task(cfg), args.out, resume=args.resume, init_from=args.init)
+    last = trainer.fit()
+    if last is not None:
+        log.info("last checkpoint: %s", last)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# wavedistill env
+
+
+def add_env(sub) -> None:
+    p = sub.add_parser("env", help="report versions, CUDA/GPU, threads and what is missing")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_env)
+
+
+def _env(args) -> int:
+    from distill.env import collect, format_report
+
+    report = collect()
+    if args.json:
+        print(json.dumps({**report.info, "problems": report.problems}, indent=2))
+    else:
+        print(format_report(report))
+    if report.problems:
+        print(f"wavedistill env: {len(report.problems)} problem(s); fix: {report.problems[0]}")
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# wavedistill data / demo
+
+
+def _data_stage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML with features: and data: sections (default: built-in defaults)")
+    p.add_argument("--split", default="all", choices=["train", "valid", "test", "all"])
+    p.add_argument("--out", default=None, help="folder for data_summary.json, one mel image and its audio")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. data.preload=false")
+
+
+def add_data(sub) -> None:
+    p = sub.add_parser("data", help="read and check a corpus (demo, LJSpeech folder or audio folder), fill the mel cache")
+    p.add_argument("corpus", nargs="?", default=None, help="'demo', an LJSpeech folder or a folder of audio files")
+    _data_stage_args(p)
+    p.set_defaults(func=_data)
+
+
+def _run_data_stage(args, corpus: str | None) -> dict:
+    from distill.prepare import format_summary, prepare
+
+    overrides = list(args.overrides) + ([f"data.corpus={corpus}"] if corpus else [])
+    cfg = load_config(DataStageConfig, args.config, overrides)
+    splits = ["train", "valid", "test"] if args.split == "all" else [args.split]
+    summary = prepare(cfg, splits, args.out)
+    print(format_summary(summary))
+    return summary
+
+
+def _data(args) -> int:
+    _run_data_stage(args, args.corpus)
+    return 0
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the end-to-end demo on the bundled corpus (today: its data stage)")
+    p.set_defaults(corpus="demo")
+    _data_stage_args(p)
+    p.set_defaults(func=_demo, out="runs/demo")
+
+
+def _demo(args) -> int:
+    _run_data_stage(args, "demo")
+    print(
+        "demo: the data stage ran (corpus read, checked, mels computed; see the folder above). "
+        "Teacher sampling, distillation and evaluation join this command as those stages land."
+    )
+    return 0
+
+
+def add_make_demo_corpus(sub) -> None:
+    p = sub.add_parser("make-demo-corpus", help="remake the bundled demo corpus with flite (needs 'apt-get install flite')")
+    p.add_argument("--out", default=None, help="folder to write (default: the packaged demo corpus)")
+    p.add_argument("--count", type=int, default=150)
+    p.add_argument("--stretch", type=float, default=0.85, help="flite duration_stretch")
+    p.set_defaults(func=_make_demo_corpus)
+
+
+def _make_demo_corpus(args) -> int:
+    from distill.make_demo_corpus import make_demo_corpus
+
+    print(json.dumps(make_demo_corpus(args.out, args.count, args.stretch), indent=2))
+    return 0

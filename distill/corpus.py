@@ -1,0 +1,156 @@
+"""Corpora: which utterances exist and which split each belongs to.
+
+Three kinds, chosen by `resolve_corpus(spec)`:
+- `"demo"`: the bundled demo corpus (flite voice `slt`, 16 kHz FLAC, fixed train/valid/test lists);
+- a folder in LJSpeech layout: `metadata.csv` (`id|text[|normalized text]`) and `wavs/<id>.wav`;
+- any other folder: every audio file under it, recursively.
+
+Splits: a corpus folder holding `train.txt` / `valid.txt` / `test.txt` (one utterance id a line)
+uses them; otherwise each id goes to a split by a stable hash of the id, so adding files never
+moves an existing utterance to another split.
+
+Bad entries (a metadata line without its text column, a listed file that is missing) are skipped
+with one warning line naming the file and the reason; a corpus with nothing left is a `CorpusError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import soundfile as sf
+
+from distill.errors import CorpusError
+
+log = logging.getLogger("wavedistill")
+
+SPLITS = ("train", "valid", "test")
+DEMO = "demo"
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One utterance of a corpus: a stable id, its audio file and (if known) its text."""
+
+    id: str
+    path: Path
+    text: str = ""
+
+
+def demo_corpus_dir() -> Path:
+    """The folder of the bundled demo corpus inside the installed `distill` package."""
+    return Path(str(resources.files("distill") / "demo_corpus"))
+
+
+def audio_extensions() -> set[str]:
+    """File extensions soundfile can read here (lower case, with the dot)."""
+    exts = {"." + name.lower() for name in sf.available_formats()}
+    exts |= {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
+    return exts
+
+
+def ljspeech(root: Path) -> list[Utterance]:
+    """Utterances of an LJSpeech-layout folder (`metadata.csv` + `wavs/`)."""
+    meta = root / "metadata.csv"
+    utts = []
+    seen = set()
+    try:
+        lines = meta.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CorpusError(f"{meta}: cannot read ({err}); it must be UTF-8 text with lines 'id|text'") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        cols = line.split("|")
+        if len(cols) < 2 or not cols[0].strip() or not cols[1].strip():
+            log.warning("skipping %s line %d: expected 'id|text[|normalized text]', got %r", meta, number, line[:80])
+            continue
+        uid = cols[0].strip()
+        if uid in seen:
+            log.warning("skipping %s line %d: duplicate id %r", meta, number, uid)
+            continue
+        text = cols[2].strip() if len(cols) > 2 and cols[2].strip() else cols[1].strip()
+        path = _find_audio(root / "wavs", uid)
+        if path is None:
+            log.warning("skipping %s line %d: no audio file wavs/%s.<wav|flac|...>", meta, number, uid)
+            continue
+        seen.add(uid)
+        utts.append(Utterance(uid, path, text))
+    if not utts:
+        raise CorpusError(
+            f"{meta}: no usable line (each needs 'id|text' and an audio file wavs/<id>.wav)"
+        )
+    return utts
+
+
+def _find_audio(folder: Path, uid: str) -> Path | None:
+    for ext in (".wav", ".flac", ".ogg", ".mp3"):
+        candidate = folder / f"{uid}{ext}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def audio_folder(root: Path) -> list[Utterance]:
+    """Every audio file under `root`, recursively; the id is the relative path without extension."""
+    exts = audio_extensions()
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+    if not paths:
+        raise CorpusError(
+            f"{root}: no audio files found (looked recursively for {', '.join(sorted(exts))})"
+        )
+    return [Utterance(p.relative_to(root).with_suffix("").as_posix(), p) for p in paths]
+
+
+def hash_split(uid: str, valid_fraction: float, test_fraction: float) -> str:
+    """Stable split of an utterance id: the same id always lands in the same split."""
+    u = zlib.crc32(uid.encode("utf-8")) / 2**32
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + valid_fraction:
+        return "valid"
+    return "train"
+
+
+def resolve_corpus(
+    spec: str,
+    split: str = "train",
+    valid_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+) -> list[Utterance]:
+    """The utterances of `split` ("train", "valid", "test" or "all") of the corpus `spec`."""
+    if split not in SPLITS + ("all",):
+        raise CorpusError(f"unknown split '{split}'; use one of train, valid, test, all")
+    root = demo_corpus_dir() if spec == DEMO else Path(spec).expanduser()
+    if not root.exists():
+        raise CorpusError(
+            f"corpus '{spec}' not found; pass 'demo', an LJSpeech folder (metadata.csv + wavs/) or a folder of audio files"
+        )
+    if root.is_file():
+        raise CorpusError(f"corpus '{spec}' is a file; pass the folder that holds the audio")
+    utts = ljspeech(root) if (root / "metadata.csv").is_file() else audio_folder(root)
+    if split == "all":
+        return utts
+    list_file = root / f"{split}.txt"
+    if (root / "train.txt").is_file():
+        if not list_file.is_file():
+            raise CorpusError(f"{root}: has train.txt but no {split}.txt; add the list or remove train.txt")
+        wanted = [line.strip() for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        by_id = {u.id: u for u in utts}
+        chosen = []
+        for uid in wanted:
+            if uid in by_id:
+                chosen.append(by_id[uid])
+            else:
+                log.warning("skipping %s: lists %r, which the corpus does not have", list_file, uid)
+    else:
+        chosen = [u for u in utts if hash_split(u.id, valid_fraction, test_fraction) == split]
+    if not chosen:
+        raise CorpusError(
+            f"corpus '{spec}': split '{split}' is empty ({len(utts)} utterances in all); "
+            f"add {split}.txt lists or change data.valid_fraction / data.test_fraction"
+        )
+    return chosen

@@ -1,0 +1,252 @@
+"""Datasets: aligned random crops for training, whole utterances for validation and evaluation.
+
+Every file is read once when a dataset is built. A file that cannot be used (unreadable, empty,
+truncated, not audio, NaN/Inf samples, silent, shorter than one segment) is skipped with one
+warning line naming it and the reason; a dataset with nothing usable raises `CorpusError`.
+
+Crops are deterministic: the sampler hands each dataset access a seed derived from the run seed and
+the position in the (infinite) sample stream, so data order and crop offsets are the same with any
+number of DataLoader workers, after `--resume`, and split across DDP ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from distill.audio import LogMel, load_audio, num_frames, pad_mel
+from distill.config import DataConfig, FeatureConfig, to_dict
+from distill.corpus import Utterance, resolve_corpus
+from distill.errors import AudioError, CorpusError
+
+log = logging.getLogger("wavedistill")
+
+
+@dataclass
+class LoadedUtterance:
+    """A usable utterance. `audio` (T,) and `mel` (n_mels, T // hop) are None unless preloaded."""
+
+    utt: Utterance
+    num_samples: int
+    audio: torch.Tensor | None = None
+    mel: torch.Tensor | None = None
+
+
+class MelCache:
+    """On-disk cache of log-mels, one `.npy` per utterance, in a folder keyed by the feature settings.
+
+    An entry is also keyed by the audio file's size and modification time, so an edited file is
+    recomputed. Writes are atomic (temp file + rename), so an interrupted run never leaves a bad entry.
+    """
+
+    def __init__(self, root: str | Path, features: FeatureConfig):
+        key = hashlib.sha1(json.dumps(to_dict(features), sort_keys=True).encode()).hexdigest()[:12]
+        self.dir = Path(root) / f"mel-{key}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        settings = self.dir / "features.json"
+        if not settings.exists():
+            settings.write_text(json.dumps(to_dict(features), indent=2))
+
+    def _entry(self, utt: Utterance) -> Path:
+        st = utt.path.stat()
+        name = hashlib.sha1(f"{utt.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+        return self.dir / f"{name}.npy"
+
+    def get(self, utt: Utterance) -> torch.Tensor | None:
+        entry = self._entry(utt)
+        if not entry.exists():
+            return None
+        try:
+            return torch.from_numpy(np.load(entry, allow_pickle=False))
+        except (OSError, ValueError):
+            entry.unlink(missing_ok=True)  # a damaged entry is recomputed
+            return None
+
+    def put(self, utt: Utterance, mel: torch.Tensor) -> None:
+        entry = self._entry(utt)
+        tmp = entry.with_name(f"{entry.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, mel.numpy(), allow_pickle=False)
+        tmp.replace(entry)
+
+
+class UtteranceStore:
+    """Reads, checks and (optionally) keeps in memory the audio and mels of a list of utterances."""
+
+    def __init__(
+        self,
+        utterances: list[Utterance],
+        features: FeatureConfig,
+        min_samples: int,
+        silence_threshold: float = 1e-4,
+        preload: bool = True,
+        mel_cache: str | Path = "",
+        source: str = "corpus",
+    ):
+        self.features = features
+        self.logmel = LogMel(features)
+        self.cache = MelCache(mel_cache, features) if mel_cache else None
+        self.preload = preload
+        self.items: list[LoadedUtterance] = []
+        skipped = 0
+        for utt in utterances:
+            try:
+                audio = load_audio(utt.path, features.sample_rate)
+            except AudioError as err:
+                log.warning("skipping %s: %s", err.path, err.reason)
+                skipped += 1
+                continue
+            peak = float(audio.abs().max())
+            if peak < silence_threshold:
+                log.warning("skipping %s: silent (peak %.2g < data.silence_threshold %.2g)", utt.path, peak, silence_threshold)
+                skipped += 1
+                continue
+            if audio.numel() < min_samples:
+                log.warning(
+                    "skipping %s: %d samples, shorter than one segment (%d samples)", utt.path, audio.numel(), min_samples
+                )
+                skipped += 1
+                continue
+            item = LoadedUtterance(utt, audio.numel())
+            if preload:
+                item.audio = audio
+                item.mel = self._compute_mel(utt, audio)
+            elif self.cache is not None and self.cache.get(utt) is None:
+                self.cache.put(utt, self.logmel(audio))
+            self.items.append(item)
+        if not self.items:
+            raise CorpusError(
+                f"{source}: none of its {len(utterances)} files is usable ({skipped} skipped, see the warnings above)"
+            )
+
+    def _compute_mel(self, utt: Utterance, audio: torch.Tensor) -> torch.Tensor:
+        mel = self.cache.get(utt) if self.cache is not None else None
+        if mel is None or mel.shape[-1] != num_frames(audio.numel(), self.features.hop_length):
+            mel = self.logmel(audio)
+            if self.cache is not None:
+                self.cache.put(utt, mel)
+        return mel
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(audio (T,), mel (n_mels, T // hop)) of item `index`."""
+        item = self.items[index]
+        if item.audio is not None:
+            return item.audio, item.mel
+        audio = load_audio(item.utt.path, self.features.sample_rate)
+        return audio, self._compute_mel(item.utt, audio)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(i.num_samples for i in self.items) / self.features.sample_rate
+
+
+def load_split(data: DataConfig, features: FeatureConfig, split: str, min_samples: int) -> UtteranceStore:
+    """Resolve, read and check one split of the configured corpus."""
+    utts = resolve_corpus(data.corpus, split, data.valid_fraction, data.test_fraction)
+    return UtteranceStore(
+        utts,
+        features,
+        min_samples=min_samples,
+        silence_threshold=data.silence_threshold,
+        preload=data.preload,
+        mel_cache=data.mel_cache,
+        source=f"corpus '{data.corpus}' split '{split}'",
+    )
+
+
+class SegmentDataset(Dataset):
+    """Aligned random crops for training.
+
+    Indexed by `(utterance index, seed)` pairs from `StreamSampler`. Returns a dict:
+      audio: (S,) float32, S = segment_length rounded down to a multiple of hop;
+      mel:   (n_mels, S // hop + 2 * mel_context) float32, frame `mel_context + i` describes
+             audio[i*hop:(i+1)*hop]; frames beyond the utterance edges are silence.
+    """
+
+    def __init__(self, store: UtteranceStore, segment_length: int, mel_context: int):
+        hop = store.features.hop_length
+        self.store = store
+        self.frames = segment_length // hop
+        if self.frames < 1:
+            raise CorpusError(f"data.segment_length {segment_length} is shorter than one hop ({hop} samples)")
+        self.segment = self.frames * hop
+        self.context = mel_context
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = key
+        audio, mel = self.store.get(index)
+        hop = self.store.features.hop_length
+        available = mel.shape[-1] - self.frames
+        start = int(np.random.default_rng(seed).integers(0, available + 1))
+        mel = pad_mel(mel, self.context, self.store.logmel.silence_value)
+        return {
+            "audio": audio[start * hop : start * hop + self.segment],
+            "mel": mel[:, start : start + self.frames + 2 * self.context],
+        }
+
+
+class UtteranceDataset(Dataset):
+    """Whole utterances (validation, evaluation). Returns a dict:
+    id (str), audio (T',) with T' = (T // hop) * hop, and mel (n_mels, T // hop) without context.
+    """
+
+    def __init__(self, store: UtteranceStore):
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, index: int) -> dict:
+        audio, mel = self.store.get(index)
+        hop = self.store.features.hop_length
+        return {"id": self.store.items[index].utt.id, "audio": audio[: mel.shape[-1] * hop], "mel": mel}
+
+
+class StreamSampler(Sampler):
+    """An infinite, resumable, rank-aware stream of `(index, seed)` pairs.
+
+    The global stream is the concatenation of seeded permutations of the dataset (epoch e uses
+    seed + e). Rank r of W takes global positions r, r + W, r + 2W, ...; `start` skips that many of
+    this rank's items (the trainer passes batches_consumed * batch_size). Each item carries a seed
+    derived from (seed, global position), so crops do not depend on the worker that loads them.
+    One process with batch W*B sees exactly the items that W ranks with batch B see together.
+    """
+
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1, start: int = 0):
+        if length <= 0:
+            raise ValueError("StreamSampler needs a non-empty dataset")
+        self.length = length
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.start = start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        position = self.rank + self.world_size * self.start
+        epoch, perm = -1, None
+        while True:
+            e, offset = divmod(position, self.length)
+            if e != epoch:
+                epoch = e
+                g = torch.Generator().manual_seed(self.seed + e)
+                perm = torch.randperm(self.length, generator=g).tolist()
+            item_seed = int(np.random.SeedSequence([self.seed, position]).generate_state(1)[0])
+            yield perm[offset], item_seed
+            position += self.world_size
+
+    def __len__(self) -> int:  # DataLoader asks; the stream is endless, the trainer counts steps
+        return 2**62

@@ -1,0 +1,92 @@
+"""Multi-process training through `torchrun` (DDP); a single process needs none of this.
+
+`torchrun --nproc_per_node N wavedistill ...` sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+MASTER_PORT; `setup()` reads them. NCCL is used on CUDA, gloo on the CPU (the tests run 2 CPU
+processes with gloo).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: torch.device) -> DistInfo:
+    """Join the process group described by the environment (no-op for a single process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, rank=info.rank, world_size=world)
+    return info
+
+
+def pick_device(name: str, info_local_rank: int | None = None) -> torch.device:
+    """'auto' -> CUDA when available (this process's local rank under torchrun), else CPU."""
+    local = int(os.environ.get("LOCAL_RANK", "0")) if info_local_rank is None else info_local_rank
+    if name == "auto":
+        return torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            from distill.errors import ConfigError
+
+            raise ConfigError(f"train.device={name} but CUDA is not available here; use train.device=cpu or auto")
+        if device.index is None:
+            device = torch.device(f"cuda:{local}")
+    return device
+
+
+def agree(ok: torch.Tensor, stop: bool, info: DistInfo) -> tuple[bool, bool]:
+    """(ok on every rank, stop asked on any rank) in one reduction and one host sync.
+
+    ok: 0-dim bool tensor (e.g. "the loss is finite"); stop: this rank received SIGINT/SIGTERM.
+    All ranks must take the same branch, or DDP deadlocks.
+    """
+    if not info.enabled:
+        return bool(ok.item()), stop
+    value = torch.stack([ok.to(torch.int32).reshape(()), ok.new_tensor(-int(stop), dtype=torch.int32)])
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    all_ok, neg_stop = value.tolist()
+    return bool(all_ok), neg_stop < 0
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    """The `obj` of every rank, in rank order (a list of one without DDP)."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

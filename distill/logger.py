@@ -1,0 +1,66 @@
+"""Run logging: TensorBoard plus a `metrics.jsonl` twin (one JSON object per logging call).
+
+Only the main process writes; on other ranks every method is a no-op. When a run resumes at step
+n, TensorBoard events after n are purged so curves do not double back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class RunLogger:
+    def __init__(self, run_dir: str | Path, enabled: bool = True, purge_step: int | None = None):
+        self.enabled = enabled
+        self.writer = None
+        self._jsonl = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            run_dir = Path(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+            self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """Log each value under its own tag (the tag is the key, e.g. `loss/kl`)."""
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in values.items()}
+        for tag, value in clean.items():
+            self.writer.add_scalar(tag, value, step)
+        record = {"step": step, **{k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+
+    def audio(self, tag: str, x: torch.Tensor | np.ndarray, sample_rate: int, step: int) -> None:
+        """x: (T,) float in [-1, 1]."""
+        if not self.enabled:
+            return
+        x = torch.as_tensor(x).detach().float().cpu().reshape(1, -1).clamp(-1, 1)
+        self.writer.add_audio(tag, x, step, sample_rate=sample_rate)
+
+    def figure(self, tag: str, figure, step: int) -> None:
+        """A matplotlib figure (closed after logging)."""
+        if not self.enabled:
+            return
+        self.writer.add_figure(tag, figure, step, close=True)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self.enabled:
+            self.writer.add_text(tag, text, step)
+
+    def flush(self) -> None:
+        if self.enabled:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.writer.close()
+            self._jsonl.close()
+            self.enabled = False

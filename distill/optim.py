@@ -1,0 +1,68 @@
+"""Optimiser pieces the trainer composes: the LR schedule and the EMA of the weights."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from distill.config import TrainConfig
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of `cfg.lr` at optimiser step `step` (0-based): linear warm-up, then the schedule."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return cfg.decay_gamma ** (step // max(1, cfg.decay_every))
+    # cosine from lr at the end of warm-up down to lr_min at cfg.steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr_min / cfg.lr if cfg.lr > 0 else 0.0
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+
+
+class EMA:
+    """Exponential moving average of a model's weights, used for validation and evaluation.
+
+    After optimiser update n (1-based) the average moves towards the live weights:
+        ema <- d_n * ema + (1 - d_n) * weights,   d_n = min(decay, (1 + n) / (10 + n))
+    The warm-up of d_n keeps short runs from being dominated by the initial weights. (Note the
+    direction: some public vocoder code swaps the two factors, which freezes the EMA at init.)
+    Buffers (e.g. normalisation statistics) are copied, not averaged.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = self.current_decay()
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach().to(ema_p.dtype), 1.0 - d)
+        for ema_b, b in zip(self.model.buffers(), model.buffers()):
+            ema_b.copy_(b)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "updates": self.updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        from distill.checkpoint import load_state
+
+        load_state(self.model, state["model"], "EMA")
+        self.updates = int(state["updates"])

@@ -1,0 +1,45 @@
+"""Spectrogram pictures for TensorBoard, reports and quick looks (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: never try to open a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def mel_figure(mels: list[torch.Tensor], titles: list[str], hop_length: int, sample_rate: int):
+    """One panel per log-mel (n_mels, F), stacked, sharing the colour scale and the time axis (seconds)."""
+    arrays = [m.detach().float().cpu().numpy() for m in mels]
+    vmin = min(float(a.min()) for a in arrays)
+    vmax = max(float(a.max()) for a in arrays)
+    fig, axes = plt.subplots(len(arrays), 1, figsize=(10, 2.6 * len(arrays)), squeeze=False, constrained_layout=True)
+    for ax, array, title in zip(axes[:, 0], arrays, titles):
+        seconds = array.shape[-1] * hop_length / sample_rate
+        image = ax.imshow(array, origin="lower", aspect="auto", vmin=vmin, vmax=vmax,
+                          extent=(0, seconds, 0, array.shape[0]), cmap="magma")
+        ax.set_title(title)
+        ax.set_ylabel("mel bin")
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.colorbar(image, ax=axes[:, 0].tolist(), label="log magnitude")
+    return fig
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def to_image(fig) -> np.ndarray:
+    """Render a figure to an (H, W, 3) uint8 array and close it."""
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image

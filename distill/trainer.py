@@ -1,0 +1,357 @@
+"""The one training loop. Tasks (`distill.task.Task`) supply the model, data and losses.
+
+What the loop does for every task: AMP (bf16 on CUDA, off on CPU), EMA weights, grad-norm
+clipping, LR schedule, periodic validation on the EMA weights, TensorBoard + metrics.jsonl,
+a progress bar on a terminal (log lines otherwise), atomic checkpoints every N steps (and on
+SIGINT/SIGTERM, after the current step), exact `resume`, non-finite losses skipped and counted,
+and DDP under `torchrun`.
+
+Resuming restores weights, EMA, optimiser, scheduler, grad scaler, every rank's RNG states and
+the data position, so N steps straight and N/2 + resume + N/2 give bit-identical weights on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import distill
+from distill import distributed
+from distill.checkpoint import (
+    FORMAT,
+    VERSION,
+    CheckpointManager,
+    class_path,
+    load_checkpoint,
+    load_state,
+    rng_state,
+    set_rng_state,
+)
+from distill.config import save_config, to_dict
+from distill.data import StreamSampler
+from distill.errors import CheckpointError, ConfigError, TrainingDiverged
+from distill.logger import RunLogger
+from distill.optim import EMA, build_scheduler
+from distill.task import Task
+
+log = logging.getLogger("wavedistill")
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `train.amp` on `device` (None = full precision)."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("train.amp=fp16 needs CUDA; use train.amp=off (or auto) on the CPU")
+        return torch.float16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if mode == "bf16":
+            raise ConfigError("train.amp=bf16 but this GPU has no bf16 support; use train.amp=fp16 or off")
+        return None
+    return torch.bfloat16
+
+
+class Trainer:
+    """Train `task` in `run_dir`.
+
+    resume: continue exactly from `run_dir/checkpoints/latest.pt` (starts fresh if there is none).
+    init_from: a checkpoint whose model weights initialise a new run (optimiser etc. start fresh).
+    """
+
+    def __init__(self, task: Task, run_dir: str | Path, resume: bool = False, init_from: str | Path | None = None):
+        self.task = task
+        self.cfg = task.train_config
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.init_from = init_from
+        self.device = distributed.pick_device(self.cfg.device)
+        self.dist = distributed.setup(self.device)
+        self.amp = amp_dtype(self.cfg.amp, self.device)
+        self.checkpoints = CheckpointManager(self.run_dir, self.cfg.keep_last)
+        self.step = 0
+        self.batches_consumed = 0
+        self.nonfinite_skipped = 0
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def _build(self) -> None:
+        cfg = self.cfg
+        if not self.resume and self.checkpoints.latest.exists():
+            raise CheckpointError(
+                f"{self.run_dir} already holds a run (checkpoints/latest.pt); pass --resume to continue it "
+                "or choose another output folder"
+            )
+        seed_everything(cfg.seed)  # identical initial weights on every rank
+        self.model = self.task.build_model().to(self.device)
+        if self.init_from is not None:
+            payload = load_checkpoint(self.init_from)
+            load_state(self.model, payload["model"], f"model of {self.init_from}")
+            log.info("initialised weights from %s (step %d)", self.init_from, payload["step"])
+        self.task.setup(self.device)
+        params = self.task.trainable_parameters(self.model)
+        self.params = list(params)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+        )
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+        resumed_from = None
+        if self.resume and self.checkpoints.latest.exists():
+            resumed_from = self.checkpoints.latest
+            self._restore(load_checkpoint(resumed_from, map_location=self.device))
+        else:
+            if self.resume:
+                log.info("no checkpoint in %s yet; starting from step 0", self.checkpoints.dir)
+            seed_everything(cfg.seed + self.dist.rank)  # training randomness differs per rank
+        if self.dist.is_main:
+            save_config(self.task.config, self.run_dir / "config.yaml")
+        self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, purge_step=self.step if resumed_from else None)
+        self.train_model: torch.nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        train_data, self.valid_data = self.task.build_datasets()
+        sampler = StreamSampler(
+            len(train_data), cfg.seed, self.dist.rank, self.dist.world_size, start=self.batches_consumed * cfg.batch_size
+        )
+        workers = getattr(getattr(self.task.config, "data", None), "num_workers", 0)
+        self.loader = DataLoader(
+            train_data,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            collate_fn=self.task.collate_fn,
+            persistent_workers=workers > 0,
+            drop_last=True,
+        )
+
+    def _restore(self, payload: dict) -> None:
+        if payload.get("task") != self.task.name:
+            raise CheckpointError(
+                f"{self.checkpoints.latest}: was written by task '{payload.get('task')}', not '{self.task.name}'; "
+                "resume it with the command that created it"
+            )
+        load_state(self.model, payload["model"], "model")
+        if self.ema is not None:
+            if payload["ema"] is None:
+                raise CheckpointError(f"{self.checkpoints.latest}: has no EMA weights but train.ema_decay > 0")
+            self.ema.load_state_dict(payload["ema"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.step = int(payload["step"])
+        self.batches_consumed = int(payload["batches_consumed"])
+        self.nonfinite_skipped = int(payload["nonfinite_skipped"])
+        states = payload["rng"]
+        if len(states) != self.dist.world_size:
+            log.warning(
+                "checkpoint was written by %d process(es), resuming with %d: data order continues, "
+                "but random draws will not repeat those of an uninterrupted run",
+                len(states), self.dist.world_size,
+            )
+            seed_everything(self.cfg.seed + self.step + self.dist.rank)
+        else:
+            set_rng_state(states[self.dist.rank])
+        log.info("resumed from %s at step %d", self.checkpoints.latest, self.step)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _payload(self, rng_states: list) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "task": self.task.name,
+            "step": self.step,
+            "batches_consumed": self.batches_consumed,
+            "nonfinite_skipped": self.nonfinite_skipped,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_states,
+            "config": to_dict(self.task.config),
+            "model_class": class_path(self.model),
+            "model_args": getattr(self.model, "constructor_args", {}),
+            "features": self.task.features(),
+            "extra": self.task.checkpoint_extra(),
+            "versions": {"wavedistill": distill.__version__, "torch": torch.__version__},
+            "world_size": self.dist.world_size,
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        """Collective: every rank contributes its RNG state; the main process writes."""
+        states = distributed.gather_objects(rng_state(), self.dist)
+        path = None
+        if self.dist.is_main:
+            path = self.checkpoints.save(self._payload(states))
+        distributed.barrier(self.dist)
+        return path
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> dict[str, float]:
+        results: dict[str, float] = {}
+        if self.dist.is_main and self.valid_data is not None:
+            model = self.ema.model if self.ema is not None else self.model
+            was_training = model.training
+            model.eval()
+            with torch.no_grad(), self._autocast():
+                results = self.task.validate(model, self.valid_data, self.logger, self.step)
+            model.train(was_training)
+            self.logger.scalars({f"valid/{k}": v for k, v in results.items()}, self.step)
+            self.logger.flush()
+        distributed.barrier(self.dist)
+        return results
+
+    def _autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp)
+
+    # ------------------------------------------------------------------ the loop
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    def fit(self) -> Path | None:
+        """Train to `train.steps`; returns the last checkpoint written (None on non-main ranks)."""
+        self._build()
+        cfg = self.cfg
+        handlers = {}
+        with contextlib.suppress(ValueError):  # not in the main thread: keep the default handlers
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        bar = None
+        if self.dist.is_main and sys.stderr.isatty():
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=self.task.name, dynamic_ncols=True)
+        last = None
+        try:
+            last = self._loop(bar)
+        finally:
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
+            if bar is not None:
+                bar.close()
+            self.logger.close()
+        return last
+
+    def _loop(self, bar) -> Path | None:
+        cfg = self.cfg
+        model = self.train_model
+        model.train()
+        data = iter(self.loader)
+        window: dict[str, torch.Tensor] = {}
+        window_steps = 0
+        window_samples = 0
+        window_start = time.perf_counter()
+        nonfinite_run = 0
+        last_ckpt = self.checkpoints.latest if self.step > 0 else None
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+
+        while self.step < cfg.steps:
+            batch = to_device(next(data), self.device)
+            self.batches_consumed += 1
+            with self._autocast():
+                out = self.task.training_step(model, batch, self.step)
+            loss = out["loss"]
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+            loss_ok = torch.isfinite(loss.detach())
+            # With fp16 the scaler skips steps whose gradients overflow; that is not divergence.
+            step_ok = loss_ok if self.scaler.is_enabled() else loss_ok & torch.isfinite(grad_norm)
+            step_ok, stop = distributed.agree(step_ok, self._stop_signal is not None, self.dist)
+            if step_ok:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                self.step += 1
+                nonfinite_run = 0
+                for key, value in out.items():
+                    window[key] = window.get(key, 0.0) + value.detach().float()
+                window["train/grad_norm"] = window.get("train/grad_norm", 0.0) + grad_norm.detach().float()
+                window_steps += 1
+                window_samples += self.task.batch_samples(batch) * self.dist.world_size
+                if bar is not None:
+                    bar.update(1)
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.nonfinite_skipped += 1
+                nonfinite_run += 1
+                log.warning(
+                    "step %d: non-finite loss or gradient, update skipped (%d in a row, %d in all)",
+                    self.step, nonfinite_run, self.nonfinite_skipped,
+                )
+                if stop:
+                    last_ckpt = self.save_checkpoint() or last_ckpt
+                    log.warning("stopped by a signal at step %d; checkpoint written, continue with --resume", self.step)
+                    break
+                if nonfinite_run >= cfg.max_nonfinite_in_row:
+                    where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                    raise TrainingDiverged(
+                        f"{nonfinite_run} non-finite losses in a row at step {self.step} "
+                        f"(train.max_nonfinite_in_row={cfg.max_nonfinite_in_row}); {where}; lower train.lr or check the data"
+                    )
+                continue
+
+            finished = self.step >= cfg.steps
+            if self.step % cfg.log_every == 0 or finished:
+                elapsed = time.perf_counter() - window_start
+                values = {k: float(v) / window_steps for k, v in window.items()}
+                values["train/lr"] = self.optimizer.param_groups[0]["lr"]
+                values["train/samples_per_s"] = window_samples / max(elapsed, 1e-9)
+                values["train/nonfinite_skipped"] = self.nonfinite_skipped
+                if self.ema is not None:
+                    values["train/ema_decay"] = self.ema.current_decay()
+                self.logger.scalars(values, self.step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
+                elif self.dist.is_main:
+                    log.info(
+                        "step %d/%d  loss %.5g  grad_norm %.3g  lr %.3g  %.0f samples/s",
+                        self.step, cfg.steps, values["loss"], values["train/grad_norm"],
+                        values["train/lr"], values["train/samples_per_s"],
+                    )
+                window, window_steps, window_samples = {}, 0, 0
+                window_start = time.perf_counter()
+            if self.step % cfg.valid_every == 0 or finished:
+                self.validate()
+            if self.step % cfg.checkpoint_every == 0 or finished or stop:
+                last_ckpt = self.save_checkpoint() or last_ckpt
+            if stop:
+                log.warning("stopped by a signal at step %d; checkpoint written, continue with --resume", self.step)
+                break
+        return last_ckpt

@@ -1,0 +1,1 @@
+"""Evaluation: PESQ, real-time factor, reports and the demo (built on `students`)."""

@@ -1,0 +1,1 @@
+"""Parallel inverse-autoregressive-flow students and the distillation task (built on `teachers`)."""

@@ -1,0 +1,1 @@
+"""Autoregressive WaveNet teachers (built on `distill`)."""
