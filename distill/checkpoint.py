@@ -202,10 +202,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "global" in ln.lower()]
+        detail = lines[0].replace("WeightsUnpickler error: ", "")[:160] if lines else type(err).__name__
         raise CheckpointError(
             f"{path}: refused: the file holds Python objects that would run code when loaded "
-            f"(weights_only=True: {first[:160]}); only load checkpoints written by wavedistill"
+            f"({detail}); only load checkpoints written by wavedistill"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
         raise CheckpointError(

@@ -107,6 +107,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_last: int = 3  # step checkpoints kept besides latest.pt
     max_nonfinite_in_row: int = 20  # stop after this many consecutive non-finite losses
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit. Resume to go on.
 
 
 @dataclass

@@ -155,6 +155,9 @@ class Trainer:
             collate_fn=self.task.collate_fn,
             persistent_workers=workers > 0,
             drop_last=True,
+            # Its own generator: the loader's per-iterator seed draw must not consume the global RNG,
+            # or a resumed run's random draws would be shifted by one.
+            generator=torch.Generator().manual_seed(cfg.seed + self.dist.rank),
         )
 
     def _restore(self, payload: dict) -> None:
@@ -206,7 +209,7 @@ class Trainer:
             "model_args": getattr(self.model, "constructor_args", {}),
             "features": self.task.features(),
             "extra": self.task.checkpoint_extra(),
-            "versions": {"wavedistill": distill.__version__, "torch": torch.__version__},
+            "versions": {"wavedistill": distill.__version__, "torch": str(torch.__version__)},
             "world_size": self.dist.world_size,
         }
 
@@ -243,8 +246,9 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
-    def fit(self) -> Path | None:
-        """Train to `train.steps`; returns the last checkpoint written (None on non-main ranks)."""
+    def fit(self, until_step: int | None = None) -> Path | None:
+        """Train to `train.steps` (or stop early at `until_step`, with a checkpoint, as if interrupted),
+        or until `train.max_minutes` of wall time have passed; returns the last checkpoint written."""
         self._build()
         cfg = self.cfg
         handlers = {}
@@ -256,7 +260,7 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=self.step, desc=self.task.name, dynamic_ncols=True)
         last = None
         try:
-            last = self._loop(bar)
+            last = self._loop(bar, cfg.steps if until_step is None else min(until_step, cfg.steps))
         finally:
             for sig, old in handlers.items():
                 signal.signal(sig, old)
@@ -265,8 +269,9 @@ class Trainer:
             self.logger.close()
         return last
 
-    def _loop(self, bar) -> Path | None:
+    def _loop(self, bar, until_step: int) -> Path | None:
         cfg = self.cfg
+        deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes > 0 else float("inf")
         model = self.train_model
         model.train()
         data = iter(self.loader)
@@ -278,7 +283,7 @@ class Trainer:
         last_ckpt = self.checkpoints.latest if self.step > 0 else None
         clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
 
-        while self.step < cfg.steps:
+        while self.step < until_step:
             batch = to_device(next(data), self.device)
             self.batches_consumed += 1
             with self._autocast():
@@ -290,7 +295,8 @@ class Trainer:
             loss_ok = torch.isfinite(loss.detach())
             # With fp16 the scaler skips steps whose gradients overflow; that is not divergence.
             step_ok = loss_ok if self.scaler.is_enabled() else loss_ok & torch.isfinite(grad_norm)
-            step_ok, stop = distributed.agree(step_ok, self._stop_signal is not None, self.dist)
+            asked = self._stop_signal is not None or time.monotonic() > deadline
+            step_ok, stop = distributed.agree(step_ok, asked, self.dist)
             if step_ok:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
@@ -327,7 +333,7 @@ class Trainer:
                     )
                 continue
 
-            finished = self.step >= cfg.steps
+            finished = self.step >= until_step
             if self.step % cfg.log_every == 0 or finished:
                 elapsed = time.perf_counter() - window_start
                 values = {k: float(v) / window_steps for k, v in window.items()}
@@ -347,11 +353,11 @@ class Trainer:
                     )
                 window, window_steps, window_samples = {}, 0, 0
                 window_start = time.perf_counter()
-            if self.step % cfg.valid_every == 0 or finished:
+            if self.step % cfg.valid_every == 0 or self.step == cfg.steps:
                 self.validate()
             if self.step % cfg.checkpoint_every == 0 or finished or stop:
                 last_ckpt = self.save_checkpoint() or last_ckpt
             if stop:
-                log.warning("stopped by a signal at step %d; checkpoint written, continue with --resume", self.step)
+                log.warning("stopped at step %d (signal or train.max_minutes); checkpoint written, continue with --resume", self.step)
                 break
         return last_ckpt
