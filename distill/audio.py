@@ -16,6 +16,7 @@ OGG/Vorbis, MP3 (libsndfile >= 1.1) and the other libsndfile formats.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as err:
         text = str(err).split("\n")[0].strip() or type(err).__name__
+        text = re.sub(r"^Error opening .*?: ", "", text)  # libsndfile repeats the path
         raise AudioError(path, f"not readable as audio ({text})") from None
     if data.shape[0] == 0:
         raise AudioError(path, "contains no samples")

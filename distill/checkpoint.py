@@ -199,11 +199,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise CheckpointError(f"{path}: folder has no {LATEST}; pass a checkpoint file or a run folder with one")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or not written by torch.save: no zip archive header)"
+        )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "global" in ln.lower()]
-        detail = lines[0].replace("WeightsUnpickler error: ", "")[:160] if lines else type(err).__name__
+        lines = [ln.strip() for ln in str(err).splitlines() if "WeightsUnpickler error:" in ln or "Unsupported" in ln]
+        detail = lines[-1].replace("WeightsUnpickler error:", "").strip().split(". ")[0][:160] if lines else "not plain tensors and data"
         raise CheckpointError(
             f"{path}: refused: the file holds Python objects that would run code when loaded "
             f"({detail}); only load checkpoints written by wavedistill"

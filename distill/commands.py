@@ -94,7 +94,7 @@ def _data_stage_args(p: argparse.ArgumentParser) -> None:
 
 def add_data(sub) -> None:
     p = sub.add_parser("data", help="read and check a corpus (demo, LJSpeech folder or audio folder), fill the mel cache")
-    p.add_argument("corpus", nargs="?", default=None, help="'demo', an LJSpeech folder or a folder of audio files")
+    p.add_argument("--corpus", default=None, help="'demo', an LJSpeech folder or a folder of audio files (sets data.corpus)")
     _data_stage_args(p)
     p.set_defaults(func=_data)
 

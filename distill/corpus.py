@@ -97,7 +97,8 @@ def _find_audio(folder: Path, uid: str) -> Path | None:
 def audio_folder(root: Path) -> list[Utterance]:
     """Every audio file under `root`, recursively; the id is the relative path without extension."""
     exts = audio_extensions()
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+    # Broken symlinks are kept, so that reading them reports the file instead of silently dropping it.
+    paths = sorted(p for p in root.rglob("*") if (p.is_file() or p.is_symlink()) and p.suffix.lower() in exts)
     if not paths:
         raise CorpusError(
             f"{root}: no audio files found (looked recursively for {', '.join(sorted(exts))})"
