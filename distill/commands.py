@@ -87,7 +87,8 @@ def _env(args) -> int:
 
 def _data_stage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML with features: and data: sections (default: built-in defaults)")
-    p.add_argument("--split", default="all", choices=["train", "valid", "test", "all"])
+    p.add_argument("--split", default="splits", choices=["splits", "train", "valid", "test", "all"],
+                   help="splits: train, valid and test each (default); all: the whole corpus as one")
     p.add_argument("--out", default=None, help="folder for data_summary.json, one mel image and its audio")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. data.preload=false")
 
@@ -104,7 +105,7 @@ def _run_data_stage(args, corpus: str | None) -> dict:
 
     overrides = list(args.overrides) + ([f"data.corpus={corpus}"] if corpus else [])
     cfg = load_config(DataStageConfig, args.config, overrides)
-    splits = ["train", "valid", "test"] if args.split == "all" else [args.split]
+    splits = ["train", "valid", "test"] if args.split == "splits" else [args.split]
     summary = prepare(cfg, splits, args.out)
     print(format_summary(summary))
     return summary

@@ -22,7 +22,7 @@ def prepare(cfg: DataStageConfig, splits: list[str], out_dir: str | Path | None 
     summary = {"corpus": cfg.data.corpus, "features": to_dict(cfg.features), "splits": {}}
     first = None
     for split in splits:
-        # The training split must hold whole segments; the others only need one STFT window.
+        # Training files must hold a whole segment; the others (and "all") only need one STFT window.
         min_samples = cfg.data.segment_length if split == "train" else cfg.features.n_fft
         store = load_split(cfg.data, cfg.features, split, min_samples)
         durations = [item.num_samples / cfg.features.sample_rate for item in store.items]

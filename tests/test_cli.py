@@ -1,0 +1,86 @@
+"""The `wavedistill` command: subcommands, one-line errors, the env report, the demo's data stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+
+from distill import env
+from distill.cli import main
+from distill.commands import training_config
+from distill.config import save_config
+from tests.toy import ToyConfig
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_env_reports_versions_and_exits_zero():
+    result = run("env", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    import torch
+
+    assert info["torch"] == torch.__version__ and info["problems"] == []
+    assert info["cuda_available"] == torch.cuda.is_available() and "torch_threads" in info
+
+
+def test_env_fails_with_a_hint_when_something_required_is_missing(monkeypatch, capsys):
+    monkeypatch.setattr(env, "REQUIRED", env.REQUIRED + [("no_such_module_xyz", "no-such-package", "testing")])
+    assert main(["env"]) == 1
+    out = capsys.readouterr().out
+    assert "no_such_module_xyz" in out and "pip install no-such-package" in out.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data", "--corpus", "/definitely/not/here"], "corpus '/definitely/not/here' not found"),
+        (["data", "data.segmnt_length=4"], "unknown key 'data.segmnt_length'"),
+        (["data", "--config", "/no/such.yaml"], "config file not found"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(args, message):
+    result = run(*args)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"wavedistill {args[0]}: error: ") and message in lines[0]
+
+
+def test_bad_files_in_a_corpus_are_warnings_and_the_stage_completes(tmp_path, synth_corpus):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("utt00.wav", "utt01.wav", "utt02.wav"):
+        (folder / name).write_bytes((synth_corpus / name).read_bytes())
+    (folder / "broken.wav").write_text("not audio")
+    result = run("data", "--corpus", str(folder), "--split", "all", "data.segment_length=4096")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "broken.wav" in warnings[0] and "not readable as audio" in warnings[0]
+    assert "| all | 3 |" in result.stdout
+
+
+def test_demo_runs_the_data_stage_on_the_bundled_corpus(tmp_path):
+    result = run("demo", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "demo" / "data_summary.json").read_text())
+    assert {s: v["utterances"] for s, v in summary["splits"].items()} == {"train": 130, "valid": 10, "test": 10}
+    assert (tmp_path / "demo" / "demo_0001_mel.png").stat().st_size > 10_000
+    assert "data stage ran" in result.stdout
+
+
+def test_resume_reads_the_runs_own_config(tmp_path):
+    saved = ToyConfig()
+    saved.train.lr = 0.123
+    save_config(saved, tmp_path / "config.yaml")
+    args = argparse.Namespace(out=str(tmp_path), resume=True, config=None, steps=50, overrides=["train.log_every=7"])
+    cfg = training_config(args, ToyConfig)
+    assert (cfg.train.lr, cfg.train.steps, cfg.train.log_every) == (0.123, 50, 7)
+    fresh = training_config(argparse.Namespace(out=str(tmp_path / "new"), resume=False, config=None, steps=None,
+                                               overrides=[]), ToyConfig)
+    assert fresh.train.lr == ToyConfig().train.lr
