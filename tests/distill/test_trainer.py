@@ -208,3 +208,24 @@ def test_ddp_two_cpu_processes_match_one_process_with_the_global_batch(synth_cor
     assert sorted(p.name for p in (ddp_run / "checkpoints").iterdir()) == ["latest.pt", "step_00000003.pt", "step_00000006.pt"]
     records = [json.loads(line) for line in (ddp_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
+
+
+def test_data_order_does_not_depend_on_loader_workers(synth_corpus, tmp_path):
+    runs = []
+    for workers in (0, 2):
+        cfg = toy_config(synth_corpus, steps=4, checkpoint_every=100)
+        cfg.data.num_workers = workers
+        Trainer(ToyTask(cfg), tmp_path / f"w{workers}").fit()
+        runs.append(state(tmp_path / f"w{workers}"))
+    assert_same_tensors(runs[0]["model"], runs[1]["model"])
+
+
+def test_amp_choice_per_device():
+    from distill.errors import ConfigError
+    from distill.trainer import amp_dtype
+
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu) is None and amp_dtype("off", cpu) is None
+    assert amp_dtype("bf16", cpu) is torch.bfloat16  # explicit CPU bf16 autocast is allowed
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        amp_dtype("fp16", cpu)
