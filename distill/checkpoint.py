@@ -94,14 +94,22 @@ def build_model(payload: dict) -> torch.nn.Module:
             f"checkpoint names model class {payload['model_class']!r}, which is not part of wavedistill; refusing to import it"
         )
     try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError):
+        module = importlib.import_module(module_name)
+    except ImportError:
+        module = None
+    cls = vars(module).get(qualname) if module is not None else None
+    # Only a model class defined in a wavedistill package: never a function or an imported name.
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and cls.__module__ == module_name):
         raise CheckpointError(
-            f"checkpoint names model class {payload['model_class']!r}, which this version of wavedistill does not have"
+            f"checkpoint names model class {payload['model_class']!r}, which is not a model class of this wavedistill"
+        )
+    try:
+        model = cls(**payload["model_args"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"checkpoint's constructor arguments do not fit {payload['model_class']} ({err}); "
+            "was it written by another version of wavedistill?"
         ) from None
-    model = obj(**payload["model_args"])
     load_state(model, payload["model"], "model")
     return model
 
@@ -193,10 +201,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load and check a wavedistill checkpoint; every failure is a one-line `CheckpointError`."""
     path = Path(path)
     if path.is_dir():
-        if (path / LATEST).is_file():
-            path = path / LATEST
-        else:
-            raise CheckpointError(f"{path}: folder has no {LATEST}; pass a checkpoint file or a run folder with one")
+        candidates = [path / LATEST, path / "checkpoints" / LATEST]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise CheckpointError(f"{path}: folder has no {LATEST} nor checkpoints/{LATEST}; pass a checkpoint file or a run folder")
+        path = found[0]
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     with open(path, "rb") as f:

@@ -103,8 +103,9 @@ def add_data(sub) -> None:
 def _run_data_stage(args, corpus: str | None) -> dict:
     from distill.prepare import format_summary, prepare
 
-    overrides = list(args.overrides) + ([f"data.corpus={corpus}"] if corpus else [])
-    cfg = load_config(DataStageConfig, args.config, overrides)
+    cfg = load_config(DataStageConfig, args.config, list(args.overrides))
+    if corpus:  # a path, taken as it is (not parsed as YAML like an override)
+        cfg.data.corpus = corpus
     splits = ["train", "valid", "test"] if args.split == "splits" else [args.split]
     summary = prepare(cfg, splits, args.out)
     print(format_summary(summary))

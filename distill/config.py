@@ -82,6 +82,16 @@ class DataConfig:
     # DataLoader worker processes (0 = load in the training process).
     num_workers: int = 0
 
+    def __post_init__(self) -> None:
+        _check_ranges("data", [
+            ("segment_length", self.segment_length >= 1, ">= 1"),
+            ("mel_context", self.mel_context >= 0, ">= 0"),
+            ("valid_fraction", 0 <= self.valid_fraction < 1, "in [0, 1)"),
+            ("test_fraction", 0 <= self.test_fraction < 1 - self.valid_fraction, "in [0, 1 - valid_fraction)"),
+            ("silence_threshold", self.silence_threshold >= 0, ">= 0"),
+            ("num_workers", self.num_workers >= 0, ">= 0"),
+        ], self)
+
 
 @dataclass
 class TrainConfig:
@@ -108,6 +118,33 @@ class TrainConfig:
     keep_last: int = 3  # step checkpoints kept besides latest.pt
     max_nonfinite_in_row: int = 20  # stop after this many consecutive non-finite losses
     max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit. Resume to go on.
+
+    def __post_init__(self) -> None:
+        _check_ranges("train", [
+            ("steps", self.steps >= 0, ">= 0"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("lr", self.lr > 0, "> 0"),
+            ("betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+            ("lr_min", 0 <= self.lr_min <= self.lr, "in [0, lr]"),
+            ("decay_every", self.decay_every >= 1, ">= 1"),
+            ("decay_gamma", 0 < self.decay_gamma <= 1, "in (0, 1]"),
+            ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = no clipping)"),
+            ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0 = no EMA)"),
+            ("log_every", self.log_every >= 1, ">= 1"),
+            ("valid_every", self.valid_every >= 1, ">= 1"),
+            ("checkpoint_every", self.checkpoint_every >= 1, ">= 1"),
+            ("keep_last", self.keep_last >= 1, ">= 1"),
+            ("max_nonfinite_in_row", self.max_nonfinite_in_row >= 1, ">= 1"),
+            ("max_minutes", self.max_minutes >= 0, ">= 0 (0 = no limit)"),
+        ], self)
+
+
+def _check_ranges(section: str, checks: list, obj) -> None:
+    bad = [f"{section}.{name} = {getattr(obj, name)!r} must be {rule}" for name, ok, rule in checks if not ok]
+    if bad:
+        raise ConfigError("; ".join(bad))
 
 
 @dataclass
@@ -157,6 +194,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 errors.append(err)
         raise fail(" or ".join(_type_name(a) for a in args))
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads off/on/yes/no as booleans
+            spelled = [a for a in args if str(a).lower() in (("on", "yes", "true") if value else ("off", "no", "false"))]
+            value = spelled[0] if spelled else value
         if value not in args:
             raise fail("one of " + ", ".join(repr(a) for a in args))
         return value
@@ -197,6 +237,12 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
 def _build(cls: type[T], values: dict, prefix: str, where: str) -> T:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    try:
+        # A section given in part keeps the parent's defaults for the rest (which may differ from
+        # the section class's own defaults, e.g. a task's TrainConfig(steps=...)).
+        defaults = cls()
+    except (TypeError, ConfigError):
+        defaults = None
     kwargs = {}
     for name, value in values.items():
         full = f"{prefix}.{name}" if prefix else str(name)
@@ -206,6 +252,8 @@ def _build(cls: type[T], values: dict, prefix: str, where: str) -> T:
             raise ConfigError(
                 f"{where}: unknown key '{full}'{hint}; known keys here: {', '.join(sorted(known))}"
             )
+        if defaults is not None and isinstance(value, dict) and dataclasses.is_dataclass(hints[name]):
+            value = merge(to_dict(getattr(defaults, name)), value)
         kwargs[name] = _coerce(value, hints[name], full, where)
     try:
         return cls(**kwargs)

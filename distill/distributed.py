@@ -8,6 +8,7 @@ processes with gloo).
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +40,8 @@ def setup(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, rank=info.rank, world_size=world)
+        # Rank 0 validates (teacher sampling can take minutes) while the others wait at a barrier.
+        dist.init_process_group(backend=backend, rank=info.rank, world_size=world, timeout=timedelta(hours=2))
     return info
 
 
@@ -85,6 +87,16 @@ def gather_objects(obj, info: DistInfo) -> list:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def main_succeeded(ok: bool, info: DistInfo) -> bool:
+    """Broadcast whether work done on rank 0 only (validation, checkpoint writing) succeeded, so that
+    the other ranks stop too instead of waiting at the next collective until the timeout."""
+    if not info.enabled:
+        return ok
+    flag = [ok]
+    dist.broadcast_object_list(flag, src=0)
+    return bool(flag[0])
 
 
 def cleanup(info: DistInfo) -> None:

@@ -1,7 +1,7 @@
 """Run logging: TensorBoard plus a `metrics.jsonl` twin (one JSON object per logging call).
 
 Only the main process writes; on other ranks every method is a no-op. When a run resumes at step
-n, TensorBoard events after n are purged so curves do not double back.
+n, what was logged after n (by the interrupted run) is dropped from TensorBoard and metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 
 class RunLogger:
-    def __init__(self, run_dir: str | Path, enabled: bool = True, purge_step: int | None = None):
+    def __init__(self, run_dir: str | Path, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         self.writer = None
         self._jsonl = None
@@ -24,8 +24,14 @@ class RunLogger:
 
             run_dir = Path(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
-            self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+            purge = None if resume_step is None else resume_step + 1  # TensorBoard purges steps >= this
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
+            metrics = run_dir / "metrics.jsonl"
+            if resume_step is not None and metrics.exists():
+                kept = [line for line in metrics.read_text(encoding="utf-8").splitlines()
+                        if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+                metrics.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            self._jsonl = open(metrics, "a", encoding="utf-8")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         """Log each value under its own tag (the tag is the key, e.g. `loss/kl`)."""

@@ -43,7 +43,7 @@ from distill.config import save_config, to_dict
 from distill.data import StreamSampler
 from distill.errors import CheckpointError, ConfigError, TrainingDiverged
 from distill.logger import RunLogger
-from distill.optim import EMA, build_scheduler
+from distill.optim import EMA, build_scheduler, lr_factor
 from distill.task import Task
 
 log = logging.getLogger("wavedistill")
@@ -129,14 +129,16 @@ class Trainer:
         resumed_from = None
         if self.resume and self.checkpoints.latest.exists():
             resumed_from = self.checkpoints.latest
-            self._restore(load_checkpoint(resumed_from, map_location=self.device))
+            # RNG states must stay on the CPU; load_state_dict moves weights to the parameters' device
+            self._restore(load_checkpoint(resumed_from, map_location="cpu"))
         else:
             if self.resume:
                 log.info("no checkpoint in %s yet; starting from step 0", self.checkpoints.dir)
             seed_everything(cfg.seed + self.dist.rank)  # training randomness differs per rank
         if self.dist.is_main:
             save_config(self.task.config, self.run_dir / "config.yaml")
-        self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, purge_step=self.step if resumed_from else None)
+        # on resume, drop what an interrupted run logged after its last checkpoint
+        self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, resume_step=self.step if resumed_from else None)
         self.train_model: torch.nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -174,6 +176,13 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])
+        # The optimiser state carries the old hyper-parameters; the run's (possibly overridden) config wins.
+        for group in self.optimizer.param_groups:
+            group["betas"] = tuple(self.cfg.betas)
+            group["weight_decay"] = self.cfg.weight_decay
+        self.scheduler.base_lrs = [self.cfg.lr] * len(self.optimizer.param_groups)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * lr_factor(self.scheduler.last_epoch, self.cfg)
         self.step = int(payload["step"])
         self.batches_consumed = int(payload["batches_consumed"])
         self.nonfinite_skipped = int(payload["nonfinite_skipped"])
@@ -216,25 +225,38 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Collective: every rank contributes its RNG state; the main process writes."""
         states = distributed.gather_objects(rng_state(), self.dist)
-        path = None
-        if self.dist.is_main:
-            path = self.checkpoints.save(self._payload(states))
-        distributed.barrier(self.dist)
+        path, ok = None, True
+        try:
+            if self.dist.is_main:
+                path = self.checkpoints.save(self._payload(states))
+        except BaseException:
+            ok = False
+            raise
+        finally:
+            if not distributed.main_succeeded(ok, self.dist) and not self.dist.is_main:
+                raise RuntimeError("rank 0 failed to write the checkpoint; see its error")
         return path
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:
         results: dict[str, float] = {}
-        if self.dist.is_main and self.valid_data is not None:
-            model = self.ema.model if self.ema is not None else self.model
-            was_training = model.training
-            model.eval()
-            with torch.no_grad(), self._autocast():
-                results = self.task.validate(model, self.valid_data, self.logger, self.step)
-            model.train(was_training)
-            self.logger.scalars({f"valid/{k}": v for k, v in results.items()}, self.step)
-            self.logger.flush()
-        distributed.barrier(self.dist)
+        ok = True
+        try:
+            if self.dist.is_main and self.valid_data is not None:
+                model = self.ema.model if self.ema is not None else self.model
+                was_training = model.training
+                model.eval()
+                with torch.no_grad(), self._autocast():
+                    results = self.task.validate(model, self.valid_data, self.logger, self.step)
+                model.train(was_training)
+                self.logger.scalars({f"valid/{k}": v for k, v in results.items()}, self.step)
+                self.logger.flush()
+        except BaseException:
+            ok = False
+            raise
+        finally:
+            if not distributed.main_succeeded(ok, self.dist) and not self.dist.is_main:
+                raise RuntimeError("validation failed on rank 0; see its error")
         return results
 
     def _autocast(self):
@@ -315,6 +337,8 @@ class Trainer:
                     bar.update(1)
             else:
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.scaler.is_enabled():
+                    self.scaler.update()  # unscale_ was called: the scaler must close this step too
                 self.nonfinite_skipped += 1
                 nonfinite_run += 1
                 log.warning(

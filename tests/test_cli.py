@@ -65,6 +65,16 @@ def test_bad_files_in_a_corpus_are_warnings_and_the_stage_completes(tmp_path, sy
     assert "| all | 3 |" in result.stdout
 
 
+def test_corpus_paths_are_taken_literally(tmp_path, synth_corpus):
+    folder = tmp_path / "2024 #1"
+    folder.mkdir()
+    for name in ("utt00.wav", "utt01.wav"):
+        (folder / name).write_bytes((synth_corpus / name).read_bytes())
+    result = run("data", "--corpus", str(folder), "--split", "all")
+    assert result.returncode == 0, result.stderr
+    assert "| all | 2 |" in result.stdout
+
+
 def test_demo_runs_the_data_stage_on_the_bundled_corpus(tmp_path):
     result = run("demo", "--out", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr

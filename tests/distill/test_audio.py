@@ -72,9 +72,14 @@ def test_frame_count_is_length_floordiv_hop(length):
     assert mel.shape == (80, length // 256) == (80, num_frames(length, 256))
 
 
-def test_batched_input_keeps_leading_dims():
-    mel = LogMel(FeatureConfig())(torch.randn(2, 3, 4096))
+def test_batched_input_equals_item_by_item():
+    logmel = LogMel(FeatureConfig())
+    x = torch.randn(2, 3, 4096)
+    mel = logmel(x)
     assert mel.shape == (2, 3, 80, 16)
+    for i in range(2):
+        for j in range(3):
+            assert torch.allclose(mel[i, j], logmel(x[i, j]), atol=1e-5)
 
 
 def test_frames_match_an_independent_numpy_stft():

@@ -131,6 +131,18 @@ def test_build_model_rebuilds_trusted_classes_only(monkeypatch):
     assert torch.equal(rebuilt.lin.weight, model.lin.weight)
 
 
+def test_build_model_refuses_functions_and_bad_arguments(tmp_path):
+    marker = tmp_path / "ran"
+    evil = {"model_class": "distill.checkpoint:os.system", "model_args": {"command": f"touch {marker}"}, "model": {}}
+    with pytest.raises(CheckpointError, match="not a model class"):
+        build_model(evil)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="not a model class"):
+        build_model({**evil, "model_class": "distill.checkpoint:torch"})
+    with pytest.raises(CheckpointError, match="constructor arguments do not fit"):
+        build_model({"model_class": "distill.nn:CausalConv1d", "model_args": {"nope": 1}, "model": {}})
+
+
 def test_strict_loading_names_the_mismatch():
     with pytest.raises(CheckpointError, match=r"shape mismatch lin.weight \(6, 6\) vs \(4, 4\)"):
         load_state(Tiny(4), Tiny(6).state_dict(), "model")

@@ -88,3 +88,35 @@ def test_saved_config_loads_back_identically(tmp_path):
 def test_data_presets_load(preset):
     cfg = load_config(DataStageConfig, preset)
     assert cfg.features.sample_rate == 16000
+
+
+def test_a_partial_section_keeps_the_parents_defaults():
+    from tests.toy import ToyConfig
+
+    cfg = load_config(ToyConfig, None, ["train.steps=3", "data.corpus=/x"])
+    assert (cfg.train.steps, cfg.train.log_every, cfg.train.ema_decay) == (3, 2, 0.99)  # ToyConfig's, not TrainConfig's
+    assert cfg.data.segment_length == 2048
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.valid_every=0", "train.valid_every = 0 must be >= 1"),
+        ("train.batch_size=0", "train.batch_size = 0 must be >= 1"),
+        ("train.betas=[0.9]", "train.betas = [0.9] must be two numbers"),
+        ("train.lr=-1", "train.lr = -1.0 must be > 0"),
+        ("data.mel_context=-1", "data.mel_context = -1 must be >= 0"),
+    ],
+)
+def test_out_of_range_values_are_config_errors(override, message):
+    from tests.toy import ToyConfig
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(ToyConfig, None, [override])
+
+
+def test_yaml_booleans_spell_literal_choices(tmp_path):
+    from tests.toy import ToyConfig
+
+    cfg = load_config(ToyConfig, write(tmp_path, "train:\n  amp: off\n"))
+    assert cfg.train.amp == "off"

@@ -229,3 +229,31 @@ def test_amp_choice_per_device():
     assert amp_dtype("bf16", cpu) is torch.bfloat16  # explicit CPU bf16 autocast is allowed
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         amp_dtype("fp16", cpu)
+
+
+def test_resume_applies_an_overridden_lr_and_trims_the_interrupted_log(synth_corpus, tmp_path):
+    run = tmp_path / "run"
+    Trainer(ToyTask(toy_config(synth_corpus, steps=8, checkpoint_every=4, log_every=2)), run).fit(until_step=6)
+    # a run that logged step 6 but died before its step-6 checkpoint: point latest.pt back at step 4
+    (run / "checkpoints" / "latest.pt").unlink()
+    os.link(run / "checkpoints" / "step_00000004.pt", run / "checkpoints" / "latest.pt")
+    Trainer(ToyTask(toy_config(synth_corpus, steps=8, checkpoint_every=4, log_every=2, lr=1e-5)), run, resume=True).fit()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8]  # step 6 once, from the resumed run
+    assert [r for r in records if "loss" in r][-1]["train/lr"] == pytest.approx(1e-5)
+
+
+def test_max_minutes_stops_with_a_checkpoint(synth_corpus, tmp_path):
+    run = tmp_path / "run"
+    Trainer(ToyTask(toy_config(synth_corpus, steps=50, checkpoint_every=100, max_minutes=1e-6)), run).fit()
+    assert state(run)["step"] == 1
+
+
+def test_fp16_style_scaler_survives_skipped_steps(synth_corpus, tmp_path):
+    """With a grad scaler, a skipped step must still close the scaler's step (regression test)."""
+    trainer = Trainer(ToyTask(toy_config(synth_corpus, steps=4, checkpoint_every=100), nan_steps=(1,)), tmp_path / "r")
+    trainer._build()
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    trainer._loop(None, 4)
+    assert trainer.step == 4 and trainer.nonfinite_skipped == 1
+    trainer.logger.close()
