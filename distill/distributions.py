@@ -1,0 +1,212 @@
+"""Per-sample output distributions, shared by teachers, students and losses.
+
+Every distribution reads a parameter tensor `params: (B, P, T)` (P = `num_params`) and scores or
+draws audio `x: (B, T)` in [-1, 1]:
+
+- `Gaussian`: params (mu, log_sigma); log_sigma clamped below at `log_scale_min` (ClariNet: -9 for
+  teacher training, -7 inside the KL). Continuous density; `entropy` is per step.
+- `Logistic`: params (mu, log_s); continuous density (the Parallel WaveNet student's per-step law).
+- `DiscretizedMixLogistic`: K components (logit_pi, mu, log_s), the range [-1, 1] cut into
+  `num_bins` bins (2^8 or 2^16), edge bins absorbing the tails (PixelCNN++). Probabilities are
+  exact and sum to one: log(sigmoid(a) - sigmoid(b)) is computed as
+  log sigmoid(a) + log sigmoid(-b) + log(1 - exp(b - a)), with no "mid-range pdf" fallback.
+- `MuLawCategorical`: 256 classes over mu-law companded amplitude (the original WaveNet); a
+  teacher-only head: it has no density to distil from.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from distill.errors import ConfigError
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class OutputDistribution:
+    """Base class. `continuous` distributions have a density, a per-step entropy and can be distilled."""
+
+    name: str = ""
+    num_params: int = 0
+    continuous: bool = False
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(B, P, T), (B, T) -> (B, T) log-probability (density for continuous laws), nats."""
+        raise NotImplementedError
+
+    def sample(self, params: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """(B, P, T) -> (B, T) draws; temperature scales the spread (0 = the mean/mode)."""
+        raise NotImplementedError
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """(B, P, T) -> (B, T)."""
+        raise NotImplementedError
+
+    def entropy(self, params: torch.Tensor) -> torch.Tensor:
+        """(B, P, T) -> (B, T) differential entropy per step, nats."""
+        raise TypeError(f"the {self.name} distribution has no closed-form differential entropy")
+
+
+class Gaussian(OutputDistribution):
+    name = "gaussian"
+    num_params = 2
+    continuous = True
+
+    def __init__(self, log_scale_min: float = -9.0):
+        self.log_scale_min = log_scale_min
+
+    def unpack(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 2, T) -> mu (B, T), log_sigma (B, T) clamped below."""
+        return params[:, 0], params[:, 1].clamp(min=self.log_scale_min)
+
+    def log_prob(self, params, x):
+        mu, log_sigma = self.unpack(params)
+        z = (x - mu) * torch.exp(-log_sigma)
+        return -0.5 * LOG_2PI - log_sigma - 0.5 * z * z
+
+    def sample(self, params, temperature=1.0):
+        mu, log_sigma = self.unpack(params)
+        return mu + temperature * torch.exp(log_sigma) * torch.randn_like(mu)
+
+    def mean(self, params):
+        return params[:, 0]
+
+    def entropy(self, params):
+        return 0.5 * (LOG_2PI + 1.0) + self.unpack(params)[1]
+
+
+class Logistic(OutputDistribution):
+    name = "logistic"
+    num_params = 2
+    continuous = True
+
+    def __init__(self, log_scale_min: float = -9.0):
+        self.log_scale_min = log_scale_min
+
+    def unpack(self, params):
+        return params[:, 0], params[:, 1].clamp(min=self.log_scale_min)
+
+    def log_prob(self, params, x):
+        mu, log_s = self.unpack(params)
+        z = (x - mu) * torch.exp(-log_s)
+        return -z - log_s - 2.0 * F.softplus(-z)
+
+    def sample(self, params, temperature=1.0):
+        mu, log_s = self.unpack(params)
+        u = torch.rand_like(mu).clamp(1e-6, 1 - 1e-6)
+        return mu + temperature * torch.exp(log_s) * (torch.log(u) - torch.log1p(-u))
+
+    def mean(self, params):
+        return params[:, 0]
+
+    def entropy(self, params):
+        return self.unpack(params)[1] + 2.0
+
+
+def _log_sigmoid_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log(sigmoid(a) - sigmoid(b)) for a > b, exact and stable."""
+    return F.logsigmoid(a) + F.logsigmoid(-b) + torch.log(-torch.expm1(b - a))
+
+
+class DiscretizedMixLogistic(OutputDistribution):
+    name = "mol"
+    continuous = False
+
+    def __init__(self, num_components: int = 10, num_bins: int = 65536, log_scale_min: float = -7.0):
+        if num_bins < 2:
+            raise ConfigError(f"mol num_bins must be >= 2, got {num_bins}")
+        self.num_components = num_components
+        self.num_bins = num_bins
+        self.log_scale_min = log_scale_min
+        self.num_params = 3 * num_components
+
+    @property
+    def bin_width(self) -> float:
+        return 2.0 / (self.num_bins - 1)
+
+    def unpack(self, params):
+        """(B, 3K, T) -> logit_pi, mu, log_s, each (B, K, T)."""
+        k = self.num_components
+        return params[:, :k], params[:, k : 2 * k], params[:, 2 * k :].clamp(min=self.log_scale_min)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Snap x in [-1, 1] to the nearest bin centre."""
+        idx = torch.round((x.clamp(-1, 1) + 1) / self.bin_width)
+        return idx * self.bin_width - 1
+
+    def log_prob(self, params, x):
+        logit_pi, mu, log_s = self.unpack(params)
+        x = self.quantize(x).unsqueeze(1)  # (B, 1, T)
+        inv_s = torch.exp(-log_s)
+        half = self.bin_width / 2
+        upper = (x - mu + half) * inv_s
+        lower = (x - mu - half) * inv_s
+        inner = _log_sigmoid_diff(upper, lower)
+        first = F.logsigmoid(upper)  # the lowest bin takes (-inf, -1 + half]
+        last = F.logsigmoid(-lower)  # the highest bin takes [1 - half, inf)
+        edge_lo = x <= -1 + half / 2
+        edge_hi = x >= 1 - half / 2
+        log_probs = torch.where(edge_lo, first, torch.where(edge_hi, last, inner))
+        return torch.logsumexp(log_probs + F.log_softmax(logit_pi, dim=1), dim=1)
+
+    def sample(self, params, temperature=1.0):
+        logit_pi, mu, log_s = self.unpack(params)
+        gumbel = -torch.log(-torch.log(torch.rand_like(logit_pi).clamp(1e-10, 1 - 1e-10)))
+        choice = F.one_hot((logit_pi + gumbel).argmax(dim=1), self.num_components).permute(0, 2, 1).to(mu.dtype)
+        mu_k = (mu * choice).sum(1)
+        log_s_k = (log_s * choice).sum(1)
+        u = torch.rand_like(mu_k).clamp(1e-6, 1 - 1e-6)
+        x = mu_k + temperature * torch.exp(log_s_k) * (torch.log(u) - torch.log1p(-u))
+        return self.quantize(x)
+
+    def mean(self, params):
+        logit_pi, mu, _ = self.unpack(params)
+        return (F.softmax(logit_pi, dim=1) * mu).sum(1).clamp(-1, 1)
+
+
+class MuLawCategorical(OutputDistribution):
+    name = "mulaw"
+    continuous = False
+
+    def __init__(self, num_classes: int = 256):
+        self.num_classes = num_classes
+        self.num_params = num_classes
+        self.mu = float(num_classes - 1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x in [-1, 1] -> class index (long)."""
+        y = torch.sign(x) * torch.log1p(self.mu * x.abs().clamp(max=1)) / math.log1p(self.mu)
+        return torch.round((y + 1) / 2 * self.mu).long()
+
+    def decode(self, idx: torch.Tensor) -> torch.Tensor:
+        """class index -> amplitude in [-1, 1] (the class centre)."""
+        y = 2 * idx.to(torch.get_default_dtype()) / self.mu - 1
+        return torch.sign(y) * torch.expm1(y.abs() * math.log1p(self.mu)) / self.mu
+
+    def log_prob(self, params, x):
+        return F.log_softmax(params, dim=1).gather(1, self.encode(x).unsqueeze(1)).squeeze(1)
+
+    def sample(self, params, temperature=1.0):
+        if temperature == 0:
+            return self.decode(params.argmax(dim=1)).to(params.dtype)
+        logits = params / temperature
+        gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-10, 1 - 1e-10)))
+        return self.decode((logits + gumbel).argmax(dim=1)).to(params.dtype)
+
+    def mean(self, params):
+        values = self.decode(torch.arange(self.num_classes, device=params.device)).to(params.dtype)
+        return torch.einsum("bct,c->bt", F.softmax(params, dim=1), values)
+
+
+def build_distribution(name: str, **kwargs) -> OutputDistribution:
+    """'gaussian' | 'logistic' | 'mol' | 'mulaw', with that class's keyword arguments."""
+    classes = {c.name: c for c in (Gaussian, Logistic, DiscretizedMixLogistic, MuLawCategorical)}
+    if name not in classes:
+        raise ConfigError(f"unknown output distribution '{name}'; use one of {', '.join(classes)}")
+    try:
+        return classes[name](**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"distribution '{name}': {err}") from None

@@ -1,0 +1,121 @@
+"""Training the teacher: maximum likelihood (NLL per sample) on aligned (audio, mel) crops."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from distill.audio import LogMel, pad_mel
+from distill.config import DataConfig, FeatureConfig, TrainConfig, to_dict
+from distill.data import SegmentDataset, UtteranceDataset, load_split
+from distill.logger import RunLogger
+from distill.plots import mel_figure
+from distill.task import Task
+from teachers.sampling import generate
+from teachers.wavenet import WaveNetTeacher
+
+
+@dataclass
+class TeacherModelConfig:
+    """Constructor arguments of `WaveNetTeacher` (n_mels, hop_length and mel_context come from
+    the features and data sections)."""
+
+    distribution: Literal["gaussian", "mol", "mulaw"] = "gaussian"
+    distribution_args: dict[str, Any] = field(default_factory=dict)
+    layers: int = 20
+    cycle: int = 10
+    kernel_size: int = 2
+    residual_channels: int = 64
+    gate_channels: int = 64
+    skip_channels: int = 64
+    upsample: Literal["stretch", "transposed", "repeat"] = "stretch"
+    upsample_scales: list[int] = field(default_factory=lambda: [16, 16])
+    num_speakers: int = 0
+    speaker_dim: int = 16
+
+
+@dataclass
+class TeacherValidConfig:
+    max_utterances: int = 4  # validation NLL over the first N validation utterances
+    sample_seconds: float = 1.0  # length of the clip synthesised (incremental AR) at each validation; 0 = none
+    temperature: float = 1.0  # sampling temperature of that clip
+
+
+@dataclass
+class TeacherConfig:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: TeacherModelConfig = field(default_factory=TeacherModelConfig)
+    valid: TeacherValidConfig = field(default_factory=TeacherValidConfig)
+
+
+def build_teacher(cfg: TeacherConfig) -> WaveNetTeacher:
+    return WaveNetTeacher(
+        **to_dict(cfg.model),
+        n_mels=cfg.features.n_mels,
+        hop_length=cfg.features.hop_length,
+        mel_context=cfg.data.mel_context,
+    )
+
+
+class TeacherTask(Task):
+    name = "teacher"
+
+    def __init__(self, config: TeacherConfig):
+        super().__init__(config)
+        self.logmel = LogMel(config.features)
+
+    def build_model(self) -> WaveNetTeacher:
+        return build_teacher(self.config)
+
+    def build_datasets(self):
+        c = self.config
+        train = load_split(c.data, c.features, "train", c.data.segment_length)
+        valid = load_split(c.data, c.features, "valid", c.features.n_fft)
+        return SegmentDataset(train, c.data.segment_length, c.data.mel_context), UtteranceDataset(valid)
+
+    def training_step(self, model, batch, step):
+        params = model(batch["audio"], batch["mel"])
+        # the likelihood is computed in float32 even under bf16 autocast
+        nll = -model_dist(model).log_prob(params.float(), batch["audio"].float()).mean()
+        return {"loss": nll, "loss/nll": nll, "train/bits_per_sample": nll / math.log(2)}
+
+    def validate(self, model, valid_data, logger: RunLogger, step: int) -> dict[str, float]:
+        cfg, feats = self.config, self.config.features
+        silence = self.logmel.silence_value
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for i in range(min(cfg.valid.max_utterances, len(valid_data))):
+            item = valid_data[i]
+            audio = item["audio"][None].to(device)
+            mel = pad_mel(item["mel"], cfg.data.mel_context, silence)[None].to(device)
+            logp = model.dist.log_prob(model(audio, mel).float(), audio.float())
+            total += float(-logp.sum())
+            count += audio.numel()
+        nll = total / max(count, 1)
+        results = {"loss/nll": nll, "bits_per_sample": nll / math.log(2)}
+        frames = int(cfg.valid.sample_seconds * feats.sample_rate) // feats.hop_length
+        if frames > 0 and logger.enabled:
+            item = valid_data[0]
+            frames = min(frames, item["mel"].shape[-1])
+            mel = pad_mel(item["mel"][:, :frames], cfg.data.mel_context, silence)[None].to(device)
+            with torch.autocast(device_type=device.type, enabled=False):
+                audio = generate(model.float(), mel.float(), temperature=cfg.valid.temperature)[0].cpu()
+            reference = item["audio"][: frames * feats.hop_length]
+            logger.audio("valid/sample", audio, feats.sample_rate, step)
+            logger.audio("valid/reference", reference, feats.sample_rate, step)
+            fig = mel_figure([self.logmel(reference), self.logmel(audio)], ["reference", f"teacher sample, step {step}"],
+                             feats.hop_length, feats.sample_rate)
+            logger.figure("valid/mel", fig, step)
+            results["sample_mel_l1"] = float(F.l1_loss(self.logmel(audio), self.logmel(reference)))
+        return results
+
+
+def model_dist(model):
+    """The output distribution of a (possibly DDP-wrapped) teacher."""
+    return getattr(model, "module", model).dist
