@@ -12,8 +12,6 @@ gives the same numbers as the parallel forward pass (tested in float64).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,14 +60,6 @@ class GatedResidualLayer(nn.Module):
         return (x + res) * SQRT_HALF, skip
 
 
-@dataclass
-class StackState:
-    """Ring buffers of one incremental run: buffers[i] is (B, residual, span_i) for layer i."""
-
-    buffers: list[torch.Tensor]
-    position: int = 0
-
-
 class WaveNetStack(nn.Module):
     """Input 1x1 conv -> L gated residual layers (dilation 2^(i mod cycle)) -> ReLU-1x1-ReLU-1x1 head.
 
@@ -113,42 +103,95 @@ class WaveNetStack(nn.Module):
             skips = skips + s
         return self.head(skips * self.skip_scale)
 
-    # ------------------------------------------------------------------ incremental evaluation
-    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> StackState:
-        residual = self.input.out_channels
-        spans = [max(1, (l.kernel_size - 1) * l.dilation) for l in self.layers]
-        return StackState([torch.zeros(batch, residual, s, device=device, dtype=dtype) for s in spans])
+    def stepper(self, cond: torch.Tensor | None, batch: int | None = None, chunk: int = 1024) -> "StackStepper":
+        """An incremental evaluator of this stack for one sequence batch (see `StackStepper`)."""
+        return StackStepper(self, cond, batch, chunk)
 
-    def step(self, x_t: torch.Tensor, c_t: torch.Tensor | None, state: StackState) -> torch.Tensor:
-        """One time step. x_t: (B, in_channels), c_t: (B, cond_channels) -> (B, out_channels).
 
-        Equal to forward(...)[..., t] when called for t = 0, 1, 2, ... with the same inputs.
-        """
-        h = F.linear(x_t, self.input.weight[:, :, 0], self.input.bias)
-        skips = 0
-        pos = state.position
-        for layer, buf in zip(self.layers, state.buffers):
-            w = layer.conv.weight  # (2G, R, k): tap j multiplies input t - (k-1-j)*d
+class StackStepper:
+    """Fast WaveNet: evaluates a `WaveNetStack` one time step at a time.
+
+    Each dilated conv keeps a ring of its last (k-1)*d inputs (a Python list of tensors, so pushing
+    is free); the conditioning projections of all layers (with the conv biases folded in) are
+    computed for `chunk` steps at once; residual scaling and the skip sum are folded into
+    pre-arranged weights; the skip outputs of all layers are one matmul at the end. About seven
+    tensor ops per layer and step, O(layers) work per sample, batch > 1.
+
+    cond: (B, cond_channels, T) or None. `step(x_t: (B, in_channels)) -> (B, out_channels)` equals
+    `stack(x, cond)[..., t]` for t = 0, 1, 2, ... (tested in float64).
+    """
+
+    def __init__(self, stack: WaveNetStack, cond: torch.Tensor | None, batch: int | None = None, chunk: int = 1024):
+        ref = stack.input.weight
+        self.stack = stack
+        self.cond = cond
+        self.batch = cond.shape[0] if cond is not None else batch
+        if self.batch is None:
+            raise ValueError("pass cond or batch")
+        self.chunk = chunk
+        self.position = 0
+        self._cond_chunk: list | None = None
+        self.w_in = ref[:, :, 0].t().contiguous()  # (in, R)
+        self.b_in = stack.input.bias
+        layers = stack.layers
+        residual = stack.input.out_channels
+        self.taps, self.w_tap, self.w_res, self.b_res, self.gate = [], [], [], [], []
+        self.rings, self.spans = [], []
+        for layer in layers:
             k, d = layer.kernel_size, layer.dilation
-            a = F.linear(h, w[:, :, k - 1], layer.conv.bias)
-            span = buf.shape[-1]
-            for j in range(k - 1):
-                back = (k - 1 - j) * d  # how far back this tap looks
-                a = a + F.linear(buf[:, :, (pos - back) % span], w[:, :, j])
-            if layer.cond is not None:
-                a = a + F.linear(c_t, layer.cond.weight[:, :, 0])
-            if k > 1:
-                buf[:, :, pos % span] = h
-            filt, gate = a.split(layer.gate_channels, dim=1)
+            w = layer.conv.weight  # (2G, R, k); tap j multiplies input t - (k-1-j)*d
+            self.w_tap.append(w.permute(2, 1, 0).reshape(k * residual, -1).contiguous())  # (k*R, 2G)
+            self.taps.append([(k - 1 - j) * d for j in range(k - 1)])
+            span = max(1, (k - 1) * d)
+            self.spans.append(span)
+            self.rings.append([ref.new_zeros(self.batch, residual)] * span)
+            out_w = layer.out.weight[:, :, 0]
+            self.w_res.append((out_w[:residual] * SQRT_HALF).t().contiguous())  # (G, R)
+            self.b_res.append(layer.out.bias[:residual] * SQRT_HALF)
+            self.gate.append(layer.gate_channels)
+        scale = stack.skip_scale
+        self.w_skip = torch.cat([l.out.weight[residual:, :, 0].t() for l in layers], dim=0) * scale  # (L*G, S)
+        self.b_skip = sum(l.out.bias[residual:] for l in layers) * scale
+        self.conv_bias = torch.stack([l.conv.bias for l in layers])  # (L, 2G)
+        self.has_cond = layers[0].cond is not None
+        if self.has_cond:
+            self.w_cond = torch.stack([l.cond.weight[:, :, 0] for l in layers])  # (L, 2G, C)
+        head = stack.head
+        self.h1 = (head[1].weight[:, :, 0].t().contiguous(), head[1].bias)
+        self.h2 = (head[3].weight[:, :, 0].t().contiguous(), head[3].bias)
+
+    def _load_chunk(self) -> None:
+        t0 = self.position
+        if self.has_cond:
+            c = self.cond[:, :, t0 : t0 + self.chunk]  # (B, C, n)
+            proj = torch.einsum("lgc,bcn->nlbg", self.w_cond, c) + self.conv_bias[None, :, None, :]
+        else:
+            n = self.chunk
+            proj = self.conv_bias[None, :, None, :].expand(n, -1, self.batch, -1)
+        self._cond_chunk = [step.unbind(0) for step in proj.unbind(0)]  # [n][L] -> (B, 2G)
+
+    def step(self, x_t: torch.Tensor) -> torch.Tensor:
+        i = self.position % self.chunk
+        if i == 0:
+            self._load_chunk()
+        cond_t = self._cond_chunk[i]
+        pos = self.position
+        h = torch.addmm(self.b_in, x_t, self.w_in)
+        zs = []
+        for l in range(len(self.w_tap)):
+            ring, span = self.rings[l], self.spans[l]
+            taps = [ring[(pos - back) % span] for back in self.taps[l]]
+            a = torch.addmm(cond_t[l], torch.cat(taps + [h], dim=1) if taps else h, self.w_tap[l])
+            if taps:
+                ring[pos % span] = h
+            filt, gate = a.split(self.gate[l], dim=1)
             z = torch.tanh(filt) * torch.sigmoid(gate)
-            res, s = F.linear(z, layer.out.weight[:, :, 0], layer.out.bias).split([h.shape[1], layer.skip_channels], dim=1)
-            h = (h + res) * SQRT_HALF
-            skips = skips + s
-        state.position = pos + 1
-        out = skips * self.skip_scale
-        head = self.head
-        out = F.linear(torch.relu(out), head[1].weight[:, :, 0], head[1].bias)
-        return F.linear(torch.relu(out), head[3].weight[:, :, 0], head[3].bias)
+            zs.append(z)
+            h = torch.addmm(self.b_res[l], z, self.w_res[l]).add_(h, alpha=SQRT_HALF)
+        self.position = pos + 1
+        skips = torch.addmm(self.b_skip, torch.cat(zs, dim=1), self.w_skip)
+        out = torch.addmm(self.h1[1], torch.relu(skips), self.h1[0])
+        return torch.addmm(self.h2[1], torch.relu(out), self.h2[0])
 
 
 class MelUpsampler(nn.Module):

@@ -33,12 +33,11 @@ def incremental_forward(teacher: WaveNetTeacher, x: torch.Tensor, cond: torch.Te
     Must equal `teacher.forward_cond(x, cond)`; this is what the incremental path is tested with.
     """
     batch, _, length = cond.shape
-    state = teacher.stack.init_state(batch, cond.device, cond.dtype)
-    cond_t = cond.transpose(1, 2).contiguous()
+    stepper = teacher.stack.stepper(cond)
     prev = torch.zeros(batch, 1, device=cond.device, dtype=cond.dtype)
     out = []
     for t in range(length):
-        out.append(teacher.stack.step(prev, cond_t[:, t], state))
+        out.append(stepper.step(prev))
         prev = x[:, t : t + 1]
     return torch.stack(out, dim=-1)
 
@@ -52,25 +51,37 @@ def generate(
     mode: str = "sample",
     speaker: torch.Tensor | None = None,
     progress: bool = False,
+    prompt: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """mel: (B, n_mels, F + 2c) -> audio (B, F * hop) drawn from the teacher."""
+    """mel: (B, n_mels, F + 2c) -> audio (B, F * hop) drawn from the teacher.
+
+    prompt: (B, P) known audio that the output starts with; sampling continues after it (P < F * hop).
+    """
     was_training = teacher.training
     teacher.eval()
     cond = teacher.conditioning(mel, speaker)
     batch, _, length = cond.shape
     audio = torch.zeros(batch, length, device=cond.device, dtype=cond.dtype)
+    start = 0
+    if prompt is not None:
+        start = prompt.shape[-1]
+        audio[:, :start] = prompt
     steps = tqdm(range(length), desc=f"{method} sampling", disable=not progress, leave=False)
     if method == "incremental":
-        state = teacher.stack.init_state(batch, cond.device, cond.dtype)
-        cond_t = cond.transpose(1, 2).contiguous()
+        stepper = teacher.stack.stepper(cond)
         prev = torch.zeros(batch, 1, device=cond.device, dtype=cond.dtype)
         for t in steps:
-            params = teacher.stack.step(prev, cond_t[:, t], state)
+            params = stepper.step(prev)
+            if t < start:  # teacher-forced through the prompt
+                prev = audio[:, t : t + 1]
+                continue
             prev = _draw(teacher, params[:, :, None], mode, temperature)
             audio[:, t] = prev[:, 0]
     elif method == "naive":
         field = teacher.receptive_field()
         for t in steps:
+            if t < start:
+                continue
             lo = max(0, t - field)
             window = shift_right(audio[:, lo : t + 1])[:, None, :]
             params = teacher.stack(window, cond[:, :, lo : t + 1])[:, :, -1:]

@@ -1,0 +1,87 @@
+"""Loading teachers (the shipped demo teacher by default) and exporting a run's teacher.
+
+An exported teacher is a slim checkpoint: the EMA weights as `model`, the model class and constructor
+arguments, the feature settings and the config, and no optimiser state. It loads without its YAML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from distill.checkpoint import FORMAT, VERSION, atomic_save, build_model, check_features, load_checkpoint
+from distill.config import FeatureConfig, to_dict
+from distill.errors import CheckpointError
+from teachers.wavenet import WaveNetTeacher
+
+DEMO_TEACHER_NAME = "demo_gaussian_tiny.pt"
+
+
+def demo_teacher_path() -> Path:
+    """The pretrained Gaussian teacher for the demo corpus, shipped inside the package."""
+    return Path(str(resources.files("teachers") / "pretrained" / DEMO_TEACHER_NAME))
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_teacher(
+    path: str | Path | None = None,
+    features: FeatureConfig | dict | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[WaveNetTeacher, dict]:
+    """(teacher in eval mode with its EMA weights, checkpoint payload). `path` may be a checkpoint
+    file or a run folder; None means the shipped demo teacher. With `features`, settings that
+    differ from the teacher's are an error naming both values."""
+    path = Path(path) if path is not None else demo_teacher_path()
+    if path == demo_teacher_path() and not path.is_file():
+        raise CheckpointError(f"{path}: the shipped demo teacher is missing from this installation; reinstall wavedistill")
+    payload = load_checkpoint(path)
+    if payload.get("task") != "teacher":
+        raise CheckpointError(f"{path}: is a '{payload.get('task')}' checkpoint, not a teacher")
+    if features is not None:
+        current = to_dict(features) if isinstance(features, FeatureConfig) else dict(features)
+        check_features(payload["features"], current, f"teacher {path.name}", "the data/config")
+    weights = payload["ema"]["model"] if payload.get("ema") else payload["model"]
+    model = build_model({**payload, "model": weights})
+    if not isinstance(model, WaveNetTeacher):
+        raise CheckpointError(f"{path}: holds a {type(model).__name__}, not a WaveNetTeacher")
+    return model.to(device).eval(), payload
+
+
+def export_teacher(source: str | Path, out: str | Path) -> dict:
+    """Write the slim, self-describing form of a teacher run's latest (or given) checkpoint."""
+    payload = load_checkpoint(source)
+    if payload.get("task") != "teacher":
+        raise CheckpointError(f"{source}: is a '{payload.get('task')}' checkpoint, not a teacher")
+    weights = payload["ema"]["model"] if payload.get("ema") else payload["model"]
+    batch = payload["config"]["train"]["batch_size"] * payload.get("world_size", 1)
+    segment = payload["config"]["data"]["segment_length"]
+    slim = {
+        "format": FORMAT,
+        "version": VERSION,
+        "task": "teacher",
+        "step": payload["step"],
+        "model": {k: v.float().contiguous() for k, v in weights.items()},
+        "ema": None,
+        "model_class": payload["model_class"],
+        "model_args": payload["model_args"],
+        "features": payload["features"],
+        "config": payload["config"],
+        "extra": {
+            **payload.get("extra", {}),
+            "weights": "ema" if payload.get("ema") else "model",
+            "samples_seen": payload["batches_consumed"] * batch * segment,
+        },
+        "versions": payload.get("versions", {}),
+    }
+    atomic_save(slim, out)
+    return {"path": str(out), "step": slim["step"], "bytes": Path(out).stat().st_size}

@@ -1,0 +1,122 @@
+"""Output distributions: normalisation, agreement with scipy, sampling moments, entropies, floors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from distill.distributions import (
+    DiscretizedMixLogistic,
+    Gaussian,
+    Logistic,
+    MuLawCategorical,
+    build_distribution,
+)
+from distill.errors import ConfigError
+
+
+def params_of(*rows: torch.Tensor) -> torch.Tensor:
+    """Stack per-parameter (B, T) tensors into (B, P, T)."""
+    return torch.stack(rows, dim=1).double()
+
+
+def test_gaussian_log_prob_matches_scipy():
+    mu, log_sigma = torch.tensor([[0.1, -0.3, 0.0]]).double(), torch.tensor([[-2.0, -4.0, 0.5]]).double()
+    x = torch.tensor([[0.15, -0.2, 1.3]]).double()
+    ours = Gaussian().log_prob(params_of(mu, log_sigma), x.double())
+    theirs = scipy.stats.norm.logpdf(x.numpy(), mu.numpy(), np.exp(log_sigma.numpy()))
+    np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-10)
+
+
+def test_logistic_log_prob_matches_scipy():
+    mu, log_s = torch.tensor([[0.1, -0.3]]).double(), torch.tensor([[-2.0, -5.0]]).double()
+    x = torch.tensor([[0.4, -0.31]]).double()
+    ours = Logistic().log_prob(params_of(mu, log_s), x.double())
+    theirs = scipy.stats.logistic.logpdf(x.numpy(), mu.numpy(), np.exp(log_s.numpy()))
+    np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-10)
+
+
+def test_log_scale_floor_is_honoured():
+    dist = Gaussian(log_scale_min=-9.0)
+    below = params_of(torch.zeros(1, 1), torch.full((1, 1), -20.0))
+    at = params_of(torch.zeros(1, 1), torch.full((1, 1), -9.0))
+    x = torch.full((1, 1), 1e-4, dtype=torch.float64)
+    assert torch.equal(dist.log_prob(below, x), dist.log_prob(at, x))
+    assert torch.equal(dist.entropy(below), dist.entropy(at))
+    assert float(dist.sample(below, 1.0).sub(0).abs().max()) < 1e-2  # draws use the floored scale
+
+
+@pytest.mark.parametrize("dist", [Gaussian(), Logistic()], ids=["gaussian", "logistic"])
+def test_sampling_moments_and_entropy_agree_with_monte_carlo(dist):
+    torch.manual_seed(0)
+    n = 200_000
+    mu, log_s = 0.2, -1.5
+    params = params_of(torch.full((1, n), mu), torch.full((1, n), log_s))
+    x = dist.sample(params)
+    scale = math.exp(log_s)
+    std = scale if isinstance(dist, Gaussian) else scale * math.pi / math.sqrt(3)
+    assert float(x.mean()) == pytest.approx(mu, abs=4 * std / math.sqrt(n))
+    assert float(x.std()) == pytest.approx(std, rel=0.01)
+    mc_entropy = float(-dist.log_prob(params, x).mean())
+    assert float(dist.entropy(params)[0, 0]) == pytest.approx(mc_entropy, abs=0.01)
+
+
+@pytest.mark.parametrize("bins", [256, 65536])
+def test_mixture_of_logistics_sums_to_one_over_all_bins(bins):
+    dist = DiscretizedMixLogistic(num_components=3, num_bins=bins)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, generator=g, dtype=torch.float64)
+    mus = torch.tensor([-0.99, 0.0, 0.7], dtype=torch.float64)  # one component near the lower edge
+    log_s = torch.tensor([-3.0, -6.0, -1.0], dtype=torch.float64)
+    centres = torch.linspace(-1, 1, bins, dtype=torch.float64)[None]  # every bin, once
+    params = torch.cat([logits, mus, log_s])[None, :, None].expand(1, 9, bins)
+    total = dist.log_prob(params, centres).exp().sum()
+    assert float(total) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_single_component_mol_approximates_the_continuous_logistic():
+    dist = DiscretizedMixLogistic(num_components=1, num_bins=65536)
+    params = params_of(torch.zeros(1, 3), torch.tensor([[0.1, -0.2, 0.0]]), torch.full((1, 3), -4.0))
+    x = torch.tensor([[0.12, -0.25, 0.01]], dtype=torch.float64)
+    discrete = dist.log_prob(params, x)
+    continuous = Logistic().log_prob(params[:, 1:], dist.quantize(x)) + math.log(dist.bin_width)
+    assert torch.allclose(discrete, continuous, atol=1e-6)
+
+
+def test_mixture_sampling_matches_its_mean_and_lands_on_bins():
+    torch.manual_seed(1)
+    dist = DiscretizedMixLogistic(num_components=2, num_bins=256)
+    n = 100_000
+    row = torch.tensor([math.log(0.25), math.log(0.75), -0.5, 0.3, -4.0, -4.0])
+    params = row[None, :, None].expand(1, 6, n).double()
+    x = dist.sample(params)
+    assert float(x.mean()) == pytest.approx(float(dist.mean(params)[0, 0]), abs=0.01)
+    assert float(dist.mean(params)[0, 0]) == pytest.approx(0.25 * -0.5 + 0.75 * 0.3)
+    assert torch.allclose(dist.quantize(x), x)
+
+
+def test_mu_law_is_a_normalised_256_way_categorical():
+    dist = MuLawCategorical()
+    idx = torch.arange(256)
+    assert torch.equal(dist.encode(dist.decode(idx)), idx)  # the class centres encode to themselves
+    x = torch.linspace(-1, 1, 1001)
+    assert float((dist.decode(dist.encode(x)) - x).abs().max()) < 0.05  # companding error, worst at the edges
+    logits = torch.randn(1, 256, 1, dtype=torch.float64)
+    probs = dist.log_prob(logits.expand(1, 256, 256), dist.decode(idx)[None].double()).exp()
+    assert float(probs.sum()) == pytest.approx(1.0, abs=1e-12)
+    torch.manual_seed(0)
+    draws = dist.sample(logits.expand(1, 256, 50_000))
+    assert float(draws.mean()) == pytest.approx(float(dist.mean(logits)[0, 0]), abs=0.01)
+    with pytest.raises(TypeError, match="no closed-form"):
+        dist.entropy(logits)
+
+
+def test_unknown_distribution_or_argument_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown output distribution 'laplace'"):
+        build_distribution("laplace")
+    with pytest.raises(ConfigError, match="distribution 'mulaw'"):
+        build_distribution("mulaw", log_scale_min=-7)

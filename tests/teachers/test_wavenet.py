@@ -1,0 +1,141 @@
+"""The teacher's math: causality, receptive field, incremental == parallel, sampling, overfitting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distill.audio import LogMel, load_audio, pad_mel
+from distill.config import FeatureConfig
+from distill.corpus import resolve_corpus
+from teachers.sampling import generate, incremental_forward
+from teachers.wavenet import WaveNetTeacher
+
+HEADS = [("gaussian", {}), ("mol", {"num_components": 3, "num_bins": 256}), ("mulaw", {})]
+
+
+def small_teacher(distribution="gaussian", args=None, kernel_size=2, layers=6, cycle=3, dtype=torch.float64, **kw):
+    torch.manual_seed(0)
+    model = WaveNetTeacher(distribution, args or {}, layers=layers, cycle=cycle, kernel_size=kernel_size,
+                           residual_channels=8, gate_channels=8, skip_channels=8, n_mels=5, hop_length=4,
+                           upsample_scales=[2, 2], mel_context=1, **kw)
+    return model.to(dtype).eval()
+
+
+def inputs(model, frames=20, batch=2, dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    mel = torch.randn(batch, 5, frames + 2, generator=g, dtype=dtype)
+    x = 0.3 * torch.randn(batch, frames * 4, generator=g, dtype=dtype)
+    return x, mel
+
+
+@pytest.mark.parametrize("kernel_size, layers, cycle", [(2, 6, 3), (3, 5, 4)])
+def test_receptive_field_formula(kernel_size, layers, cycle):
+    model = small_teacher(kernel_size=kernel_size, layers=layers, cycle=cycle)
+    dilations = [2 ** (i % cycle) for i in range(layers)]
+    assert model.receptive_field() == (kernel_size - 1) * sum(dilations) + 1
+
+
+@pytest.mark.parametrize("kernel_size", [2, 3])
+def test_perturbing_the_future_leaves_the_past_unchanged(kernel_size):
+    model = small_teacher(kernel_size=kernel_size)
+    x, mel = inputs(model)
+    base = model(x, mel)
+    for s in (0, 17, 50):
+        y = x.clone()
+        y[:, s] += 0.5
+        out = model(y, mel)
+        assert torch.equal(out[:, :, : s + 1], base[:, :, : s + 1])  # p(x_t | x_<t) for t <= s: untouched
+        assert not torch.allclose(out[:, :, s + 1], base[:, :, s + 1])  # x_s does reach t = s + 1
+
+
+@pytest.mark.parametrize("kernel_size, layers, cycle", [(2, 6, 3), (3, 5, 4)])
+def test_one_hot_gradient_measures_the_receptive_field(kernel_size, layers, cycle):
+    model = small_teacher(kernel_size=kernel_size, layers=layers, cycle=cycle)
+    x, mel = inputs(model, frames=30, batch=1)
+    x.requires_grad_(True)
+    t = 100
+    model(x, mel)[0, :, t].sum().backward()
+    reached = (x.grad[0].abs() > 0).nonzero().flatten().tolist()
+    assert max(reached) == t - 1  # strictly earlier samples only
+    assert t - min(reached) == model.receptive_field()  # x_{t-R} .. x_{t-1}
+
+
+@pytest.mark.parametrize("distribution, args", HEADS, ids=[h[0] for h in HEADS])
+@pytest.mark.parametrize("kernel_size", [2, 3])
+def test_incremental_equals_teacher_forced_forward(distribution, args, kernel_size):
+    model = small_teacher(distribution, args, kernel_size=kernel_size)
+    x, mel = inputs(model)
+    cond = model.conditioning(mel)
+    parallel = model.forward_cond(x, cond)
+    stepwise = incremental_forward(model, x, cond)
+    assert parallel.shape == stepwise.shape
+    assert torch.allclose(parallel, stepwise, atol=1e-6, rtol=0)
+
+
+def test_incremental_and_naive_sampling_draw_the_same_audio():
+    model = small_teacher(kernel_size=3)
+    _, mel = inputs(model, frames=12)
+    torch.manual_seed(5)
+    fast = generate(model, mel, "incremental")
+    torch.manual_seed(5)
+    slow = generate(model, mel, "naive")
+    assert fast.shape == (2, 48) and torch.allclose(fast, slow, atol=1e-9)
+    assert fast.abs().max() <= 1
+    assert not torch.allclose(fast[0], fast[1])  # the batch items are independent draws
+
+
+def test_sampling_continues_a_prompt_the_same_way_in_both_methods():
+    model = small_teacher(kernel_size=3)
+    x, mel = inputs(model, frames=12)
+    torch.manual_seed(7)
+    fast = generate(model, mel, "incremental", prompt=x[:, :30])
+    torch.manual_seed(7)
+    slow = generate(model, mel, "naive", prompt=x[:, :30])
+    assert torch.equal(fast[:, :30], x[:, :30]) and torch.allclose(fast, slow, atol=1e-9)
+    torch.manual_seed(7)
+    assert not torch.allclose(generate(model, mel, "incremental")[:, 30:], fast[:, 30:])  # the prompt matters
+
+
+def test_mean_mode_and_temperature_zero_are_deterministic():
+    model = small_teacher()
+    _, mel = inputs(model, frames=8)
+    a = generate(model, mel, mode="mean")
+    b = generate(model, mel, mode="mean")
+    c = generate(model, mel, temperature=0.0)
+    assert torch.equal(a, b) and torch.allclose(a, c)
+
+
+def test_speaker_embedding_changes_the_output():
+    model = small_teacher(num_speakers=3, speaker_dim=4)
+    x, mel = inputs(model)
+    a = model(x, mel, torch.tensor([0, 0]))
+    b = model(x, mel, torch.tensor([0, 2]))
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1])
+    with pytest.raises(ValueError, match="speaker ids"):
+        model(x, mel)
+
+
+def test_a_tiny_teacher_overfits_one_clip_well_below_the_unconditional_baseline():
+    features = FeatureConfig()
+    utt = resolve_corpus("demo", "train")[0]
+    audio = load_audio(utt.path, 16000)[8000 : 8000 + 4096][None]  # 0.26 s of voiced speech
+    mel = pad_mel(LogMel(features)(audio), 1, math.log(1e-5))
+    torch.manual_seed(0)
+    model = WaveNetTeacher("gaussian", {}, layers=8, cycle=8, residual_channels=16, gate_channels=16,
+                           skip_channels=16, mel_context=1)
+    # an i.i.d. Gaussian fitted to the clip: what a model that ignores context and mel achieves
+    baseline = 0.5 * math.log(2 * math.pi * math.e * float(audio.var()))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(300):  # ~10 s on 2 CPU cores
+        nll = -model.log_prob(audio, mel).mean()
+        opt.zero_grad()
+        nll.backward()
+        opt.step()
+        history.append(nll.item())
+    assert history[0] > baseline  # it starts worse than the baseline...
+    assert min(history[-50:]) < baseline - 1.5, (history[-50:], baseline)  # ...and ends far below it
+    assert history[-1] < baseline - 0.5
