@@ -19,7 +19,9 @@ log = logging.getLogger("wavedistill")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
-    parser.add_argument("--config", default=default_config, help="YAML preset (see configs/)")
+    parser.add_argument("--config", default=None,
+                        help=f"YAML preset (see configs/){'; default ' + default_config if default_config else ''}")
+    parser.set_defaults(default_config=default_config)
     parser.add_argument("--out", required=True, help="run folder: checkpoints/, tensorboard/, config.yaml, metrics.jsonl")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out exactly where its latest checkpoint stopped")
@@ -43,7 +45,7 @@ def training_config(args: argparse.Namespace, config_cls: type):
         if args.config:
             log.info("resuming: using %s (the run's own config), not --config %s", saved, args.config)
         return load_config(config_cls, saved, overrides)
-    return load_config(config_cls, args.config, overrides)
+    return load_config(config_cls, args.config or getattr(args, "default_config", None), overrides)
 
 
 def run_training(args: argparse.Namespace, config_cls: type, make_task: Callable) -> int:

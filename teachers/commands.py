@@ -15,3 +15,19 @@ def _train_teacher(args) -> int:
     from teachers.task import TeacherConfig, TeacherTask
 
     return run_training(args, TeacherConfig, TeacherTask)
+
+
+def add_export_teacher(sub) -> None:
+    p = sub.add_parser("export-teacher", help="write the slim, self-describing teacher (EMA weights) of a run")
+    p.add_argument("--run", required=True, help="a teacher run folder or one of its checkpoints")
+    p.add_argument("--out", required=True, help="output .pt file (e.g. teachers/pretrained/demo_gaussian_tiny.pt)")
+    p.set_defaults(func=_export_teacher)
+
+
+def _export_teacher(args) -> int:
+    import json
+
+    from teachers.pretrained import export_teacher
+
+    print(json.dumps(export_teacher(args.run, args.out), indent=2))
+    return 0

@@ -1,0 +1,73 @@
+"""`wavedistill train-teacher` end to end, exporting, and loading a teacher with matching features."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from distill.checkpoint import load_checkpoint
+from distill.config import FeatureConfig
+from distill.errors import CheckpointError
+from teachers.pretrained import export_teacher, load_teacher
+
+TINY = [
+    "model.layers=4", "model.cycle=4", "model.residual_channels=8", "model.gate_channels=8",
+    "model.skip_channels=8", "data.segment_length=2048", "train.batch_size=2", "train.log_every=2",
+    "train.valid_every=4", "train.checkpoint_every=2", "valid.max_utterances=1", "valid.sample_seconds=0.05",
+]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("teacher") / "run"
+    first = cli("train-teacher", "--config", "configs/teacher/gaussian_tiny.yaml", "--out", str(run), "--steps", "4", *TINY)
+    assert first.returncode == 0, first.stderr
+    resumed = cli("train-teacher", "--out", str(run), "--resume", "--steps", "6")
+    assert resumed.returncode == 0, resumed.stderr
+    return run
+
+
+def test_train_teacher_trains_validates_checkpoints_and_resumes(teacher_run):
+    ckpt = load_checkpoint(teacher_run)
+    assert ckpt["task"] == "teacher" and ckpt["step"] == 6 and ckpt["model_class"] == "teachers.wavenet:WaveNetTeacher"
+    records = [json.loads(line) for line in (teacher_run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss/nll" in r and "loss" in r]
+    assert [r["step"] for r in train] == [2, 4, 6]
+    assert all(r["train/bits_per_sample"] == pytest.approx(r["loss/nll"] / 0.6931471805599453) for r in train)
+    valid = [r for r in records if "valid/loss/nll" in r]
+    assert [r["step"] for r in valid] == [4, 6] and all("valid/sample_mel_l1" in r for r in valid)
+    events = list((teacher_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and sum(e.stat().st_size for e in events) > 20_000  # scalars + audio + mel images
+
+
+def test_export_and_load_a_teacher(teacher_run, tmp_path):
+    info = export_teacher(teacher_run, tmp_path / "t.pt")
+    assert info["step"] == 6
+    slim = load_checkpoint(tmp_path / "t.pt")
+    assert "optimizer" not in slim and slim["extra"]["samples_seen"] == 6 * 2 * 2048
+    teacher, payload = load_teacher(tmp_path / "t.pt", features=FeatureConfig())
+    full = load_checkpoint(teacher_run)
+    assert torch.equal(teacher.stack.input.weight, full["ema"]["model"]["stack.input.weight"])  # EMA weights
+    assert not teacher.training
+
+
+def test_loading_a_teacher_for_other_features_names_both_values(teacher_run, tmp_path):
+    export_teacher(teacher_run, tmp_path / "t.pt")
+    with pytest.raises(CheckpointError, match=r"hop_length: 256 in teacher t.pt vs 200 in the data/config"):
+        load_teacher(tmp_path / "t.pt", features=FeatureConfig(hop_length=200, n_fft=1000, win_length=1000))
+
+
+def test_a_student_or_foreign_checkpoint_is_not_a_teacher(tmp_path):
+    from distill.checkpoint import FORMAT, VERSION, atomic_save
+
+    atomic_save({"format": FORMAT, "version": VERSION, "task": "student"}, tmp_path / "s.pt")
+    with pytest.raises(CheckpointError, match="not a teacher"):
+        load_teacher(tmp_path / "s.pt")
