@@ -36,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     found = sorted(entry_points(group="wavedistill.commands"), key=lambda ep: ep.name)
-    if not found:  # running from a source tree that was never installed
+    if not found:  # a source tree that was never installed: only the base package's commands
         from distill import commands
 
-        for add in (commands.add_data, commands.add_demo, commands.add_env, commands.add_make_demo_corpus):
+        for add in (commands.add_data, commands.add_env, commands.add_make_demo_corpus):
             add(sub)
     for ep in found:
         ep.load()(sub)

@@ -84,10 +84,10 @@ def _env(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# wavedistill data / demo
+# wavedistill data
 
 
-def _data_stage_args(p: argparse.ArgumentParser) -> None:
+def add_data_stage_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML with features: and data: sections (default: built-in defaults)")
     p.add_argument("--split", default="splits", choices=["splits", "train", "valid", "test", "all"],
                    help="splits: train, valid and test each (default); all: the whole corpus as one")
@@ -98,11 +98,11 @@ def _data_stage_args(p: argparse.ArgumentParser) -> None:
 def add_data(sub) -> None:
     p = sub.add_parser("data", help="read and check a corpus (demo, LJSpeech folder or audio folder), fill the mel cache")
     p.add_argument("--corpus", default=None, help="'demo', an LJSpeech folder or a folder of audio files (sets data.corpus)")
-    _data_stage_args(p)
+    add_data_stage_arguments(p)
     p.set_defaults(func=_data)
 
 
-def _run_data_stage(args, corpus: str | None) -> dict:
+def run_data_stage(args, corpus: str | None) -> dict:
     from distill.prepare import format_summary, prepare
 
     cfg = load_config(DataStageConfig, args.config, list(args.overrides))
@@ -115,23 +115,7 @@ def _run_data_stage(args, corpus: str | None) -> dict:
 
 
 def _data(args) -> int:
-    _run_data_stage(args, args.corpus)
-    return 0
-
-
-def add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the end-to-end demo on the bundled corpus (today: its data stage)")
-    p.set_defaults(corpus="demo")
-    _data_stage_args(p)
-    p.set_defaults(func=_demo, out="runs/demo")
-
-
-def _demo(args) -> int:
-    _run_data_stage(args, "demo")
-    print(
-        "demo: the data stage ran (corpus read, checked, mels computed; see the folder above). "
-        "Teacher sampling, distillation and evaluation join this command as those stages land."
-    )
+    run_data_stage(args, args.corpus)
     return 0
 
 

@@ -277,7 +277,12 @@ def to_dict(cfg: Any) -> dict:
 # Files and overrides
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if not path.is_file() and not path.is_absolute() and (PROJECT_ROOT / path).is_file():
+        path = PROJECT_ROOT / path  # presets such as configs/teacher/x.yaml work from any folder
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: 'extends' forms a cycle: {' -> '.join(str(p) for p in seen + (path,))}")

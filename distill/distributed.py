@@ -100,5 +100,8 @@ def main_succeeded(ok: bool, info: DistInfo) -> bool:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Leave the process group. The barrier first: a rank that tears gloo down while another still
+    talks to it can abort the process ("terminate called without an active exception")."""
     if info.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

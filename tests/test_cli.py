@@ -75,13 +75,15 @@ def test_corpus_paths_are_taken_literally(tmp_path, synth_corpus):
     assert "| all | 2 |" in result.stdout
 
 
-def test_demo_runs_the_data_stage_on_the_bundled_corpus(tmp_path):
-    result = run("demo", "--out", str(tmp_path / "demo"))
+def test_demo_runs_the_data_stage_and_the_shipped_teachers_copy_synthesis(tmp_path):
+    result = run("demo", "--out", str(tmp_path / "demo"), "--max-utterances", "1", "--max-seconds", "0.5")
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "demo" / "data_summary.json").read_text())
     assert {s: v["utterances"] for s, v in summary["splits"].items()} == {"train": 130, "valid": 10, "test": 10}
     assert (tmp_path / "demo" / "demo_0001_mel.png").stat().st_size > 10_000
-    assert "data stage ran" in result.stdout
+    scores = json.loads((tmp_path / "demo" / "teacher" / "copy_synthesis.json").read_text())["systems"]
+    assert set(scores) == {"reference", "griffin_lim", "teacher"} and scores["reference"]["pesq_wb"] > 4.6
+    assert "| teacher |" in result.stdout and "copy synthesis" in result.stdout
 
 
 def test_resume_reads_the_runs_own_config(tmp_path):

@@ -71,3 +71,13 @@ def test_a_student_or_foreign_checkpoint_is_not_a_teacher(tmp_path):
     atomic_save({"format": FORMAT, "version": VERSION, "task": "student"}, tmp_path / "s.pt")
     with pytest.raises(CheckpointError, match="not a teacher"):
         load_teacher(tmp_path / "s.pt")
+
+
+def test_the_shipped_demo_teacher_loads_for_the_demo_features():
+    from teachers.pretrained import demo_teacher_path
+
+    assert demo_teacher_path().stat().st_size <= 10 * 2**20
+    teacher, payload = load_teacher(features=FeatureConfig())  # default: the shipped one
+    assert payload["model_args"]["distribution"] == "gaussian" and teacher.receptive_field() == 2047
+    assert payload["extra"]["samples_seen"] > 0 and payload["step"] > 0
+    assert all(torch.isfinite(p).all() for p in teacher.parameters())

@@ -1,0 +1,157 @@
+"""`wavedistill bench`: speed figures printed as JSON and a Markdown table (never asserted by tests).
+
+Teacher training samples/s, and teacher sampling samples/s, naive (window recompute) vs incremental,
+at batch 1 and 8; on the CPU, and on CUDA when present. Each figure is the median of >= 5 timed runs
+after warm-up, with the GPU synchronised, and carries its device, dtype, batch and thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from distill.config import load_config
+from teachers.sampling import generate
+from teachers.task import TeacherConfig, build_teacher
+
+PRESET = Path(__file__).resolve().parents[1] / "configs" / "teacher" / "gaussian_tiny.yaml"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int = 1) -> dict:
+    """Median and spread of `repeats` timed calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": repeats}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.float32) -> list[dict]:
+    cfg = load_config(TeacherConfig, PRESET)
+    torch.manual_seed(0)
+    model = build_teacher(cfg).to(device)
+    hop, ctx, n_mels = cfg.features.hop_length, cfg.data.mel_context, cfg.features.n_mels
+    rows = []
+    repeats = 5
+    base = {"model": "teacher gaussian_tiny", "device": device_name(device), "threads": torch.get_num_threads(),
+            "receptive_field": model.receptive_field()}
+
+    # training step: forward + NLL + backward + Adam update, random (audio, mel) crops
+    batch, segment = (2, 4096) if quick else (4, 8192)
+    x = (0.1 * torch.randn(batch, segment)).to(device)
+    mel = (torch.randn(batch, n_mels, segment // hop + 2 * ctx) - 5).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def train_step():
+        with autocast:
+            params = model(x, mel)
+        loss = -model.dist.log_prob(params.float(), x).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t = timed(train_step, device, repeats, warmup=2)
+    rows.append({**base, "what": "teacher training", "batch": batch, "length": segment, "dtype": str(dtype).split(".")[-1],
+                 "samples_per_s": batch * segment / t["median_s"], **t})
+
+    # sampling: incremental vs naive, float32 (AR sampling in bf16 drifts)
+    model.eval()
+    field = model.receptive_field()
+    for b in (1, 8):
+        frames = (512 if quick else 2048) // hop
+        mel = (torch.randn(b, n_mels, frames + 2 * ctx) - 5).to(device)
+        t = timed(lambda: generate(model, mel), device, repeats)
+        incremental = b * frames * hop / t["median_s"]
+        rows.append({**base, "what": "teacher sampling, incremental", "batch": b, "length": frames * hop,
+                     "dtype": "float32", "samples_per_s": incremental, **t})
+        # naive at steady state: every window already holds a full receptive field (a prompt of R samples)
+        new = 8 if quick else 32
+        frames = -(-(field + new) // hop)
+        mel = (torch.randn(b, n_mels, frames + 2 * ctx) - 5).to(device)
+        prompt = (0.1 * torch.randn(b, frames * hop - new)).to(device)
+        t = timed(lambda: generate(model, mel, "naive", prompt=prompt), device, repeats)
+        naive = b * new / t["median_s"]
+        rows.append({**base, "what": "teacher sampling, naive", "batch": b, "length": new, "dtype": "float32",
+                     "samples_per_s": naive, **t})
+        rows.append({**base, "what": "incremental / naive speed-up", "batch": b, "length": None, "dtype": "float32",
+                     "samples_per_s": None, "ratio": incremental / naive})
+    return rows
+
+
+def run_bench(quick: bool = False, devices: list[str] | None = None) -> dict:
+    devices = devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    rows = []
+    for name in devices:
+        device = torch.device(name)
+        rows += bench_teacher(device, quick)
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            rows += [r for r in bench_teacher(device, quick, torch.bfloat16) if r["what"] == "teacher training"]
+    return {
+        "quick": quick,
+        "torch": str(torch.__version__),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "rows": rows,
+    }
+
+
+def to_markdown(result: dict) -> str:
+    lines = ["| what | device | dtype | batch | length | samples/s | ratio | median s (runs) |",
+             "|---|---|---|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        rate = f"{r['samples_per_s']:,.0f}" if r.get("samples_per_s") else ""
+        ratio = f"{r['ratio']:.1f}x" if r.get("ratio") else ""
+        timing = f"{r['median_s']:.4f} ({r['runs']})" if "median_s" in r else ""
+        lines.append(f"| {r['what']} | {r['device']} ({r['threads']} threads) | {r['dtype']} | {r['batch']} | "
+                     f"{r['length'] or ''} | {rate} | {ratio} | {timing} |")
+    return "\n".join(lines)
+
+
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="speed benchmarks (JSON + Markdown); --quick for a CI-sized run")
+    p.add_argument("--quick", action="store_true", help="small sizes, a few seconds on a CPU")
+    p.add_argument("--device", action="append", default=None, help="cpu and/or cuda (default: all present)")
+    p.add_argument("--out", default=None, help="write the JSON here (the Markdown goes beside it, .md)")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args) -> int:
+    result = run_bench(args.quick, args.device)
+    text = json.dumps(result, indent=2)
+    print(text)
+    print(to_markdown(result))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        out.with_suffix(".md").write_text(to_markdown(result) + "\n")
+    return 0

@@ -1,0 +1,40 @@
+"""The benchmark: timing excludes warm-up, and the quick CLI run produces every figure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import torch
+
+from eval.bench import timed
+
+
+def test_timing_excludes_warm_up():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.5 if len(calls) == 1 else 0.01)  # only the first (warm-up) call is slow
+
+    t = timed(fn, torch.device("cpu"), repeats=5, warmup=1)
+    assert len(calls) == 6 and t["runs"] == 5
+    assert t["max_s"] < 0.2 and 0.005 < t["median_s"] < 0.1
+
+
+def test_quick_bench_reports_training_and_both_sampling_methods(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "distill.cli", "bench", "--quick", "--device", "cpu", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    whats = [r["what"] for r in rows]
+    assert whats.count("teacher training") == 1 and whats.count("incremental / naive speed-up") == 2
+    for r in rows:
+        if r["what"] != "incremental / naive speed-up":
+            assert r["samples_per_s"] > 0 and r["runs"] >= 5 and r["threads"] >= 1 and r["dtype"] == "float32"
+    ratios = [r["ratio"] for r in rows if "ratio" in r]
+    assert all(ratio > 1 for ratio in ratios)  # incremental beats recomputing the window
+    assert out.with_suffix(".md").read_text().startswith("| what |")
