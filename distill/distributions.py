@@ -6,10 +6,12 @@ draws audio `x: (B, T)` in [-1, 1]:
 - `Gaussian`: params (mu, log_sigma); log_sigma clamped below at `log_scale_min` (ClariNet: -9 for
   teacher training, -7 inside the KL). Continuous density; `entropy` is per step.
 - `Logistic`: params (mu, log_s); continuous density (the Parallel WaveNet student's per-step law).
-- `DiscretizedMixLogistic`: K components (logit_pi, mu, log_s), the range [-1, 1] cut into
-  `num_bins` bins (2^8 or 2^16), edge bins absorbing the tails (PixelCNN++). Probabilities are
-  exact and sum to one: log(sigmoid(a) - sigmoid(b)) is computed as
-  log sigmoid(a) + log sigmoid(-b) + log(1 - exp(b - a)), with no "mid-range pdf" fallback.
+- `DiscretizedMixLogistic`: K components (logit_pi, mu, log_s) over `num_bins` bins on the PCM grid
+  (2^16 bins: centres k / 32768 - 1, exactly the 16-bit sample values; 2^8: k / 128 - 1), edge bins
+  absorbing the tails (PixelCNN++). Probabilities are exact and sum to one:
+  log(sigmoid(a) - sigmoid(b)) = log sigmoid(a) + log sigmoid(-b) + log(1 - exp(b - a)), with no
+  "mid-range pdf" fallback. Rounding to a bin is straight-through, so d log p / dx is the gradient
+  of the bin's probability as the bin moves: the pathwise gradient distillation needs.
 - `MuLawCategorical`: 256 classes over mu-law companded amplitude (the original WaveNet); a
   teacher-only head: it has no density to distil from.
 """
@@ -125,30 +127,35 @@ class DiscretizedMixLogistic(OutputDistribution):
 
     @property
     def bin_width(self) -> float:
-        return 2.0 / (self.num_bins - 1)
+        return 2.0 / self.num_bins
 
     def unpack(self, params):
         """(B, 3K, T) -> logit_pi, mu, log_s, each (B, K, T)."""
         k = self.num_components
         return params[:, :k], params[:, k : 2 * k], params[:, 2 * k :].clamp(min=self.log_scale_min)
 
+    def bin_index(self, x: torch.Tensor) -> torch.Tensor:
+        """x in [-1, 1] -> index of the nearest bin centre, in [0, num_bins - 1] (float)."""
+        return torch.round((x.clamp(-1, 1) + 1) / self.bin_width).clamp(0, self.num_bins - 1)
+
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        """Snap x in [-1, 1] to the nearest bin centre."""
-        idx = torch.round((x.clamp(-1, 1) + 1) / self.bin_width)
-        return idx * self.bin_width - 1
+        """Snap x to the nearest bin centre."""
+        return self.bin_index(x) * self.bin_width - 1
 
     def log_prob(self, params, x):
         logit_pi, mu, log_s = self.unpack(params)
-        x = self.quantize(x).unsqueeze(1)  # (B, 1, T)
+        idx = self.bin_index(x.detach())
+        centre = idx * self.bin_width - 1
+        xq = (x + (centre - x).detach()).unsqueeze(1)  # the centre's value, x's gradient; (B, 1, T)
         inv_s = torch.exp(-log_s)
         half = self.bin_width / 2
-        upper = (x - mu + half) * inv_s
-        lower = (x - mu - half) * inv_s
+        upper = (xq - mu + half) * inv_s
+        lower = (xq - mu - half) * inv_s
         inner = _log_sigmoid_diff(upper, lower)
         first = F.logsigmoid(upper)  # the lowest bin takes (-inf, -1 + half]
-        last = F.logsigmoid(-lower)  # the highest bin takes [1 - half, inf)
-        edge_lo = x <= -1 + half / 2
-        edge_hi = x >= 1 - half / 2
+        last = F.logsigmoid(-lower)  # the highest bin takes [1 - 3 half, inf)
+        edge_lo = (idx == 0).unsqueeze(1)
+        edge_hi = (idx == self.num_bins - 1).unsqueeze(1)
         log_probs = torch.where(edge_lo, first, torch.where(edge_hi, last, inner))
         return torch.logsumexp(log_probs + F.log_softmax(logit_pi, dim=1), dim=1)
 

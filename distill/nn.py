@@ -222,8 +222,20 @@ class MelUpsampler(nn.Module):
                 nn.init.constant_(conv.weight, 1.0 / (2 * s + 1))  # starts as a moving average
                 nn.init.zeros_(conv.bias)
             else:
-                conv = nn.ConvTranspose1d(n_mels, n_mels, 2 * s, stride=s, padding=s // 2, groups=n_mels)
+                # kernel 2s - (s mod 2) with padding s // 2: exactly L*s outputs, centred for odd s too
+                conv = nn.ConvTranspose1d(n_mels, n_mels, 2 * s - s % 2, stride=s, padding=s // 2, groups=n_mels)
             self.convs.append(conv)
+
+    def context_frames(self) -> int:
+        """Mel frames beyond each edge that the output can depend on (what `context` must cover)."""
+        if self.mode == "repeat":
+            return 0
+        reach = 0  # in output samples
+        for i, s in enumerate(self.scales):
+            # stretch: a conv reaching s steps each way at this stage's output rate; transposed: one
+            # input step, also s output steps. Each step is worth prod(later scales) final samples.
+            reach += s * math.prod(self.scales[i + 1 :])
+        return math.ceil(reach / self.hop)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         x = mel
@@ -233,7 +245,7 @@ class MelUpsampler(nn.Module):
             if self.mode == "stretch":
                 x = conv(x.repeat_interleave(s, dim=-1))
             else:
-                x = conv(x)[..., : x.shape[-1] * s]
+                x = conv(x)
             x = F.leaky_relu(x, 0.4)
         cut = self.context * self.hop
         return x[..., cut : x.shape[-1] - cut] if cut else x

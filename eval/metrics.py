@@ -75,8 +75,9 @@ def stft_distance(ref: torch.Tensor, deg: torch.Tensor, resolutions=((512, 128),
     total = 0.0
     for n_fft, hop in resolutions:
         window = torch.hann_window(n_fft)
-        r = torch.stft(ref, n_fft, hop, window=window, return_complex=True).abs().clamp(min=1e-7)
-        d = torch.stft(deg, n_fft, hop, window=window, return_complex=True).abs().clamp(min=1e-7)
+        # constant padding: reflection needs clips longer than n_fft / 2
+        r = torch.stft(ref, n_fft, hop, window=window, pad_mode="constant", return_complex=True).abs().clamp(min=1e-7)
+        d = torch.stft(deg, n_fft, hop, window=window, pad_mode="constant", return_complex=True).abs().clamp(min=1e-7)
         convergence = torch.linalg.norm(r - d) / torch.linalg.norm(r)
         log_l1 = (r.log() - d.log()).abs().mean()
         total += float(convergence + log_l1)

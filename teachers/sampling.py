@@ -20,7 +20,7 @@ from teachers.wavenet import WaveNetTeacher
 def _draw(teacher: WaveNetTeacher, params: torch.Tensor, mode: str, temperature: float) -> torch.Tensor:
     """params (B, P, 1) -> (B, 1)."""
     if mode == "mean":
-        return teacher.dist.mean(params)
+        return teacher.dist.mean(params).clamp(-1, 1)
     if mode != "sample":
         raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
     return teacher.dist.sample(params, temperature).clamp(-1, 1)

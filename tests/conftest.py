@@ -49,3 +49,15 @@ def _logs_reach_caplog():
         if getattr(h, "_wavedistill", False):
             logger.removeHandler(h)
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` run only where a CUDA device is usable."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

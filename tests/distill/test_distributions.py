@@ -72,10 +72,24 @@ def test_mixture_of_logistics_sums_to_one_over_all_bins(bins):
     logits = torch.randn(3, generator=g, dtype=torch.float64)
     mus = torch.tensor([-0.99, 0.0, 0.7], dtype=torch.float64)  # one component near the lower edge
     log_s = torch.tensor([-3.0, -6.0, -1.0], dtype=torch.float64)
-    centres = torch.linspace(-1, 1, bins, dtype=torch.float64)[None]  # every bin, once
+    centres = (torch.arange(bins, dtype=torch.float64) * dist.bin_width - 1)[None]  # every bin, once
     params = torch.cat([logits, mus, log_s])[None, :, None].expand(1, 9, bins)
     total = dist.log_prob(params, centres).exp().sum()
     assert float(total) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_mol_bins_are_the_16_bit_pcm_values_and_pass_gradients():
+    dist = DiscretizedMixLogistic(num_components=1, num_bins=65536)
+    pcm = torch.arange(-32768, 32768, dtype=torch.float32) / 32768
+    assert torch.equal(dist.quantize(pcm), pcm)  # every 16-bit value is its own bin, even in float32
+    assert torch.equal(dist.bin_index(pcm), torch.arange(65536, dtype=torch.float32))
+    x = torch.tensor([[0.1003]], dtype=torch.float64, requires_grad=True)
+    params = params_of(torch.zeros(1, 1), torch.full((1, 1), 0.1), torch.full((1, 1), -3.0))
+    dist.log_prob(params, x).sum().backward()
+    # the straight-through gradient is the continuous logistic's score at the bin centre: -(2 sigma(z) - 1) / s
+    z = (dist.quantize(x.detach()) - 0.1) / math.exp(-3.0)
+    expected = -(2 * torch.sigmoid(z) - 1) / math.exp(-3.0)
+    assert torch.allclose(x.grad, expected, rtol=1e-3)
 
 
 def test_single_component_mol_approximates_the_continuous_logistic():

@@ -20,13 +20,13 @@ def small_teacher(distribution="gaussian", args=None, kernel_size=2, layers=6, c
     torch.manual_seed(0)
     model = WaveNetTeacher(distribution, args or {}, layers=layers, cycle=cycle, kernel_size=kernel_size,
                            residual_channels=8, gate_channels=8, skip_channels=8, n_mels=5, hop_length=4,
-                           upsample_scales=[2, 2], mel_context=1, **kw)
+                           upsample_scales=[2, 2], mel_context=2, **kw)
     return model.to(dtype).eval()
 
 
 def inputs(model, frames=20, batch=2, dtype=torch.float64, seed=1):
     g = torch.Generator().manual_seed(seed)
-    mel = torch.randn(batch, 5, frames + 2, generator=g, dtype=dtype)
+    mel = torch.randn(batch, 5, frames + 4, generator=g, dtype=dtype)
     x = 0.3 * torch.randn(batch, frames * 4, generator=g, dtype=dtype)
     return x, mel
 
@@ -122,10 +122,10 @@ def test_a_tiny_teacher_overfits_one_clip_well_below_the_unconditional_baseline(
     features = FeatureConfig()
     utt = resolve_corpus("demo", "train")[0]
     audio = load_audio(utt.path, 16000)[8000 : 8000 + 4096][None]  # 0.26 s of voiced speech
-    mel = pad_mel(LogMel(features)(audio), 1, math.log(1e-5))
+    mel = pad_mel(LogMel(features)(audio), 2, math.log(1e-5))
     torch.manual_seed(0)
     model = WaveNetTeacher("gaussian", {}, layers=8, cycle=8, residual_channels=16, gate_channels=16,
-                           skip_channels=16, mel_context=1)
+                           skip_channels=16, mel_context=2)
     # an i.i.d. Gaussian fitted to the clip: what a model that ignores context and mel achieves
     baseline = 0.5 * math.log(2 * math.pi * math.e * float(audio.var()))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -139,3 +139,46 @@ def test_a_tiny_teacher_overfits_one_clip_well_below_the_unconditional_baseline(
     assert history[0] > baseline  # it starts worse than the baseline...
     assert min(history[-50:]) < baseline - 1.5, (history[-50:], baseline)  # ...and ends far below it
     assert history[-1] < baseline - 0.5
+
+
+@pytest.mark.parametrize("mode, scales, hop", [("stretch", [2, 2], 4), ("transposed", [2, 2], 4),
+                                               ("transposed", [5, 6, 10], 300), ("stretch", [5, 3], 15),
+                                               ("repeat", [4], 4)])
+def test_mel_upsampler_covers_exactly_the_central_frames_and_is_centred(mode, scales, hop):
+    from distill.nn import MelUpsampler
+
+    torch.manual_seed(0)
+    up = MelUpsampler(1, hop, scales, mode, context=3).double()
+    with torch.no_grad():
+        for conv in up.convs:  # positive, symmetric kernels: the response to an impulse stays centred
+            conv.weight.fill_(1.0)
+            conv.bias.zero_()
+    frames, f = 10, 4
+    mel = torch.zeros(1, 1, frames + 6, dtype=torch.float64)
+    mel[0, 0, 3 + f] = 1.0  # an impulse in central frame f
+    out = up(mel)[0, 0].detach()
+    assert out.shape == (frames * hop,)
+    positions = torch.arange(out.numel(), dtype=torch.float64)
+    centre = float((out.clamp(min=0) * positions).sum() / out.clamp(min=0).sum())
+    assert centre == pytest.approx(f * hop + (hop - 1) / 2, abs=0.01)  # the centre of hop block f
+    assert up.context_frames() <= 3
+
+
+def test_too_little_mel_context_for_the_upsampler_is_a_config_error():
+    from distill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="set data.mel_context >= 2"):
+        WaveNetTeacher(mel_context=1)
+
+
+def test_incremental_crosses_conditioning_chunks():
+    model = small_teacher(kernel_size=3)
+    x, mel = inputs(model, frames=30)
+    cond = model.conditioning(mel)
+    stepper = model.stack.stepper(cond, chunk=7)  # 120 steps: 17 chunk boundaries
+    prev = torch.zeros(2, 1, dtype=torch.float64)
+    outs = []
+    for t in range(x.shape[1]):
+        outs.append(stepper.step(prev))
+        prev = x[:, t : t + 1]
+    assert torch.allclose(torch.stack(outs, -1), model.forward_cond(x, cond), atol=1e-6)

@@ -1,0 +1,34 @@
+"""The teacher on CUDA gives the CPU's numbers (skipped where there is no GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from teachers.sampling import generate, incremental_forward
+from tests.teachers.test_wavenet import inputs, small_teacher
+
+pytestmark = pytest.mark.cuda
+
+
+def test_incremental_on_cuda_equals_the_cpu_forward():
+    model = small_teacher(dtype=torch.float64)
+    x, mel = inputs(model)
+    cond = model.conditioning(mel)
+    expected = model.forward_cond(x, cond)
+    gpu = model.cuda()
+    got = incremental_forward(gpu, x.cuda(), cond.cuda()).cpu()
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_sampling_and_bf16_training_step_run_on_cuda():
+    model = small_teacher(dtype=torch.float32).cuda()
+    x, mel = inputs(model, dtype=torch.float32)
+    audio = generate(model, mel.cuda())
+    assert audio.is_cuda and torch.isfinite(audio).all()
+    model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        params = model(x.cuda(), mel.cuda())
+    loss = -model.dist.log_prob(params.float(), x.cuda()).mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
