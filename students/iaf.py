@@ -1,0 +1,123 @@
+"""Inverse autoregressive flow students (Parallel WaveNet: logistic; ClariNet: Gaussian).
+
+z ~ p_Z (one value per output sample). Flow k is a WaveNet stack that sees only strictly earlier
+samples of its input (shift by one):
+
+    x^(k)_t = x^(k-1)_t * s^(k)_t + mu^(k)_t,   (mu^(k), log s^(k)) = WaveNet_k(x^(k-1)_<t, c)
+
+Composed, every step is still one logistic/Gaussian given z_<t:
+    s_tot = prod_k s^(k),   mu_tot = sum_k mu^(k) prod_(j>k) s^(j)
+(in code: mu_tot = mu_tot * s + mu; log_s_tot += log_s). One parallel pass gives the sample x and
+p_S(x_t | z_<t) = D(mu_tot_t, s_tot_t) for every t, and log p_S(x) = sum_t [log p_Z(z_t) - log s_tot_t].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from distill.checkpoint import remember_args
+from distill.distributions import Gaussian, Logistic
+from distill.errors import ConfigError
+from distill.nn import MelUpsampler, WaveNetStack, shift_right
+
+
+@dataclass
+class StudentOutput:
+    """x: (B, T) the sample; mu_tot, log_s_tot: (B, T) the per-step law of x_t given z_<t."""
+
+    x: torch.Tensor
+    mu_tot: torch.Tensor
+    log_s_tot: torch.Tensor
+
+    @property
+    def params(self) -> torch.Tensor:
+        """(B, 2, T) in the layout of `distill.distributions` (mu, log scale)."""
+        return torch.stack([self.mu_tot, self.log_s_tot], dim=1)
+
+
+class IAFStudent(nn.Module):
+    @remember_args
+    def __init__(
+        self,
+        distribution: str = "gaussian",
+        flows: list | None = None,
+        cycle: int = 10,
+        kernel_size: int = 2,
+        residual_channels: int = 64,
+        gate_channels: int = 64,
+        skip_channels: int = 64,
+        n_mels: int = 80,
+        hop_length: int = 256,
+        mel_context: int = 2,
+        upsample: str = "stretch",
+        upsample_scales: list | None = None,
+        initial_scale: float = 0.05,
+    ):
+        super().__init__()
+        if distribution not in ("gaussian", "logistic"):
+            raise ConfigError(f"student distribution must be 'gaussian' (ClariNet) or 'logistic' (Parallel WaveNet), got {distribution!r}")
+        flows = list(flows or [10] * 6)
+        if not flows or min(flows) < 1:
+            raise ConfigError(f"student flows must list >= 1 layers per flow, got {flows}")
+        if not 0 < initial_scale < 1:
+            raise ConfigError(f"student initial_scale must be in (0, 1), got {initial_scale}")
+        self.dist = Gaussian(log_scale_min=-math.inf) if distribution == "gaussian" else Logistic(log_scale_min=-math.inf)
+        self.mel_context = mel_context
+        self.hop_length = hop_length
+        self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context)
+        needed = self.upsampler.context_frames()
+        if mel_context < needed:
+            raise ConfigError(f"the '{upsample}' upsampler reaches {needed} mel frames; set data.mel_context >= {needed}")
+        self.flows = nn.ModuleList(
+            WaveNetStack(1, 2, layers, min(cycle, layers), kernel_size, residual_channels, gate_channels,
+                         skip_channels, n_mels)
+            for layers in flows
+        )
+        # Start near identity with a small total scale: each flow's last conv is zero, its log-scale
+        # bias log(initial_scale) / K, so s_tot = initial_scale and mu_tot = 0 at initialisation.
+        for flow in self.flows:
+            last = flow.head[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            with torch.no_grad():
+                last.bias[1] = math.log(initial_scale) / len(self.flows)
+
+    def sample_noise(self, shape: tuple[int, ...], device=None, dtype=None) -> torch.Tensor:
+        """z ~ N(0, 1) (gaussian) or Logistic(0, 1) (logistic), shape (B, T)."""
+        zeros = torch.zeros(shape, device=device, dtype=dtype or torch.get_default_dtype())
+        return self.dist.sample(torch.stack([zeros, zeros], dim=1))
+
+    def forward(self, z: torch.Tensor, mel: torch.Tensor) -> StudentOutput:
+        """z: (B, T) noise, mel: (B, n_mels, T / hop + 2c) -> StudentOutput, all (B, T)."""
+        cond = self.upsampler(mel)
+        return self.flow(z, cond)
+
+    def flow(self, z: torch.Tensor, cond: torch.Tensor) -> StudentOutput:
+        """The flows on upsampled conditioning cond: (B, C, T)."""
+        x = z
+        mu_tot = torch.zeros_like(z)
+        log_s_tot = torch.zeros_like(z)
+        for flow in self.flows:
+            out = flow(shift_right(x)[:, None, :], cond)  # strictly earlier samples of this flow's input
+            mu, log_s = out[:, 0], out[:, 1]
+            x = x * torch.exp(log_s) + mu
+            mu_tot = mu_tot * torch.exp(log_s) + mu
+            log_s_tot = log_s_tot + log_s
+        return StudentOutput(x, mu_tot, log_s_tot)
+
+    def log_prob(self, out: StudentOutput, z: torch.Tensor) -> torch.Tensor:
+        """log p_S(x) per sample (B, T): log p_Z(z_t) - log s_tot_t (change of variables)."""
+        zeros = torch.zeros_like(z)
+        return self.dist.log_prob(torch.stack([zeros, zeros], dim=1), z) - out.log_s_tot
+
+
+@torch.inference_mode()
+def synthesize(student: IAFStudent, mel: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Parallel synthesis, no teacher needed. mel: (B, n_mels, F + 2c) -> audio (B, F * hop) in [-1, 1]."""
+    cond = student.upsampler(mel)
+    z = student.sample_noise((mel.shape[0], cond.shape[-1]), cond.device, cond.dtype) * temperature
+    return student.flow(z, cond).x.clamp(-1, 1)

@@ -1,0 +1,82 @@
+"""IAF students: strict causality, triangular Jacobian with diagonal s_tot, log-det, initial scale."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from students.iaf import IAFStudent, synthesize
+
+
+def tiny_student(distribution="gaussian", flows=(3, 2), kernel_size=2, randomise=True):
+    torch.manual_seed(0)
+    student = IAFStudent(distribution, list(flows), cycle=3, kernel_size=kernel_size, residual_channels=8,
+                         gate_channels=8, skip_channels=8, n_mels=5, hop_length=4, mel_context=2,
+                         upsample_scales=[2, 2]).double()
+    if randomise:  # the zero-initialised heads would hide most of the dependence structure
+        with torch.no_grad():
+            for flow in student.flows:
+                flow.head[-1].weight.normal_(0, 0.3)
+    return student
+
+
+def inputs(frames=6, batch=1, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, frames * 4, generator=g, dtype=torch.float64), torch.randn(batch, 5, frames + 4, generator=g, dtype=torch.float64)
+
+
+def test_initialisation_gives_a_small_total_scale_and_zero_mean():
+    student = tiny_student(randomise=False)
+    z, mel = inputs()
+    out = student(z, mel)
+    assert torch.allclose(out.log_s_tot, torch.full_like(z, math.log(0.05)))
+    assert torch.equal(out.mu_tot, torch.zeros_like(z))
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "logistic"])
+def test_sample_is_z_times_s_tot_plus_mu_tot(distribution):
+    student = tiny_student(distribution)
+    z, mel = inputs(batch=2)
+    out = student(z, mel)
+    assert torch.allclose(out.x, z * out.log_s_tot.exp() + out.mu_tot, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel_size", [2, 3])
+def test_jacobian_is_lower_triangular_with_diagonal_s_tot_and_the_log_det_matches(kernel_size):
+    student = tiny_student(kernel_size=kernel_size)
+    z, mel = inputs()
+    jac = torch.autograd.functional.jacobian(lambda z_: student(z_[None], mel).x[0], z[0])
+    out = student(z, mel)
+    assert torch.equal(torch.triu(jac, diagonal=1), torch.zeros_like(jac))  # d x_t / d z_s = 0 for s > t
+    assert torch.allclose(torch.diagonal(jac), out.log_s_tot[0].exp(), atol=1e-12)
+    assert torch.tril(jac, diagonal=-1).abs().sum() > 0  # and x_t does depend on earlier z
+    _, logdet = torch.linalg.slogdet(jac)
+    assert float(logdet) == pytest.approx(out.log_s_tot.sum().item(), abs=1e-9)
+
+
+def test_the_per_step_law_depends_on_strictly_earlier_noise_only():
+    student = tiny_student()
+    z, mel = inputs()
+    for name in ("mu_tot", "log_s_tot"):
+        jac = torch.autograd.functional.jacobian(lambda z_: getattr(student(z_[None], mel), name)[0], z[0])
+        assert torch.equal(torch.triu(jac), torch.zeros_like(jac))  # d mu_t / d z_s = 0 for s >= t
+
+
+def test_log_prob_is_the_change_of_variables():
+    student = tiny_student("logistic")
+    z, mel = inputs()
+    out = student(z, mel)
+    jac = torch.autograd.functional.jacobian(lambda z_: student(z_[None], mel).x[0], z[0])
+    log_pz = (-z - 2 * torch.nn.functional.softplus(-z)).sum()
+    assert float(student.log_prob(out, z).sum()) == pytest.approx(float(log_pz - torch.linalg.slogdet(jac)[1]), abs=1e-9)
+
+
+def test_parallel_synthesis_needs_no_teacher():
+    student = tiny_student()
+    _, mel = inputs(batch=3)
+    torch.manual_seed(0)
+    audio = synthesize(student, mel)
+    assert audio.shape == (3, 24) and audio.abs().max() <= 1
+    assert not torch.allclose(audio[0], audio[1])
