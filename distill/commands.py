@@ -18,11 +18,13 @@ log = logging.getLogger("wavedistill")
 # Shared by training commands (train-teacher, distill, ...)
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
+def add_training_arguments(parser: argparse.ArgumentParser, default_config: str | None = None,
+                           out_required: bool = True) -> None:
     parser.add_argument("--config", default=None,
                         help=f"YAML preset (see configs/){'; default ' + default_config if default_config else ''}")
     parser.set_defaults(default_config=default_config)
-    parser.add_argument("--out", required=True, help="run folder: checkpoints/, tensorboard/, config.yaml, metrics.jsonl")
+    parser.add_argument("--out", required=out_required, default=None,
+                        help="run folder: checkpoints/, tensorboard/, config.yaml, metrics.jsonl")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out exactly where its latest checkpoint stopped")
     parser.add_argument("--init", default=None, metavar="CKPT",

@@ -34,6 +34,8 @@ class OutputDistribution:
     name: str = ""
     num_params: int = 0
     continuous: bool = False
+    # a teacher with this output can be distilled: log_prob is differentiable in x (pathwise gradients)
+    distillable: bool = True
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(B, P, T), (B, T) -> (B, T) log-probability (density for continuous laws), nats."""
@@ -177,6 +179,7 @@ class DiscretizedMixLogistic(OutputDistribution):
 class MuLawCategorical(OutputDistribution):
     name = "mulaw"
     continuous = False
+    distillable = False  # a softmax over classes: no gradient with respect to the amplitude
 
     def __init__(self, num_classes: int = 256):
         self.num_classes = num_classes

@@ -32,6 +32,7 @@ class StudentOutput:
     x: torch.Tensor
     mu_tot: torch.Tensor
     log_s_tot: torch.Tensor
+    flow_log_scales: tuple = ()  # (B, T) log s^(k) of each flow, for monitoring
 
     @property
     def params(self) -> torch.Tensor:
@@ -101,13 +102,16 @@ class IAFStudent(nn.Module):
         x = z
         mu_tot = torch.zeros_like(z)
         log_s_tot = torch.zeros_like(z)
+        scales = []
         for flow in self.flows:
             out = flow(shift_right(x)[:, None, :], cond)  # strictly earlier samples of this flow's input
             mu, log_s = out[:, 0], out[:, 1]
-            x = x * torch.exp(log_s) + mu
-            mu_tot = mu_tot * torch.exp(log_s) + mu
+            s = torch.exp(log_s)
+            x = x * s + mu
+            mu_tot = mu_tot * s + mu
             log_s_tot = log_s_tot + log_s
-        return StudentOutput(x, mu_tot, log_s_tot)
+            scales.append(log_s)
+        return StudentOutput(x, mu_tot, log_s_tot, tuple(scales))
 
     def log_prob(self, out: StudentOutput, z: torch.Tensor) -> torch.Tensor:
         """log p_S(x) per sample (B, T): log p_Z(z_t) - log s_tot_t (change of variables)."""

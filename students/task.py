@@ -1,0 +1,230 @@
+"""Probability-density distillation: train an IAF student against a frozen teacher.
+
+Per batch: z ~ p_Z; the student gives x and its per-step law (mu_tot, log_s_tot) in one parallel
+pass; the frozen teacher runs once, teacher-forced on x (gradients flow through x into the student,
+none reach the teacher's weights), giving p_T(x_t | x_<t) for every t; the KL between the two per-step
+laws is the main loss. Closed form when teacher and student are Gaussian (ClariNet), Monte Carlo
+otherwise (Parallel WaveNet). Loss weights are keyed by their TensorBoard tags (`loss/kl`, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from distill.audio import LogMel, pad_mel
+from distill.config import DataConfig, FeatureConfig, TrainConfig, to_dict
+from distill.data import SegmentDataset, UtteranceDataset, load_split
+from distill.distributions import Gaussian
+from distill.errors import ConfigError
+from distill.logger import RunLogger
+from distill.losses import gaussian_kl, log_scale_regulariser, monte_carlo_kl, power_loss, stft_loss
+from distill.plots import mel_figure
+from distill.task import Task
+from students.iaf import IAFStudent, StudentOutput
+from teachers.pretrained import demo_teacher_path, file_sha256, load_teacher
+
+LOSS_TERMS = ("loss/kl", "loss/kl_reg", "loss/stft", "loss/power", "loss/contrastive")
+
+
+@dataclass
+class StudentModelConfig:
+    """Constructor arguments of `IAFStudent` (mel and upsampler settings come from the teacher)."""
+
+    distribution: Literal["gaussian", "logistic"] = "gaussian"
+    flows: list[int] = field(default_factory=lambda: [6, 6, 6, 6])
+    cycle: int = 10
+    kernel_size: int = 3
+    residual_channels: int = 32
+    gate_channels: int = 32
+    skip_channels: int = 32
+    initial_scale: float = 0.05
+    upsampler_from_teacher: bool = True  # start from the teacher's upsampler weights
+    train_upsampler: bool = False  # False: keep that copy frozen
+
+
+@dataclass
+class DistillLossConfig:
+    # weight of each term, keyed by its TensorBoard tag; 0 switches a term off
+    weights: dict[str, float] = field(default_factory=lambda: {"loss/kl": 1.0, "loss/kl_reg": 4.0, "loss/stft": 0.0,
+                                                                "loss/power": 0.0, "loss/contrastive": 0.0})
+    kl_method: Literal["auto", "closed_form", "monte_carlo"] = "auto"  # auto: closed form for Gaussian pairs
+    mc_samples: int = 16  # draws per step for the Monte-Carlo cross-entropy
+    log_scale_min: float = -7.0  # log-scale clamp inside the KL (ClariNet)
+    stft_resolutions: list[list[int]] = field(default_factory=lambda: [[1024, 256]])  # [n_fft, hop] each
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.weights) - set(LOSS_TERMS))
+        if unknown:
+            raise ConfigError(f"loss.weights: unknown term(s) {unknown}; known: {', '.join(LOSS_TERMS)}")
+        self.weights = {**{k: 0.0 for k in LOSS_TERMS}, **self.weights}
+
+
+@dataclass
+class StudentValidConfig:
+    max_utterances: int = 4  # validation KL and mel L1 over the first N validation utterances
+    max_seconds: float = 2.0  # each cut to this length
+
+
+@dataclass
+class StudentConfig:
+    teacher: str = ""  # teacher checkpoint or run folder; "" = the shipped demo teacher
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: StudentModelConfig = field(default_factory=StudentModelConfig)
+    loss: DistillLossConfig = field(default_factory=DistillLossConfig)
+    valid: StudentValidConfig = field(default_factory=StudentValidConfig)
+
+
+class DistillTask(Task):
+    name = "student"
+
+    def __init__(self, config: StudentConfig):
+        super().__init__(config)
+        self.teacher_path = Path(config.teacher) if config.teacher else demo_teacher_path()
+        self.teacher, payload = load_teacher(self.teacher_path, features=config.features)
+        self.teacher_info = {
+            "path": str(self.teacher_path),
+            "sha256": file_sha256(self.teacher_path),
+            "step": payload["step"],
+            "features": payload["features"],
+            "model_args": payload["model_args"],
+        }
+        if not self.teacher.dist.distillable:
+            raise ConfigError(
+                f"teacher {self.teacher_path.name} has a '{self.teacher.dist.name}' output (a categorical over classes, "
+                "no gradient with respect to the sample): density distillation needs a gaussian or mol teacher"
+            )
+        if self.teacher.mel_context != config.data.mel_context:
+            raise ConfigError(
+                f"data.mel_context {config.data.mel_context} differs from the teacher's {self.teacher.mel_context}; "
+                f"set data.mel_context={self.teacher.mel_context}"
+            )
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        method = config.loss.kl_method
+        gaussian_pair = isinstance(self.teacher.dist, Gaussian) and config.model.distribution == "gaussian"
+        if method == "closed_form" and not gaussian_pair:
+            raise ConfigError("loss.kl_method=closed_form needs a Gaussian teacher and a Gaussian student; use monte_carlo")
+        self.closed_form = gaussian_pair if method == "auto" else method == "closed_form"
+        if config.loss.weights["loss/kl_reg"] > 0 and not gaussian_pair:
+            raise ConfigError("loss/kl_reg (ClariNet's log-scale regulariser) needs Gaussian teacher and student; set its weight to 0")
+        self.logmel = LogMel(config.features)
+
+    # ------------------------------------------------------------------ model and data
+    def build_model(self) -> IAFStudent:
+        m, t = self.config.model, self.teacher_info["model_args"]
+        student = IAFStudent(
+            m.distribution, m.flows, m.cycle, m.kernel_size, m.residual_channels, m.gate_channels, m.skip_channels,
+            n_mels=self.config.features.n_mels, hop_length=self.config.features.hop_length,
+            mel_context=self.config.data.mel_context, upsample=t["upsample"], upsample_scales=t["upsample_scales"],
+            initial_scale=m.initial_scale,
+        )
+        if m.upsampler_from_teacher:
+            student.upsampler.load_state_dict(self.teacher.upsampler.state_dict())
+        if not m.train_upsampler:
+            for p in student.upsampler.parameters():
+                p.requires_grad_(False)
+        return student
+
+    def build_datasets(self):
+        c = self.config
+        train = load_split(c.data, c.features, "train", c.data.segment_length)
+        valid = load_split(c.data, c.features, "valid", c.features.n_fft)
+        return SegmentDataset(train, c.data.segment_length, c.data.mel_context), UtteranceDataset(valid)
+
+    def setup(self, device: torch.device) -> None:
+        self.teacher.to(device).eval()
+
+    def checkpoint_extra(self) -> dict:
+        return {"teacher": self.teacher_info}
+
+    # ------------------------------------------------------------------ the objective
+    def kl_terms(self, student: IAFStudent, out: StudentOutput, teacher_params: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-step KL (B, T), the student's entropy and the cross-entropy, and the regulariser."""
+        lsm = self.config.loss.log_scale_min
+        entropy = student.dist.entropy(out.params)
+        if self.closed_form:
+            mu_p, log_s_p = teacher_params[:, 0], teacher_params[:, 1]
+            kl = gaussian_kl(out.mu_tot, out.log_s_tot, mu_p, log_s_p, lsm)
+            reg = log_scale_regulariser(out.log_s_tot, log_s_p, lsm)
+            return {"kl": kl, "entropy": entropy, "cross_entropy": kl + entropy, "reg": reg}
+        params = torch.stack([out.mu_tot, out.log_s_tot.clamp(min=lsm)], dim=1)
+        est = monte_carlo_kl(student.dist, params, self.teacher.dist, teacher_params, self.config.loss.mc_samples)
+        return {"kl": est.kl, "entropy": est.entropy, "cross_entropy": est.cross_entropy, "reg": torch.zeros_like(est.kl)}
+
+    def training_step(self, model, batch, step):
+        student = getattr(model, "module", model)
+        weights = self.config.loss.weights
+        audio, mel = batch["audio"], batch["mel"]
+        z = student.sample_noise(tuple(audio.shape), audio.device, torch.float32)
+        out = model(z, mel)
+        teacher_params = self.teacher(out.x, mel).float()  # teacher-forced on the student's own sample
+        terms = self.kl_terms(student, out, teacher_params)
+        values = {
+            "loss/kl": terms["kl"].mean(),
+            "loss/kl_reg": terms["reg"].mean(),
+            "distill/entropy": terms["entropy"].mean(),
+            "distill/cross_entropy": terms["cross_entropy"].mean(),
+        }
+        if weights["loss/stft"] > 0:
+            values["loss/stft"] = stft_loss(out.x.float(), audio.float(), tuple(map(tuple, self.config.loss.stft_resolutions)))
+        if weights["loss/power"] > 0:
+            values["loss/power"] = power_loss(out.x.float(), audio.float())
+        if weights["loss/contrastive"] > 0 and audio.shape[0] > 1:
+            # Parallel WaveNet: push away from the teacher given another item's mel (gamma = the weight)
+            other = torch.roll(torch.arange(audio.shape[0], device=audio.device), 1)
+            mismatched = self.kl_terms(student, out, self.teacher(out.x, mel[other]).float())["kl"].mean()
+            values["loss/contrastive"] = -mismatched
+        total = sum(weights[k] * v for k, v in values.items() if k in weights)
+        for k, log_s in enumerate(out.flow_log_scales):
+            values[f"student/flow{k}_mean_log_s"] = log_s.detach().mean()
+        values["student/mean_log_s_tot"] = out.log_s_tot.detach().mean()
+        return {"loss": total, **values}
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, model, valid_data, logger: RunLogger, step: int) -> dict[str, float]:
+        cfg, feats = self.config, self.config.features
+        device = next(model.parameters()).device
+        silence = self.logmel.silence_value
+        generator = torch.Generator(device="cpu").manual_seed(cfg.train.seed)  # the same noise at every validation
+        kl_sum, mel_sum, count, first = 0.0, 0.0, 0, None
+        for i in range(min(cfg.valid.max_utterances, len(valid_data))):
+            item = valid_data[i]
+            frames = item["mel"].shape[-1]
+            if cfg.valid.max_seconds > 0:
+                frames = min(frames, int(cfg.valid.max_seconds * feats.sample_rate) // feats.hop_length)
+            mel = pad_mel(item["mel"][:, :frames], cfg.data.mel_context, silence)[None].to(device)
+            length = frames * feats.hop_length
+            z = self._noise(model, length, generator).to(device)
+            out = model(z, mel)
+            terms = self.kl_terms(model, out, self.teacher(out.x, mel).float())
+            kl_sum += float(terms["kl"].sum())
+            count += length
+            audio = out.x[0].float().clamp(-1, 1).cpu()
+            reference = item["audio"][:length]
+            mel_sum += float((self.logmel(audio) - self.logmel(reference)).abs().mean())
+            if first is None:
+                first = (audio, reference)
+        n = min(cfg.valid.max_utterances, len(valid_data))
+        results = {"loss/kl": kl_sum / max(count, 1), "mel_l1": mel_sum / max(n, 1)}
+        if first is not None and logger.enabled:
+            audio, reference = first
+            logger.audio("valid/student", audio, feats.sample_rate, step)
+            logger.audio("valid/reference", reference, feats.sample_rate, step)
+            fig = mel_figure([self.logmel(reference), self.logmel(audio)], ["reference", f"student, step {step}"],
+                             feats.hop_length, feats.sample_rate)
+            logger.figure("valid/mel", fig, step)
+        return results
+
+    @staticmethod
+    def _noise(model: IAFStudent, length: int, generator: torch.Generator) -> torch.Tensor:
+        u = torch.rand(1, length, generator=generator).clamp(1e-6, 1 - 1e-6)
+        if isinstance(model.dist, Gaussian):
+            return math.sqrt(2) * torch.erfinv(2 * u - 1)
+        return torch.log(u) - torch.log1p(-u)

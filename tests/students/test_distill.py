@@ -1,0 +1,108 @@
+"""The distillation task: frozen teacher, gradients into the student only, KL falls, bad pairings refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from distill.checkpoint import FORMAT, VERSION, atomic_save, class_path, load_checkpoint
+from distill.config import load_config, to_dict
+from distill.errors import ConfigError
+from distill.trainer import Trainer, to_device
+from students.task import DistillTask, StudentConfig
+from teachers.pretrained import demo_teacher_path, file_sha256
+
+SMALL = ["model.flows=[3, 3]", "model.residual_channels=16", "model.gate_channels=16", "model.skip_channels=16",
+         "data.segment_length=2048", "train.batch_size=2", "train.log_every=5", "train.valid_every=1000",
+         "train.checkpoint_every=1000", "train.lr=3e-3", "valid.max_utterances=1", "valid.max_seconds=0.25"]
+
+
+def config(*extra: str, preset: str = "configs/student/clarinet_tiny.yaml") -> StudentConfig:
+    return load_config(StudentConfig, preset, SMALL + list(extra))
+
+
+def save_teacher(path, distribution: str, args: dict | None = None) -> str:
+    from teachers.task import TeacherConfig, build_teacher
+
+    cfg = load_config(TeacherConfig, "configs/teacher/gaussian_tiny.yaml",
+                      ["model.layers=3", "model.cycle=3", "model.residual_channels=8", "model.gate_channels=8",
+                       "model.skip_channels=8", f"model.distribution={distribution}"])
+    cfg.model.distribution_args = args or {}
+    teacher = build_teacher(cfg)
+    atomic_save({"format": FORMAT, "version": VERSION, "task": "teacher", "step": 1, "model": teacher.state_dict(),
+                 "ema": None, "model_class": class_path(teacher), "model_args": teacher.constructor_args,
+                 "features": to_dict(cfg.features), "config": to_dict(cfg)}, path)
+    return str(path)
+
+
+def test_a_step_changes_the_student_and_leaves_the_teacher_bit_identical(tmp_path):
+    task = DistillTask(config("loss.weights.loss/stft=1.0"))
+    trainer = Trainer(task, tmp_path / "run")
+    trainer._build()
+    teacher_before = {k: v.clone() for k, v in task.teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer._loop(None, 1)
+    assert all(torch.equal(v, task.teacher.state_dict()[k]) for k, v in teacher_before.items())
+    assert all(p.grad is None for p in task.teacher.parameters())
+    changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, student_before[k])]
+    assert any(k.startswith("flows.0.") for k in changed) and any(k.startswith("flows.1.") for k in changed)
+    assert not any(k.startswith("upsampler.") for k in changed)  # the frozen copy of the teacher's upsampler
+    trainer.logger.close()
+
+
+def test_gradients_reach_the_student_through_the_teachers_view_of_its_sample(tmp_path):
+    task = DistillTask(config())
+    student = task.build_model()
+    trainer = Trainer(task, tmp_path / "run")
+    train, _ = task.build_datasets()
+    batch = {k: torch.stack([train[(i, i)][k] for i in range(2)]) for k in ("audio", "mel")}
+    out = task.training_step(student, to_device(batch, torch.device("cpu")), 0)
+    out["loss/kl"].backward()
+    first = student.flows[0].head[-1].weight.grad
+    assert first is not None and first.abs().sum() > 0
+    del trainer
+
+
+def test_distillation_lowers_the_kl_markedly_on_the_cpu(tmp_path):
+    run = tmp_path / "run"
+    Trainer(DistillTask(config("train.steps=60", "loss.weights.loss/stft=0")), run).fit()
+    kl = [r["loss/kl"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert sum(kl[-2:]) / 2 < 0.5 * sum(kl[:2]) / 2, kl
+    extra = load_checkpoint(run)["extra"]["teacher"]
+    assert extra["path"] == str(demo_teacher_path()) and extra["sha256"] == file_sha256(demo_teacher_path())
+    assert extra["features"]["hop_length"] == 256
+
+
+def test_monte_carlo_distillation_from_a_mixture_of_logistics_teacher(tmp_path):
+    teacher = save_teacher(tmp_path / "mol.pt", "mol", {"num_components": 2, "num_bins": 65536, "log_scale_min": -7.0})
+    task = DistillTask(config(f"teacher={teacher}", "train.steps=2", preset="configs/student/parallel_wavenet_tiny.yaml"))
+    assert not task.closed_form
+    Trainer(task, tmp_path / "run").fit()
+    record = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-2]
+    assert {"loss/kl", "loss/power", "distill/entropy", "distill/cross_entropy", "student/flow0_mean_log_s"} <= set(record)
+
+
+def test_a_mu_law_teacher_cannot_be_distilled(tmp_path):
+    teacher = save_teacher(tmp_path / "mulaw.pt", "mulaw")
+    with pytest.raises(ConfigError, match="'mulaw' output .* needs a gaussian or mol teacher"):
+        DistillTask(config(f"teacher={teacher}"))
+
+
+def test_incompatible_loss_choices_are_config_errors():
+    with pytest.raises(ConfigError, match="kl_reg"):
+        DistillTask(config("model.distribution=logistic"))
+    with pytest.raises(ConfigError, match="closed_form needs a Gaussian"):
+        DistillTask(config("model.distribution=logistic", "loss.weights.loss/kl_reg=0", "loss.kl_method=closed_form"))
+    with pytest.raises(ConfigError, match="unknown term"):
+        config("loss.weights.loss/kll=1")
+
+
+def test_distill_command_runs_from_the_shipped_teacher(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "distill.cli", "distill", "--out", str(tmp_path / "d"), "--steps", "2",
+                             *SMALL], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(tmp_path / "d")["task"] == "student"
