@@ -1,7 +1,9 @@
 """`wavedistill bench`: speed figures printed as JSON and a Markdown table (never asserted by tests).
 
-Teacher training samples/s, and teacher sampling samples/s, naive (window recompute) vs incremental,
-at batch 1 and 8; on the CPU, and on CUDA when present. Each figure is the median of >= 5 timed runs
+Teacher training samples/s; teacher sampling samples/s, naive (window recompute) vs incremental, at
+batch 1 and 8; student parallel synthesis samples/s and real-time factor (tiny and ClariNet-size,
+1 s of audio at batch 1) and its speed-up over the teacher's incremental sampling of the same 1 s;
+on the CPU, and on CUDA when present. Each figure is the median of >= 5 timed runs
 after warm-up, with the GPU synchronised, and carries its device, dtype, batch and thread count.
 """
 
@@ -17,10 +19,15 @@ from typing import Callable
 import torch
 
 from distill.config import load_config
+from students.iaf import IAFStudent, synthesize
+from students.task import StudentConfig
 from teachers.sampling import generate
 from teachers.task import TeacherConfig, build_teacher
 
-PRESET = Path(__file__).resolve().parents[1] / "configs" / "teacher" / "gaussian_tiny.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PRESET = CONFIGS / "teacher" / "gaussian_tiny.yaml"
+STUDENTS = {"student clarinet_tiny": CONFIGS / "student" / "clarinet_tiny.yaml",
+            "student clarinet (paper size)": CONFIGS / "student" / "clarinet.yaml"}
 
 
 def _sync(device: torch.device) -> None:
@@ -104,6 +111,36 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
                      "samples_per_s": naive, **t})
         rows.append({**base, "what": "incremental / naive speed-up", "batch": b, "length": None, "dtype": "float32",
                      "samples_per_s": None, "ratio": incremental / naive})
+
+    # 1 s of audio at batch 1: the teacher's incremental sampling, the reference for the students
+    frames = (4096 if quick else 16000) // hop
+    mel = (torch.randn(1, n_mels, frames + 2 * ctx) - 5).to(device)
+    t = timed(lambda: generate(model, mel), device, repeats)
+    rows.append({**base, "what": "teacher sampling, incremental, 1 s", "batch": 1, "length": frames * hop,
+                 "dtype": "float32", "samples_per_s": frames * hop / t["median_s"],
+                 "rtf": t["median_s"] / (frames * hop / cfg.features.sample_rate), **t})
+    return rows
+
+
+def bench_students(device: torch.device, quick: bool, teacher_rate: float) -> list[dict]:
+    """Parallel synthesis of 1 s (batch 1) for each student preset, and its speed-up over the teacher."""
+    rows = []
+    for name, preset in STUDENTS.items():
+        cfg = load_config(StudentConfig, preset)
+        m = cfg.model
+        torch.manual_seed(0)
+        student = IAFStudent(m.distribution, m.flows, m.cycle, m.kernel_size, m.residual_channels, m.gate_channels,
+                             m.skip_channels, cfg.features.n_mels, cfg.features.hop_length, cfg.data.mel_context,
+                             initial_scale=m.initial_scale).to(device).eval()
+        hop, ctx = cfg.features.hop_length, cfg.data.mel_context
+        frames = (4096 if quick else 16000) // hop
+        mel = (torch.randn(1, cfg.features.n_mels, frames + 2 * ctx) - 5).to(device)
+        t = timed(lambda: synthesize(student, mel), device, 5, warmup=2)
+        rate = frames * hop / t["median_s"]
+        rows.append({"model": name, "device": device_name(device), "threads": torch.get_num_threads(),
+                     "what": f"{name} synthesis, 1 s", "batch": 1, "length": frames * hop, "dtype": "float32",
+                     "samples_per_s": rate, "rtf": t["median_s"] / (frames * hop / cfg.features.sample_rate),
+                     "speedup_over_teacher": rate / teacher_rate, **t})
     return rows
 
 
@@ -112,7 +149,10 @@ def run_bench(quick: bool = False, devices: list[str] | None = None) -> dict:
     rows = []
     for name in devices:
         device = torch.device(name)
-        rows += bench_teacher(device, quick)
+        teacher_rows = bench_teacher(device, quick)
+        rows += teacher_rows
+        teacher_rate = [r for r in teacher_rows if r["what"] == "teacher sampling, incremental, 1 s"][0]["samples_per_s"]
+        rows += bench_students(device, quick, teacher_rate)
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             rows += [r for r in bench_teacher(device, quick, torch.bfloat16) if r["what"] == "teacher training"]
     return {
@@ -125,14 +165,16 @@ def run_bench(quick: bool = False, devices: list[str] | None = None) -> dict:
 
 
 def to_markdown(result: dict) -> str:
-    lines = ["| what | device | dtype | batch | length | samples/s | ratio | median s (runs) |",
-             "|---|---|---|---:|---:|---:|---:|---|"]
+    lines = ["| what | device | dtype | batch | length | samples/s | RTF | ratio | median s (runs) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         rate = f"{r['samples_per_s']:,.0f}" if r.get("samples_per_s") else ""
-        ratio = f"{r['ratio']:.1f}x" if r.get("ratio") else ""
+        ratio = r.get("ratio") or r.get("speedup_over_teacher")
+        ratio = f"{ratio:.1f}x" if ratio else ""
+        rtf = f"{r['rtf']:.3f}" if r.get("rtf") else ""
         timing = f"{r['median_s']:.4f} ({r['runs']})" if "median_s" in r else ""
         lines.append(f"| {r['what']} | {r['device']} ({r['threads']} threads) | {r['dtype']} | {r['batch']} | "
-                     f"{r['length'] or ''} | {rate} | {ratio} | {timing} |")
+                     f"{r['length'] or ''} | {rate} | {rtf} | {ratio} | {timing} |")
     return "\n".join(lines)
 
 

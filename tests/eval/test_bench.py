@@ -32,8 +32,10 @@ def test_quick_bench_reports_training_and_both_sampling_methods(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     whats = [r["what"] for r in rows]
     assert whats.count("teacher training") == 1 and whats.count("incremental / naive speed-up") == 2
+    students = [r for r in rows if r["what"].startswith("student")]
+    assert len(students) == 2 and all(r["speedup_over_teacher"] > 0 and r["rtf"] > 0 for r in students)
     for r in rows:
-        if r["what"] != "incremental / naive speed-up":
+        if r["what"] != "incremental / naive speed-up":  # the speed-up rows carry a ratio only
             assert r["samples_per_s"] > 0 and r["runs"] >= 5 and r["threads"] >= 1 and r["dtype"] == "float32"
     assert all(r["ratio"] > 0 for r in rows if r["what"] == "incremental / naive speed-up")  # reported, not judged
     assert out.with_suffix(".md").read_text().startswith("| what |")
