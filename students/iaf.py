@@ -105,7 +105,7 @@ class IAFStudent(nn.Module):
         scales = []
         for flow in self.flows:
             out = flow(shift_right(x)[:, None, :], cond)  # strictly earlier samples of this flow's input
-            mu, log_s = out[:, 0], out[:, 1]
+            mu, log_s = out[:, 0].to(z.dtype), out[:, 1].to(z.dtype)  # compose in z's precision, not bf16
             s = torch.exp(log_s)
             x = x * s + mu
             mu_tot = mu_tot * s + mu

@@ -9,7 +9,6 @@ otherwise (Parallel WaveNet). Loss weights are keyed by their TensorBoard tags (
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -154,8 +153,9 @@ class DistillTask(Task):
             kl = gaussian_kl(out.mu_tot, out.log_s_tot, mu_p, log_s_p, lsm)
             reg = log_scale_regulariser(out.log_s_tot, log_s_p, lsm)
             return {"kl": kl, "entropy": entropy, "cross_entropy": kl + entropy, "reg": reg}
-        params = torch.stack([out.mu_tot, out.log_s_tot.clamp(min=lsm)], dim=1)
-        est = monte_carlo_kl(student.dist, params, self.teacher.dist, teacher_params, self.config.loss.mc_samples)
+        # The student's own scale, unclamped: a clamp here would cut the entropy gradient that keeps
+        # s_tot from collapsing (the teacher's distribution applies its own floor).
+        est = monte_carlo_kl(student.dist, out.params, self.teacher.dist, teacher_params, self.config.loss.mc_samples)
         return {"kl": est.kl, "entropy": est.entropy, "cross_entropy": est.cross_entropy, "reg": torch.zeros_like(est.kl)}
 
     def training_step(self, model, batch, step):
@@ -163,9 +163,11 @@ class DistillTask(Task):
         weights = self.config.loss.weights
         audio, mel = batch["audio"], batch["mel"]
         z = student.sample_noise(tuple(audio.shape), audio.device, torch.float32)
-        out = model(z, mel)
-        teacher_params = self.teacher(out.x, mel).float()  # teacher-forced on the student's own sample
-        terms = self.kl_terms(student, out, teacher_params)
+        out = model(z, mel)  # under bf16 autocast the convs run in bf16, the flow composition in float32
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            # float32 from here: bf16 rounding of mu would add (d mu)^2 / 2 s^2 to a KL whose scales reach e^-7
+            teacher_params = self.teacher(out.x.float(), mel.float())  # teacher-forced on the student's sample
+            terms = self.kl_terms(student, out, teacher_params)
         values = {
             "loss/kl": terms["kl"].mean(),
             "loss/kl_reg": terms["reg"].mean(),
@@ -179,7 +181,8 @@ class DistillTask(Task):
         if weights["loss/contrastive"] > 0 and audio.shape[0] > 1:
             # Parallel WaveNet: push away from the teacher given another item's mel (gamma = the weight)
             other = torch.roll(torch.arange(audio.shape[0], device=audio.device), 1)
-            mismatched = self.kl_terms(student, out, self.teacher(out.x, mel[other]).float())["kl"].mean()
+            with torch.autocast(device_type=audio.device.type, enabled=False):
+                mismatched = self.kl_terms(student, out, self.teacher(out.x.float(), mel[other].float()))["kl"].mean()
             values["loss/contrastive"] = -mismatched
         total = sum(weights[k] * v for k, v in values.items() if k in weights)
         for k, log_s in enumerate(out.flow_log_scales):
@@ -189,10 +192,16 @@ class DistillTask(Task):
 
     # ------------------------------------------------------------------ validation
     def validate(self, model, valid_data, logger: RunLogger, step: int) -> dict[str, float]:
-        cfg, feats = self.config, self.config.features
+        cfg = self.config
         device = next(model.parameters()).device
+        # The same noise (and Monte-Carlo draws) at every validation, without touching the training RNG.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.train.seed)
+            return self._validate(model, valid_data, logger, step, device)
+
+    def _validate(self, model, valid_data, logger: RunLogger, step: int, device: torch.device) -> dict[str, float]:
+        cfg, feats = self.config, self.config.features
         silence = self.logmel.silence_value
-        generator = torch.Generator(device="cpu").manual_seed(cfg.train.seed)  # the same noise at every validation
         kl_sum, mel_sum, count, first = 0.0, 0.0, 0, None
         for i in range(min(cfg.valid.max_utterances, len(valid_data))):
             item = valid_data[i]
@@ -201,9 +210,10 @@ class DistillTask(Task):
                 frames = min(frames, int(cfg.valid.max_seconds * feats.sample_rate) // feats.hop_length)
             mel = pad_mel(item["mel"][:, :frames], cfg.data.mel_context, silence)[None].to(device)
             length = frames * feats.hop_length
-            z = self._noise(model, length, generator).to(device)
+            z = model.sample_noise((1, length), device, torch.float32)
             out = model(z, mel)
-            terms = self.kl_terms(model, out, self.teacher(out.x, mel).float())
+            with torch.autocast(device_type=device.type, enabled=False):
+                terms = self.kl_terms(model, out, self.teacher(out.x.float(), mel.float()))
             kl_sum += float(terms["kl"].sum())
             count += length
             audio = out.x[0].float().clamp(-1, 1).cpu()
@@ -221,10 +231,3 @@ class DistillTask(Task):
                              feats.hop_length, feats.sample_rate)
             logger.figure("valid/mel", fig, step)
         return results
-
-    @staticmethod
-    def _noise(model: IAFStudent, length: int, generator: torch.Generator) -> torch.Tensor:
-        u = torch.rand(1, length, generator=generator).clamp(1e-6, 1 - 1e-6)
-        if isinstance(model.dist, Gaussian):
-            return math.sqrt(2) * torch.erfinv(2 * u - 1)
-        return torch.log(u) - torch.log1p(-u)
