@@ -194,6 +194,25 @@ class StackStepper:
         return torch.addmm(self.h2[1], torch.relu(out), self.h2[0])
 
 
+def _stretch(x: torch.Tensor, conv: nn.Conv1d, s: int) -> torch.Tensor:
+    """`conv(x.repeat_interleave(s))` for a depthwise conv of width 2s+1 and padding s, computed in
+    polyphase form: output phase r of step q only sees steps q-1, q, q+1 of x, with weights that are
+    partial sums of the kernel. Same numbers, ~(2s+1)/3 times fewer multiplications.
+
+    x: (B, C, L) -> (B, C, L * s).
+    """
+    weight = conv.weight[:, 0]  # (C, 2s+1)
+    sums = F.pad(weight.cumsum(dim=1), (1, 0))  # sums[:, k] = w[0] + ... + w[k-1]
+    r = torch.arange(s, device=x.device)
+    before = sums[:, s - r]  # taps reading step q-1: w[0 .. s-r-1]
+    now = sums[:, 2 * s - r] - sums[:, s - r]  # step q: w[s-r .. 2s-r-1]
+    after = sums[:, 2 * s + 1 : 2 * s + 2] - sums[:, 2 * s - r]  # step q+1: w[2s-r .. 2s]
+    poly = torch.stack([before, now, after], dim=-1).reshape(-1, 1, 3)  # (C * s, 1, 3)
+    channels, length = x.shape[1], x.shape[-1]
+    y = F.conv1d(x, poly, conv.bias.repeat_interleave(s), padding=1, groups=channels)  # (B, C*s, L)
+    return y.reshape(x.shape[0], channels, s, length).transpose(2, 3).reshape(x.shape[0], channels, length * s)
+
+
 class MelUpsampler(nn.Module):
     """Log-mel frames -> per-sample conditioning.
 
@@ -242,10 +261,7 @@ class MelUpsampler(nn.Module):
         if self.mode == "repeat":
             x = x.repeat_interleave(self.hop, dim=-1)
         for s, conv in zip(self.scales, self.convs):
-            if self.mode == "stretch":
-                x = conv(x.repeat_interleave(s, dim=-1))
-            else:
-                x = conv(x)
+            x = _stretch(x, conv, s) if self.mode == "stretch" else conv(x)
             x = F.leaky_relu(x, 0.4)
         cut = self.context * self.hop
         return x[..., cut : x.shape[-1] - cut] if cut else x

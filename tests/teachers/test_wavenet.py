@@ -182,3 +182,13 @@ def test_incremental_crosses_conditioning_chunks():
         outs.append(stepper.step(prev))
         prev = x[:, t : t + 1]
     assert torch.allclose(torch.stack(outs, -1), model.forward_cond(x, cond), atol=1e-6)
+
+
+@pytest.mark.parametrize("s", [1, 2, 5, 16])
+def test_polyphase_stretch_equals_repeat_then_convolve(s):
+    from distill.nn import _stretch
+
+    torch.manual_seed(s)
+    conv = torch.nn.Conv1d(3, 3, 2 * s + 1, padding=s, groups=3).double()
+    x = torch.randn(2, 3, 7, dtype=torch.float64)
+    assert torch.allclose(_stretch(x, conv, s), conv(x.repeat_interleave(s, dim=-1)), atol=1e-12)
