@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -66,7 +67,8 @@ def _eval_teacher(args) -> int:
     clips = load_clips(args.data, args.split, features, args.max_utterances, args.max_seconds)
     torch.manual_seed(args.seed)
     silence = torch.log(torch.tensor(features.log_floor)).item()
-    audio, seconds = teacher_synthesis(teacher, clips, silence, device, args.batch_size, args.temperature, progress=True)
+    audio, seconds = teacher_synthesis(teacher, clips, silence, device, args.batch_size, args.temperature,
+                                       progress=sys.stderr.isatty())
     samples = sum(c.reference.numel() for c in clips)
     systems = {
         "reference": [c.reference for c in clips],
