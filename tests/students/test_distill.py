@@ -119,9 +119,9 @@ def test_the_kl_is_student_against_teacher_at_the_same_step(monkeypatch):
     out = student(z, batch["mel"])
     stepwise = incremental_forward(task.teacher, out.x.detach(), task.teacher.conditioning(batch["mel"]))
     expected = gaussian_kl(out.mu_tot, out.log_s_tot, stepwise[:, 0], stepwise[:, 1]).mean()
-    assert float(values["loss/kl"]) == pytest.approx(float(expected), rel=1e-4)
+    assert values["loss/kl"].item() == pytest.approx(expected.item(), rel=1e-4)
     reverse = gaussian_kl(stepwise[:, 0], stepwise[:, 1], out.mu_tot, out.log_s_tot).mean()
-    assert abs(float(reverse) - float(expected)) > 1e-3  # the test can tell the two directions apart
+    assert abs(reverse.item() - expected.item()) > 1e-3  # the test can tell the two directions apart
 
 
 def test_gradients_flow_through_the_students_sample_into_the_teachers_view(monkeypatch):
