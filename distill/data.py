@@ -250,3 +250,10 @@ class StreamSampler(Sampler):
 
     def __len__(self) -> int:  # DataLoader asks; the stream is endless, the trainer counts steps
         return 2**62
+
+
+def vocoder_datasets(data: DataConfig, features: FeatureConfig) -> tuple[SegmentDataset, UtteranceDataset]:
+    """The usual pair: aligned training crops of the train split, whole utterances of the valid split."""
+    train = load_split(data, features, "train", data.segment_length)
+    valid = load_split(data, features, "valid", features.n_fft)
+    return SegmentDataset(train, data.segment_length, data.mel_context), UtteranceDataset(valid)

@@ -54,8 +54,9 @@ class OutputDistribution:
         raise TypeError(f"the {self.name} distribution has no closed-form differential entropy")
 
 
-class Gaussian(OutputDistribution):
-    name = "gaussian"
+class _LocationScale(OutputDistribution):
+    """params (mu, log scale); the log scale is clamped below at `log_scale_min`."""
+
     num_params = 2
     continuous = True
 
@@ -63,8 +64,15 @@ class Gaussian(OutputDistribution):
         self.log_scale_min = log_scale_min
 
     def unpack(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 2, T) -> mu (B, T), log_sigma (B, T) clamped below."""
+        """(B, 2, T) -> mu (B, T), log scale (B, T) clamped below."""
         return params[:, 0], params[:, 1].clamp(min=self.log_scale_min)
+
+    def mean(self, params):
+        return params[:, 0]
+
+
+class Gaussian(_LocationScale):
+    name = "gaussian"
 
     def log_prob(self, params, x):
         mu, log_sigma = self.unpack(params)
@@ -75,23 +83,12 @@ class Gaussian(OutputDistribution):
         mu, log_sigma = self.unpack(params)
         return mu + temperature * torch.exp(log_sigma) * torch.randn_like(mu)
 
-    def mean(self, params):
-        return params[:, 0]
-
     def entropy(self, params):
         return 0.5 * (LOG_2PI + 1.0) + self.unpack(params)[1]
 
 
-class Logistic(OutputDistribution):
+class Logistic(_LocationScale):
     name = "logistic"
-    num_params = 2
-    continuous = True
-
-    def __init__(self, log_scale_min: float = -9.0):
-        self.log_scale_min = log_scale_min
-
-    def unpack(self, params):
-        return params[:, 0], params[:, 1].clamp(min=self.log_scale_min)
 
     def log_prob(self, params, x):
         mu, log_s = self.unpack(params)
@@ -102,9 +99,6 @@ class Logistic(OutputDistribution):
         mu, log_s = self.unpack(params)
         u = torch.rand_like(mu).clamp(1e-6, 1 - 1e-6)
         return mu + temperature * torch.exp(log_s) * (torch.log(u) - torch.log1p(-u))
-
-    def mean(self, params):
-        return params[:, 0]
 
     def entropy(self, params):
         return self.unpack(params)[1] + 2.0

@@ -33,9 +33,13 @@ class Task(abc.ABC):
     def build_model(self) -> torch.nn.Module:
         """The trainable model. Decorate its `__init__` with `distill.checkpoint.remember_args`."""
 
-    @abc.abstractmethod
     def build_datasets(self) -> tuple[Dataset, Any]:
-        """(training dataset indexed by `StreamSampler` keys, validation data or None)."""
+        """(training dataset indexed by `StreamSampler` keys, validation data or None).
+
+        Default: aligned crops of the train split and whole valid utterances of `config.data`."""
+        from distill.data import vocoder_datasets
+
+        return vocoder_datasets(self.config.data, self.config.features)
 
     @abc.abstractmethod
     def training_step(self, model: torch.nn.Module, batch: Any, step: int) -> dict[str, torch.Tensor]:

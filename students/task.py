@@ -17,7 +17,6 @@ import torch
 
 from distill.audio import LogMel, pad_mel
 from distill.config import DataConfig, FeatureConfig, TrainConfig, to_dict
-from distill.data import SegmentDataset, UtteranceDataset, load_split
 from distill.distributions import Gaussian
 from distill.errors import ConfigError
 from distill.logger import RunLogger
@@ -130,12 +129,6 @@ class DistillTask(Task):
             for p in student.upsampler.parameters():
                 p.requires_grad_(False)
         return student
-
-    def build_datasets(self):
-        c = self.config
-        train = load_split(c.data, c.features, "train", c.data.segment_length)
-        valid = load_split(c.data, c.features, "valid", c.features.n_fft)
-        return SegmentDataset(train, c.data.segment_length, c.data.mel_context), UtteranceDataset(valid)
 
     def setup(self, device: torch.device) -> None:
         self.teacher.to(device).eval()

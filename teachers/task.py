@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from distill.audio import LogMel, pad_mel
 from distill.config import DataConfig, FeatureConfig, TrainConfig, to_dict
-from distill.data import SegmentDataset, UtteranceDataset, load_split
 from distill.logger import RunLogger
 from distill.plots import mel_figure
 from distill.task import Task
@@ -72,12 +71,6 @@ class TeacherTask(Task):
 
     def build_model(self) -> WaveNetTeacher:
         return build_teacher(self.config)
-
-    def build_datasets(self):
-        c = self.config
-        train = load_split(c.data, c.features, "train", c.data.segment_length)
-        valid = load_split(c.data, c.features, "valid", c.features.n_fft)
-        return SegmentDataset(train, c.data.segment_length, c.data.mel_context), UtteranceDataset(valid)
 
     def training_step(self, model, batch, step):
         params = model(batch["audio"], batch["mel"])

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from distill.checkpoint import remember_args
 from distill.config import DataConfig, FeatureConfig, TrainConfig
-from distill.data import SegmentDataset, UtteranceDataset, load_split
 from distill.task import Task
 
 
@@ -55,12 +54,6 @@ class ToyTask(Task):
     def build_model(self):
         f, d = self.config.features, self.config.data
         return ToyVocoder(f.n_mels, f.hop_length, d.mel_context, self.config.model.dropout)
-
-    def build_datasets(self):
-        c = self.config
-        train = load_split(c.data, c.features, "train", c.data.segment_length)
-        valid = load_split(c.data, c.features, "valid", c.features.n_fft)
-        return SegmentDataset(train, c.data.segment_length, c.data.mel_context), UtteranceDataset(valid)
 
     def training_step(self, model, batch, step):
         self.calls += 1
