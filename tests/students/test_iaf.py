@@ -70,7 +70,7 @@ def test_log_prob_is_the_change_of_variables():
     out = student(z, mel)
     jac = torch.autograd.functional.jacobian(lambda z_: student(z_[None], mel).x[0], z[0])
     log_pz = (-z - 2 * torch.nn.functional.softplus(-z)).sum()
-    assert float(student.log_prob(out, z).sum()) == pytest.approx(float(log_pz - torch.linalg.slogdet(jac)[1]), abs=1e-9)
+    assert student.log_prob(out, z).sum().item() == pytest.approx((log_pz - torch.linalg.slogdet(jac)[1]).item(), abs=1e-9)
 
 
 def test_parallel_synthesis_needs_no_teacher():
