@@ -244,6 +244,12 @@ class MelUpsampler(nn.Module):
                 # kernel 2s - (s mod 2) with padding s // 2: exactly L*s outputs, centred for odd s too
                 conv = nn.ConvTranspose1d(n_mels, n_mels, 2 * s - s % 2, stride=s, padding=s // 2, groups=n_mels)
             self.convs.append(conv)
+        needed = self.context_frames()
+        if context < needed:
+            raise ConfigError(
+                f"the '{mode}' upsampler with scales {self.scales} reaches {needed} mel frames beyond a crop; "
+                f"set data.mel_context >= {needed} (got {context})"
+            )
 
     def context_frames(self) -> int:
         """Mel frames beyond each edge that the output can depend on (what `context` must cover)."""

@@ -70,9 +70,6 @@ class IAFStudent(nn.Module):
         self.mel_context = mel_context
         self.hop_length = hop_length
         self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context)
-        needed = self.upsampler.context_frames()
-        if mel_context < needed:
-            raise ConfigError(f"the '{upsample}' upsampler reaches {needed} mel frames; set data.mel_context >= {needed}")
         self.flows = nn.ModuleList(
             WaveNetStack(1, 2, layers, min(cycle, layers), kernel_size, residual_channels, gate_channels,
                          skip_channels, n_mels)

@@ -12,7 +12,6 @@ from torch import nn
 
 from distill.checkpoint import remember_args
 from distill.distributions import build_distribution
-from distill.errors import ConfigError
 from distill.nn import MelUpsampler, WaveNetStack, shift_right
 
 
@@ -41,12 +40,6 @@ class WaveNetTeacher(nn.Module):
         self.hop_length = hop_length
         self.mel_context = mel_context
         self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context)
-        needed = self.upsampler.context_frames()
-        if mel_context < needed:
-            raise ConfigError(
-                f"the '{upsample}' upsampler with scales {upsample_scales or [16, 16]} reaches {needed} mel frames "
-                f"beyond a crop; set data.mel_context >= {needed} (got {mel_context})"
-            )
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
         cond = n_mels + (speaker_dim if num_speakers > 0 else 0)
         self.stack = WaveNetStack(
