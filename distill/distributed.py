@@ -8,6 +8,7 @@ processes with gloo).
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from datetime import timedelta
 from dataclasses import dataclass
 
@@ -28,6 +29,11 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (the model itself otherwise)."""
+    return getattr(model, "module", model)
 
 
 def setup(device: torch.device) -> DistInfo:
@@ -87,6 +93,21 @@ def gather_objects(obj, info: DistInfo) -> list:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+@contextmanager
+def main_only(info: DistInfo, what: str):
+    """Run a block on rank 0 only (it receives `info.is_main`); if it fails there, the other ranks
+    raise too instead of waiting at the next collective until the timeout."""
+    ok = True
+    try:
+        yield info.is_main
+    except BaseException:
+        ok = False
+        raise
+    finally:
+        if not main_succeeded(ok, info) and not info.is_main:
+            raise RuntimeError(f"{what} failed on rank 0; see its error")
 
 
 def main_succeeded(ok: bool, info: DistInfo) -> bool:

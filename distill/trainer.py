@@ -225,24 +225,17 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Collective: every rank contributes its RNG state; the main process writes."""
         states = distributed.gather_objects(rng_state(), self.dist)
-        path, ok = None, True
-        try:
-            if self.dist.is_main:
+        path = None
+        with distributed.main_only(self.dist, "writing the checkpoint") as is_main:
+            if is_main:
                 path = self.checkpoints.save(self._payload(states))
-        except BaseException:
-            ok = False
-            raise
-        finally:
-            if not distributed.main_succeeded(ok, self.dist) and not self.dist.is_main:
-                raise RuntimeError("rank 0 failed to write the checkpoint; see its error")
         return path
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:
         results: dict[str, float] = {}
-        ok = True
-        try:
-            if self.dist.is_main and self.valid_data is not None:
+        with distributed.main_only(self.dist, "validation") as is_main:
+            if is_main and self.valid_data is not None:
                 model = self.ema.model if self.ema is not None else self.model
                 was_training = model.training
                 model.eval()
@@ -251,12 +244,6 @@ class Trainer:
                 model.train(was_training)
                 self.logger.scalars({f"valid/{k}": v for k, v in results.items()}, self.step)
                 self.logger.flush()
-        except BaseException:
-            ok = False
-            raise
-        finally:
-            if not distributed.main_succeeded(ok, self.dist) and not self.dist.is_main:
-                raise RuntimeError("validation failed on rank 0; see its error")
         return results
 
     def _autocast(self):

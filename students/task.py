@@ -17,6 +17,7 @@ import torch
 
 from distill.audio import LogMel, pad_mel
 from distill.config import DataConfig, FeatureConfig, TrainConfig, to_dict
+from distill.distributed import unwrap
 from distill.distributions import Gaussian
 from distill.errors import ConfigError
 from distill.logger import RunLogger
@@ -152,7 +153,7 @@ class DistillTask(Task):
         return {"kl": est.kl, "entropy": est.entropy, "cross_entropy": est.cross_entropy, "reg": torch.zeros_like(est.kl)}
 
     def training_step(self, model, batch, step):
-        student = getattr(model, "module", model)
+        student = unwrap(model)
         weights = self.config.loss.weights
         audio, mel = batch["audio"], batch["mel"]
         z = student.sample_noise(tuple(audio.shape), audio.device, torch.float32)

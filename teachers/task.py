@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from distill.audio import LogMel, pad_mel
 from distill.config import DataConfig, FeatureConfig, TrainConfig, to_dict
+from distill.distributed import unwrap
 from distill.logger import RunLogger
 from distill.plots import mel_figure
 from distill.task import Task
@@ -75,7 +76,7 @@ class TeacherTask(Task):
     def training_step(self, model, batch, step):
         params = model(batch["audio"], batch["mel"])
         # the likelihood is computed in float32 even under bf16 autocast
-        nll = -model_dist(model).log_prob(params.float(), batch["audio"].float()).mean()
+        nll = -unwrap(model).dist.log_prob(params.float(), batch["audio"].float()).mean()
         return {"loss": nll, "loss/nll": nll, "train/bits_per_sample": nll / math.log(2)}
 
     def validate(self, model, valid_data, logger: RunLogger, step: int) -> dict[str, float]:
@@ -107,8 +108,3 @@ class TeacherTask(Task):
             logger.figure("valid/mel", fig, step)
             results["sample_mel_l1"] = float(F.l1_loss(self.logmel(audio), self.logmel(reference)))
         return results
-
-
-def model_dist(model):
-    """The output distribution of a (possibly DDP-wrapped) teacher."""
-    return getattr(model, "module", model).dist
