@@ -104,6 +104,16 @@ def _fixed_batch(task, seed=0):
     return {k: torch.stack([train[(i, seed + i)][k] for i in range(2)]) for k in ("audio", "mel")}
 
 
+def _step_with_known_noise(task, monkeypatch):
+    """One training step whose noise z is fixed, and the student's output for that same z."""
+    student = task.build_model()
+    batch = _fixed_batch(task)
+    z = torch.randn(2, batch["audio"].shape[1])
+    monkeypatch.setattr(type(student), "sample_noise", lambda self, shape, device=None, dtype=None: z)
+    values = task.training_step(student, batch, 0)
+    return student, batch, values, student(z, batch["mel"])
+
+
 def test_the_kl_is_student_against_teacher_at_the_same_step(monkeypatch):
     """Checked against the teacher evaluated step by step (p(x_t | x_<t) by construction) and the
     KL written out by hand: an off-by-one or a reversed KL would not match."""
@@ -111,12 +121,7 @@ def test_the_kl_is_student_against_teacher_at_the_same_step(monkeypatch):
     from teachers.sampling import incremental_forward
 
     task = DistillTask(config())
-    student = task.build_model()
-    batch = _fixed_batch(task)
-    z = torch.randn(2, batch["audio"].shape[1])
-    monkeypatch.setattr(type(student), "sample_noise", lambda self, shape, device=None, dtype=None: z)
-    values = task.training_step(student, batch, 0)
-    out = student(z, batch["mel"])
+    student, batch, values, out = _step_with_known_noise(task, monkeypatch)
     stepwise = incremental_forward(task.teacher, out.x.detach(), task.teacher.conditioning(batch["mel"]))
     expected = gaussian_kl(out.mu_tot, out.log_s_tot, stepwise[:, 0], stepwise[:, 1]).mean()
     assert values["loss/kl"].item() == pytest.approx(expected.item(), rel=1e-4)
@@ -147,12 +152,7 @@ def test_contrastive_term_pushes_away_from_the_teacher_given_another_mel(monkeyp
     from distill.losses import gaussian_kl
 
     task = DistillTask(config("loss.weights.loss/contrastive=0.3", "loss.weights.loss/kl_reg=0", "loss.weights.loss/stft=0"))
-    student = task.build_model()
-    batch = _fixed_batch(task)
-    z = torch.randn(2, batch["audio"].shape[1])
-    monkeypatch.setattr(type(student), "sample_noise", lambda self, shape, device=None, dtype=None: z)
-    values = task.training_step(student, batch, 0)
-    out = student(z, batch["mel"])
+    student, batch, values, out = _step_with_known_noise(task, monkeypatch)
     swapped = task.teacher(out.x, batch["mel"][[1, 0]])
     mismatched = gaussian_kl(out.mu_tot, out.log_s_tot, swapped[:, 0], swapped[:, 1]).mean()
     assert values["loss/contrastive"].item() == pytest.approx(-mismatched.item(), rel=1e-4)
