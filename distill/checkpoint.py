@@ -249,6 +249,29 @@ def check_features(saved: dict, current: dict, saved_name: str, current_name: st
         )
 
 
+def load_model(
+    path: str | Path,
+    task: str,
+    model_type: type,
+    features: dict | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode with its EMA weights when saved, checkpoint payload) from a checkpoint file
+    or run folder written by `task`. With `features` (a dict), settings that differ from the
+    checkpoint's are an error naming both values."""
+    path = Path(path)
+    payload = load_checkpoint(path)
+    if payload.get("task") != task:
+        raise CheckpointError(f"{path}: is a '{payload.get('task')}' checkpoint, not a {task}")
+    if features is not None:
+        check_features(payload["features"], dict(features), f"{task} {path.name}", "the data/config")
+    weights = payload["ema"]["model"] if payload.get("ema") else payload["model"]
+    model = build_model({**payload, "model": weights})
+    if not isinstance(model, model_type):
+        raise CheckpointError(f"{path}: holds a {type(model).__name__}, not a {model_type.__name__}")
+    return model.to(device).eval(), payload
+
+
 class CheckpointManager:
     """Keeps `step_XXXXXXXX.pt` files (the last `keep_last`) and `latest.pt` in a run folder."""
 

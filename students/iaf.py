@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from distill.checkpoint import remember_args
@@ -100,8 +101,13 @@ class IAFStudent(nn.Module):
         mu_tot = torch.zeros_like(z)
         log_s_tot = torch.zeros_like(z)
         scales = []
+        # the conditioning projections of every layer of every flow in one matrix product
+        weight = torch.cat([flow.cond_weight() for flow in self.flows])
+        projections = F.conv1d(cond, weight).split([2 * l.gate_channels for f in self.flows for l in f.layers], dim=1)
+        start = 0
         for flow in self.flows:
-            out = flow(shift_right(x)[:, None, :], cond)  # strictly earlier samples of this flow's input
+            proj, start = projections[start : start + len(flow.layers)], start + len(flow.layers)
+            out = flow(shift_right(x)[:, None, :], cond_proj=proj)  # strictly earlier samples of this flow's input
             mu, log_s = out[:, 0].to(z.dtype), out[:, 1].to(z.dtype)  # compose in z's precision, not bf16
             s = torch.exp(log_s)
             x = x * s + mu
@@ -117,8 +123,22 @@ class IAFStudent(nn.Module):
 
 
 @torch.inference_mode()
-def synthesize(student: IAFStudent, mel: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Parallel synthesis, no teacher needed. mel: (B, n_mels, F + 2c) -> audio (B, F * hop) in [-1, 1]."""
-    cond = student.upsampler(mel)
-    z = student.sample_noise((mel.shape[0], cond.shape[-1]), cond.device, cond.dtype) * temperature
-    return student.flow(z, cond).x.clamp(-1, 1)
+def synthesize(
+    student: IAFStudent,
+    mel: torch.Tensor,
+    temperature: float = 1.0,
+    z: torch.Tensor | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Parallel synthesis, no teacher needed. mel: (B, n_mels, F + 2c) -> audio (B, F * hop) in [-1, 1].
+
+    z: the noise (B, F * hop) to use (default: fresh draws, scaled by `temperature`). autocast_dtype:
+    run the convolutions under autocast in that dtype (torch.bfloat16 on CUDA, or on CPUs with
+    AVX512-BF16); the flow composition stays in float32.
+    """
+    dtype = mel.dtype if autocast_dtype is None else torch.float32  # of z and the composition
+    with torch.autocast(mel.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        cond = student.upsampler(mel)
+        if z is None:
+            z = student.sample_noise((mel.shape[0], cond.shape[-1]), cond.device, dtype) * temperature
+        return student.flow(z.to(dtype), cond).x.clamp(-1, 1)

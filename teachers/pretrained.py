@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from distill.checkpoint import FORMAT, VERSION, atomic_save, build_model, check_features, load_checkpoint
+from distill.checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint, load_model
 from distill.config import FeatureConfig, to_dict
 from distill.errors import CheckpointError
 from teachers.wavenet import WaveNetTeacher
@@ -44,17 +44,9 @@ def load_teacher(
     path = Path(path) if path is not None else demo_teacher_path()
     if path == demo_teacher_path() and not path.is_file():
         raise CheckpointError(f"{path}: the shipped demo teacher is missing from this installation; reinstall wavedistill")
-    payload = load_checkpoint(path)
-    if payload.get("task") != "teacher":
-        raise CheckpointError(f"{path}: is a '{payload.get('task')}' checkpoint, not a teacher")
-    if features is not None:
-        current = to_dict(features) if isinstance(features, FeatureConfig) else dict(features)
-        check_features(payload["features"], current, f"teacher {path.name}", "the data/config")
-    weights = payload["ema"]["model"] if payload.get("ema") else payload["model"]
-    model = build_model({**payload, "model": weights})
-    if not isinstance(model, WaveNetTeacher):
-        raise CheckpointError(f"{path}: holds a {type(model).__name__}, not a WaveNetTeacher")
-    return model.to(device).eval(), payload
+    if isinstance(features, FeatureConfig):
+        features = to_dict(features)
+    return load_model(path, "teacher", WaveNetTeacher, features, device)
 
 
 def export_teacher(source: str | Path, out: str | Path) -> dict:

@@ -80,3 +80,43 @@ def test_parallel_synthesis_needs_no_teacher():
     audio = synthesize(student, mel)
     assert audio.shape == (3, 24) and audio.abs().max() <= 1
     assert not torch.allclose(audio[0], audio[1])
+
+
+def test_synthesis_with_given_noise_is_the_flow_of_that_noise_and_bf16_autocast_stays_close():
+    student = tiny_student().float()
+    z, mel = inputs(batch=2)
+    z, mel = 0.5 * z.float(), mel.float()
+    audio = synthesize(student, mel, z=z)
+    assert torch.equal(audio, student(z, mel).x.detach().clamp(-1, 1))
+    low = synthesize(student, mel, z=z, autocast_dtype=torch.bfloat16)
+    assert low.dtype == torch.float32
+    snr = 10 * math.log10(float((audio ** 2).sum() / ((audio - low) ** 2).sum()))
+    assert snr > 25  # bf16 keeps ~3 significant digits in mu and log s
+
+
+def test_the_stacked_conditioning_projection_equals_one_projection_per_layer():
+    student = tiny_student()
+    _, mel = inputs(batch=2)
+    cond = student.upsampler(mel)
+    for flow in student.flows:
+        for layer, proj in zip(flow.layers, flow.project_cond(cond)):
+            assert torch.allclose(proj, layer.cond(cond), atol=1e-12)
+
+
+def test_a_distilled_student_loads_by_run_folder_and_refuses_a_teacher_checkpoint(tmp_path):
+    from distill.checkpoint import FORMAT, VERSION, atomic_save
+    from distill.errors import CheckpointError
+    from students.pretrained import load_student
+    from teachers.pretrained import demo_teacher_path
+
+    student = tiny_student().float()
+    payload = {"format": FORMAT, "version": VERSION, "task": "student", "step": 3, "model": student.state_dict(),
+               "ema": None, "model_class": "students.iaf:IAFStudent", "model_args": student.constructor_args,
+               "features": {"sample_rate": 16000}}
+    atomic_save(payload, tmp_path / "run" / "checkpoints" / "latest.pt")
+    loaded, saved = load_student(tmp_path / "run")
+    assert saved["step"] == 3 and not loaded.training
+    z, mel = (t.float() for t in inputs())
+    assert torch.equal(loaded(z, mel).x, student(z, mel).x)
+    with pytest.raises(CheckpointError, match="not a student"):
+        load_student(demo_teacher_path())
