@@ -197,8 +197,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load and check a wavedistill checkpoint; every failure is a one-line `CheckpointError`."""
+def checkpoint_file(path: str | Path) -> Path:
+    """The file a checkpoint argument names: the file itself, or a run folder's latest checkpoint."""
     path = Path(path)
     if path.is_dir():
         candidates = [path / LATEST, path / "checkpoints" / LATEST]
@@ -206,6 +206,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if not found:
             raise CheckpointError(f"{path}: folder has no {LATEST} nor checkpoints/{LATEST}; pass a checkpoint file or a run folder")
         path = found[0]
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load and check a wavedistill checkpoint; every failure is a one-line `CheckpointError`."""
+    path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     with open(path, "rb") as f:

@@ -12,12 +12,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def mel_figure(mels: list[torch.Tensor], titles: list[str], hop_length: int, sample_rate: int):
-    """One panel per log-mel (n_mels, F), stacked, sharing the colour scale and the time axis (seconds)."""
+def mel_figure(mels: list[torch.Tensor], titles: list[str], hop_length: int, sample_rate: int,
+               value_range: tuple[float, float] | None = None, width: float = 10.0):
+    """One panel per log-mel (n_mels, F), stacked, sharing the colour scale (`value_range`, default
+    the range of all panels) and the time axis (seconds)."""
     arrays = [m.detach().float().cpu().numpy() for m in mels]
-    vmin = min(float(a.min()) for a in arrays)
-    vmax = max(float(a.max()) for a in arrays)
-    fig, axes = plt.subplots(len(arrays), 1, figsize=(10, 2.6 * len(arrays)), squeeze=False, constrained_layout=True)
+    vmin, vmax = value_range or (min(float(a.min()) for a in arrays), max(float(a.max()) for a in arrays))
+    fig, axes = plt.subplots(len(arrays), 1, figsize=(width, 2.6 * len(arrays)), squeeze=False, constrained_layout=True)
     for ax, array, title in zip(axes[:, 0], arrays, titles):
         seconds = array.shape[-1] * hop_length / sample_rate
         image = ax.imshow(array, origin="lower", aspect="auto", vmin=vmin, vmax=vmax,

@@ -10,11 +10,7 @@ after warm-up, with the GPU synchronised, and carries its device, dtype, batch a
 from __future__ import annotations
 
 import json
-import platform
-import statistics
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -22,43 +18,13 @@ from distill.config import load_config
 from students.iaf import IAFStudent, synthesize
 from students.task import StudentConfig
 from teachers.sampling import generate
+from eval.timing import device_name, timed
 from teachers.task import TeacherConfig, build_teacher
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESET = CONFIGS / "teacher" / "gaussian_tiny.yaml"
 STUDENTS = {"student clarinet_tiny": CONFIGS / "student" / "clarinet_tiny.yaml",
             "student clarinet (paper size)": CONFIGS / "student" / "clarinet.yaml"}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int = 1) -> dict:
-    """Median and spread of `repeats` timed calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": repeats}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.float32) -> list[dict]:

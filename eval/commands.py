@@ -1,99 +1,168 @@
-"""`wavedistill eval-teacher` (copy synthesis with a teacher, scored next to Griffin-Lim and the
-reference) and `wavedistill demo`."""
+"""`wavedistill eval` (copy synthesis with a teacher and students, scored next to Griffin-Lim and the
+reference, written as a report) and `wavedistill demo` (distil the tiny ClariNet student from the
+shipped teacher on the bundled corpus, then evaluate both)."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import sys
 from pathlib import Path
 
+log = logging.getLogger("wavedistill")
 
-def add_eval_teacher(sub) -> None:
-    p = sub.add_parser("eval-teacher", help="copy-synthesise a corpus split with a teacher; PESQ vs Griffin-Lim")
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="copy-synthesise a corpus split with a teacher and students; PESQ, RTF, report")
     p.add_argument("--teacher", default=None, help="teacher checkpoint or run folder (default: the shipped demo teacher)")
-    p.add_argument("--data", default="demo", help="corpus: 'demo', an LJSpeech folder or a folder of audio files")
+    p.add_argument("--student", action="append", default=[], metavar="PATH",
+                   help="student checkpoint or run folder; repeat for several (none: teacher and baselines only)")
+    p.add_argument("--data", default="demo", help="'demo', an LJSpeech folder or any folder of audio files (use --split all)")
     p.add_argument("--split", default="test", choices=["train", "valid", "test", "all"])
-    p.add_argument("--max-utterances", type=int, default=10, help="0 = all")
-    p.add_argument("--max-seconds", type=float, default=0.0, help="cut each utterance to this length (0 = whole)")
-    p.add_argument("--batch-size", type=int, default=16, help="utterances sampled together")
+    add_eval_arguments(p, max_utterances=10, max_seconds=0.0, out="runs/eval")
+    p.set_defaults(func=_eval)
+
+
+def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seconds: float, out: str) -> None:
+    p.add_argument("--max-utterances", type=int, default=max_utterances, help="0 = all (the teacher is slow: keep it small)")
+    p.add_argument("--max-seconds", type=float, default=max_seconds, help="cut each utterance to this length (0 = whole)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--pesq-nb", action="store_true", help="also narrowband PESQ (8 kHz)")
+    p.add_argument("--student-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="students' synthesis precision (bfloat16: autocast, on CUDA or CPUs with AVX512-BF16)")
+    p.add_argument("--rtf-seconds", type=float, default=1.0, help="length of the clip every RTF is timed on (0 = whole)")
+    p.add_argument("--rtf-runs", type=int, default=5, help="timed runs per system (median reported; >= 5 recommended)")
+    p.add_argument("--teacher-batch", type=int, default=16, help="utterances the teacher samples together")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/eval_teacher")
-    p.set_defaults(func=_eval_teacher)
+    p.add_argument("--out", default=out, help="folder for report.json/md/html, wavs/, images/, tensorboard/")
 
 
-def add_demo(sub) -> None:
-    from distill.commands import add_data_stage_arguments
-
-    p = sub.add_parser("demo", help="the end-to-end demo on the bundled corpus (today: data + teacher copy synthesis)")
-    add_data_stage_arguments(p)
-    p.add_argument("--max-utterances", type=int, default=3, help="test utterances the teacher re-synthesises")
-    p.add_argument("--max-seconds", type=float, default=2.0, help="seconds of each (AR sampling is slow on a CPU)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.set_defaults(func=_demo, out="runs/demo")
-
-
-def _demo(args) -> int:
-    from distill.commands import run_data_stage
-
-    run_data_stage(args, "demo")
-    teacher_args = argparse.Namespace(
-        teacher=None, data="demo", split="test", max_utterances=args.max_utterances, max_seconds=args.max_seconds,
-        batch_size=16, temperature=1.0, device=args.device, seed=0, out=str(Path(args.out) / "teacher"),
-    )
-    _eval_teacher(teacher_args)
-    print(
-        "demo: ran the data stage and the shipped teacher's copy synthesis (scored next to Griffin-Lim). "
-        "Distilling a student and its evaluation join this command when they land."
-    )
-    return 0
-
-
-def _eval_teacher(args) -> int:
+def run_eval(args, students: list[str]) -> dict:
+    """Load, synthesise, score and write the report. Returns the report dict (plus `paths`)."""
     import torch
 
     from distill.config import FeatureConfig
     from distill.distributed import pick_device
-    from eval.baselines import griffin_lim
-    from eval.copy_synthesis import load_clips, score_systems, teacher_synthesis, write_copy_synthesis
-    from teachers.pretrained import demo_teacher_path, load_teacher
+    from distill.env import collect
+    from distill.errors import ConfigError
+    from eval.evaluate import EvalSettings, evaluate, load_clips
+    from eval.report import write_report
+    from eval.timing import device_name
+    from students.pretrained import load_student
+    from teachers.pretrained import demo_teacher_path, file_sha256, load_teacher
 
+    if args.max_utterances < 0 or args.max_seconds < 0 or args.rtf_runs < 1 or args.rtf_seconds < 0:
+        raise ConfigError("--max-utterances, --max-seconds and --rtf-seconds must be >= 0 and --rtf-runs >= 1")
     device = pick_device(args.device)
     teacher_path = Path(args.teacher) if args.teacher else demo_teacher_path()
     teacher, payload = load_teacher(teacher_path, device=device)
     features = FeatureConfig(**payload["features"])
+    teacher_sha = file_sha256(teacher_path)
+    loaded, student_info = {}, {}
+    for path in students:
+        student, spayload = load_student(path, features=features, device=device)
+        name = _student_name(Path(path), loaded)
+        source = spayload.get("extra", {}).get("teacher", {})
+        if source.get("sha256") and source["sha256"] != teacher_sha:
+            log.warning("%s was distilled from %s (sha256 %s...), not from the teacher evaluated here (%s)",
+                        name, source.get("path"), source["sha256"][:12], teacher_path)
+        loaded[name] = student
+        student_info[name] = {"path": str(path), "step": spayload["step"], "teacher_path": source.get("path"),
+                              "teacher_sha256": source.get("sha256"), "teacher_matches": source.get("sha256") == teacher_sha}
     clips = load_clips(args.data, args.split, features, args.max_utterances, args.max_seconds)
-    torch.manual_seed(args.seed)
-    silence = torch.log(torch.tensor(features.log_floor)).item()
-    audio, seconds = teacher_synthesis(teacher, clips, silence, device, args.batch_size, args.temperature,
-                                       progress=sys.stderr.isatty())
-    samples = sum(c.reference.numel() for c in clips)
-    systems = {
-        "reference": [c.reference for c in clips],
-        "griffin_lim": [griffin_lim(c.mel, features) for c in clips],
-        "teacher": audio,
+    settings = EvalSettings(
+        data=args.data, split=args.split, max_utterances=args.max_utterances, max_seconds=args.max_seconds,
+        pesq_modes=("wb", "nb") if args.pesq_nb else ("wb",), teacher_batch=args.teacher_batch,
+        temperature=args.temperature, seed=args.seed, rtf_seconds=args.rtf_seconds, rtf_runs=args.rtf_runs,
+        autocast_dtype=args.student_dtype,
+    )
+    log.info("evaluating %d utterance(s) (%.1f s) on %s", len(clips),
+             sum(c.reference.numel() for c in clips) / features.sample_rate, device)
+    table, systems = evaluate(teacher, loaded, clips, features, device, settings, progress=sys.stderr.isatty(),
+                              log=log.info)
+    report = {
+        "settings": {
+            "teacher": {"path": str(teacher_path), "step": payload["step"], "sha256": teacher_sha},
+            "students": student_info,
+            "data": args.data, "split": args.split, "utterances": len(clips),
+            "utterance_ids": [c.id for c in clips],
+            "audio_seconds": sum(c.reference.numel() for c in clips) / features.sample_rate,
+            "max_utterances": args.max_utterances, "max_seconds": args.max_seconds,
+            "pesq_modes": list(settings.pesq_modes), "student_dtype": args.student_dtype,
+            "temperature": args.temperature, "seed": args.seed,
+            "rtf_seconds": args.rtf_seconds, "rtf_runs": args.rtf_runs, "rtf_warmup": settings.rtf_warmup,
+            "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
+            "features": payload["features"],
+        },
+        "versions": {k: v for k, v in collect().info.items() if isinstance(v, (str, int, float, bool)) or v is None},
+        "systems": table,
     }
-    table = score_systems(clips, systems, features)
-    settings = {
-        "teacher": str(teacher_path),
-        "teacher_step": payload["step"],
-        "data": args.data,
-        "split": args.split,
-        "utterances": len(clips),
-        "audio_seconds": samples / features.sample_rate,
-        # one cold run incl. warm-up and padded batch items: a rough figure; `wavedistill bench` measures speed
-        "teacher_synthesis_seconds_cold": seconds,
-        "teacher_samples_per_s_cold": samples / seconds,
-        "batch_size": args.batch_size,
-        "temperature": args.temperature,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "seed": args.seed,
-    }
-    summary = write_copy_synthesis(Path(args.out), clips, systems, table, features, settings)
-    print(summary["markdown"])
-    print(json.dumps({k: settings[k] for k in ("utterances", "audio_seconds", "teacher_samples_per_s_cold", "device")}))
-    print(f"written: {Path(args.out) / 'copy_synthesis.json'}")
+    report["paths"] = {k: str(v) for k, v in write_report(Path(args.out), report, clips, systems, features).items()}
+    return report
+
+
+def _student_name(path: Path, taken: dict) -> str:
+    """'student' + the run folder's (or checkpoint file's) name, unique among the students."""
+    stem = path.name if path.is_dir() else (path.parent.parent.name if path.parent.name == "checkpoints" else path.stem)
+    name, n = f"student {stem}", 2
+    while name in taken:
+        name, n = f"student {stem} ({n})", n + 1
+    return name
+
+
+def print_summary(report: dict) -> None:
+    from eval.report import _markdown_table, summary_columns, summary_rows, timing_note
+
+    print("\n".join(_markdown_table(summary_columns(report), summary_rows(report))))
+    print(timing_note(report))
+    print(f"report: {Path(report['paths']['html']).resolve()}")
+
+
+def _eval(args) -> int:
+    report = run_eval(args, args.student)
+    print_summary(report)
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# wavedistill demo
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="distil the tiny ClariNet student from the shipped teacher, then evaluate both")
+    p.add_argument("--minutes", type=float, default=10.0,
+                   help="distillation budget in wall-clock minutes (default 10: the whole demo ~13 min on 2 CPU cores)")
+    p.add_argument("--steps", type=int, default=None, help="stop distillation after this many steps instead (or first)")
+    add_eval_arguments(p, max_utterances=3, max_seconds=2.0, out="runs/demo")
+    p.set_defaults(func=_demo)
+
+
+def _demo(args) -> int:
+    from distill.commands import run_data_stage, run_training
+    from students.task import DistillTask, StudentConfig
+
+    out = Path(args.out)
+    print("== 1/3 data: the bundled demo corpus", flush=True)
+    run_data_stage(argparse.Namespace(config=None, split="splits", out=str(out / "data"), overrides=[]), "demo")
+    student_dir = out / "student"
+    resume = (student_dir / "checkpoints" / "latest.pt").is_file()
+    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} minutes"
+    print(f"== 2/3 distil the tiny ClariNet student from the shipped teacher ({budget}"
+          f"{', continuing the previous demo run' if resume else ''}) -> {student_dir}", flush=True)
+    overrides = [f"train.max_minutes={0 if args.steps else args.minutes}", f"train.device={args.device}"]
+    if args.steps and resume:
+        from distill.checkpoint import load_checkpoint
+
+        overrides.append(f"train.steps={load_checkpoint(student_dir)['step'] + args.steps}")
+    elif args.steps:
+        overrides.append(f"train.steps={args.steps}")
+    run_training(argparse.Namespace(config=None, default_config="configs/student/clarinet_tiny.yaml", out=str(student_dir),
+                                    resume=resume, init=None, steps=None, overrides=overrides), StudentConfig, DistillTask)
+    print("== 3/3 evaluate teacher and student on the test split", flush=True)
+    eval_args = argparse.Namespace(**{**vars(args), "teacher": None, "data": "demo", "split": "test",
+                                      "out": str(out / "report")})
+    report = run_eval(eval_args, [str(student_dir)])
+    print_summary(report)
+    return 0
+

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 
 from distill.audio import LogMel, pad_mel
-from distill.config import DataConfig, FeatureConfig, TrainConfig, to_dict
+from distill.config import DataConfig, FeatureConfig, TrainConfig
 from distill.distributed import unwrap
 from distill.distributions import Gaussian
 from distill.errors import ConfigError

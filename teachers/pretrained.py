@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from distill.checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint, load_model
+from distill.checkpoint import FORMAT, VERSION, atomic_save, checkpoint_file, load_checkpoint, load_model
 from distill.config import FeatureConfig, to_dict
 from distill.errors import CheckpointError
 from teachers.wavenet import WaveNetTeacher
@@ -26,8 +26,9 @@ def demo_teacher_path() -> Path:
 
 
 def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a checkpoint file (of a run folder's latest checkpoint)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(checkpoint_file(path), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from distill import env
+from distill.checkpoint import load_checkpoint
 from distill.cli import main
 from distill.commands import training_config
 from distill.config import save_config
@@ -75,15 +76,22 @@ def test_corpus_paths_are_taken_literally(tmp_path, synth_corpus):
     assert "| all | 2 |" in result.stdout
 
 
-def test_demo_runs_the_data_stage_and_the_shipped_teachers_copy_synthesis(tmp_path):
-    result = run("demo", "--out", str(tmp_path / "demo"), "--max-utterances", "1", "--max-seconds", "0.5")
+def test_demo_distils_evaluates_and_prints_the_summary(tmp_path):
+    out = tmp_path / "demo"
+    args = ("demo", "--out", str(out), "--steps", "2", "--max-utterances", "1", "--max-seconds", "0.5",
+            "--rtf-seconds", "0.1")
+    result = run(*args)
     assert result.returncode == 0, result.stderr
-    summary = json.loads((tmp_path / "demo" / "data_summary.json").read_text())
+    summary = json.loads((out / "data" / "data_summary.json").read_text())
     assert {s: v["utterances"] for s, v in summary["splits"].items()} == {"train": 130, "valid": 10, "test": 10}
-    assert (tmp_path / "demo" / "demo_0001_mel.png").stat().st_size > 10_000
-    scores = json.loads((tmp_path / "demo" / "teacher" / "copy_synthesis.json").read_text())["systems"]
-    assert set(scores) == {"reference", "griffin_lim", "teacher"} and scores["reference"]["pesq_wb"] > 4.6
-    assert "| teacher |" in result.stdout and "copy synthesis" in result.stdout
+    assert load_checkpoint(out / "student")["step"] == 2
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert list(report["systems"]) == ["reference", "griffin_lim", "teacher", "student student"]
+    assert report["systems"]["reference"]["pesq_wb"] > 4.6 and report["systems"]["student student"]["rtf"]["rtf"] > 0
+    assert "| student student |" in result.stdout and str(out / "report" / "report.html") in result.stdout
+    again = run(*args)  # a second demo continues the student where the first stopped
+    assert again.returncode == 0, again.stderr
+    assert load_checkpoint(out / "student")["step"] == 4
 
 
 def test_resume_reads_the_runs_own_config(tmp_path):

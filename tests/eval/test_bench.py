@@ -9,7 +9,8 @@ import time
 
 import torch
 
-from eval.bench import cpu_has_bf16, timed
+from eval.bench import cpu_has_bf16
+from eval.timing import timed
 
 
 def test_timing_excludes_warm_up():

@@ -1,0 +1,219 @@
+"""Copy synthesis and scoring: mel(reference) -> each vocoder -> audio, scored against the reference.
+
+Systems: the reference itself (the PESQ ceiling), Griffin-Lim from the same mels (the floor a neural
+vocoder must beat), the teacher (incremental autoregressive sampling) and each student (one parallel
+pass). Every system is scored the same way: PESQ (wideband; narrowband on request), log-mel L1,
+multi-resolution STFT distance, and the teacher's NLL of its audio (for a student, an estimate of the
+cross-entropy H(P_S, P_T), the part of KL(P_S || P_T) the teacher sees). Each synthesising system also
+gets a real-time factor, timed on one clip at batch 1 (see `eval.timing.real_time_factor`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from distill.audio import LogMel, pad_mel
+from distill.config import FeatureConfig
+from distill.corpus import resolve_corpus
+from distill.data import UtteranceStore
+from distill.errors import CorpusError
+from eval.baselines import griffin_lim
+from eval.metrics import mel_l1, pesq_scores, stft_distance
+from eval.timing import real_time_factor
+from students.iaf import IAFStudent, synthesize
+from teachers.sampling import generate
+from teachers.wavenet import WaveNetTeacher
+
+REFERENCE, GRIFFIN_LIM, TEACHER = "reference", "griffin_lim", "teacher"
+
+
+@dataclass
+class Clip:
+    id: str
+    reference: torch.Tensor  # (F * hop,)
+    mel: torch.Tensor  # (n_mels, F), no context
+
+
+@dataclass
+class EvalSettings:
+    data: str = "demo"
+    split: str = "test"
+    max_utterances: int = 10  # 0 = all
+    max_seconds: float = 0.0  # cut each utterance (0 = whole)
+    pesq_modes: tuple = ("wb",)
+    teacher_batch: int = 16  # utterances the teacher samples together
+    temperature: float = 1.0
+    seed: int = 0
+    rtf_seconds: float = 1.0  # length of the timing clip (0 = the whole first clip)
+    rtf_runs: int = 5
+    rtf_warmup: int = 1
+    autocast_dtype: str = "float32"  # students: float32 or bfloat16 (autocast)
+    extra: dict = field(default_factory=dict)
+
+
+def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances: int, max_seconds: float) -> list[Clip]:
+    """Up to `max_utterances` usable utterances of a split (unreadable, silent or too short files are
+    skipped with a warning naming the file), each cut to `max_seconds` (0 = whole) and to whole hops."""
+    utts = resolve_corpus(corpus, split)
+    store = UtteranceStore(utts[:max_utterances] if max_utterances > 0 else utts, features, min_samples=features.n_fft,
+                           source=f"corpus '{corpus}' split '{split}'")
+    logmel = LogMel(features)
+    clips = []
+    for i, item in enumerate(store.items):
+        audio = store.get(i)[0]
+        if max_seconds > 0:
+            audio = audio[: int(max_seconds * features.sample_rate)]
+        frames = audio.numel() // features.hop_length
+        if frames * features.hop_length < features.n_fft:
+            continue
+        audio = audio[: frames * features.hop_length]
+        clips.append(Clip(item.utt.id, audio, logmel(audio)))
+    if not clips:
+        raise CorpusError(f"corpus '{corpus}' split '{split}': no utterance long enough to evaluate "
+                          f"(need {features.n_fft} samples after --max-seconds)")
+    return clips
+
+
+def _silence(features: FeatureConfig) -> float:
+    return math.log(features.log_floor)
+
+
+@torch.inference_mode()
+def teacher_synthesis(teacher: WaveNetTeacher, clips: list[Clip], features: FeatureConfig, device: torch.device,
+                      batch_size: int = 16, temperature: float = 1.0, progress: bool = False) -> list[torch.Tensor]:
+    """Incremental AR copy synthesis, utterances batched (shorter mels padded with silence)."""
+    outputs: list[torch.Tensor] = []
+    ctx, silence = teacher.mel_context, _silence(features)
+    for i in range(0, len(clips), batch_size):
+        group = clips[i : i + batch_size]
+        frames = max(c.mel.shape[-1] for c in group)
+        mels = torch.stack([
+            pad_mel(torch.nn.functional.pad(c.mel, (0, frames - c.mel.shape[-1]), value=silence), ctx, silence)
+            for c in group
+        ]).to(device)
+        audio = generate(teacher, mels, temperature=temperature, progress=progress).float().cpu()
+        outputs += [audio[j, : c.reference.numel()] for j, c in enumerate(group)]
+    return outputs
+
+
+def _autocast(name: str) -> torch.dtype | None:
+    return {"float32": None, "bfloat16": torch.bfloat16}[name]
+
+
+@torch.inference_mode()
+def student_synthesis(student: IAFStudent, clips: list[Clip], features: FeatureConfig, device: torch.device,
+                      temperature: float = 1.0, autocast_dtype: str = "float32") -> list[torch.Tensor]:
+    """Parallel copy synthesis, one utterance per pass."""
+    silence = _silence(features)
+    return [
+        synthesize(student, pad_mel(c.mel, student.mel_context, silence)[None].to(device), temperature,
+                   autocast_dtype=_autocast(autocast_dtype))[0].float().cpu()
+        for c in clips
+    ]
+
+
+@torch.inference_mode()
+def teacher_nll(teacher: WaveNetTeacher, clips: list[Clip], audios: list[torch.Tensor], features: FeatureConfig,
+                device: torch.device) -> list[float]:
+    """The teacher's mean NLL (nats/sample) of each audio given its clip's mel (teacher-forced)."""
+    silence = _silence(features)
+    out = []
+    for clip, audio in zip(clips, audios):
+        mel = pad_mel(clip.mel, teacher.mel_context, silence)[None].to(device)
+        x = audio[: clip.reference.numel()].float().clamp(-1, 1)[None].to(device)
+        out.append(float(-teacher.log_prob(x, mel).mean()))
+    return out
+
+
+def timing_clip(clip: Clip, features: FeatureConfig, seconds: float) -> Clip:
+    """The first `seconds` of a clip (whole hops), the input of every RTF measurement."""
+    if seconds <= 0:
+        return clip
+    frames = max(1, min(clip.mel.shape[-1], int(seconds * features.sample_rate) // features.hop_length))
+    return Clip(clip.id, clip.reference[: frames * features.hop_length], clip.mel[:, :frames])
+
+
+def score_systems(clips: list[Clip], systems: dict[str, list[torch.Tensor]], features: FeatureConfig,
+                  pesq_modes: tuple = ("wb",), nll: dict[str, list[float]] | None = None) -> dict:
+    """Per-utterance and mean scores per system. Means skip NaN PESQ values and say how many were scored."""
+    logmel = LogMel(features)
+    table = {}
+    for name, audios in systems.items():
+        pairs = [(c.reference, a) for c, a in zip(clips, audios)]
+        pesq = {mode: pesq_scores(pairs, features.sample_rate, mode) for mode in pesq_modes}
+        rows = []
+        for i, (clip, audio) in enumerate(zip(clips, audios)):
+            row = {"id": clip.id, "seconds": clip.reference.numel() / features.sample_rate}
+            for mode in pesq_modes:
+                row[f"pesq_{mode}"] = pesq[mode][i].score
+                if pesq[mode][i].reason:
+                    row[f"pesq_{mode}_reason"] = pesq[mode][i].reason
+            row["mel_l1"] = mel_l1(clip.mel, logmel(audio))
+            row["stft_distance"] = stft_distance(clip.reference, audio)
+            if nll is not None:
+                row["teacher_nll"] = nll[name][i]
+            rows.append(row)
+        entry = {}
+        for mode in pesq_modes:
+            scored = [r[f"pesq_{mode}"] for r in rows if not math.isnan(r[f"pesq_{mode}"])]
+            entry[f"pesq_{mode}"] = sum(scored) / len(scored) if scored else math.nan
+            entry[f"pesq_{mode}_scored"] = len(scored)
+        for key in ("mel_l1", "stft_distance") + (("teacher_nll",) if nll is not None else ()):
+            entry[key] = sum(r[key] for r in rows) / len(rows)
+        entry["utterances"] = rows
+        table[name] = entry
+    return table
+
+
+def evaluate(
+    teacher: WaveNetTeacher,
+    students: dict[str, IAFStudent],
+    clips: list[Clip],
+    features: FeatureConfig,
+    device: torch.device,
+    settings: EvalSettings,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda message: None,
+) -> tuple[dict, dict[str, list[torch.Tensor]]]:
+    """Synthesise, time and score every system. Returns (systems table, audio per system)."""
+    systems: dict[str, list[torch.Tensor]] = {REFERENCE: [c.reference for c in clips]}
+    names = [GRIFFIN_LIM, TEACHER, *students]
+    bar = tqdm(total=len(names) + 2, desc="evaluating", disable=not progress)
+    probe = timing_clip(clips[0], features, settings.rtf_seconds)
+    probe_seconds = probe.reference.numel() / features.sample_rate
+    rtf: dict[str, dict] = {}
+
+    def run(name: str, synth: Callable[[list[Clip]], list[torch.Tensor]], dtype: str = "float32") -> None:
+        bar.set_postfix_str(name)
+        log(f"{name}: synthesising {len(clips)} utterance(s)")
+        torch.manual_seed(settings.seed)
+        systems[name] = synth(clips)
+        log(f"{name}: timing {settings.rtf_runs} run(s) of a {probe_seconds:.2f} s clip after {settings.rtf_warmup} warm-up")
+        rtf[name] = real_time_factor(lambda: synth([probe]), probe_seconds, device, dtype=dtype,
+                                     repeats=settings.rtf_runs, warmup=settings.rtf_warmup)
+        bar.update()
+
+    run(GRIFFIN_LIM, lambda cs: [griffin_lim(c.mel, features) for c in cs])
+    rtf[GRIFFIN_LIM]["device"], rtf[GRIFFIN_LIM]["device_name"] = "cpu", "cpu (torchaudio Griffin-Lim)"
+    run(TEACHER, lambda cs: teacher_synthesis(teacher, cs, features, device, settings.teacher_batch,
+                                              settings.temperature, progress=False))
+    for name, student in students.items():
+        run(name, lambda cs, s=student: student_synthesis(s, cs, features, device, settings.temperature,
+                                                          settings.autocast_dtype), settings.autocast_dtype)
+    bar.set_postfix_str("teacher NLL")
+    nll = {name: teacher_nll(teacher, clips, audios, features, device) for name, audios in systems.items()}
+    bar.update()
+    bar.set_postfix_str("PESQ")
+    table = score_systems(clips, systems, features, settings.pesq_modes, nll)
+    bar.update()
+    bar.close()
+    for name, entry in table.items():
+        entry["rtf"] = rtf.get(name)
+        if name in rtf and name != TEACHER and TEACHER in rtf:
+            entry["speedup_over_teacher"] = rtf[TEACHER]["median_s"] / rtf[name]["median_s"]
+    return table, systems

@@ -1,0 +1,227 @@
+"""The evaluation report: report.json (every number, the settings and versions), report.md (tables),
+report.html (the same tables, spectrograms of every system side by side, audio players), the wavs,
+and the same scalars, audio and spectrograms in TensorBoard.
+
+The Markdown and HTML tables are rendered from one list of formatted rows (`summary_rows`), and
+TensorBoard gets the unrounded values of report.json, so the four agree by construction.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from distill.audio import LogMel, save_wav
+from distill.config import FeatureConfig
+from distill.logger import RunLogger
+from distill.plots import mel_figure, save_figure
+from eval.evaluate import REFERENCE, Clip
+
+SCALARS = ("pesq_wb", "pesq_nb", "mel_l1", "stft_distance", "teacher_nll")
+TB_AUDIO_CLIPS = 3  # utterances whose audio and spectrograms go to TensorBoard
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    return f"{value:.{digits}f}"
+
+
+def summary_columns(report: dict) -> list[str]:
+    modes = report["settings"]["pesq_modes"]
+    return (["system"] + [f"PESQ {m}" for m in modes]
+            + ["log-mel L1", "MR-STFT dist.", "teacher NLL (nats)", "RTF (median)", "RTF min-max", "x real time",
+               "speed-up vs teacher"])
+
+
+def summary_rows(report: dict) -> list[list[str]]:
+    """One row of formatted cells per system, in the order of `summary_columns`."""
+    rows = []
+    for name, entry in report["systems"].items():
+        cells = [name]
+        for mode in report["settings"]["pesq_modes"]:
+            scored, total = entry[f"pesq_{mode}_scored"], len(entry["utterances"])
+            cells.append(_fmt(entry[f"pesq_{mode}"]) + ("" if scored == total else f" ({scored}/{total} scored)"))
+        cells += [_fmt(entry["mel_l1"]), _fmt(entry["stft_distance"]), _fmt(entry["teacher_nll"])]
+        rtf = entry.get("rtf")
+        if rtf:
+            cells += [_fmt(rtf["rtf"], 4), f"{_fmt(rtf['rtf_min'], 4)}-{_fmt(rtf['rtf_max'], 4)}", _fmt(rtf["x_real_time"], 1)]
+        else:
+            cells += ["-", "-", "-"]
+        speedup = entry.get("speedup_over_teacher")
+        cells.append(f"{speedup:.1f}x" if speedup is not None else "-")
+        rows.append(cells)
+    return rows
+
+
+def utterance_columns(report: dict) -> list[str]:
+    return ["utterance", "seconds"] + [f"{name} PESQ {report['settings']['pesq_modes'][0]}" for name in report["systems"]]
+
+
+def utterance_rows(report: dict) -> list[list[str]]:
+    mode = report["settings"]["pesq_modes"][0]
+    systems = list(report["systems"].values())
+    rows = []
+    for i, utt in enumerate(systems[0]["utterances"]):
+        rows.append([utt["id"], _fmt(utt["seconds"], 2)] + [_fmt(s["utterances"][i][f"pesq_{mode}"]) for s in systems])
+    return rows
+
+
+def timing_note(report: dict) -> str:
+    s = report["settings"]
+    timing = next((e["rtf"] for e in report["systems"].values() if e.get("rtf")), None)
+    if timing is None:
+        return ""
+    return (f"RTF = synthesis wall time / audio duration (lower is faster), median of {timing['runs']} runs after "
+            f"{timing['warmup']} warm-up, batch {timing['batch']}, a {timing['audio_seconds']:.2f} s clip, "
+            f"{s['device_name']} ({s['device']}), {timing['threads']} CPU threads, torch {timing['torch']}; "
+            f"students in {s['student_dtype']}. Griffin-Lim runs on the CPU (torchaudio).")
+
+
+def _markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def to_markdown(report: dict) -> str:
+    s = report["settings"]
+    lines = [f"# Evaluation: {s['data']} / {s['split']}, {s['utterances']} utterance(s), {s['audio_seconds']:.1f} s", ""]
+    lines += _markdown_table(summary_columns(report), summary_rows(report))
+    lines += ["", timing_note(report), "", "## Per utterance", ""]
+    lines += _markdown_table(utterance_columns(report), utterance_rows(report))
+    lines += ["", "## Settings", ""] + [f"- {k}: {v}" for k, v in _settings_lines(report)]
+    return "\n".join(lines) + "\n"
+
+
+def _settings_lines(report: dict) -> list[tuple[str, str]]:
+    s = report["settings"]
+    lines = [("teacher", f"{s['teacher']['path']} (step {s['teacher']['step']}, sha256 {s['teacher']['sha256'][:12]})")]
+    for name, info in s["students"].items():
+        origin = "distilled from this teacher" if info["teacher_matches"] else f"distilled from another teacher ({info['teacher_path']})"
+        lines.append((name, f"{info['path']} (step {info['step']}, {origin})"))
+    lines += [(k, str(s[k])) for k in ("data", "split", "utterances", "max_seconds", "seed", "temperature", "device",
+                                         "device_name", "threads")]
+    lines += [(k, str(v)) for k, v in report["versions"].items()]
+    return lines
+
+
+def _html_table(columns: list[str], rows: list[list[str]], cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
+table { border-collapse: collapse; margin: 8px 0 16px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 12px; }
+figure { margin: 0; border: 1px solid #ddd; padding: 6px; }
+figure img { width: 100%; display: block; }
+figure audio { width: 100%; margin-top: 4px; }
+figcaption { font-weight: 600; margin-bottom: 4px; }
+.note { color: #555; max-width: 70em; }
+"""
+
+
+def to_html(report: dict, media: dict[str, dict[str, dict[str, str]]]) -> str:
+    """media[clip id][system] = {"image": relative path, "audio": relative path}."""
+    s = report["settings"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>wavedistill evaluation</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>Evaluation: {html.escape(s['data'])} / {html.escape(s['split'])}, {s['utterances']} utterance(s), "
+        f"{s['audio_seconds']:.1f} s</h1>",
+        _html_table(summary_columns(report), summary_rows(report), "summary"),
+        f"<p class='note'>{html.escape(timing_note(report))}</p>",
+        "<h2>Per utterance</h2>",
+        _html_table(utterance_columns(report), utterance_rows(report), "utterances"),
+    ]
+    for clip_id, systems in media.items():
+        parts.append(f"<h3>{html.escape(clip_id)}</h3><div class='grid'>")
+        for name, files in systems.items():
+            parts.append(
+                f"<figure><figcaption>{html.escape(name)}</figcaption>"
+                f"<img src='{html.escape(files['image'])}' alt='log-mel spectrogram, {html.escape(name)}'>"
+                f"<audio controls preload='metadata' src='{html.escape(files['audio'])}'></audio></figure>"
+            )
+        parts.append("</div>")
+    parts.append("<h2>Settings</h2><ul>")
+    parts += [f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in _settings_lines(report)]
+    parts.append("</ul></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(out: Path, report: dict, clips: list[Clip], systems: dict[str, list[torch.Tensor]],
+                 features: FeatureConfig, image_clips: int = 0) -> dict[str, Path]:
+    """Write everything into `out`; returns the paths of report.json/md/html. `image_clips` limits
+    how many utterances get spectrogram images and players in the HTML (0 = all)."""
+    out.mkdir(parents=True, exist_ok=True)
+    logmel = LogMel(features)
+    media: dict[str, dict[str, dict[str, str]]] = {}
+    logger = RunLogger(out, resume_step=-1)  # a fresh TensorBoard view each time the folder is reused
+    for i, clip in enumerate(clips):
+        mels = {name: (clip.mel if name == REFERENCE else logmel(audios[i])) for name, audios in systems.items()}
+        for name, audios in systems.items():
+            save_wav(out / "wavs" / f"{_safe(clip.id)}_{_safe(name)}.wav", audios[i], features.sample_rate)
+        if image_clips and i >= image_clips:
+            continue
+        low = float(clip.mel.min())
+        high = max(float(m.max()) for m in mels.values())
+        media[clip.id] = {}
+        for name, mel in mels.items():
+            image = f"images/{_safe(clip.id)}_{_safe(name)}.png"
+            save_figure(mel_figure([mel], [f"{name}: {clip.id}"], features.hop_length, features.sample_rate,
+                                   (low, high), width=6.0), out / image)
+            media[clip.id][name] = {"image": image, "audio": f"wavs/{_safe(clip.id)}_{_safe(name)}.wav"}
+        if i < TB_AUDIO_CLIPS:
+            for name, audios in systems.items():
+                logger.audio(f"audio/{clip.id}/{name}", audios[i], features.sample_rate, 0)
+            logger.figure(f"mel/{clip.id}", mel_figure(list(mels.values()), list(mels), features.hop_length,
+                                                       features.sample_rate, (low, high)), 0)
+    for name, entry in report["systems"].items():
+        values = {f"eval/{name}/{k}": entry[k] for k in SCALARS if k in entry}
+        if entry.get("rtf"):
+            values[f"eval/{name}/rtf"] = entry["rtf"]["rtf"]
+            values[f"eval/{name}/x_real_time"] = entry["rtf"]["x_real_time"]
+        if entry.get("speedup_over_teacher") is not None:
+            values[f"eval/{name}/speedup_over_teacher"] = entry["speedup_over_teacher"]
+        logger.scalars(values, 0)
+    logger.text("eval/summary", to_markdown(report), 0)
+    logger.close()
+    paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
+    # strict JSON: NaN (a PESQ that could not be scored; its reason is beside it) is written as null
+    paths["json"].write_text(json.dumps(_strict(report), indent=2, default=_json_default, allow_nan=False), encoding="utf-8")
+    paths["md"].write_text(to_markdown(report), encoding="utf-8")
+    paths["html"].write_text(to_html(report, media), encoding="utf-8")
+    return paths
+
+
+def _strict(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _json_default(value):
+    if isinstance(value, (torch.Tensor,)):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return float(value)

@@ -1,0 +1,120 @@
+"""`wavedistill eval` end to end (tiny teacher + a 2-step student on CPU), the agreement of report.json,
+report.md, report.html and TensorBoard, the RTF timing, and (where Chromium is installed) the page
+rendering with its images and players."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from eval.report import summary_rows
+from eval.timing import real_time_factor
+from tests.students.test_distill import SMALL, save_teacher
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("eval")
+    teacher = save_teacher(root / "teacher.pt", "gaussian")
+    result = cli("distill", "--teacher", teacher, "--out", str(root / "student_run"), "--steps", "2", *SMALL)
+    assert result.returncode == 0, result.stderr
+    result = cli("eval", "--teacher", teacher, "--student", str(root / "student_run"), "--max-utterances", "2",
+                 "--max-seconds", "0.5", "--rtf-seconds", "0.25", "--out", str(root / "report"))
+    assert result.returncode == 0, result.stderr
+    assert "| student student_run |" in result.stdout and "report.html" in result.stdout
+    return root / "report"
+
+
+def test_rtf_excludes_the_warm_up_and_records_its_settings():
+    calls = []
+
+    def synth():
+        calls.append(1)
+        time.sleep(0.4 if len(calls) == 1 else 0.02)  # a first call that compiles / allocates
+
+    r = real_time_factor(synth, audio_seconds=0.5, device=torch.device("cpu"), repeats=5, warmup=1)
+    assert len(calls) == 6 and r["runs"] == 5 and r["warmup"] == 1
+    assert r["rtf_max"] < 0.2 and r["rtf"] == pytest.approx(r["median_s"] / 0.5)
+    assert r["x_real_time"] == pytest.approx(1 / r["rtf"])
+    assert {"batch", "audio_seconds", "dtype", "device_name", "torch", "threads"} <= set(r)
+
+
+def test_the_report_holds_every_system_with_scores_and_timings(report_dir):
+    report = json.loads((report_dir / "report.json").read_text())
+    systems = report["systems"]
+    assert list(systems) == ["reference", "griffin_lim", "teacher", "student student_run"]
+    assert systems["reference"]["pesq_wb"] == pytest.approx(4.644, abs=0.01)
+    assert systems["reference"]["mel_l1"] == 0 and systems["reference"]["rtf"] is None
+    for name in ("griffin_lim", "teacher", "student student_run"):
+        entry = systems[name]
+        assert 1.0 <= entry["pesq_wb"] < 4.5 and entry["mel_l1"] > 0 and math.isfinite(entry["teacher_nll"])
+        assert entry["rtf"]["runs"] == 5 and entry["rtf"]["rtf"] > 0 and entry["rtf"]["audio_seconds"] == 0.24  # whole hops
+        assert len(entry["utterances"]) == 2
+    assert systems["student student_run"]["speedup_over_teacher"] > 1  # parallel beats autoregressive
+    settings = report["settings"]
+    assert settings["utterances"] == 2 and settings["students"]["student student_run"]["teacher_matches"]
+    assert report["versions"]["torch"] == str(torch.__version__)
+    assert len(list((report_dir / "wavs").glob("*.wav"))) == 8 and len(list((report_dir / "images").glob("*.png"))) == 8
+
+
+def test_markdown_html_json_and_tensorboard_agree(report_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    report = json.loads((report_dir / "report.json").read_text())
+    markdown = (report_dir / "report.md").read_text()
+    page = (report_dir / "report.html").read_text()
+    for row in summary_rows(report):  # re-rendered from the JSON: the same cells as the written tables
+        assert "| " + " | ".join(row) + " |" in markdown
+        assert "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" in page
+    events = EventAccumulator(str(report_dir / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    for name, entry in report["systems"].items():
+        for key in ("pesq_wb", "mel_l1", "stft_distance", "teacher_nll"):
+            logged = events.Scalars(f"eval/{name}/{key}")[-1].value
+            assert logged == pytest.approx(entry[key], rel=1e-5, abs=1e-6)
+        if entry["rtf"]:
+            assert events.Scalars(f"eval/{name}/rtf")[-1].value == pytest.approx(entry["rtf"]["rtf"], rel=1e-5)
+    assert any(tag.startswith("audio/") for tag in events.Tags()["audio"])
+
+
+def test_every_image_and_player_in_the_page_points_at_a_real_file(report_dir):
+    page = (report_dir / "report.html").read_text()
+    images = re.findall(r"<img src='([^']+)'", page)
+    players = re.findall(r"<audio controls preload='metadata' src='([^']+)'", page)
+    assert len(images) == len(players) == 8
+    for src in images:
+        assert (report_dir / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for src in players:
+        audio, rate = sf.read(report_dir / src)
+        assert rate == 16000 and len(audio) == 31 * 256  # 0.5 s in whole hops
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium not installed")
+def test_chromium_renders_the_report_with_its_spectrograms(report_dir, tmp_path):
+    from matplotlib.image import imread
+
+    shot = tmp_path / "report.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1280,1600", f"--screenshot={shot}", (report_dir / "report.html").as_uri()],
+                   capture_output=True, timeout=120)
+    pixels = imread(shot)[..., :3]
+    assert pixels.shape[:2] == (1600, 1280)
+    # the magma spectrograms put thousands of saturated, non-grey pixels on an otherwise black-on-white page
+    colourful = (pixels.max(axis=-1) - pixels.min(axis=-1)) > 0.3
+    assert int(colourful.sum()) > 20_000, "the spectrogram images did not render"
+    assert np.isclose(pixels[5, 5], 1.0).all()  # a white page, not an error screen
