@@ -8,6 +8,7 @@ import logging
 import sys
 from importlib.metadata import entry_points
 
+from distill.allocator import tune_allocator
 from distill.errors import WavedistillError
 
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    tune_allocator()
     try:
         return int(args.func(args) or 0)
     except WavedistillError as err:

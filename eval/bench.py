@@ -10,10 +10,14 @@ after warm-up, with the GPU synchronised, and carries its device, dtype, batch a
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
+from distill.allocator import tune_allocator
 from distill.config import load_config
 from students.iaf import IAFStudent, synthesize
 from students.task import StudentConfig
@@ -123,6 +127,37 @@ def bench_students(device: torch.device, quick: bool, teacher_rate: float) -> li
     return rows
 
 
+def _tiny_student_seconds(quick: bool) -> float:
+    """Median seconds of the tiny student's 1 s synthesis in this process (its allocator as it is)."""
+    cfg = load_config(StudentConfig, STUDENTS["student clarinet_tiny"])
+    m = cfg.model
+    torch.manual_seed(0)
+    student = IAFStudent(m.distribution, m.flows, m.cycle, m.kernel_size, m.residual_channels, m.gate_channels,
+                         m.skip_channels, cfg.features.n_mels, cfg.features.hop_length, cfg.data.mel_context).eval()
+    frames = (4096 if quick else 16000) // cfg.features.hop_length
+    mel = torch.randn(1, cfg.features.n_mels, frames + 2 * cfg.data.mel_context) - 5
+    return timed(lambda: synthesize(student, mel), torch.device("cpu"), 5, warmup=2)["median_s"]
+
+
+def bench_allocator(quick: bool) -> list[dict]:
+    """The tiny student's synthesis with glibc's default malloc vs `distill.allocator` settings, each in a
+    fresh process (the settings cannot be undone inside one), back to back."""
+    seconds = {}
+    for mode in ("default", "tuned"):
+        env = {**os.environ, "WAVEDISTILL_MALLOC": mode}
+        code = (f"from distill.allocator import tune_allocator; tune_allocator(); import eval.bench as b; "
+                f"print(b._tiny_student_seconds({quick}))")
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            return []
+        seconds[mode] = float(result.stdout.strip().splitlines()[-1])
+    base = {"model": "student clarinet_tiny", "device": device_name(torch.device("cpu")),
+            "threads": torch.get_num_threads(), "batch": 1, "length": None, "dtype": "float32", "samples_per_s": None}
+    return [{**base, "what": f"tiny student synthesis, {mode} malloc", "median_s": seconds[mode], "runs": 5}
+            for mode in seconds] + [
+        {**base, "what": "tuned / default malloc speed-up", "ratio": seconds["default"] / seconds["tuned"]}]
+
+
 def run_bench(quick: bool = False, devices: list[str] | None = None) -> dict:
     devices = devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     rows = []
@@ -132,10 +167,13 @@ def run_bench(quick: bool = False, devices: list[str] | None = None) -> dict:
         rows += teacher_rows
         teacher_rate = [r for r in teacher_rows if r["what"] == "teacher sampling, incremental, 1 s"][0]["samples_per_s"]
         rows += bench_students(device, quick, teacher_rate)
+        if device.type == "cpu":
+            rows += bench_allocator(quick)
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             rows += [r for r in bench_teacher(device, quick, torch.bfloat16) if r["what"] == "teacher training"]
     return {
         "quick": quick,
+        "malloc_tuned": tune_allocator(),
         "torch": str(torch.__version__),
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -116,6 +116,25 @@ class IAFStudent(nn.Module):
             scales.append(log_s)
         return StudentOutput(x, mu_tot, log_s_tot, tuple(scales))
 
+    def receptive_fields(self) -> list[int]:
+        """Samples of its input each flow's output depends on (the flow sees them shifted by one)."""
+        return [flow.receptive_field() for flow in self.flows]
+
+    def sample_chunked(self, z: torch.Tensor, cond: torch.Tensor, chunk: int) -> torch.Tensor:
+        """x of `flow(z, cond)` computed `chunk` samples at a time per flow, each chunk with its flow's
+        receptive field of left context: the same numbers, with memory bounded by the chunk length
+        instead of the utterance (tested: chunked == whole at every seam)."""
+        x = z
+        length = z.shape[-1]
+        for flow, field in zip(self.flows, self.receptive_fields()):
+            shifted = shift_right(x)[:, None, :]
+            out = torch.empty(z.shape[0], 2, length, device=z.device, dtype=z.dtype)
+            for start in range(0, length, chunk):
+                end, left = min(start + chunk, length), max(0, start - field)
+                out[..., start:end] = flow(shifted[..., left:end], cond[..., left:end])[..., start - left:].to(z.dtype)
+            x = x * torch.exp(out[:, 1]) + out[:, 0]
+        return x
+
     def log_prob(self, out: StudentOutput, z: torch.Tensor) -> torch.Tensor:
         """log p_S(x) per sample (B, T): log p_Z(z_t) - log s_tot_t (change of variables)."""
         zeros = torch.zeros_like(z)
@@ -129,16 +148,20 @@ def synthesize(
     temperature: float = 1.0,
     z: torch.Tensor | None = None,
     autocast_dtype: torch.dtype | None = None,
+    chunk: int = 0,
 ) -> torch.Tensor:
     """Parallel synthesis, no teacher needed. mel: (B, n_mels, F + 2c) -> audio (B, F * hop) in [-1, 1].
 
     z: the noise (B, F * hop) to use (default: fresh draws, scaled by `temperature`). autocast_dtype:
     run the convolutions under autocast in that dtype (torch.bfloat16 on CUDA, or on CPUs with
-    AVX512-BF16); the flow composition stays in float32.
+    AVX512-BF16); the flow composition stays in float32. chunk > 0: synthesise that many samples at
+    a time per flow (exact seams; bounded memory for long utterances).
     """
     dtype = mel.dtype if autocast_dtype is None else torch.float32  # of z and the composition
     with torch.autocast(mel.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
         cond = student.upsampler(mel)
         if z is None:
             z = student.sample_noise((mel.shape[0], cond.shape[-1]), cond.device, dtype) * temperature
-        return student.flow(z.to(dtype), cond).x.clamp(-1, 1)
+        z = z.to(dtype)
+        x = student.sample_chunked(z, cond, chunk) if 0 < chunk < z.shape[-1] else student.flow(z, cond).x
+        return x.clamp(-1, 1)

@@ -36,9 +36,15 @@ def test_quick_bench_reports_training_and_both_sampling_methods(tmp_path):
     students = [r for r in rows if r["what"].startswith("student") and r["dtype"] == "float32"]
     assert len(students) == 2 and all(r["speedup_over_teacher"] > 0 and r["rtf"] > 0 for r in students)
     for r in rows:
-        if r["what"] != "incremental / naive speed-up":  # the speed-up rows carry a ratio only
+        if "speed-up" in r["what"]:  # the speed-up rows carry a ratio only
+            assert r["ratio"] > 0
+        elif "malloc" in r["what"]:  # timed in a child process
+            assert r["median_s"] > 0 and r["runs"] == 5
+        else:
             assert r["samples_per_s"] > 0 and r["runs"] >= 5 and r["threads"] >= 1 and r["dtype"] in ("float32", "bfloat16 autocast")
     assert all(r["ratio"] > 0 for r in rows if r["what"] == "incremental / naive speed-up")  # reported, not judged
+    assert [r["what"] for r in rows if "malloc" in r["what"]] == [
+        "tiny student synthesis, default malloc", "tiny student synthesis, tuned malloc", "tuned / default malloc speed-up"]
     bf16 = [r for r in rows if r["dtype"] == "bfloat16 autocast"]
     assert len(bf16) == (2 if cpu_has_bf16() else 0)  # bf16 rows only where the CPU has native bf16
     assert out.with_suffix(".md").read_text().startswith("| what |")

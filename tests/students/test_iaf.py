@@ -120,3 +120,12 @@ def test_a_distilled_student_loads_by_run_folder_and_refuses_a_teacher_checkpoin
     assert torch.equal(loaded(z, mel).x, student(z, mel).x)
     with pytest.raises(CheckpointError, match="not a student"):
         load_student(demo_teacher_path())
+
+
+@pytest.mark.parametrize("chunk", [5, 7, 16, 23])
+def test_chunked_synthesis_equals_whole_synthesis_at_every_seam(chunk):
+    student = tiny_student(kernel_size=3)  # receptive fields 15 and 7: chunks shorter and longer than those
+    z, mel = inputs(frames=12, batch=2)
+    whole = synthesize(student, mel, z=z)
+    chunked = synthesize(student, mel, z=z, chunk=chunk)
+    assert torch.allclose(chunked, whole, atol=1e-12, rtol=0)

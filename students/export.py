@@ -1,0 +1,85 @@
+"""Export a distilled student to ONNX and run it with onnxruntime (CPU), no PyTorch needed at inference.
+
+The exported graph is the whole parallel synthesis: (z (B, T), mel (B, n_mels, F + 2c)) -> audio
+(B, T) in [-1, 1] with T = F * hop, batch and length dynamic. The caller draws z (N(0, 1) for a
+ClariNet student, Logistic(0, 1) for a Parallel WaveNet one; `noise()` does it with numpy), so the
+same noise gives the same audio in PyTorch and in onnxruntime (tested).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from distill.errors import ConfigError
+from students.iaf import IAFStudent
+
+OPSET = 18
+
+
+def _need(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ConfigError(f"ONNX export needs the '{module}' package: pip install 'wavedistill[onnx]'") from None
+
+
+class SynthesisGraph(nn.Module):
+    """(z, mel) -> audio: the upsampler and the flows of `students.iaf.synthesize`, as one module."""
+
+    def __init__(self, student: IAFStudent):
+        super().__init__()
+        self.student = student
+
+    def forward(self, z: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        cond = self.student.upsampler(mel)
+        return self.student.flow(z, cond).x.clamp(-1, 1)
+
+
+def export_onnx(student: IAFStudent, out: str | Path, frames: int = 32) -> Path:
+    """Write `student` as an ONNX graph with dynamic batch and length; returns the path."""
+    _need("onnx")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    student = student.float().cpu().eval()
+    n_mels = student.constructor_args["n_mels"]
+    # example batch 2: torch.export would specialise a dimension of size 1
+    mel = torch.randn(2, n_mels, frames + 2 * student.mel_context)
+    z = torch.randn(2, frames * student.hop_length)
+    tmp = out.with_name(out.name + ".tmp")
+    batch, length = torch.export.Dim("batch", max=1024), torch.export.Dim("frames", min=1, max=1 << 20)
+    shapes = {"z": {0: batch, 1: student.hop_length * length},
+              "mel": {0: batch, 2: length + 2 * student.mel_context}}
+    with torch.no_grad():
+        program = torch.onnx.export(SynthesisGraph(student), (z, mel), input_names=["z", "mel"], output_names=["audio"],
+                                    dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, verbose=False)
+    program.save(str(tmp))
+    tmp.replace(out)
+    return out
+
+
+def noise(student_or_distribution, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """z for the exported graph: standard normal (gaussian) or standard logistic, float32."""
+    name = student_or_distribution if isinstance(student_or_distribution, str) else student_or_distribution.dist.name
+    rng = np.random.default_rng(seed)
+    if name == "gaussian":
+        return rng.standard_normal(shape).astype(np.float32)
+    u = rng.uniform(1e-6, 1 - 1e-6, shape)
+    return np.log(u / (1 - u)).astype(np.float32)
+
+
+class OnnxStudent:
+    """An exported student in an onnxruntime CPU session: `synthesize(mel, z) -> audio` (numpy)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        ort = _need("onnxruntime")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def synthesize(self, mel: np.ndarray, z: np.ndarray) -> np.ndarray:
+        return self.session.run(["audio"], {"z": z.astype(np.float32), "mel": mel.astype(np.float32)})[0]
