@@ -105,6 +105,19 @@ class WaveNetStack(nn.Module):
         )
         self.skip_scale = math.sqrt(1.0 / layers)
 
+    def macs_per_sample(self) -> int:
+        """Multiply-accumulates of one forward pass per time step (convs and 1x1s; biases, gates and
+        the conditioning's upsampling left out). FLOPs = 2 x MACs."""
+        residual = self.input.out_channels
+        total = self.input.in_channels * residual
+        for layer in self.layers:
+            gates = 2 * layer.gate_channels
+            total += layer.kernel_size * residual * gates + layer.gate_channels * (residual + layer.skip_channels)
+            if layer.cond is not None:
+                total += layer.cond.in_channels * gates
+        head1, head2 = self.head[1], self.head[3]
+        return total + head1.in_channels * head1.out_channels + head2.in_channels * head2.out_channels
+
     def receptive_field(self) -> int:
         """Inputs that output t depends on: (k-1) * sum(dilations) + 1 (the 1x1 convs add none)."""
         return sum((l.kernel_size - 1) * l.dilation for l in self.layers) + 1

@@ -1,10 +1,13 @@
 """`wavedistill bench`: speed figures printed as JSON and a Markdown table (never asserted by tests).
 
 Teacher training samples/s; teacher sampling samples/s, naive (window recompute) vs incremental, at
-batch 1 and 8; student parallel synthesis samples/s and real-time factor (tiny and ClariNet-size,
-1 s of audio at batch 1) and its speed-up over the teacher's incremental sampling of the same 1 s;
-on the CPU, and on CUDA when present. Each figure is the median of >= 5 timed runs
-after warm-up, with the GPU synchronised, and carries its device, dtype, batch and thread count.
+batch 1 and 16; student parallel synthesis samples/s and real-time factor (tiny and ClariNet-size;
+1 s at batch 1 with its speed-up over the teacher's incremental sampling of the same 1 s, 10 s at
+batch 1, 16 x 1 s), in float32 and, where the device has native bf16, bf16 autocast; a distillation
+step; the glibc allocator settings' effect (default vs tuned, each in a fresh process); on the CPU,
+and on CUDA when present. Each figure is the median of >= 5 timed runs after warm-up, with the GPU
+synchronised, and carries its device, dtype, batch and thread count, the model FLOPs per sample, the
+achieved GFLOP/s and, where the peak is known (GPU table, or --cpu-peak-tflops), its fraction.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
     hop, ctx, n_mels = cfg.features.hop_length, cfg.data.mel_context, cfg.features.n_mels
     rows = []
     repeats = 5
+    macs = model.stack.macs_per_sample()
     base = {"model": "teacher gaussian_tiny", "device": device_name(device), "threads": torch.get_num_threads(),
             "receptive_field": model.receptive_field()}
 
@@ -58,18 +62,18 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
 
     t = timed(train_step, device, repeats, warmup=2)
     rows.append({**base, "what": "teacher training", "batch": batch, "length": segment, "dtype": str(dtype).split(".")[-1],
-                 "samples_per_s": batch * segment / t["median_s"], **t})
+                 "samples_per_s": batch * segment / t["median_s"], "flops_per_sample": 6 * macs, **t})
 
     # sampling: incremental vs naive, float32 (AR sampling in bf16 drifts)
     model.eval()
     field = model.receptive_field()
-    for b in (1, 8):
+    for b in (1, 16):
         frames = (512 if quick else 2048) // hop
         mel = (torch.randn(b, n_mels, frames + 2 * ctx) - 5).to(device)
         t = timed(lambda: generate(model, mel), device, repeats)
         incremental = b * frames * hop / t["median_s"]
         rows.append({**base, "what": "teacher sampling, incremental", "batch": b, "length": frames * hop,
-                     "dtype": "float32", "samples_per_s": incremental, **t})
+                     "dtype": "float32", "samples_per_s": incremental, "flops_per_sample": 2 * macs, **t})
         # naive at steady state: every window already holds a full receptive field (a prompt of R samples)
         new = 8 if quick else 32
         frames = -(-(field + new) // hop)
@@ -87,7 +91,7 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
     mel = (torch.randn(1, n_mels, frames + 2 * ctx) - 5).to(device)
     t = timed(lambda: generate(model, mel), device, repeats)
     rows.append({**base, "what": "teacher sampling, incremental, 1 s", "batch": 1, "length": frames * hop,
-                 "dtype": "float32", "samples_per_s": frames * hop / t["median_s"],
+                 "dtype": "float32", "samples_per_s": frames * hop / t["median_s"], "flops_per_sample": 2 * macs,
                  "rtf": t["median_s"] / (frames * hop / cfg.features.sample_rate), **t})
     return rows
 
@@ -113,18 +117,54 @@ def bench_students(device: torch.device, quick: bool, teacher_rate: float) -> li
         student = IAFStudent(m.distribution, m.flows, m.cycle, m.kernel_size, m.residual_channels, m.gate_channels,
                              m.skip_channels, cfg.features.n_mels, cfg.features.hop_length, cfg.data.mel_context,
                              initial_scale=m.initial_scale).to(device).eval()
-        hop, ctx = cfg.features.hop_length, cfg.data.mel_context
-        frames = (4096 if quick else 16000) // hop
-        mel = (torch.randn(1, cfg.features.n_mels, frames + 2 * ctx) - 5).to(device)
-        for dtype in [None, torch.bfloat16] if bf16 else [None]:
-            t = timed(lambda: synthesize(student, mel, autocast_dtype=dtype), device, 5, warmup=2)
-            rate = frames * hop / t["median_s"]
-            rows.append({"model": name, "device": device_name(device), "threads": torch.get_num_threads(),
-                         "what": f"{name} synthesis, 1 s", "batch": 1, "length": frames * hop,
-                         "dtype": "float32" if dtype is None else "bfloat16 autocast",
-                         "samples_per_s": rate, "rtf": t["median_s"] / (frames * hop / cfg.features.sample_rate),
-                         "speedup_over_teacher": rate / teacher_rate, **t})
+        hop, ctx, rate = cfg.features.hop_length, cfg.data.mel_context, cfg.features.sample_rate
+        flops = 2 * sum(flow.macs_per_sample() for flow in student.flows)
+        shapes = [(1, 1.0, "1 s")] + ([] if quick else [(1, 10.0, "10 s"), (16, 1.0, "16 x 1 s")])
+        for batch, seconds, label in shapes:
+            frames = int((0.25 if quick else seconds) * rate) // hop
+            mel = (torch.randn(batch, cfg.features.n_mels, frames + 2 * ctx) - 5).to(device)
+            for dtype in [None, torch.bfloat16] if bf16 else [None]:
+                t = timed(lambda: synthesize(student, mel, autocast_dtype=dtype), device, 5, warmup=2)
+                samples = batch * frames * hop
+                row = {"model": name, "device": device_name(device), "threads": torch.get_num_threads(),
+                       "what": f"{name} synthesis, {label}", "batch": batch, "length": frames * hop,
+                       "dtype": "float32" if dtype is None else "bfloat16 autocast",
+                       "samples_per_s": samples / t["median_s"], "rtf": t["median_s"] / (samples / rate),
+                       "flops_per_sample": flops, **t}
+                if label == "1 s":
+                    row["speedup_over_teacher"] = row["samples_per_s"] / teacher_rate
+                rows.append(row)
     return rows
+
+
+def bench_distillation(device: torch.device, quick: bool) -> list[dict]:
+    """One distillation step of the tiny ClariNet student from the shipped teacher (its shape is the tiny
+    teacher preset): student forward, teacher forward on the sample, KL + STFT, backward, Adam."""
+    from students.task import DistillTask
+
+    cfg = load_config(StudentConfig, STUDENTS["student clarinet_tiny"])
+    batch, segment = (2, 4096) if quick else (cfg.train.batch_size, cfg.data.segment_length)
+    task = DistillTask(cfg)
+    task.setup(device)
+    torch.manual_seed(0)
+    student = task.build_model().to(device)
+    opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=1e-4)
+    hop, ctx = cfg.features.hop_length, cfg.data.mel_context
+    data = {"audio": (0.1 * torch.randn(batch, segment)).to(device),
+            "mel": (torch.randn(batch, cfg.features.n_mels, segment // hop + 2 * ctx) - 5).to(device)}
+
+    def step():
+        loss = task.training_step(student, data, 0)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t = timed(step, device, 5, warmup=2)
+    # student forward + backward (3x), teacher forward + backward to its input (2x)
+    flops = 6 * sum(f.macs_per_sample() for f in student.flows) + 4 * task.teacher.stack.macs_per_sample()
+    return [{"model": "student clarinet_tiny + teacher gaussian_tiny", "device": device_name(device),
+             "threads": torch.get_num_threads(), "what": "distillation step", "batch": batch, "length": segment,
+             "dtype": "float32", "samples_per_s": batch * segment / t["median_s"], "flops_per_sample": flops, **t}]
 
 
 def _tiny_student_seconds(quick: bool) -> float:
@@ -158,7 +198,30 @@ def bench_allocator(quick: bool) -> list[dict]:
         {**base, "what": "tuned / default malloc speed-up", "ratio": seconds["default"] / seconds["tuned"]}]
 
 
-def run_bench(quick: bool = False, devices: list[str] | None = None) -> dict:
+# dense peak TFLOP/s by (GPU name fragment, dtype): the vendors' datasheet figures, no sparsity
+GPU_PEAKS = {("H100", "float32"): 67.0, ("H100", "bfloat16"): 989.0, ("H200", "float32"): 67.0,
+             ("H200", "bfloat16"): 989.0, ("A100", "float32"): 19.5, ("A100", "bfloat16"): 312.0}
+
+
+def peak_tflops(row: dict, cpu_peak: float | None) -> float | None:
+    """The device's peak for a row's dtype: the GPU table, or `cpu_peak` (given by the user) on CPUs."""
+    dtype = "bfloat16" if "bfloat16" in row["dtype"] else "float32"
+    for (fragment, kind), peak in GPU_PEAKS.items():
+        if fragment in row["device"] and kind == dtype:
+            return peak
+    return cpu_peak if row["device"] == device_name(torch.device("cpu")) else None
+
+
+def add_utilisation(rows: list[dict], cpu_peak_tflops: float | None = None) -> None:
+    """Achieved GFLOP/s (model FLOPs per sample x samples/s) and the fraction of the device's peak."""
+    for row in rows:
+        if row.get("flops_per_sample") and row.get("samples_per_s"):
+            row["gflops_per_s"] = row["flops_per_sample"] * row["samples_per_s"] / 1e9
+            peak = peak_tflops(row, cpu_peak_tflops)
+            row["peak_fraction"] = row["gflops_per_s"] / (peak * 1e3) if peak else None
+
+
+def run_bench(quick: bool = False, devices: list[str] | None = None, cpu_peak_tflops: float | None = None) -> dict:
     devices = devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     rows = []
     for name in devices:
@@ -167,10 +230,12 @@ def run_bench(quick: bool = False, devices: list[str] | None = None) -> dict:
         rows += teacher_rows
         teacher_rate = [r for r in teacher_rows if r["what"] == "teacher sampling, incremental, 1 s"][0]["samples_per_s"]
         rows += bench_students(device, quick, teacher_rate)
+        rows += bench_distillation(device, quick)
         if device.type == "cpu":
             rows += bench_allocator(quick)
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             rows += [r for r in bench_teacher(device, quick, torch.bfloat16) if r["what"] == "teacher training"]
+    add_utilisation(rows, cpu_peak_tflops)
     return {
         "quick": quick,
         "malloc_tuned": tune_allocator(),
@@ -182,16 +247,18 @@ def run_bench(quick: bool = False, devices: list[str] | None = None) -> dict:
 
 
 def to_markdown(result: dict) -> str:
-    lines = ["| what | device | dtype | batch | length | samples/s | RTF | ratio | median s (runs) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| what | device | dtype | batch | length | samples/s | RTF | ratio | GFLOP/s | of peak | median s (runs) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         rate = f"{r['samples_per_s']:,.0f}" if r.get("samples_per_s") else ""
         ratio = r.get("ratio") or r.get("speedup_over_teacher")
         ratio = f"{ratio:.1f}x" if ratio else ""
         rtf = f"{r['rtf']:.3f}" if r.get("rtf") else ""
         timing = f"{r['median_s']:.4f} ({r['runs']})" if "median_s" in r else ""
+        gflops = f"{r['gflops_per_s']:,.1f}" if r.get("gflops_per_s") else ""
+        peak = f"{100 * r['peak_fraction']:.1f}%" if r.get("peak_fraction") else ""
         lines.append(f"| {r['what']} | {r['device']} ({r['threads']} threads) | {r['dtype']} | {r['batch']} | "
-                     f"{r['length'] or ''} | {rate} | {rtf} | {ratio} | {timing} |")
+                     f"{r['length'] or ''} | {rate} | {rtf} | {ratio} | {gflops} | {peak} | {timing} |")
     return "\n".join(lines)
 
 
@@ -200,11 +267,13 @@ def add_bench(sub) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes, a few seconds on a CPU")
     p.add_argument("--device", action="append", default=None, help="cpu and/or cuda (default: all present)")
     p.add_argument("--out", default=None, help="write the JSON here (the Markdown goes beside it, .md)")
+    p.add_argument("--cpu-peak-tflops", type=float, default=None,
+                   help="the CPU's fp32 peak, for the 'of peak' column (GPU peaks are built in)")
     p.set_defaults(func=_bench)
 
 
 def _bench(args) -> int:
-    result = run_bench(args.quick, args.device)
+    result = run_bench(args.quick, args.device, args.cpu_peak_tflops)
     text = json.dumps(result, indent=2)
     print(text)
     print(to_markdown(result))

@@ -192,3 +192,17 @@ def test_polyphase_stretch_equals_repeat_then_convolve(s):
     conv = torch.nn.Conv1d(3, 3, 2 * s + 1, padding=s, groups=3).double()
     x = torch.randn(2, 3, 7, dtype=torch.float64)
     assert torch.allclose(_stretch(x, conv, s), conv(x.repeat_interleave(s, dim=-1)), atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel_size", [2, 3])
+def test_macs_per_sample_matches_torchs_flop_counter(kernel_size):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from distill.nn import WaveNetStack
+
+    stack = WaveNetStack(1, 2, layers=5, cycle=3, kernel_size=kernel_size, residual_channels=8, gate_channels=12,
+                         skip_channels=6, cond_channels=5)
+    length = 64
+    with FlopCounterMode(display=False) as counter:
+        stack(torch.randn(2, 1, length), torch.randn(2, 5, length))
+    assert counter.get_total_flops() == 2 * stack.macs_per_sample() * 2 * length  # FLOPs = 2 MACs, batch 2
