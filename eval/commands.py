@@ -103,11 +103,13 @@ def run_eval(args, students: list[str]) -> dict:
 
 
 def _student_name(path: Path, taken: dict) -> str:
-    """'student' + the run folder's (or checkpoint file's) name, unique among the students."""
+    """The run folder's (or checkpoint file's) name, prefixed 'student ' unless it says so already;
+    unique among the students."""
     stem = path.name if path.is_dir() else (path.parent.parent.name if path.parent.name == "checkpoints" else path.stem)
-    name, n = f"student {stem}", 2
+    base = stem if stem.lower().startswith("student") else f"student {stem}"
+    name, n = base, 2
     while name in taken:
-        name, n = f"student {stem} ({n})", n + 1
+        name, n = f"{base} ({n})", n + 1
     return name
 
 
