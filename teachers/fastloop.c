@@ -1,0 +1,113 @@
+/* The teacher's autoregressive sampling loop in C: `teachers/fastloop.py` compiles this file with the
+ * system C compiler on first use and calls it through ctypes (no PyTorch headers, a second to build).
+ *
+ * One call runs `n` steps of the Fast-WaveNet recursion of `distill.nn.StackStepper` for a batch:
+ * per layer a ring of past inputs, the conditioning projection of the step (with the conv bias)
+ * precomputed by the caller, the gated unit, the residual (sqrt(1/2) folded into its weights) and the
+ * skip outputs of all layers in one product at the end; then the head, the location-scale draw and
+ * the clamp to [-1, 1]. All matrices are stored (in, out) and applied as y += x_i * W[i, :], so the
+ * innermost loop runs over contiguous outputs and vectorises; each weight row is used for the whole
+ * batch while it is in cache. float32 throughout.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+static void axpy_rows(float *restrict y, int ldy, const float *restrict x, int ldx, const float *restrict w,
+                      int batch, int in, int out) {
+    for (int i = 0; i < in; i++) {
+        const float *restrict row = w + (size_t)i * out;
+        for (int b = 0; b < batch; b++) {
+            const float xi = x[(size_t)b * ldx + i];
+            float *restrict yb = y + (size_t)b * ldy;
+            for (int o = 0; o < out; o++) yb[o] += xi * row[o];
+        }
+    }
+}
+
+static inline float sigmoidf(float v) { return 1.0f / (1.0f + expf(-v)); }
+
+/* Returns the number of steps run. Shapes (row-major, float32 unless said):
+ *   cond   (n, L, B, 2G)   conditioning projection + conv bias of each step and layer
+ *   w_in, b_in (R)         the 1x1 input conv (one input channel)
+ *   w_tap  (L, K*R, 2G)    dilated conv, taps oldest first, the current input last
+ *   w_res  (L, G, R), b_res (L, R)   residual 1x1, already scaled by sqrt(1/2)
+ *   w_skip (L*G, S), b_skip (S)      all skip 1x1s, already scaled by the skip scale
+ *   w_h1 (S, H), b_h1 (H), w_h2 (H, 2), b_h2 (2)   the ReLU-1x1-ReLU-1x1 head
+ *   rings  (L, span_max, B, R)        each layer's past inputs; spans (L) int; backs (L, K-1) int
+ *   audio  (B, total)      prompt in [0, start), samples written at [pos, pos + n)
+ *   noise  (n, B)          standard normal / logistic draws (unused when mode == 1)
+ *   params (n, B, 2) or NULL: the (mu, clamped log scale) of every step, for tests
+ *   prev   (B)             the input of the next step (the previous sample); updated
+ *   dist 0 gaussian / 1 logistic (the noise decides; the draw is the same), mode 0 sample / 1 mean
+ */
+int wavenet_steps(int n, int batch, int layers, int residual, int gate, int skip, int hidden, int kernel,
+                  const float *cond, const float *w_in, const float *b_in, const float *w_tap, const float *w_res,
+                  const float *b_res, const float *w_skip, const float *b_skip, const float *w_h1,
+                  const float *b_h1, const float *w_h2, const float *b_h2, float *rings, int span_max,
+                  const int *spans, const int *backs, float *audio, int total, long pos, int start,
+                  const float *noise, float *params, float *prev, int mode, float temperature,
+                  float log_scale_min, float *work) {
+    const int R = residual, G = gate, G2 = 2 * gate, S = skip, H = hidden, KR = kernel * residual;
+    float *h = work;                          /* (B, R) */
+    float *in = h + (size_t)batch * R;        /* (B, K*R) taps then h */
+    float *a = in + (size_t)batch * KR;       /* (B, 2G) */
+    float *zs = a + (size_t)batch * G2;       /* (B, L*G) */
+    float *sk = zs + (size_t)batch * layers * G; /* (B, S) */
+    float *o1 = sk + (size_t)batch * S;       /* (B, H) */
+    float out[2];
+    for (int step = 0; step < n; step++, pos++) {
+        for (int b = 0; b < batch; b++)
+            for (int r = 0; r < R; r++) h[b * R + r] = prev[b] * w_in[r] + b_in[r];
+        for (int l = 0; l < layers; l++) {
+            const int span = spans[l];
+            float *ring = rings + (size_t)l * span_max * batch * R;
+            for (int j = 0; j < kernel - 1; j++) {
+                const long back = backs[l * (kernel - 1) + j];
+                const float *src = ring + (size_t)(((pos - back) % span + span) % span) * batch * R;
+                for (int b = 0; b < batch; b++) memcpy(in + (size_t)b * KR + j * R, src + (size_t)b * R, R * sizeof(float));
+            }
+            for (int b = 0; b < batch; b++) memcpy(in + (size_t)b * KR + (kernel - 1) * R, h + (size_t)b * R, R * sizeof(float));
+            if (kernel > 1) memcpy(ring + (size_t)(pos % span) * batch * R, h, (size_t)batch * R * sizeof(float));
+            memcpy(a, cond + ((size_t)step * layers + l) * batch * G2, (size_t)batch * G2 * sizeof(float));
+            axpy_rows(a, G2, in, KR, w_tap + (size_t)l * KR * G2, batch, KR, G2);
+            for (int b = 0; b < batch; b++) {
+                float *ab = a + (size_t)b * G2, *zb = zs + (size_t)b * layers * G + (size_t)l * G;
+                for (int g = 0; g < G; g++) zb[g] = (2.0f * sigmoidf(2.0f * ab[g]) - 1.0f) * sigmoidf(ab[G + g]);
+            }
+            /* h <- h * sqrt(1/2) + z W_res + b_res (the sqrt(1/2) of the weights and bias is folded in) */
+            for (int b = 0; b < batch; b++)
+                for (int r = 0; r < R; r++) h[b * R + r] = h[b * R + r] * 0.70710678118654752f + b_res[l * R + r];
+            axpy_rows(h, R, zs + (size_t)l * G, layers * G, w_res + (size_t)l * G * R, batch, G, R);
+        }
+        for (int b = 0; b < batch; b++) memcpy(sk + (size_t)b * S, b_skip, S * sizeof(float));
+        axpy_rows(sk, S, zs, layers * G, w_skip, batch, layers * G, S);
+        for (int i = 0; i < batch * S; i++) sk[i] = sk[i] > 0.0f ? sk[i] : 0.0f;
+        for (int b = 0; b < batch; b++) memcpy(o1 + (size_t)b * H, b_h1, H * sizeof(float));
+        axpy_rows(o1, H, sk, S, w_h1, batch, S, H);
+        for (int i = 0; i < batch * H; i++) o1[i] = o1[i] > 0.0f ? o1[i] : 0.0f;
+        for (int b = 0; b < batch; b++) {
+            out[0] = b_h2[0];
+            out[1] = b_h2[1];
+            for (int i = 0; i < H; i++) {
+                out[0] += o1[b * H + i] * w_h2[i * 2];
+                out[1] += o1[b * H + i] * w_h2[i * 2 + 1];
+            }
+            const float mu = out[0], log_s = out[1] > log_scale_min ? out[1] : log_scale_min;
+            if (params) {
+                params[((size_t)step * batch + b) * 2] = mu;
+                params[((size_t)step * batch + b) * 2 + 1] = log_s;
+            }
+            float x;
+            if (pos < start) {
+                x = audio[(size_t)b * total + pos]; /* teacher-forced through the prompt */
+            } else {
+                x = mode == 1 ? mu : mu + temperature * expf(log_s) * noise[(size_t)step * batch + b];
+                x = x < -1.0f ? -1.0f : (x > 1.0f ? 1.0f : x);
+                audio[(size_t)b * total + pos] = x;
+            }
+            prev[b] = x;
+        }
+    }
+    return n;
+}

@@ -1,0 +1,56 @@
+"""The compiled sampling loop: the same recursion as the PyTorch paths, to float32 rounding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distill.errors import ConfigError
+from teachers.fastloop import available, fast_generate
+from teachers.sampling import generate
+from tests.teachers.test_wavenet import inputs, small_teacher
+
+pytestmark = pytest.mark.skipif(not available(), reason="no C compiler for the fast loop")
+
+
+def teacher_and_cond(kernel_size=2, batch=2, frames=40, **kw):
+    model = small_teacher(kernel_size=kernel_size, dtype=torch.float32, **kw)
+    with torch.no_grad():  # a head that is far from zero, so every path matters
+        model.stack.head[-1].weight.normal_(0, 0.5)
+    x, mel = inputs(model, frames=frames, batch=batch, dtype=torch.float32)
+    return model, x, model.conditioning(mel), mel
+
+
+@pytest.mark.parametrize("kernel_size, layers, cycle", [(2, 6, 3), (3, 5, 4), (1, 3, 3)])
+def test_teacher_forced_parameters_equal_the_parallel_forward(kernel_size, layers, cycle):
+    model, x, cond, _ = teacher_and_cond(kernel_size, layers=layers, cycle=cycle)
+    # a prompt of all but the last sample forces every step's input; params are read back per step
+    audio, params = fast_generate(model, cond, prompt=x[:, :-1], return_params=True, chunk=64)
+    reference = model.forward_cond(x, cond)
+    assert torch.allclose(params[:, 0], reference[:, 0], atol=2e-5)
+    assert torch.allclose(params[:, 1], reference[:, 1].clamp(min=model.dist.log_scale_min), atol=2e-5)
+    assert torch.equal(audio[:, :-1], x[:, :-1])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_every_sample_is_the_draw_its_own_parameters_and_noise_imply(temperature):
+    model, _, cond, _ = teacher_and_cond(kernel_size=3, batch=3, layers=5, cycle=4)
+    noise = torch.randn(3, cond.shape[-1])
+    audio = fast_generate(model, cond, temperature=temperature, noise=noise, chunk=50)  # chunk seams inside
+    mu, log_s = model.dist.unpack(model.forward_cond(audio, cond))  # teacher-forced on its own output
+    assert torch.allclose(audio, (mu + temperature * torch.exp(log_s) * noise).clamp(-1, 1), atol=2e-5)
+    assert audio.abs().max() <= 1 and audio.std() > 0.01
+
+
+def test_mean_mode_and_generate_dispatch_match_the_incremental_sampler():
+    model, _, _, mel = teacher_and_cond()
+    fast = generate(model, mel, method="fast", mode="mean")
+    slow = generate(model, mel, method="incremental", mode="mean")
+    assert torch.allclose(fast, slow, atol=2e-5)
+
+
+def test_a_mixture_teacher_is_refused_with_one_line():
+    model = small_teacher("mol", {"num_components": 2, "num_bins": 256}, dtype=torch.float32)
+    _, mel = inputs(model, frames=4, dtype=torch.float32)
+    with pytest.raises(ConfigError, match="gaussian and logistic teachers"):
+        generate(model, mel, method="fast")
