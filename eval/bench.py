@@ -24,6 +24,7 @@ from distill.allocator import tune_allocator
 from distill.config import load_config
 from students.iaf import IAFStudent, synthesize
 from students.task import StudentConfig
+from teachers.fastloop import available as fastloop_available
 from teachers.sampling import generate
 from eval.timing import device_name, timed
 from teachers.task import TeacherConfig, build_teacher
@@ -85,6 +86,16 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
                      "samples_per_s": naive, **t})
         rows.append({**base, "what": "incremental / naive speed-up", "batch": b, "length": None, "dtype": "float32",
                      "samples_per_s": None, "ratio": incremental / naive})
+        if device.type == "cpu" and fastloop_available():
+            # the same recursion as one compiled C loop (teachers/fastloop.c)
+            frames = (512 if quick else 2048) // hop
+            mel = (torch.randn(b, n_mels, frames + 2 * ctx) - 5).to(device)
+            t = timed(lambda: generate(model, mel, "fast"), device, repeats)
+            fast = b * frames * hop / t["median_s"]
+            rows.append({**base, "what": "teacher sampling, fast (C loop)", "batch": b, "length": frames * hop,
+                         "dtype": "float32", "samples_per_s": fast, "flops_per_sample": 2 * macs, **t})
+            rows.append({**base, "what": "fast / incremental speed-up", "batch": b, "length": None,
+                         "dtype": "float32", "samples_per_s": None, "ratio": fast / incremental})
 
     # 1 s of audio at batch 1: the teacher's incremental sampling, the reference for the students
     frames = (4096 if quick else 16000) // hop

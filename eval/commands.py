@@ -33,6 +33,8 @@ def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seco
     p.add_argument("--rtf-seconds", type=float, default=1.0, help="length of the clip every RTF is timed on (0 = whole)")
     p.add_argument("--rtf-runs", type=int, default=5, help="timed runs per system (median reported; >= 5 recommended)")
     p.add_argument("--teacher-batch", type=int, default=16, help="utterances the teacher samples together")
+    p.add_argument("--teacher-sampler", default="incremental", choices=["incremental", "fast"],
+                   help="the teacher's AR sampler: incremental (PyTorch, any head and device) or fast (C loop; CPU, Gaussian)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=out, help="folder for report.json/md/html, wavs/, images/, tensorboard/")
@@ -74,6 +76,7 @@ def run_eval(args, students: list[str]) -> dict:
     settings = EvalSettings(
         data=args.data, split=args.split, max_utterances=args.max_utterances, max_seconds=args.max_seconds,
         pesq_modes=("wb", "nb") if args.pesq_nb else ("wb",), teacher_batch=args.teacher_batch,
+        teacher_sampler=args.teacher_sampler,
         temperature=args.temperature, seed=args.seed, rtf_seconds=args.rtf_seconds, rtf_runs=args.rtf_runs,
         autocast_dtype=args.student_dtype,
     )
@@ -90,6 +93,7 @@ def run_eval(args, students: list[str]) -> dict:
             "audio_seconds": sum(c.reference.numel() for c in clips) / features.sample_rate,
             "max_utterances": args.max_utterances, "max_seconds": args.max_seconds,
             "pesq_modes": list(settings.pesq_modes), "student_dtype": args.student_dtype,
+            "teacher_sampler": args.teacher_sampler,
             "temperature": args.temperature, "seed": args.seed,
             "rtf_seconds": args.rtf_seconds, "rtf_runs": args.rtf_runs, "rtf_warmup": settings.rtf_warmup,
             "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),

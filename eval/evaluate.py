@@ -47,6 +47,7 @@ class EvalSettings:
     max_seconds: float = 0.0  # cut each utterance (0 = whole)
     pesq_modes: tuple = ("wb",)
     teacher_batch: int = 16  # utterances the teacher samples together
+    teacher_sampler: str = "incremental"  # or "fast" (the compiled CPU loop, Gaussian teachers)
     temperature: float = 1.0
     seed: int = 0
     rtf_seconds: float = 1.0  # length of the timing clip (0 = the whole first clip)
@@ -85,8 +86,10 @@ def _silence(features: FeatureConfig) -> float:
 
 @torch.inference_mode()
 def teacher_synthesis(teacher: WaveNetTeacher, clips: list[Clip], features: FeatureConfig, device: torch.device,
-                      batch_size: int = 16, temperature: float = 1.0, progress: bool = False) -> list[torch.Tensor]:
-    """Incremental AR copy synthesis, utterances batched (shorter mels padded with silence)."""
+                      batch_size: int = 16, temperature: float = 1.0, progress: bool = False,
+                      method: str = "incremental") -> list[torch.Tensor]:
+    """AR copy synthesis (`teachers.sampling.generate` method), utterances batched (shorter mels padded
+    with silence)."""
     outputs: list[torch.Tensor] = []
     ctx, silence = teacher.mel_context, _silence(features)
     for i in range(0, len(clips), batch_size):
@@ -96,7 +99,7 @@ def teacher_synthesis(teacher: WaveNetTeacher, clips: list[Clip], features: Feat
             pad_mel(torch.nn.functional.pad(c.mel, (0, frames - c.mel.shape[-1]), value=silence), ctx, silence)
             for c in group
         ]).to(device)
-        audio = generate(teacher, mels, temperature=temperature, progress=progress).float().cpu()
+        audio = generate(teacher, mels, method, temperature=temperature, progress=progress).float().cpu()
         outputs += [audio[j, : c.reference.numel()] for j, c in enumerate(group)]
     return outputs
 
@@ -201,7 +204,7 @@ def evaluate(
     run(GRIFFIN_LIM, lambda cs: [griffin_lim(c.mel, features) for c in cs])
     rtf[GRIFFIN_LIM]["device"], rtf[GRIFFIN_LIM]["device_name"] = "cpu", "cpu (torchaudio Griffin-Lim)"
     run(TEACHER, lambda cs: teacher_synthesis(teacher, cs, features, device, settings.teacher_batch,
-                                              settings.temperature, progress=False))
+                                              settings.temperature, False, settings.teacher_sampler))
     for name, student in students.items():
         run(name, lambda cs, s=student: student_synthesis(s, cs, features, device, settings.temperature,
                                                           settings.autocast_dtype), settings.autocast_dtype)

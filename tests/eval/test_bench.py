@@ -11,6 +11,7 @@ import torch
 
 from eval.bench import cpu_has_bf16
 from eval.timing import timed
+from teachers.fastloop import available as fastloop_available
 
 
 def test_timing_excludes_warm_up():
@@ -33,6 +34,7 @@ def test_quick_bench_reports_training_and_both_sampling_methods(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     whats = [r["what"] for r in rows]
     assert whats.count("distillation step") == 1
+    assert whats.count("fast / incremental speed-up") == (2 if fastloop_available() else 0)
     assert all(r["gflops_per_s"] > 0 for r in rows if r["what"] in ("teacher training", "distillation step"))
     assert whats.count("teacher training") == 1 and whats.count("incremental / naive speed-up") == 2
     students = [r for r in rows if r["what"].startswith("student") and r["dtype"] == "float32"]

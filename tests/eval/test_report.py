@@ -118,3 +118,17 @@ def test_chromium_renders_the_report_with_its_spectrograms(report_dir, tmp_path)
     colourful = (pixels.max(axis=-1) - pixels.min(axis=-1)) > 0.3
     assert int(colourful.sum()) > 20_000, "the spectrogram images did not render"
     assert np.isclose(pixels[5, 5], 1.0).all()  # a white page, not an error screen
+
+
+def test_the_teacher_can_be_timed_with_the_compiled_sampler(report_dir, tmp_path):
+    from teachers.fastloop import available
+
+    if not available():
+        pytest.skip("no C compiler for the fast loop")
+    teacher = str(report_dir.parent / "teacher.pt")
+    result = cli("eval", "--teacher", teacher, "--max-utterances", "1", "--max-seconds", "0.5", "--rtf-seconds", "0.25",
+                 "--teacher-sampler", "fast", "--out", str(tmp_path / "fast"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "fast" / "report.json").read_text())
+    assert report["settings"]["teacher_sampler"] == "fast" and report["systems"]["teacher"]["rtf"]["rtf"] > 0
+    assert "teacher sampler: fast" in (tmp_path / "fast" / "report.md").read_text()
