@@ -118,6 +118,7 @@ class TrainConfig:
     keep_last: int = 3  # step checkpoints kept besides latest.pt
     max_nonfinite_in_row: int = 20  # stop after this many consecutive non-finite losses
     max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit. Resume to go on.
+    compile: bool = False  # torch.compile the training model (pays on GPUs for long runs; compiling takes minutes)
 
     def __post_init__(self) -> None:
         _check_ranges("train", [

@@ -32,8 +32,10 @@ class DistInfo:
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside a DistributedDataParallel wrapper (the model itself otherwise)."""
-    return getattr(model, "module", model)
+    """The model inside DistributedDataParallel and/or torch.compile wrappers (the model itself otherwise)."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)
 
 
 def setup(device: torch.device) -> DistInfo:

@@ -143,6 +143,8 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
         train_data, self.valid_data = self.task.build_datasets()
         sampler = StreamSampler(
             len(train_data), cfg.seed, self.dist.rank, self.dist.world_size, start=self.batches_consumed * cfg.batch_size
