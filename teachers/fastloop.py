@@ -43,7 +43,8 @@ def _build() -> ctypes.CDLL | None:
         return None
     source = SOURCE.read_bytes()
     flags = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-shared", "-fPIC"]
-    key = hashlib.sha256(source + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
+    # -march=native: a library built on one CPU may not run on another (a shared home folder)
+    key = hashlib.sha256(source + " ".join([compiler, *flags, _cpu_signature()]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"fastloop_{key}.so"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +58,17 @@ def _build() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(target))
     lib.wavenet_steps.restype = ctypes.c_int
     return lib
+
+
+def _cpu_signature() -> str:
+    import platform
+
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [l for l in info.splitlines() if l.startswith(("model name", "flags", "Features", "CPU part"))]
+        return platform.machine() + "|" + "|".join(sorted(set(lines)))
+    except OSError:
+        return platform.machine() + "|" + platform.processor()
 
 
 def available() -> bool:
