@@ -50,8 +50,8 @@ class CausalConv1d(nn.Conv1d):
 class GatedResidualLayer(nn.Module):
     """z = tanh(W_f*x + V_f c) * sigmoid(W_g*x + V_g c); residual and skip 1x1 convs of z.
 
-    `forward` takes this layer's conditioning projection V c (B, 2G, T) ready-made: the stack projects
-    the conditioning for all its layers in one matrix product (`WaveNetStack.project_cond`).
+    `forward` takes this layer's conditioning projection V c (B, 2G, T) ready-made
+    (`WaveNetStack.project_cond`).
     """
 
     def __init__(self, residual: int, gate: int, skip: int, cond: int, kernel_size: int, dilation: int):
@@ -122,25 +122,26 @@ class WaveNetStack(nn.Module):
         """Inputs that output t depends on: (k-1) * sum(dilations) + 1 (the 1x1 convs add none)."""
         return sum((l.kernel_size - 1) * l.dilation for l in self.layers) + 1
 
-    def cond_weight(self) -> torch.Tensor | None:
-        """The conditioning 1x1 weights of all layers stacked: (L * 2G, cond_channels, 1), or None."""
-        if self.layers[0].cond is None:
-            return None
-        return torch.cat([layer.cond.weight for layer in self.layers])
+    def project_cond(self, c: torch.Tensor | None, budget_bytes: int = 64 << 20):
+        """Each layer's conditioning projection V_l c (B, 2G, T), in the order of the layers (None each
+        when the stack or the call has no conditioning). Consecutive layers are projected together in
+        one matrix product as long as their projections fit `budget_bytes` (speed without holding
+        every layer's projection of a long utterance at once); `c` is made contiguous once."""
+        if c is None or self.layers[0].cond is None:
+            yield from (None for _ in self.layers)
+            return
+        c = c.contiguous()
+        per_layer = c.shape[0] * c.shape[-1] * c.element_size() * 2 * self.layers[0].gate_channels
+        group = max(1, budget_bytes // max(per_layer, 1))
+        for start in range(0, len(self.layers), group):
+            layers = self.layers[start : start + group]
+            weight = torch.cat([layer.cond.weight for layer in layers])
+            yield from F.conv1d(c, weight).split([2 * layer.gate_channels for layer in layers], dim=1)
 
-    def project_cond(self, c: torch.Tensor | None) -> list:
-        """Every layer's conditioning projection V_l c in one matrix product: L tensors (B, 2G, T)
-        (None each when the stack or the call has no conditioning)."""
-        weight = self.cond_weight()
-        if c is None or weight is None:
-            return [None] * len(self.layers)
-        return list(F.conv1d(c, weight).split([2 * l.gate_channels for l in self.layers], dim=1))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, cond_proj: list | None = None) -> torch.Tensor:
-        """cond_proj: the output of `project_cond(c)`, for callers that project several stacks at once."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         h = self.input(x)
         skips = 0
-        for layer, proj in zip(self.layers, cond_proj if cond_proj is not None else self.project_cond(c)):
+        for layer, proj in zip(self.layers, self.project_cond(c)):
             h, s = layer(h, proj)
             skips = skips + s
         return self.head(skips * self.skip_scale)

@@ -57,6 +57,8 @@ def run_eval(args, students: list[str]) -> dict:
     if args.max_utterances < 0 or args.max_seconds < 0 or args.rtf_runs < 1 or args.rtf_seconds < 0:
         raise ConfigError("--max-utterances, --max-seconds and --rtf-seconds must be >= 0 and --rtf-runs >= 1")
     device = pick_device(args.device)
+    if args.teacher_sampler == "fast" and device.type != "cpu":
+        raise ConfigError(f"--teacher-sampler fast is the CPU loop; with --device {device} use --teacher-sampler incremental")
     teacher_path = Path(args.teacher) if args.teacher else demo_teacher_path()
     teacher, payload = load_teacher(teacher_path, device=device)
     features = FeatureConfig(**payload["features"])
@@ -157,12 +159,13 @@ def _demo(args) -> int:
     print(f"== 2/3 distil the tiny ClariNet student from the shipped teacher ({budget}"
           f"{', continuing the previous demo run' if resume else ''}) -> {student_dir}", flush=True)
     overrides = [f"train.max_minutes={0 if args.steps else args.minutes}", f"train.device={args.device}"]
-    if args.steps and resume:
+    done = 0
+    if resume:
         from distill.checkpoint import load_checkpoint
 
-        overrides.append(f"train.steps={load_checkpoint(student_dir)['step'] + args.steps}")
-    elif args.steps:
-        overrides.append(f"train.steps={args.steps}")
+        done = load_checkpoint(student_dir)["step"]
+    # --steps N: N more steps; --minutes: the clock decides (a resumed run's saved train.steps must not)
+    overrides.append(f"train.steps={done + args.steps if args.steps else done + 10_000_000}")
     run_training(argparse.Namespace(config=None, default_config="configs/student/clarinet_tiny.yaml", out=str(student_dir),
                                     resume=resume, init=None, steps=None, overrides=overrides), StudentConfig, DistillTask)
     print("== 3/3 evaluate teacher and student on the test split", flush=True)

@@ -29,6 +29,18 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
+def _file_names(names) -> dict[str, str]:
+    """A distinct file-name-safe form of each name ("a b" and "a_b" must not share files)."""
+    out, taken = {}, set()
+    for name in names:
+        safe, n = _safe(name), 2
+        while safe in taken:
+            safe, n = f"{_safe(name)}-{n}", n + 1
+        taken.add(safe)
+        out[name] = safe
+    return out
+
+
 def _fmt(value, digits: int = 3) -> str:
     if value is None:
         return "-"
@@ -59,7 +71,7 @@ def summary_rows(report: dict) -> list[list[str]]:
         else:
             cells += ["-", "-", "-"]
         speedup = entry.get("speedup_over_teacher")
-        cells.append(f"{speedup:.1f}x" if speedup is not None else "-")
+        cells.append(f"{speedup:.1f}x" if speedup is not None and math.isfinite(speedup) else "-")
         rows.append(cells)
     return rows
 
@@ -91,7 +103,7 @@ def timing_note(report: dict) -> str:
 
 def _markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return lines
 
 
@@ -173,20 +185,22 @@ def write_report(out: Path, report: dict, clips: list[Clip], systems: dict[str, 
     logmel = LogMel(features)
     media: dict[str, dict[str, dict[str, str]]] = {}
     logger = RunLogger(out, resume_step=-1)  # a fresh TensorBoard view each time the folder is reused
+    system_files, clip_files = _file_names(systems), _file_names(c.id for c in clips)
     for i, clip in enumerate(clips):
         mels = {name: (clip.mel if name == REFERENCE else logmel(audios[i])) for name, audios in systems.items()}
+        stem = clip_files[clip.id]
         for name, audios in systems.items():
-            save_wav(out / "wavs" / f"{_safe(clip.id)}_{_safe(name)}.wav", audios[i], features.sample_rate)
+            save_wav(out / "wavs" / f"{stem}_{system_files[name]}.wav", audios[i], features.sample_rate)
         if image_clips and i >= image_clips:
             continue
         low = float(clip.mel.min())
         high = max(float(m.max()) for m in mels.values())
         media[clip.id] = {}
         for name, mel in mels.items():
-            image = f"images/{_safe(clip.id)}_{_safe(name)}.png"
+            image = f"images/{stem}_{system_files[name]}.png"
             save_figure(mel_figure([mel], [f"{name}: {clip.id}"], features.hop_length, features.sample_rate,
                                    (low, high), width=6.0), out / image)
-            media[clip.id][name] = {"image": image, "audio": f"wavs/{_safe(clip.id)}_{_safe(name)}.wav"}
+            media[clip.id][name] = {"image": image, "audio": f"wavs/{stem}_{system_files[name]}.wav"}
         if i < TB_AUDIO_CLIPS:
             for name, audios in systems.items():
                 logger.audio(f"audio/{clip.id}/{name}", audios[i], features.sample_rate, 0)

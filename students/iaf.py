@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from distill.checkpoint import remember_args
@@ -101,13 +100,9 @@ class IAFStudent(nn.Module):
         mu_tot = torch.zeros_like(z)
         log_s_tot = torch.zeros_like(z)
         scales = []
-        # the conditioning projections of every layer of every flow in one matrix product
-        weight = torch.cat([flow.cond_weight() for flow in self.flows])
-        projections = F.conv1d(cond, weight).split([2 * l.gate_channels for f in self.flows for l in f.layers], dim=1)
-        start = 0
+        cond = cond.contiguous()  # once, not once per layer
         for flow in self.flows:
-            proj, start = projections[start : start + len(flow.layers)], start + len(flow.layers)
-            out = flow(shift_right(x)[:, None, :], cond_proj=proj)  # strictly earlier samples of this flow's input
+            out = flow(shift_right(x)[:, None, :], cond)  # strictly earlier samples of this flow's input
             mu, log_s = out[:, 0].to(z.dtype), out[:, 1].to(z.dtype)  # compose in z's precision, not bf16
             s = torch.exp(log_s)
             x = x * s + mu

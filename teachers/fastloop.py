@@ -37,25 +37,36 @@ def _cache_dir() -> Path:
 
 def _build() -> ctypes.CDLL | None:
     global _error
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    import shlex
+
+    compiler = shlex.split(os.environ["CC"]) if os.environ.get("CC") else [shutil.which("cc") or shutil.which("gcc") or ""]
+    if not compiler[0]:
         _error = "no C compiler found (install gcc, or set CC)"
         return None
     source = SOURCE.read_bytes()
-    flags = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-shared", "-fPIC"]
+    # -ffast-math for the object only (vectorised expf); linking the library without it keeps GCC from
+    # adding crtfastmath.o, whose constructor would switch the whole process to flush-to-zero.
+    flags = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fPIC"]
     # -march=native: a library built on one CPU may not run on another (a shared home folder)
-    key = hashlib.sha256(source + " ".join([compiler, *flags, _cpu_signature()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + " ".join([*compiler, *flags, _cpu_signature()]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"fastloop_{key}.so"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            built = Path(tmp) / target.name
-            result = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built), "-lm"], capture_output=True, text=True)
-            if result.returncode != 0:
-                _error = f"compiling {SOURCE.name} failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}"
-                return None
-            os.replace(built, target)  # atomic: concurrent first uses never see half a library
-    lib = ctypes.CDLL(str(target))
+    try:
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                obj, built = Path(tmp) / "fastloop.o", Path(tmp) / target.name
+                for command in ([*compiler, *flags, "-c", str(SOURCE), "-o", str(obj)],
+                                [*compiler, "-shared", str(obj), "-o", str(built), "-lm"]):
+                    result = subprocess.run(command, capture_output=True, text=True)
+                    if result.returncode != 0:
+                        detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode
+                        _error = f"building {SOURCE.name} failed: {detail}"
+                        return None
+                os.replace(built, target)  # atomic: concurrent first uses never see half a library
+        lib = ctypes.CDLL(str(target))
+    except OSError as err:  # no compiler binary, read-only or noexec cache, ...
+        _error = f"building or loading {SOURCE.name} failed: {err}"
+        return None
     lib.wavenet_steps.restype = ctypes.c_int
     return lib
 
@@ -131,16 +142,19 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
         audio[:, :start] = prompt.float().cpu()
     if noise is not None:
         noise = noise.float().cpu()
+        if tuple(noise.shape) != (batch, length):
+            raise ValueError(f"noise must have shape {(batch, length)}, got {tuple(noise.shape)}")
     params = torch.zeros(length, batch, 2) if return_params else None
     prev = torch.zeros(batch)
     work = torch.zeros(batch * (residual + kernel * residual + 2 * gate + layers * gate + skip + hidden))
-    w_cond = stepper.w_cond if stepper.has_cond else None
+    w_cond = stepper.w_cond.float() if stepper.has_cond else None
+    conv_bias = stepper.conv_bias.float()
     for t0 in range(0, length, chunk):
         n = min(chunk, length - t0)
         if w_cond is not None:
-            proj = torch.einsum("lgc,bcn->nlbg", w_cond, cond[:, :, t0 : t0 + n]) + stepper.conv_bias[None, :, None, :]
+            proj = torch.einsum("lgc,bcn->nlbg", w_cond, cond[:, :, t0 : t0 + n]) + conv_bias[None, :, None, :]
         else:
-            proj = stepper.conv_bias[None, :, None, :].expand(n, -1, batch, -1)
+            proj = conv_bias[None, :, None, :].expand(n, -1, batch, -1)
         proj = flat(proj)
         if noise is not None:
             eps = noise[:, t0 : t0 + n].t().contiguous()

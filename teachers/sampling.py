@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from distill.errors import ConfigError
+
 from distill.nn import shift_right
 from teachers.wavenet import WaveNetTeacher
 
@@ -85,7 +87,7 @@ def generate(
         from teachers.fastloop import fast_generate
 
         if cond.device.type != "cpu":
-            raise ValueError("method='fast' is the CPU loop; on a GPU use method='incremental'")
+            raise ConfigError("method='fast' is the CPU loop; on a GPU use method='incremental'")
         audio = fast_generate(teacher, cond, temperature, mode, prompt).to(cond.dtype)
     elif method == "naive":
         field = teacher.receptive_field()

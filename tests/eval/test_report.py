@@ -132,3 +132,10 @@ def test_the_teacher_can_be_timed_with_the_compiled_sampler(report_dir, tmp_path
     report = json.loads((tmp_path / "fast" / "report.json").read_text())
     assert report["settings"]["teacher_sampler"] == "fast" and report["systems"]["teacher"]["rtf"]["rtf"] > 0
     assert "teacher sampler: fast" in (tmp_path / "fast" / "report.md").read_text()
+
+
+def test_system_and_utterance_names_get_distinct_safe_file_names():
+    from eval.report import _file_names
+
+    names = _file_names(["student a b", "student a_b", "spk/1", "spk_1"])
+    assert len(set(names.values())) == 4 and all("/" not in v and " " not in v for v in names.values())

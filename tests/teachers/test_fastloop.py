@@ -54,3 +54,16 @@ def test_a_mixture_teacher_is_refused_with_one_line():
     _, mel = inputs(model, frames=4, dtype=torch.float32)
     with pytest.raises(ConfigError, match="gaussian and logistic teachers"):
         generate(model, mel, method="fast")
+
+
+def test_loading_the_loop_leaves_the_process_floating_point_mode_alone():
+    # a -ffast-math shared library can switch the whole process to flush-to-zero when it loads
+    assert available()
+    assert (torch.tensor([1e-38]) / 100).item() > 0
+    assert (torch.tensor([1e-310], dtype=torch.float64) / 10).item() > 0
+
+
+def test_noise_of_the_wrong_shape_is_refused():
+    model, _, cond, _ = teacher_and_cond()
+    with pytest.raises(ValueError, match="noise must have shape"):
+        fast_generate(model, cond, noise=torch.randn(1, cond.shape[-1]))
