@@ -136,6 +136,16 @@ class IAFStudent(nn.Module):
         return self.dist.log_prob(torch.stack([zeros, zeros], dim=1), z) - out.log_s_tot
 
 
+CHUNK_ROWS = 65536  # batch x samples per pass that keep a flow's activations near the CPU caches
+
+
+def auto_chunk(student: IAFStudent, batch: int) -> int:
+    """Samples per pass for `synthesize`: about CHUNK_ROWS / batch, and at least 4 receptive fields
+    of left context per chunk (so the overlap costs < 25%). On the 2-core CPU this made a paper-size
+    student's 10 s utterance ~3x faster and 16 x 1 s ~3x faster; 1 s at batch 1 is one pass as before."""
+    return max(CHUNK_ROWS // max(batch, 1), 4 * max(student.receptive_fields()))
+
+
 @torch.inference_mode()
 def synthesize(
     student: IAFStudent,
@@ -143,14 +153,15 @@ def synthesize(
     temperature: float = 1.0,
     z: torch.Tensor | None = None,
     autocast_dtype: torch.dtype | None = None,
-    chunk: int = 0,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Parallel synthesis, no teacher needed. mel: (B, n_mels, F + 2c) -> audio (B, F * hop) in [-1, 1].
 
     z: the noise (B, F * hop) to use (default: fresh draws, scaled by `temperature`). autocast_dtype:
     run the convolutions under autocast in that dtype (torch.bfloat16 on CUDA, or on CPUs with
-    AVX512-BF16); the flow composition stays in float32. chunk > 0: synthesise that many samples at
-    a time per flow (exact seams; bounded memory for long utterances).
+    AVX512-BF16); the flow composition stays in float32. chunk: synthesise that many samples at a
+    time per flow (exact seams, tested); None (default) picks `auto_chunk`, 0 runs the whole length in
+    one pass.
     """
     dtype = mel.dtype if autocast_dtype is None else torch.float32  # of z and the composition
     with torch.autocast(mel.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
@@ -158,5 +169,7 @@ def synthesize(
         if z is None:
             z = student.sample_noise((mel.shape[0], cond.shape[-1]), cond.device, dtype) * temperature
         z = z.to(dtype)
+        if chunk is None:
+            chunk = auto_chunk(student, z.shape[0])
         x = student.sample_chunked(z, cond, chunk) if 0 < chunk < z.shape[-1] else student.flow(z, cond).x
         return x.clamp(-1, 1)

@@ -126,6 +126,17 @@ def test_a_distilled_student_loads_by_run_folder_and_refuses_a_teacher_checkpoin
 def test_chunked_synthesis_equals_whole_synthesis_at_every_seam(chunk):
     student = tiny_student(kernel_size=3)  # receptive fields 15 and 7: chunks shorter and longer than those
     z, mel = inputs(frames=12, batch=2)
-    whole = synthesize(student, mel, z=z)
+    whole = synthesize(student, mel, z=z, chunk=0)
     chunked = synthesize(student, mel, z=z, chunk=chunk)
     assert torch.allclose(chunked, whole, atol=1e-12, rtol=0)
+
+
+def test_automatic_chunks_bound_the_batch_times_length_and_keep_enough_context(monkeypatch):
+    import students.iaf as iaf
+
+    student = tiny_student(kernel_size=3)
+    assert iaf.auto_chunk(student, 1) == iaf.CHUNK_ROWS and iaf.auto_chunk(student, 16) == iaf.CHUNK_ROWS // 16
+    monkeypatch.setattr(iaf, "CHUNK_ROWS", 40)  # force chunking on a short input: still exact
+    z, mel = inputs(frames=30, batch=2)
+    assert iaf.auto_chunk(student, 2) == 60  # 4 receptive fields of 15 beat 40 // 2
+    assert torch.allclose(synthesize(student, mel, z=z), synthesize(student, mel, z=z, chunk=0), atol=1e-12, rtol=0)
