@@ -150,6 +150,10 @@ def _demo(args) -> int:
     from distill.commands import run_data_stage, run_training
     from students.task import DistillTask, StudentConfig
 
+    from distill.errors import ConfigError
+
+    if args.minutes <= 0 or (args.steps is not None and args.steps < 1):
+        raise ConfigError("--minutes must be > 0 and --steps >= 1 (e.g. --minutes 10, or --steps 500)")
     out = Path(args.out)
     print("== 1/3 data: the bundled demo corpus", flush=True)
     run_data_stage(argparse.Namespace(config=None, split="splits", out=str(out / "data"), overrides=[]), "demo")
