@@ -22,8 +22,8 @@ import torch
 
 from distill.allocator import tune_allocator
 from distill.config import load_config
-from students.iaf import IAFStudent, synthesize
-from students.task import StudentConfig
+from students.iaf import synthesize
+from students.task import StudentConfig, build_student
 from teachers.fastloop import available as fastloop_available
 from teachers.sampling import generate
 from eval.timing import device_name, timed
@@ -123,11 +123,8 @@ def bench_students(device: torch.device, quick: bool, teacher_rate: float) -> li
     bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
     for name, preset in STUDENTS.items():
         cfg = load_config(StudentConfig, preset)
-        m = cfg.model
         torch.manual_seed(0)
-        student = IAFStudent(m.distribution, m.flows, m.cycle, m.kernel_size, m.residual_channels, m.gate_channels,
-                             m.skip_channels, cfg.features.n_mels, cfg.features.hop_length, cfg.data.mel_context,
-                             initial_scale=m.initial_scale).to(device).eval()
+        student = build_student(cfg).to(device).eval()
         hop, ctx, rate = cfg.features.hop_length, cfg.data.mel_context, cfg.features.sample_rate
         flops = 2 * sum(flow.macs_per_sample() for flow in student.flows)
         shapes = [(1, 1.0, "1 s")] + ([] if quick else [(1, 10.0, "10 s"), (16, 1.0, "16 x 1 s")])
@@ -181,10 +178,8 @@ def bench_distillation(device: torch.device, quick: bool) -> list[dict]:
 def _tiny_student_seconds(quick: bool) -> float:
     """Median seconds of the tiny student's 1 s synthesis in this process (its allocator as it is)."""
     cfg = load_config(StudentConfig, STUDENTS["student clarinet_tiny"])
-    m = cfg.model
     torch.manual_seed(0)
-    student = IAFStudent(m.distribution, m.flows, m.cycle, m.kernel_size, m.residual_channels, m.gate_channels,
-                         m.skip_channels, cfg.features.n_mels, cfg.features.hop_length, cfg.data.mel_context).eval()
+    student = build_student(cfg).eval()
     frames = (4096 if quick else 16000) // cfg.features.hop_length
     mel = torch.randn(1, cfg.features.n_mels, frames + 2 * cfg.data.mel_context) - 5
     return timed(lambda: synthesize(student, mel), torch.device("cpu"), 5, warmup=2)["median_s"]

@@ -76,7 +76,6 @@ def run_eval(args, students: list[str]) -> dict:
                               "teacher_sha256": source.get("sha256"), "teacher_matches": source.get("sha256") == teacher_sha}
     clips = load_clips(args.data, args.split, features, args.max_utterances, args.max_seconds)
     settings = EvalSettings(
-        data=args.data, split=args.split, max_utterances=args.max_utterances, max_seconds=args.max_seconds,
         pesq_modes=("wb", "nb") if args.pesq_nb else ("wb",), teacher_batch=args.teacher_batch,
         teacher_sampler=args.teacher_sampler,
         temperature=args.temperature, seed=args.seed, rtf_seconds=args.rtf_seconds, rtf_runs=args.rtf_runs,

@@ -11,7 +11,7 @@ gets a real-time factor, timed on one clip at batch 1 (see `eval.timing.real_tim
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -41,10 +41,8 @@ class Clip:
 
 @dataclass
 class EvalSettings:
-    data: str = "demo"
-    split: str = "test"
-    max_utterances: int = 10  # 0 = all
-    max_seconds: float = 0.0  # cut each utterance (0 = whole)
+    """How `evaluate` synthesises, times and scores (the clips are chosen by `load_clips`)."""
+
     pesq_modes: tuple = ("wb",)
     teacher_batch: int = 16  # utterances the teacher samples together
     teacher_sampler: str = "incremental"  # or "fast" (the compiled CPU loop, Gaussian teachers)
@@ -54,7 +52,6 @@ class EvalSettings:
     rtf_runs: int = 5
     rtf_warmup: int = 1
     autocast_dtype: str = "float32"  # students: float32 or bfloat16 (autocast)
-    extra: dict = field(default_factory=dict)
 
 
 def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances: int, max_seconds: float) -> list[Clip]:

@@ -80,6 +80,16 @@ class StudentConfig:
     valid: StudentValidConfig = field(default_factory=StudentValidConfig)
 
 
+def build_student(cfg: StudentConfig, upsample: str = "stretch", upsample_scales: list | None = None) -> IAFStudent:
+    """The student a config describes (the upsampler's mode and scales come from the teacher)."""
+    m = cfg.model
+    return IAFStudent(
+        m.distribution, m.flows, m.cycle, m.kernel_size, m.residual_channels, m.gate_channels, m.skip_channels,
+        n_mels=cfg.features.n_mels, hop_length=cfg.features.hop_length, mel_context=cfg.data.mel_context,
+        upsample=upsample, upsample_scales=upsample_scales, initial_scale=m.initial_scale,
+    )
+
+
 class DistillTask(Task):
     name = "student"
 
@@ -118,12 +128,7 @@ class DistillTask(Task):
     # ------------------------------------------------------------------ model and data
     def build_model(self) -> IAFStudent:
         m, t = self.config.model, self.teacher_info["model_args"]
-        student = IAFStudent(
-            m.distribution, m.flows, m.cycle, m.kernel_size, m.residual_channels, m.gate_channels, m.skip_channels,
-            n_mels=self.config.features.n_mels, hop_length=self.config.features.hop_length,
-            mel_context=self.config.data.mel_context, upsample=t["upsample"], upsample_scales=t["upsample_scales"],
-            initial_scale=m.initial_scale,
-        )
+        student = build_student(self.config, t["upsample"], t["upsample_scales"])
         if m.upsampler_from_teacher:
             student.upsampler.load_state_dict(self.teacher.upsampler.state_dict())
         if not m.train_upsampler:

@@ -158,11 +158,8 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
         proj = flat(proj)
         if noise is not None:
             eps = noise[:, t0 : t0 + n].t().contiguous()
-        elif dist.name == "gaussian":
-            eps = torch.randn(n, batch)
-        else:
-            u = torch.rand(n, batch).clamp(1e-6, 1 - 1e-6)
-            eps = torch.log(u) - torch.log1p(-u)
+        else:  # standard draws: the distribution's own sampler at location 0, log scale 0
+            eps = dist.sample(torch.zeros(n, 2, batch)).contiguous()
         _lib.wavenet_steps(
             n, batch, layers, residual, gate, skip, hidden, kernel, _ptr(proj),
             *(_ptr(w[k]) for k in ("w_in", "b_in", "w_tap", "w_res", "b_res", "w_skip", "b_skip", "w_h1", "b_h1",
