@@ -50,6 +50,8 @@ def setup(device: torch.device) -> DistInfo:
             torch.cuda.set_device(device)
         # Rank 0 validates (teacher sampling can take minutes) while the others wait at a barrier.
         dist.init_process_group(backend=backend, rank=info.rank, world_size=world, timeout=timedelta(hours=2))
+        global _HOST_GROUP
+        _HOST_GROUP = dist.new_group(backend="gloo") if backend != "gloo" else None
     return info
 
 
@@ -69,18 +71,27 @@ def pick_device(name: str, info_local_rank: int | None = None) -> torch.device:
     return device
 
 
-def agree(ok: torch.Tensor, stop: bool, info: DistInfo) -> tuple[bool, bool]:
-    """(ok on every rank, stop asked on any rank) in one reduction and one host sync.
-
-    ok: 0-dim bool tensor (e.g. "the loss is finite"); stop: this rank received SIGINT/SIGTERM.
-    All ranks must take the same branch, or DDP deadlocks.
-    """
+def all_ranks(ok: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """A 0-dim bool flag that is True only if it is True on every rank (a device-side all-reduce:
+    the host does not wait). All ranks must skip or apply the same update, or the weights drift apart."""
     if not info.enabled:
-        return bool(ok.item()), stop
-    value = torch.stack([ok.to(torch.int32).reshape(()), ok.new_tensor(-int(stop), dtype=torch.int32)])
+        return ok
+    value = ok.to(torch.int32).reshape(1)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    all_ok, neg_stop = value.tolist()
-    return bool(all_ok), neg_stop < 0
+    return value[0].bool()
+
+
+_HOST_GROUP = None  # a gloo group for host-side flags next to an NCCL default group
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True if `flag` (e.g. "this rank received SIGTERM") is True on any rank. Host-side: under NCCL
+    it goes through a gloo group, so it never waits for the GPU."""
+    if not info.enabled:
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
+    return bool(value.item())
 
 
 def gather_objects(obj, info: DistInfo) -> list:

@@ -158,9 +158,10 @@ class DiscretizedMixLogistic(OutputDistribution):
     def sample(self, params, temperature=1.0):
         logit_pi, mu, log_s = self.unpack(params)
         gumbel = -torch.log(-torch.log(torch.rand_like(logit_pi).clamp(1e-10, 1 - 1e-10)))
-        choice = F.one_hot((logit_pi + gumbel).argmax(dim=1), self.num_components).permute(0, 2, 1).to(mu.dtype)
-        mu_k = (mu * choice).sum(1)
-        log_s_k = (log_s * choice).sum(1)
+        # the chosen component's parameters by index (exact even where another component is inf)
+        choice = (logit_pi + gumbel).argmax(dim=1, keepdim=True)  # (B, 1, T)
+        mu_k = mu.gather(1, choice)[:, 0]
+        log_s_k = log_s.gather(1, choice)[:, 0]
         u = torch.rand_like(mu_k).clamp(1e-6, 1 - 1e-6)
         x = mu_k + temperature * torch.exp(log_s_k) * (torch.log(u) - torch.log1p(-u))
         return self.quantize(x)

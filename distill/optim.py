@@ -50,11 +50,16 @@ class EMA:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self, model: torch.nn.Module, applied: torch.Tensor | None = None) -> None:
+        """One step of the average. applied: a 0-dim bool tensor, False when the optimiser skipped
+        this step (non-finite loss); the average then stays as it is, decided on the device."""
         self.updates += 1
         d = self.current_decay()
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach().to(ema_p.dtype), 1.0 - d)
+        ema_params = list(self.model.parameters())
+        params = [p.detach().to(e.dtype) for e, p in zip(ema_params, model.parameters())]
+        if ema_params:
+            weight = 1.0 - d if applied is None else applied.to(ema_params[0].dtype) * (1.0 - d)
+            torch._foreach_lerp_(ema_params, params, weight)
         for ema_b, b in zip(self.model.buffers(), model.buffers()):
             ema_b.copy_(b)
 

@@ -6,6 +6,12 @@ a progress bar on a terminal (log lines otherwise), atomic checkpoints every N s
 SIGINT/SIGTERM, after the current step), exact `resume`, non-finite losses skipped and counted,
 and DDP under `torchrun`.
 
+No step waits for the device: whether a loss is finite is a device flag that the fused AdamW step,
+the EMA and the loss sums read on the device; the host reads the sums and the non-finite counts
+every `train.log_every` steps and before each checkpoint. So `train.steps` counts the steps taken,
+skipped ones included (they are few, and logged), and a run of `train.max_nonfinite_in_row`
+non-finite steps is noticed at the next log line or checkpoint.
+
 Resuming restores weights, EMA, optimiser, scheduler, grad scaler, every rank's RNG states and
 the data position, so N steps straight and N/2 + resume + N/2 give bit-identical weights on CPU.
 """
@@ -119,8 +125,9 @@ class Trainer:
         self.task.setup(self.device)
         params = self.task.trainable_parameters(self.model)
         self.params = list(params)
+        # fused: one kernel for all parameters, and it can skip a non-finite step on the device (found_inf)
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+            self.params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=True
         )
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
@@ -281,16 +288,14 @@ class Trainer:
         return last
 
     def _loop(self, bar, until_step: int) -> Path | None:
+        """The step itself never waits for the device: finiteness, the skip decision, the counters and
+        the loss sums stay on the device and are read every `log_every` steps and at checkpoints."""
         cfg = self.cfg
         deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes > 0 else float("inf")
         model = self.train_model
         model.train()
         data = iter(self.loader)
-        window: dict[str, torch.Tensor] = {}
-        window_steps = 0
-        window_samples = 0
-        window_start = time.perf_counter()
-        nonfinite_run = 0
+        window = StepWindow(self.device)
         last_ckpt = self.checkpoints.latest if self.step > 0 else None
         clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
 
@@ -303,74 +308,118 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
-            loss_ok = torch.isfinite(loss.detach())
-            # With fp16 the scaler skips steps whose gradients overflow; that is not divergence.
-            step_ok = loss_ok if self.scaler.is_enabled() else loss_ok & torch.isfinite(grad_norm)
-            asked = self._stop_signal is not None or time.monotonic() > deadline
-            step_ok, stop = distributed.agree(step_ok, asked, self.dist)
-            if step_ok:
+            # One device flag: the loss and the (all-reduced under DDP) gradients are finite on every rank.
+            ok = distributed.all_ranks(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm), self.dist)
+            if self.scaler.is_enabled():
+                # fp16: the scaler skips updates whose gradients overflow (that is not divergence), with
+                # the fused optimiser reading its flag on the device; it also shrinks the scale.
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-                if self.ema is not None:
-                    self.ema.update(self.model)
-                self.step += 1
-                nonfinite_run = 0
-                for key, value in out.items():
-                    window[key] = window.get(key, 0.0) + value.detach().float()
-                window["train/grad_norm"] = window.get("train/grad_norm", 0.0) + grad_norm.detach().float()
-                window_steps += 1
-                window_samples += self.task.batch_samples(batch) * self.dist.world_size
-                if bar is not None:
-                    bar.update(1)
             else:
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.scaler.is_enabled():
-                    self.scaler.update()  # unscale_ was called: the scaler must close this step too
-                self.nonfinite_skipped += 1
-                nonfinite_run += 1
-                log.warning(
-                    "step %d: non-finite loss or gradient, update skipped (%d in a row, %d in all)",
-                    self.step, nonfinite_run, self.nonfinite_skipped,
-                )
-                if stop:
-                    last_ckpt = self.save_checkpoint() or last_ckpt
-                    log.warning("stopped by a signal at step %d; checkpoint written, continue with --resume", self.step)
-                    break
-                if nonfinite_run >= cfg.max_nonfinite_in_row:
-                    where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-                    raise TrainingDiverged(
-                        f"{nonfinite_run} non-finite losses in a row at step {self.step} "
-                        f"(train.max_nonfinite_in_row={cfg.max_nonfinite_in_row}); {where}; lower train.lr or check the data"
-                    )
-                continue
+                self.optimizer.found_inf = (~ok).float()  # read on the device by the fused AdamW step
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model, ok)
+            self.step += 1
+            window.add(out, grad_norm, ok, self.task.batch_samples(batch) * self.dist.world_size)
+            if bar is not None:
+                bar.update(1)
+            asked = self._stop_signal is not None or time.monotonic() > deadline
+            stop = distributed.any_rank(asked, self.dist)
 
             finished = self.step >= until_step
-            if self.step % cfg.log_every == 0 or finished:
-                elapsed = time.perf_counter() - window_start
-                values = {k: float(v) / window_steps for k, v in window.items()}
+            logging_now = self.step % cfg.log_every == 0 or finished
+            checkpoint_now = self.step % cfg.checkpoint_every == 0 or finished or stop
+            if logging_now or checkpoint_now:
+                skipped, longest_run = window.nonfinite()
+                self.nonfinite_skipped += skipped
+                if skipped:
+                    log.warning(
+                        "%d non-finite loss(es) or gradient(s) up to step %d: those updates were skipped (%d in all)",
+                        skipped, self.step, self.nonfinite_skipped,
+                    )
+                if longest_run >= cfg.max_nonfinite_in_row:
+                    where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                    raise TrainingDiverged(
+                        f"{longest_run} non-finite losses in a row before step {self.step} "
+                        f"(train.max_nonfinite_in_row={cfg.max_nonfinite_in_row}); {where}; lower train.lr or check the data"
+                    )
+            if logging_now:
+                values = window.means()
                 values["train/lr"] = self.optimizer.param_groups[0]["lr"]
-                values["train/samples_per_s"] = window_samples / max(elapsed, 1e-9)
+                values["train/samples_per_s"] = window.samples_per_s()
                 values["train/nonfinite_skipped"] = self.nonfinite_skipped
                 if self.ema is not None:
                     values["train/ema_decay"] = self.ema.current_decay()
                 self.logger.scalars(values, self.step)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
+                    bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4g}", refresh=False)
                 elif self.dist.is_main:
                     log.info(
                         "step %d/%d  loss %.5g  grad_norm %.3g  lr %.3g  %.0f samples/s",
-                        self.step, cfg.steps, values["loss"], values["train/grad_norm"],
-                        values["train/lr"], values["train/samples_per_s"],
+                        self.step, cfg.steps, values.get("loss", float("nan")),
+                        values.get("train/grad_norm", float("nan")), values["train/lr"], values["train/samples_per_s"],
                     )
-                window, window_steps, window_samples = {}, 0, 0
-                window_start = time.perf_counter()
+                window.reset()
             if self.step % cfg.valid_every == 0 or self.step == cfg.steps:
                 self.validate()
-            if self.step % cfg.checkpoint_every == 0 or finished or stop:
+            if checkpoint_now:
                 last_ckpt = self.save_checkpoint() or last_ckpt
             if stop:
                 log.warning("stopped at step %d (signal or train.max_minutes); checkpoint written, continue with --resume", self.step)
                 break
         return last_ckpt
+
+
+class StepWindow:
+    """What the loop accumulates between two log lines, kept on the device so that no step waits for it.
+
+    Loss terms and the gradient norm are summed over the steps whose update was applied (a skipped
+    step's values are NaN or inf); non-finite steps are counted, with the longest run of them in a row.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.run = torch.zeros((), dtype=torch.int64, device=device)  # current run of non-finite steps
+        self.reset()
+        self._pending_skipped = torch.zeros((), dtype=torch.int64, device=device)
+        self._longest = torch.zeros((), dtype=torch.int64, device=device)
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.good = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.steps = 0
+        self.samples = 0
+        self.start = time.perf_counter()
+
+    def add(self, out: dict[str, torch.Tensor], grad_norm: torch.Tensor, ok: torch.Tensor, samples: int) -> None:
+        terms = dict(out)
+        terms["train/grad_norm"] = grad_norm
+        for key, value in terms.items():
+            value = torch.where(ok, value.detach().float(), 0.0)
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.good += ok
+        bad = (~ok).long()
+        self._pending_skipped += bad
+        self.run = (self.run + 1) * bad
+        self._longest = torch.maximum(self._longest, self.run)
+        self.steps += 1
+        self.samples += samples
+
+    def nonfinite(self) -> tuple[int, int]:
+        """(non-finite steps since the last call, the longest run in a row so far): one host sync."""
+        skipped, longest = torch.stack([self._pending_skipped, self._longest]).tolist()
+        self._pending_skipped.zero_()
+        return int(skipped), int(longest)
+
+    def means(self) -> dict[str, float]:
+        """Mean of every term over the applied steps of the window (one host sync); empty if none."""
+        keys = list(self.sums)
+        values = torch.stack([self.sums[k] for k in keys] + [self.good.float()]).tolist()
+        good = values.pop()
+        return {k: v / good for k, v in zip(keys, values)} if good else {}
+
+    def samples_per_s(self) -> float:
+        return self.samples / max(time.perf_counter() - self.start, 1e-9)

@@ -1,10 +1,13 @@
 """Autoregressive sampling from a WaveNet teacher.
 
 - `incremental` (Fast WaveNet): per-layer ring buffers, O(layers) work per sample, batch > 1.
+- `graph`: the incremental recursion from preallocated buffers with constant indices, 64 steps
+  captured as one CUDA graph (replayed per block) on a GPU; eager on a CPU.
+- `fast`: the incremental recursion as one compiled C loop (CPU; Gaussian and logistic heads).
 - `naive`: recompute the stack over the last receptive-field window for every sample; the
   reference the incremental path is checked against (and what the benchmark compares with).
 
-Both accept `temperature` (scales the spread of each draw) and `mode="mean"` (take each step's
+All accept `temperature` (scales the spread of each draw) and `mode="mean"` (take each step's
 mean instead of a draw: no sampling hiss in silence, but duller speech).
 """
 
@@ -57,9 +60,11 @@ def generate(
 ) -> torch.Tensor:
     """mel: (B, n_mels, F + 2c) -> audio (B, F * hop) drawn from the teacher.
 
-    method: "incremental" (Fast WaveNet in PyTorch; any head, CPU or CUDA), "fast" (the same recursion
-    as one compiled C loop, `teachers.fastloop`; CPU, Gaussian heads; several times faster on a CPU) or
-    "naive" (recomputes the receptive field for every sample; the reference).
+    method: "incremental" (Fast WaveNet in PyTorch; any head, CPU or CUDA), "graph" (the same recursion
+    from static buffers, 64 steps per CUDA graph replay, `teachers.graphsampler`; any head; the one to
+    use on a GPU, eager on a CPU), "fast" (the same recursion as one compiled C loop,
+    `teachers.fastloop`; CPU, Gaussian and logistic heads; several times faster on a CPU) or "naive"
+    (recomputes the receptive field for every sample; the reference).
 
     prompt: (B, P) known audio that the output starts with; sampling continues after it (P < F * hop).
     """
@@ -89,6 +94,12 @@ def generate(
         if cond.device.type != "cpu":
             raise ConfigError("method='fast' is the CPU loop; on a GPU use method='incremental'")
         audio = fast_generate(teacher, cond, temperature, mode, prompt).to(cond.dtype)
+    elif method == "graph":
+        from teachers.graphsampler import BlockSampler
+
+        bar = tqdm(total=length, desc="graph sampling", disable=not progress, leave=False)
+        audio = BlockSampler(teacher, cond, temperature, mode, prompt).run(bar)
+        bar.close()
     elif method == "naive":
         field = teacher.receptive_field()
         for t in steps:
@@ -99,6 +110,6 @@ def generate(
             params = teacher.stack(window, cond[:, :, lo : t + 1])[:, :, -1:]
             audio[:, t] = _draw(teacher, params, mode, temperature)[:, 0]
     else:
-        raise ValueError(f"method must be 'incremental', 'fast' or 'naive', got {method!r}")
+        raise ValueError(f"method must be 'incremental', 'graph', 'fast' or 'naive', got {method!r}")
     teacher.train(was_training)
     return audio

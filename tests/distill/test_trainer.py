@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import socket
 
@@ -95,22 +96,45 @@ def test_existing_run_is_not_overwritten_without_resume(synth_corpus, tmp_path):
 
 def test_nonfinite_losses_are_skipped_and_counted(synth_corpus, tmp_path):
     run = tmp_path / "run"
-    # calls 3 and 4 give NaN: two skips, and the run still reaches its 6 updates
-    task = ToyTask(toy_config(synth_corpus, steps=6, checkpoint_every=100), nan_steps=(3, 4))
+    # calls 3 and 4 give NaN: two skipped updates within the run's 6 steps
+    task = ToyTask(toy_config(synth_corpus, steps=6, checkpoint_every=100, log_every=2), nan_steps=(3, 4))
     Trainer(task, run).fit()
     ckpt = state(run)
-    assert ckpt["step"] == 6 and ckpt["nonfinite_skipped"] == 2 and ckpt["batches_consumed"] == 8
+    assert ckpt["step"] == 6 and ckpt["nonfinite_skipped"] == 2 and ckpt["batches_consumed"] == 6
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert all(torch.isfinite(v).all() for v in ckpt["ema"]["model"].values())
+    assert all(torch.isfinite(v).all() for s in ckpt["optimizer"]["state"].values() for v in s.values())
+    # the optimiser counted only the 4 applied updates (its bias correction is not advanced by a skip)
+    assert {int(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {4}
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = {r["step"]: r for r in records if "train/nonfinite_skipped" in r}
+    assert [train[s]["train/nonfinite_skipped"] for s in (2, 4, 6)] == [0, 2, 2]
+    assert "loss" not in train[4]  # the window of steps 3-4 had no applied step: no mean to report
+    assert all(math.isfinite(train[s]["loss"]) for s in (2, 6))
+
+
+def test_a_skipped_step_leaves_weights_ema_and_optimiser_untouched(synth_corpus, tmp_path):
+    run = tmp_path / "run"
+    cfg = toy_config(synth_corpus, steps=6, checkpoint_every=1, ema_decay=0.9)
+    Trainer(ToyTask(cfg, nan_steps=(5,)), run).fit()
+    before, after = (load_checkpoint(run / "checkpoints" / f"step_0000000{n}.pt") for n in (4, 5))
+    assert_same_tensors(before["model"], after["model"])
+    assert_same_tensors(before["ema"]["model"], after["ema"]["model"])
+    for sa, sb in zip(before["optimizer"]["state"].values(), after["optimizer"]["state"].values()):
+        assert_same_tensors(sa, sb)
+    assert not torch.equal(after["model"]["proj.weight"], state(run)["model"]["proj.weight"])  # step 6 applied
 
 
 def test_too_many_nonfinite_in_a_row_stops_with_last_good_checkpoint(synth_corpus, tmp_path):
     run = tmp_path / "run"
-    cfg = toy_config(synth_corpus, steps=20, checkpoint_every=2, max_nonfinite_in_row=3)
+    cfg = toy_config(synth_corpus, steps=20, checkpoint_every=2, log_every=2, max_nonfinite_in_row=3)
     task = ToyTask(cfg, nan_steps=range(5, 100))
-    with pytest.raises(TrainingDiverged, match="step_00000004.pt"):
+    # steps 5-6 skipped (a run of 2: checkpoint 6 is written, with step 4's weights); at step 8 the run is 4
+    with pytest.raises(TrainingDiverged, match="4 non-finite losses in a row before step 8.*step_00000006.pt"):
         Trainer(task, run).fit()
     ckpt = state(run)
-    assert ckpt["step"] == 4
+    assert ckpt["step"] == 6
+    assert_same_tensors(ckpt["model"], load_checkpoint(run / "checkpoints" / "step_00000004.pt")["model"])
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
@@ -257,6 +281,7 @@ def test_fp16_style_scaler_survives_skipped_steps(synth_corpus, tmp_path):
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     trainer._loop(None, 4)
     assert trainer.step == 4 and trainer.nonfinite_skipped == 1
+    assert trainer.scaler.get_scale() == 2.0**15  # the overflow halved the scale
     trainer.logger.close()
 
 
