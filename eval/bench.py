@@ -86,6 +86,16 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
                      "samples_per_s": naive, **t})
         rows.append({**base, "what": "incremental / naive speed-up", "batch": b, "length": None, "dtype": "float32",
                      "samples_per_s": None, "ratio": incremental / naive})
+        if device.type == "cuda":
+            # the same recursion from static buffers, 64 steps per CUDA graph replay (teachers/graphsampler.py)
+            frames = (512 if quick else 2048) // hop
+            mel = (torch.randn(b, n_mels, frames + 2 * ctx) - 5).to(device)
+            t = timed(lambda: generate(model, mel, "graph"), device, repeats)
+            graph = b * frames * hop / t["median_s"]
+            rows.append({**base, "what": "teacher sampling, graph (CUDA graphs)", "batch": b, "length": frames * hop,
+                         "dtype": "float32", "samples_per_s": graph, "flops_per_sample": 2 * macs, **t})
+            rows.append({**base, "what": "graph / incremental speed-up", "batch": b, "length": None,
+                         "dtype": "float32", "samples_per_s": None, "ratio": graph / incremental})
         if device.type == "cpu" and fastloop_available():
             # the same recursion as one compiled C loop (teachers/fastloop.c)
             frames = (512 if quick else 2048) // hop
@@ -117,8 +127,10 @@ def cpu_has_bf16() -> bool:
 
 
 def bench_students(device: torch.device, quick: bool, teacher_rate: float) -> list[dict]:
-    """Parallel synthesis of 1 s (batch 1) for each student preset, in float32 and (where the device has
-    native bf16) under bf16 autocast, with its speed-up over the teacher's float32 incremental sampling."""
+    """Parallel synthesis of 1 s (batch 1), 10 s and 16 x 1 s for each student preset, in float32 and
+    (where the device has native bf16) under bf16 autocast, eager and through torch.compile (on CUDA
+    every shape and dtype, reduce-overhead mode; on a CPU the float32 1 s only; not with --quick), with
+    the 1 s speed-up over the teacher's float32 incremental sampling and compiled / eager ratios."""
     rows = []
     bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
     for name, preset in STUDENTS.items():
@@ -132,16 +144,28 @@ def bench_students(device: torch.device, quick: bool, teacher_rate: float) -> li
             frames = int((0.25 if quick else seconds) * rate) // hop
             mel = (torch.randn(batch, cfg.features.n_mels, frames + 2 * ctx) - 5).to(device)
             for dtype in [None, torch.bfloat16] if bf16 else [None]:
-                t = timed(lambda: synthesize(student, mel, autocast_dtype=dtype), device, 5, warmup=2)
-                samples = batch * frames * hop
-                row = {"model": name, "device": device_name(device), "threads": torch.get_num_threads(),
-                       "what": f"{name} synthesis, {label}", "batch": batch, "length": frames * hop,
-                       "dtype": "float32" if dtype is None else "bfloat16 autocast",
-                       "samples_per_s": samples / t["median_s"], "rtf": t["median_s"] / (samples / rate),
-                       "flops_per_sample": flops, **t}
-                if label == "1 s":
-                    row["speedup_over_teacher"] = row["samples_per_s"] / teacher_rate
-                rows.append(row)
+                compiles = [False]
+                if not quick and (device.type == "cuda" or (dtype is None and label == "1 s")):
+                    compiles.append(True)
+                eager_rate = None
+                for compile_ in compiles:
+                    t = timed(lambda: synthesize(student, mel, autocast_dtype=dtype, compile=compile_), device, 5,
+                              warmup=2)
+                    samples = batch * frames * hop
+                    kind = ("float32" if dtype is None else "bfloat16 autocast") + (" compiled" if compile_ else "")
+                    row = {"model": name, "device": device_name(device), "threads": torch.get_num_threads(),
+                           "what": f"{name} synthesis, {label}", "batch": batch, "length": frames * hop,
+                           "dtype": kind, "samples_per_s": samples / t["median_s"],
+                           "rtf": t["median_s"] / (samples / rate), "flops_per_sample": flops, **t}
+                    if label == "1 s":
+                        row["speedup_over_teacher"] = row["samples_per_s"] / teacher_rate
+                    rows.append(row)
+                    if compile_:
+                        rows.append({"model": name, "device": row["device"], "threads": row["threads"],
+                                     "what": f"{name}, {label}: compiled / eager speed-up", "batch": batch,
+                                     "length": None, "dtype": kind, "samples_per_s": None,
+                                     "ratio": row["samples_per_s"] / eager_rate})
+                    eager_rate = row["samples_per_s"]
     return rows
 
 

@@ -33,8 +33,12 @@ def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seco
     p.add_argument("--rtf-seconds", type=float, default=1.0, help="length of the clip every RTF is timed on (0 = whole)")
     p.add_argument("--rtf-runs", type=int, default=5, help="timed runs per system (median reported; >= 5 recommended)")
     p.add_argument("--teacher-batch", type=int, default=16, help="utterances the teacher samples together")
-    p.add_argument("--teacher-sampler", default="incremental", choices=["incremental", "fast"],
-                   help="the teacher's AR sampler: incremental (PyTorch, any head and device) or fast (C loop; CPU, Gaussian)")
+    p.add_argument("--student-compile", action="store_true",
+                   help="run the students' flows through torch.compile (reduce-overhead CUDA graphs on a GPU)")
+    p.add_argument("--teacher-sampler", default="auto", choices=["auto", "incremental", "graph", "fast"],
+                   help="the teacher's AR sampler: incremental (PyTorch, any head and device), graph (the same "
+                        "replayed as CUDA graphs), fast (C loop; CPU, Gaussian/logistic); auto = graph on CUDA, "
+                        "incremental on a CPU")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=out, help="folder for report.json/md/html, wavs/, images/, tensorboard/")
@@ -57,8 +61,10 @@ def run_eval(args, students: list[str]) -> dict:
     if args.max_utterances < 0 or args.max_seconds < 0 or args.rtf_runs < 1 or args.rtf_seconds < 0:
         raise ConfigError("--max-utterances, --max-seconds and --rtf-seconds must be >= 0 and --rtf-runs >= 1")
     device = pick_device(args.device)
+    if args.teacher_sampler == "auto":
+        args.teacher_sampler = "graph" if device.type == "cuda" else "incremental"
     if args.teacher_sampler == "fast" and device.type != "cpu":
-        raise ConfigError(f"--teacher-sampler fast is the CPU loop; with --device {device} use --teacher-sampler incremental")
+        raise ConfigError(f"--teacher-sampler fast is the CPU loop; with --device {device} use --teacher-sampler graph")
     teacher_path = Path(args.teacher) if args.teacher else demo_teacher_path()
     teacher, payload = load_teacher(teacher_path, device=device)
     features = FeatureConfig(**payload["features"])
@@ -79,7 +85,7 @@ def run_eval(args, students: list[str]) -> dict:
         pesq_modes=("wb", "nb") if args.pesq_nb else ("wb",), teacher_batch=args.teacher_batch,
         teacher_sampler=args.teacher_sampler,
         temperature=args.temperature, seed=args.seed, rtf_seconds=args.rtf_seconds, rtf_runs=args.rtf_runs,
-        autocast_dtype=args.student_dtype,
+        autocast_dtype=args.student_dtype, student_compile=args.student_compile,
     )
     log.info("evaluating %d utterance(s) (%.1f s) on %s", len(clips),
              sum(c.reference.numel() for c in clips) / features.sample_rate, device)
@@ -94,6 +100,7 @@ def run_eval(args, students: list[str]) -> dict:
             "audio_seconds": sum(c.reference.numel() for c in clips) / features.sample_rate,
             "max_utterances": args.max_utterances, "max_seconds": args.max_seconds,
             "pesq_modes": list(settings.pesq_modes), "student_dtype": args.student_dtype,
+            "student_compile": args.student_compile,
             "teacher_sampler": args.teacher_sampler,
             "temperature": args.temperature, "seed": args.seed,
             "rtf_seconds": args.rtf_seconds, "rtf_runs": args.rtf_runs, "rtf_warmup": settings.rtf_warmup,

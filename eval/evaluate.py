@@ -45,13 +45,14 @@ class EvalSettings:
 
     pesq_modes: tuple = ("wb",)
     teacher_batch: int = 16  # utterances the teacher samples together
-    teacher_sampler: str = "incremental"  # or "fast" (the compiled CPU loop, Gaussian teachers)
+    teacher_sampler: str = "incremental"  # "graph" (CUDA graphs on a GPU) or "fast" (the C loop on a CPU)
     temperature: float = 1.0
     seed: int = 0
     rtf_seconds: float = 1.0  # length of the timing clip (0 = the whole first clip)
     rtf_runs: int = 5
     rtf_warmup: int = 1
     autocast_dtype: str = "float32"  # students: float32 or bfloat16 (autocast)
+    student_compile: bool = False  # students' flows through torch.compile (`students.iaf.compiled_flows`)
 
 
 def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances: int, max_seconds: float) -> list[Clip]:
@@ -107,12 +108,13 @@ def _autocast(name: str) -> torch.dtype | None:
 
 @torch.inference_mode()
 def student_synthesis(student: IAFStudent, clips: list[Clip], features: FeatureConfig, device: torch.device,
-                      temperature: float = 1.0, autocast_dtype: str = "float32") -> list[torch.Tensor]:
+                      temperature: float = 1.0, autocast_dtype: str = "float32",
+                      compile: bool = False) -> list[torch.Tensor]:
     """Parallel copy synthesis, one utterance per pass."""
     silence = _silence(features)
     return [
         synthesize(student, pad_mel(c.mel, student.mel_context, silence)[None].to(device), temperature,
-                   autocast_dtype=_autocast(autocast_dtype))[0].float().cpu()
+                   autocast_dtype=_autocast(autocast_dtype), compile=compile)[0].float().cpu()
         for c in clips
     ]
 
@@ -204,7 +206,8 @@ def evaluate(
                                               settings.temperature, False, settings.teacher_sampler))
     for name, student in students.items():
         run(name, lambda cs, s=student: student_synthesis(s, cs, features, device, settings.temperature,
-                                                          settings.autocast_dtype), settings.autocast_dtype)
+                                                          settings.autocast_dtype, settings.student_compile),
+            settings.autocast_dtype + (" compiled" if settings.student_compile else ""))
     bar.set_postfix_str("teacher NLL")
     nll = {name: teacher_nll(teacher, clips, audios, features, device) for name, audios in systems.items()}
     bar.update()

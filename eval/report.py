@@ -97,7 +97,8 @@ def timing_note(report: dict) -> str:
     return (f"RTF = synthesis wall time / audio duration (lower is faster), median of {timing['runs']} runs after "
             f"{timing['warmup']} warm-up, batch {timing['batch']}, a {timing['audio_seconds']:.2f} s clip, "
             f"{s['device_name']} ({s['device']}), {timing['threads']} CPU threads, torch {timing['torch']}; "
-            f"teacher sampler: {s.get('teacher_sampler', 'incremental')}; students in {s['student_dtype']}. "
+            f"teacher sampler: {s.get('teacher_sampler', 'incremental')}; students in {s['student_dtype']}"
+            f"{', compiled' if s.get('student_compile') else ''}. "
             "Griffin-Lim runs on the CPU (torchaudio).")
 
 

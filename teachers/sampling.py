@@ -92,7 +92,7 @@ def generate(
         from teachers.fastloop import fast_generate
 
         if cond.device.type != "cpu":
-            raise ConfigError("method='fast' is the CPU loop; on a GPU use method='incremental'")
+            raise ConfigError("method='fast' is the CPU loop; on a GPU use method='graph'")
         audio = fast_generate(teacher, cond, temperature, mode, prompt).to(cond.dtype)
     elif method == "graph":
         from teachers.graphsampler import BlockSampler

@@ -120,18 +120,22 @@ def test_chromium_renders_the_report_with_its_spectrograms(report_dir, tmp_path)
     assert np.isclose(pixels[5, 5], 1.0).all()  # a white page, not an error screen
 
 
-def test_the_teacher_can_be_timed_with_the_compiled_sampler(report_dir, tmp_path):
+def test_the_fast_teacher_sampler_and_a_compiled_student(report_dir, tmp_path):
     from teachers.fastloop import available
 
     if not available():
         pytest.skip("no C compiler for the fast loop")
     teacher = str(report_dir.parent / "teacher.pt")
-    result = cli("eval", "--teacher", teacher, "--max-utterances", "1", "--max-seconds", "0.5", "--rtf-seconds", "0.25",
-                 "--teacher-sampler", "fast", "--out", str(tmp_path / "fast"))
+    result = cli("eval", "--teacher", teacher, "--student", str(report_dir.parent / "student_run"),
+                 "--max-utterances", "1", "--max-seconds", "0.5", "--rtf-seconds", "0.25",
+                 "--teacher-sampler", "fast", "--student-compile", "--out", str(tmp_path / "fast"))
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "fast" / "report.json").read_text())
-    assert report["settings"]["teacher_sampler"] == "fast" and report["systems"]["teacher"]["rtf"]["rtf"] > 0
-    assert "teacher sampler: fast" in (tmp_path / "fast" / "report.md").read_text()
+    settings, systems = report["settings"], report["systems"]
+    assert settings["teacher_sampler"] == "fast" and systems["teacher"]["rtf"]["rtf"] > 0
+    assert settings["student_compile"] is True and systems["student_run"]["rtf"]["dtype"] == "float32 compiled"
+    assert math.isfinite(systems["student_run"]["pesq_wb"])
+    assert "teacher sampler: fast; students in float32, compiled" in (tmp_path / "fast" / "report.md").read_text()
 
 
 def test_system_and_utterance_names_get_distinct_safe_file_names():

@@ -140,3 +140,15 @@ def test_automatic_chunks_bound_the_batch_times_length_and_keep_enough_context(m
     z, mel = inputs(frames=30, batch=2)
     assert iaf.auto_chunk(student, 2) == 60  # 4 receptive fields of 15 beat 40 // 2
     assert torch.allclose(synthesize(student, mel, z=z), synthesize(student, mel, z=z, chunk=0), atol=1e-12, rtol=0)
+
+
+def test_compiled_synthesis_equals_eager_synthesis_and_is_made_once():
+    import students.iaf as iaf
+
+    student = tiny_student(flows=(2,)).float()
+    z, mel = (t.float() for t in inputs(frames=12, batch=2))
+    eager = synthesize(student, mel, z=z)
+    compiled = synthesize(student, mel, z=z, compile=True)
+    assert torch.allclose(compiled, eager, atol=1e-5, rtol=0)
+    assert iaf.compiled_flows(student) is iaf.compiled_flows(student)  # cached per student and mode
+    assert not torch.equal(synthesize(student, mel, compile=True), compiled)  # fresh noise still drawn
