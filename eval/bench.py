@@ -68,13 +68,21 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
     # sampling: incremental vs naive, float32 (AR sampling in bf16 drifts)
     model.eval()
     field = model.receptive_field()
+    # the faster samplers of this device: the same recursion as CUDA graph replays (teachers/graphsampler.py)
+    # or as one compiled C loop (teachers/fastloop.c)
+    faster = {"cuda": [("graph", "graph (CUDA graphs)")], "cpu": [("fast", "fast (C loop)")] if fastloop_available() else []}
     for b in (1, 16):
         frames = (512 if quick else 2048) // hop
         mel = (torch.randn(b, n_mels, frames + 2 * ctx) - 5).to(device)
-        t = timed(lambda: generate(model, mel), device, repeats)
-        incremental = b * frames * hop / t["median_s"]
-        rows.append({**base, "what": "teacher sampling, incremental", "batch": b, "length": frames * hop,
-                     "dtype": "float32", "samples_per_s": incremental, "flops_per_sample": 2 * macs, **t})
+        rates = {}
+        for method, label in [("incremental", "incremental")] + faster.get(device.type, []):
+            t = timed(lambda: generate(model, mel, method), device, repeats)
+            rates[method] = b * frames * hop / t["median_s"]
+            rows.append({**base, "what": f"teacher sampling, {label}", "batch": b, "length": frames * hop,
+                         "dtype": "float32", "samples_per_s": rates[method], "flops_per_sample": 2 * macs, **t})
+            if method != "incremental":
+                rows.append({**base, "what": f"{method} / incremental speed-up", "batch": b, "length": None,
+                             "dtype": "float32", "samples_per_s": None, "ratio": rates[method] / rates["incremental"]})
         # naive at steady state: every window already holds a full receptive field (a prompt of R samples)
         new = 8 if quick else 32
         frames = -(-(field + new) // hop)
@@ -85,27 +93,7 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
         rows.append({**base, "what": "teacher sampling, naive", "batch": b, "length": new, "dtype": "float32",
                      "samples_per_s": naive, **t})
         rows.append({**base, "what": "incremental / naive speed-up", "batch": b, "length": None, "dtype": "float32",
-                     "samples_per_s": None, "ratio": incremental / naive})
-        if device.type == "cuda":
-            # the same recursion from static buffers, 64 steps per CUDA graph replay (teachers/graphsampler.py)
-            frames = (512 if quick else 2048) // hop
-            mel = (torch.randn(b, n_mels, frames + 2 * ctx) - 5).to(device)
-            t = timed(lambda: generate(model, mel, "graph"), device, repeats)
-            graph = b * frames * hop / t["median_s"]
-            rows.append({**base, "what": "teacher sampling, graph (CUDA graphs)", "batch": b, "length": frames * hop,
-                         "dtype": "float32", "samples_per_s": graph, "flops_per_sample": 2 * macs, **t})
-            rows.append({**base, "what": "graph / incremental speed-up", "batch": b, "length": None,
-                         "dtype": "float32", "samples_per_s": None, "ratio": graph / incremental})
-        if device.type == "cpu" and fastloop_available():
-            # the same recursion as one compiled C loop (teachers/fastloop.c)
-            frames = (512 if quick else 2048) // hop
-            mel = (torch.randn(b, n_mels, frames + 2 * ctx) - 5).to(device)
-            t = timed(lambda: generate(model, mel, "fast"), device, repeats)
-            fast = b * frames * hop / t["median_s"]
-            rows.append({**base, "what": "teacher sampling, fast (C loop)", "batch": b, "length": frames * hop,
-                         "dtype": "float32", "samples_per_s": fast, "flops_per_sample": 2 * macs, **t})
-            rows.append({**base, "what": "fast / incremental speed-up", "batch": b, "length": None,
-                         "dtype": "float32", "samples_per_s": None, "ratio": fast / incremental})
+                     "samples_per_s": None, "ratio": rates["incremental"] / naive})
 
     # 1 s of audio at batch 1: the teacher's incremental sampling, the reference for the students
     frames = (4096 if quick else 16000) // hop
