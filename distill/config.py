@@ -119,6 +119,7 @@ class TrainConfig:
     max_nonfinite_in_row: int = 20  # stop after this many consecutive non-finite losses
     max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit. Resume to go on.
     compile: bool = False  # torch.compile the training model (pays on GPUs for long runs; compiling takes minutes)
+    peak_tflops: float = 0.0  # the device's dense peak for train/mfu; 0 = the built-in GPU table (CPUs: none)
 
     def __post_init__(self) -> None:
         _check_ranges("train", [
@@ -139,6 +140,7 @@ class TrainConfig:
             ("keep_last", self.keep_last >= 1, ">= 1"),
             ("max_nonfinite_in_row", self.max_nonfinite_in_row >= 1, ">= 1"),
             ("max_minutes", self.max_minutes >= 0, ">= 0 (0 = no limit)"),
+            ("peak_tflops", self.peak_tflops >= 0, ">= 0 (0 = look the GPU up)"),
         ], self)
 
 

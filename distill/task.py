@@ -63,6 +63,11 @@ class Task(abc.ABC):
         """Audio samples in a batch, for the samples/s figure."""
         return int(batch["audio"].numel())
 
+    def flops_per_sample(self, model: torch.nn.Module) -> float | None:
+        """Model FLOPs of one training step per audio sample (forward + backward), for the trainer's
+        `train/tflops` and `train/mfu`; None when the task does not know them."""
+        return None
+
     collate_fn: Callable | None = None
 
     def trainable_parameters(self, model: torch.nn.Module):

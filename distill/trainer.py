@@ -48,6 +48,7 @@ from distill.checkpoint import (
 from distill.config import save_config, to_dict
 from distill.data import StreamSampler
 from distill.errors import CheckpointError, ConfigError, TrainingDiverged
+from distill.hardware import device_name, peak_tflops
 from distill.logger import RunLogger
 from distill.optim import EMA, build_scheduler, lr_factor
 from distill.task import Task
@@ -123,6 +124,9 @@ class Trainer:
             load_state(self.model, payload["model"], f"model of {self.init_from}")
             log.info("initialised weights from %s (step %d)", self.init_from, payload["step"])
         self.task.setup(self.device)
+        self.flops_per_sample = self.task.flops_per_sample(self.model)
+        kind = "float32" if self.amp is None else "bfloat16"  # fp16 and bf16 share the tensor-core peak
+        self.peak_tflops = peak_tflops(device_name(self.device), kind, cfg.peak_tflops or None)
         params = self.task.trainable_parameters(self.model)
         self.params = list(params)
         # fused: one kernel for all parameters, and it can skip a non-finite step on the device (found_inf)
@@ -350,6 +354,10 @@ class Trainer:
                 values = window.means()
                 values["train/lr"] = self.optimizer.param_groups[0]["lr"]
                 values["train/samples_per_s"] = window.samples_per_s()
+                if self.flops_per_sample:  # model FLOPs achieved, and their fraction of the device's peak
+                    values["train/tflops"] = values["train/samples_per_s"] * self.flops_per_sample / 1e12
+                    if self.peak_tflops:
+                        values["train/mfu"] = values["train/tflops"] / self.peak_tflops
                 values["train/nonfinite_skipped"] = self.nonfinite_skipped
                 if self.ema is not None:
                     values["train/ema_decay"] = self.ema.current_decay()

@@ -22,6 +22,7 @@ import torch
 
 from distill.allocator import tune_allocator
 from distill.config import load_config
+from distill.hardware import peak_tflops
 from students.iaf import synthesize
 from students.task import StudentConfig, build_student
 from teachers.fastloop import available as fastloop_available
@@ -180,8 +181,7 @@ def bench_distillation(device: torch.device, quick: bool) -> list[dict]:
         opt.step()
 
     t = timed(step, device, 5, warmup=2)
-    # student forward + backward (3x), teacher forward + backward to its input (2x)
-    flops = 6 * sum(f.macs_per_sample() for f in student.flows) + 4 * task.teacher.stack.macs_per_sample()
+    flops = task.flops_per_sample(student)
     return [{"model": "student clarinet_tiny + teacher gaussian_tiny", "device": device_name(device),
              "threads": torch.get_num_threads(), "what": "distillation step", "batch": batch, "length": segment,
              "dtype": "float32", "samples_per_s": batch * segment / t["median_s"], "flops_per_sample": flops, **t}]
@@ -216,26 +216,13 @@ def bench_allocator(quick: bool) -> list[dict]:
         {**base, "what": "tuned / default malloc speed-up", "ratio": seconds["default"] / seconds["tuned"]}]
 
 
-# dense peak TFLOP/s by (GPU name fragment, dtype): the vendors' datasheet figures, no sparsity
-GPU_PEAKS = {("H100", "float32"): 67.0, ("H100", "bfloat16"): 989.0, ("H200", "float32"): 67.0,
-             ("H200", "bfloat16"): 989.0, ("A100", "float32"): 19.5, ("A100", "bfloat16"): 312.0}
-
-
-def peak_tflops(row: dict, cpu_peak: float | None) -> float | None:
-    """The device's peak for a row's dtype: the GPU table, or `cpu_peak` (given by the user) on CPUs."""
-    dtype = "bfloat16" if "bfloat16" in row["dtype"] else "float32"
-    for (fragment, kind), peak in GPU_PEAKS.items():
-        if fragment in row["device"] and kind == dtype:
-            return peak
-    return cpu_peak if row["device"] == device_name(torch.device("cpu")) else None
-
-
 def add_utilisation(rows: list[dict], cpu_peak_tflops: float | None = None) -> None:
     """Achieved GFLOP/s (model FLOPs per sample x samples/s) and the fraction of the device's peak."""
     for row in rows:
         if row.get("flops_per_sample") and row.get("samples_per_s"):
             row["gflops_per_s"] = row["flops_per_sample"] * row["samples_per_s"] / 1e9
-            peak = peak_tflops(row, cpu_peak_tflops)
+            cpu = row["device"] == device_name(torch.device("cpu"))
+            peak = peak_tflops(row["device"], row["dtype"], cpu_peak_tflops if cpu else None)
             row["peak_fraction"] = row["gflops_per_s"] / (peak * 1e3) if peak else None
 
 

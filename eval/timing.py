@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
+
+from distill.hardware import device_name
 
 
 def sync(device: torch.device) -> None:
@@ -30,20 +31,6 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: 
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": repeats,
             "warmup": warmup}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "cpu"
 
 
 def real_time_factor(fn: Callable[[], object], audio_seconds: float, device: torch.device, *, batch: int = 1,

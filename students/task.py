@@ -142,6 +142,12 @@ class DistillTask(Task):
     def checkpoint_extra(self) -> dict:
         return {"teacher": self.teacher_info}
 
+    def flops_per_sample(self, model) -> float:
+        """Student forward + backward (6 FLOPs per MAC); the frozen teacher's forward on the student's
+        sample and its backward to that input (4 per MAC; no weight gradients)."""
+        flows = unwrap(model).flows
+        return 6 * sum(f.macs_per_sample() for f in flows) + 4 * self.teacher.stack.macs_per_sample()
+
     # ------------------------------------------------------------------ the objective
     def kl_terms(self, student: IAFStudent, out: StudentOutput, teacher_params: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-step KL (B, T), the student's entropy and the cross-entropy, and the regulariser."""

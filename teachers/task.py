@@ -79,6 +79,9 @@ class TeacherTask(Task):
         nll = -unwrap(model).dist.log_prob(params.float(), batch["audio"].float()).mean()
         return {"loss": nll, "loss/nll": nll, "train/bits_per_sample": nll / math.log(2)}
 
+    def flops_per_sample(self, model) -> float:
+        return 6 * unwrap(model).stack.macs_per_sample()  # forward 2 FLOPs per MAC, backward twice that
+
     def validate(self, model, valid_data, logger: RunLogger, step: int) -> dict[str, float]:
         cfg, feats = self.config, self.config.features
         silence = self.logmel.silence_value

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -295,3 +296,34 @@ def test_a_compiled_run_trains_like_an_eager_one_and_saves_plain_weights(synth_c
     assert runs["eager"].keys() == runs["compiled"].keys()  # no "_orig_mod." prefixes: loads without compiling
     for key in runs["eager"]:
         assert torch.allclose(runs["eager"][key], runs["compiled"][key], atol=1e-4), key
+
+
+def test_model_flops_and_their_fraction_of_the_peak_are_logged(synth_corpus, tmp_path):
+    class Counted(ToyTask):
+        def flops_per_sample(self, model):
+            return 2e6
+
+    run = tmp_path / "run"
+    Trainer(Counted(toy_config(synth_corpus, steps=4, log_every=2, peak_tflops=0.5)), run).fit()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if "train/tflops" in r][-1]
+    assert last["train/tflops"] == pytest.approx(last["train/samples_per_s"] * 2e6 / 1e12)
+    assert last["train/mfu"] == pytest.approx(last["train/tflops"] / 0.5)
+    plain = tmp_path / "plain"  # a task that does not know its FLOPs logs neither
+    Trainer(ToyTask(toy_config(synth_corpus, steps=2, log_every=2)), plain).fit()
+    assert not any("train/tflops" in line for line in (plain / "metrics.jsonl").read_text().splitlines())
+
+
+def test_flops_per_sample_of_the_teacher_and_the_distillation_tasks():
+    from distill.config import load_config
+    from students.task import DistillTask, StudentConfig
+    from teachers.task import TeacherConfig, TeacherTask
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    teacher = TeacherTask(load_config(TeacherConfig, root / "teacher" / "gaussian_tiny.yaml"))
+    model = teacher.build_model()
+    assert teacher.flops_per_sample(model) == 6 * model.stack.macs_per_sample()
+    task = DistillTask(load_config(StudentConfig, root / "student" / "clarinet_tiny.yaml"))
+    student = task.build_model()
+    expected = 6 * sum(f.macs_per_sample() for f in student.flows) + 4 * task.teacher.stack.macs_per_sample()
+    assert task.flops_per_sample(student) == expected
