@@ -306,28 +306,7 @@ class Trainer:
         while self.step < until_step:
             batch = to_device(next(data), self.device)
             self.batches_consumed += 1
-            with self._autocast():
-                out = self.task.training_step(model, batch, self.step)
-            loss = out["loss"]
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
-            # One device flag: the loss and the (all-reduced under DDP) gradients are finite on every rank.
-            ok = distributed.all_ranks(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm), self.dist)
-            if self.scaler.is_enabled():
-                # fp16: the scaler skips updates whose gradients overflow (that is not divergence), with
-                # the fused optimiser reading its flag on the device; it also shrinks the scale.
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.found_inf = (~ok).float()  # read on the device by the fused AdamW step
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update(self.model, ok)
-            self.step += 1
-            window.add(out, grad_norm, ok, self.task.batch_samples(batch) * self.dist.world_size)
+            self._train_step(model, batch, window, clip)
             if bar is not None:
                 bar.update(1)
             asked = self._stop_signal is not None or time.monotonic() > deadline
@@ -379,6 +358,33 @@ class Trainer:
                 log.warning("stopped at step %d (signal or train.max_minutes); checkpoint written, continue with --resume", self.step)
                 break
         return last_ckpt
+
+    def _train_step(self, model: torch.nn.Module, batch: Any, window: "StepWindow", clip: float) -> None:
+        """Forward, backward, clipping, the update (skipped on the device when the loss or a gradient is
+        not finite), the EMA and the window's sums: nothing here waits for the device (a CUDA test runs
+        it under torch.cuda.set_sync_debug_mode("error"))."""
+        with self._autocast():
+            out = self.task.training_step(model, batch, self.step)
+        loss = out["loss"]
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        # One device flag: the loss and the (all-reduced under DDP) gradients are finite on every rank.
+        ok = distributed.all_ranks(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm), self.dist)
+        if self.scaler.is_enabled():
+            # fp16: the scaler skips updates whose gradients overflow (that is not divergence), with the
+            # fused optimiser reading its flag on the device; it also shrinks the scale.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.found_inf = (~ok).float()  # read on the device by the fused AdamW step
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model, ok)
+        self.step += 1
+        window.add(out, grad_norm, ok, self.task.batch_samples(batch) * self.dist.world_size)
 
 
 class StepWindow:

@@ -327,3 +327,24 @@ def test_flops_per_sample_of_the_teacher_and_the_distillation_tasks():
     student = task.build_model()
     expected = 6 * sum(f.macs_per_sample() for f in student.flows) + 4 * task.teacher.stack.macs_per_sample()
     assert task.flops_per_sample(student) == expected
+
+
+@pytest.mark.cuda
+def test_a_training_step_on_cuda_never_waits_for_the_device(synth_corpus, tmp_path):
+    from distill.trainer import StepWindow, to_device
+
+    cfg = toy_config(synth_corpus, steps=100, device="cuda")
+    trainer = Trainer(ToyTask(cfg, nan_steps=(3,)), tmp_path / "run")
+    trainer._build()
+    batches = iter(trainer.loader)
+    window = StepWindow(trainer.device)
+    trainer._train_step(trainer.train_model, to_device(next(batches), trainer.device), window, 1.0)  # lazy set-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):  # the second of these has a NaN loss: skipped on the device
+            trainer._train_step(trainer.train_model, to_device(next(batches), trainer.device), window, 1.0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert window.nonfinite() == (1, 1) and trainer.step == 4
+    trainer.logger.close()
