@@ -155,15 +155,28 @@ class DiscretizedMixLogistic(OutputDistribution):
         log_probs = torch.where(edge_lo, first, torch.where(edge_hi, last, inner))
         return torch.logsumexp(log_probs + F.log_softmax(logit_pi, dim=1), dim=1)
 
+    @property
+    def uniforms_per_step(self) -> int:
+        return self.num_components + 1
+
     def sample(self, params, temperature=1.0):
+        batch, _, steps = params.shape
+        u = torch.rand(batch, self.uniforms_per_step, steps, device=params.device, dtype=params.dtype)
+        return self.draw(params, u, temperature)
+
+    def draw(self, params, u, temperature=1.0):
+        """The sample that uniforms u (B, K + 1, T) in (0, 1) select: the component by Gumbel-max of
+        the first K, the value by the logistic's inverse CDF at the last, then snapped to a bin.
+        (`teachers/fastloop.c` implements the same function.)"""
         logit_pi, mu, log_s = self.unpack(params)
-        gumbel = -torch.log(-torch.log(torch.rand_like(logit_pi).clamp(1e-10, 1 - 1e-10)))
+        k = self.num_components
+        gumbel = -torch.log(-torch.log(u[:, :k].clamp(1e-10, 1 - 1e-10)))
         # the chosen component's parameters by index (exact even where another component is inf)
         choice = (logit_pi + gumbel).argmax(dim=1, keepdim=True)  # (B, 1, T)
         mu_k = mu.gather(1, choice)[:, 0]
         log_s_k = log_s.gather(1, choice)[:, 0]
-        u = torch.rand_like(mu_k).clamp(1e-6, 1 - 1e-6)
-        x = mu_k + temperature * torch.exp(log_s_k) * (torch.log(u) - torch.log1p(-u))
+        v = u[:, k].clamp(1e-6, 1 - 1e-6)
+        x = mu_k + temperature * torch.exp(log_s_k) * (torch.log(v) - torch.log1p(-v))
         return self.quantize(x)
 
     def mean(self, params):
@@ -194,12 +207,22 @@ class MuLawCategorical(OutputDistribution):
     def log_prob(self, params, x):
         return F.log_softmax(params, dim=1).gather(1, self.encode(x).unsqueeze(1)).squeeze(1)
 
+    @property
+    def uniforms_per_step(self) -> int:
+        return self.num_classes
+
     def sample(self, params, temperature=1.0):
         if temperature == 0:
             return self.decode(params.argmax(dim=1)).to(params.dtype)
-        logits = params / temperature
-        gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-10, 1 - 1e-10)))
-        return self.decode((logits + gumbel).argmax(dim=1)).to(params.dtype)
+        return self.draw(params, torch.rand_like(params), temperature)
+
+    def draw(self, params, u, temperature=1.0):
+        """The class that uniforms u (B, C, T) in (0, 1) select by Gumbel-max of logits / temperature
+        (the most likely class at temperature 0), as its amplitude. (`teachers/fastloop.c` too.)"""
+        if temperature == 0:
+            return self.decode(params.argmax(dim=1)).to(params.dtype)
+        gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-10)))
+        return self.decode((params / temperature + gumbel).argmax(dim=1)).to(params.dtype)
 
     def mean(self, params):
         values = self.decode(torch.arange(self.num_classes, device=params.device)).to(params.dtype)

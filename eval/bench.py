@@ -69,21 +69,8 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
     # sampling: incremental vs naive, float32 (AR sampling in bf16 drifts)
     model.eval()
     field = model.receptive_field()
-    # the faster samplers of this device: the same recursion as CUDA graph replays (teachers/graphsampler.py)
-    # or as one compiled C loop (teachers/fastloop.c)
-    faster = {"cuda": [("graph", "graph (CUDA graphs)")], "cpu": [("fast", "fast (C loop)")] if fastloop_available() else []}
     for b in (1, 16):
-        frames = (512 if quick else 2048) // hop
-        mel = (torch.randn(b, n_mels, frames + 2 * ctx) - 5).to(device)
-        rates = {}
-        for method, label in [("incremental", "incremental")] + faster.get(device.type, []):
-            t = timed(lambda: generate(model, mel, method), device, repeats)
-            rates[method] = b * frames * hop / t["median_s"]
-            rows.append({**base, "what": f"teacher sampling, {label}", "batch": b, "length": frames * hop,
-                         "dtype": "float32", "samples_per_s": rates[method], "flops_per_sample": 2 * macs, **t})
-            if method != "incremental":
-                rows.append({**base, "what": f"{method} / incremental speed-up", "batch": b, "length": None,
-                             "dtype": "float32", "samples_per_s": None, "ratio": rates[method] / rates["incremental"]})
+        rates = sampler_rows(model, base, device, quick, b, rows)
         # naive at steady state: every window already holds a full receptive field (a prompt of R samples)
         new = 8 if quick else 32
         frames = -(-(field + new) // hop)
@@ -103,6 +90,40 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
     rows.append({**base, "what": "teacher sampling, incremental, 1 s", "batch": 1, "length": frames * hop,
                  "dtype": "float32", "samples_per_s": frames * hop / t["median_s"], "flops_per_sample": 2 * macs,
                  "rtf": t["median_s"] / (frames * hop / cfg.features.sample_rate), **t})
+    return rows
+
+
+def sampler_rows(model, base: dict, device: torch.device, quick: bool, batch: int, rows: list[dict],
+                 label: str = "") -> dict[str, float]:
+    """Samples/s of the incremental sampler and of this device's faster one (the same recursion as
+    CUDA graph replays, teachers/graphsampler.py, or as one compiled C loop, teachers/fastloop.c), with
+    their ratio, appended to `rows`; returns the rates by method."""
+    faster = {"cuda": [("graph", "graph (CUDA graphs)")], "cpu": [("fast", "fast (C loop)")] if fastloop_available() else []}
+    hop, n_mels = model.hop_length, model.constructor_args["n_mels"]
+    frames = (512 if quick else 2048) // hop
+    mel = (torch.randn(batch, n_mels, frames + 2 * model.mel_context) - 5).to(device)
+    macs, rates = model.stack.macs_per_sample(), {}
+    for method, name in [("incremental", "incremental")] + faster.get(device.type, []):
+        t = timed(lambda: generate(model, mel, method), device, 5)
+        rates[method] = batch * frames * hop / t["median_s"]
+        rows.append({**base, "what": f"teacher sampling{label}, {name}", "batch": batch, "length": frames * hop,
+                     "dtype": "float32", "samples_per_s": rates[method], "flops_per_sample": 2 * macs, **t})
+        if method != "incremental":
+            rows.append({**base, "what": f"{method} / incremental speed-up{label}", "batch": batch, "length": None,
+                         "dtype": "float32", "samples_per_s": None, "ratio": rates[method] / rates["incremental"]})
+    return rates
+
+
+def bench_other_heads(device: torch.device, quick: bool) -> list[dict]:
+    """Batch-1 sampling of the mixture-of-logistics and mu-law tiny teachers (random weights): every
+    output head has the faster samplers too."""
+    rows = []
+    for preset in ("mol_tiny", "mulaw_tiny"):
+        torch.manual_seed(0)
+        model = build_teacher(load_config(TeacherConfig, CONFIGS / "teacher" / f"{preset}.yaml")).to(device).eval()
+        base = {"model": f"teacher {preset}", "device": device_name(device), "threads": torch.get_num_threads(),
+                "receptive_field": model.receptive_field()}
+        sampler_rows(model, base, device, quick, 1, rows, f" ({preset})")
     return rows
 
 
@@ -235,6 +256,7 @@ def run_bench(quick: bool = False, devices: list[str] | None = None, cpu_peak_tf
         rows += teacher_rows
         teacher_rate = [r for r in teacher_rows if r["what"] == "teacher sampling, incremental, 1 s"][0]["samples_per_s"]
         rows += bench_students(device, quick, teacher_rate)
+        rows += bench_other_heads(device, quick)
         rows += bench_distillation(device, quick)
         if device.type == "cpu":
             rows += bench_allocator(quick)

@@ -37,7 +37,7 @@ def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seco
                    help="run the students' flows through torch.compile (reduce-overhead CUDA graphs on a GPU)")
     p.add_argument("--teacher-sampler", default="auto", choices=["auto", "incremental", "graph", "fast"],
                    help="the teacher's AR sampler: incremental (PyTorch, any head and device), graph (the same "
-                        "replayed as CUDA graphs), fast (C loop; CPU, Gaussian/logistic); auto = graph on CUDA, "
+                        "replayed as CUDA graphs), fast (C loop; CPU, any head); auto = graph on CUDA, "
                         "incremental on a CPU")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)

@@ -4,8 +4,9 @@
  * One call runs `n` steps of the Fast-WaveNet recursion of `distill.nn.StackStepper` for a batch:
  * per layer a ring of past inputs, the conditioning projection of the step (with the conv bias)
  * precomputed by the caller, the gated unit, the residual (sqrt(1/2) folded into its weights) and the
- * skip outputs of all layers in one product at the end; then the head, the location-scale draw and
- * the clamp to [-1, 1]. All matrices are stored (in, out) and applied as y += x_i * W[i, :], so the
+ * skip outputs of all layers in one product at the end; then the head and the draw of the output
+ * distribution: location-scale (Gaussian, logistic), discretised mixture of logistics or mu-law
+ * classes, the same functions of their parameters and noise as `distill.distributions`. All matrices are stored (in, out) and applied as y += x_i * W[i, :], so the
  * innermost loop runs over contiguous outputs and vectorises; each weight row is used for the whole
  * batch while it is in cache. float32 throughout.
  */
@@ -27,19 +28,77 @@ static void axpy_rows(float *restrict y, int ldy, const float *restrict x, int l
 
 static inline float sigmoidf(float v) { return 1.0f / (1.0f + expf(-v)); }
 
+static inline float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+static inline float gumbelf(float u) { return -logf(-logf(clampf(u, 1e-10f, 1.0f - 1e-10f))); }
+
+/* The sample of one step from its parameters p (P) and noise u (Q); see `wavenet_steps`. */
+static float draw(int dist, const float *p, int P, const float *u, int mode, float temperature,
+                  float log_scale_min, int bins, const float *table) {
+    if (dist <= 1) { /* location-scale: u is one standard draw */
+        const float mu = p[0], log_s = p[1] > log_scale_min ? p[1] : log_scale_min;
+        return clampf(mode == 1 ? mu : mu + temperature * expf(log_s) * u[0], -1.0f, 1.0f);
+    }
+    if (dist == 2) { /* mixture of K logistics: P = 3K (logits, means, log scales); u: K + 1 uniforms */
+        const int K = P / 3;
+        if (mode == 1) {
+            float top = p[0], total = 0.0f, acc = 0.0f;
+            for (int k = 1; k < K; k++) top = p[k] > top ? p[k] : top;
+            for (int k = 0; k < K; k++) {
+                const float e = expf(p[k] - top);
+                total += e;
+                acc += e * p[K + k];
+            }
+            return clampf(acc / total, -1.0f, 1.0f);
+        }
+        int best = 0;
+        float best_v = p[0] + gumbelf(u[0]);
+        for (int k = 1; k < K; k++) {
+            const float v = p[k] + gumbelf(u[k]);
+            if (v > best_v) best_v = v, best = k;
+        }
+        const float log_s = p[2 * K + best] > log_scale_min ? p[2 * K + best] : log_scale_min;
+        const float v = clampf(u[K], 1e-6f, 1.0f - 1e-6f);
+        const float x = p[K + best] + temperature * expf(log_s) * (logf(v) - log1pf(-v));
+        const float width = 2.0f / bins;  /* snap to the nearest bin centre, ties to even like torch.round */
+        const float idx = clampf(nearbyintf((clampf(x, -1.0f, 1.0f) + 1.0f) / width), 0.0f, (float)(bins - 1));
+        return idx * width - 1.0f;
+    }
+    /* mu-law classes: P logits, table[c] the amplitude of class c; u: P uniforms */
+    if (mode == 1) {
+        float top = p[0], total = 0.0f, acc = 0.0f;
+        for (int c = 1; c < P; c++) top = p[c] > top ? p[c] : top;
+        for (int c = 0; c < P; c++) {
+            const float e = expf(p[c] - top);
+            total += e;
+            acc += e * table[c];
+        }
+        return acc / total;
+    }
+    int best = 0;
+    float best_v = -INFINITY;
+    for (int c = 0; c < P; c++) {
+        const float v = temperature == 0.0f ? p[c] : p[c] / temperature + gumbelf(u[c]);
+        if (v > best_v) best_v = v, best = c;
+    }
+    return table[best];
+}
+
 /* Returns the number of steps run. Shapes (row-major, float32 unless said):
  *   cond   (n, L, B, 2G)   conditioning projection + conv bias of each step and layer
  *   w_in, b_in (R)         the 1x1 input conv (one input channel)
  *   w_tap  (L, K*R, 2G)    dilated conv, taps oldest first, the current input last
  *   w_res  (L, G, R), b_res (L, R)   residual 1x1, already scaled by sqrt(1/2)
  *   w_skip (L*G, S), b_skip (S)      all skip 1x1s, already scaled by the skip scale
- *   w_h1 (S, H), b_h1 (H), w_h2 (H, 2), b_h2 (2)   the ReLU-1x1-ReLU-1x1 head
+ *   w_h1 (S, H), b_h1 (H), w_h2 (H, P), b_h2 (P)   the ReLU-1x1-ReLU-1x1 head, P output parameters
  *   rings  (L, span_max, B, R)        each layer's past inputs; spans (L) int; backs (L, K-1) int
  *   audio  (B, total)      prompt in [0, start), samples written at [pos, pos + n)
- *   noise  (n, B)          standard normal / logistic draws (unused when mode == 1)
- *   params (n, B, 2) or NULL: the (mu, clamped log scale) of every step, for tests
+ *   noise  (n, B, Q)       per step: dist 0/1 one standard normal/logistic draw; 2 (mixture of logistics)
+ *                          K + 1 uniforms; 3 (mu-law) P uniforms. Unused when mode == 1.
+ *   params (n, B, P) or NULL: every step's raw parameters, for tests
  *   prev   (B)             the input of the next step (the previous sample); updated
- *   dist 0 gaussian / 1 logistic (the noise decides; the draw is the same), mode 0 sample / 1 mean
+ *   dist 0 gaussian, 1 logistic, 2 mixture of logistics (bins: its number of bins), 3 mu-law (table:
+ *   the P class amplitudes); mode 0 sample / 1 mean
  */
 int wavenet_steps(int n, int batch, int layers, int residual, int gate, int skip, int hidden, int kernel,
                   const float *cond, const float *w_in, const float *b_in, const float *w_tap, const float *w_res,
@@ -47,15 +106,17 @@ int wavenet_steps(int n, int batch, int layers, int residual, int gate, int skip
                   const float *b_h1, const float *w_h2, const float *b_h2, float *rings, int span_max,
                   const int *spans, const int *backs, float *audio, int total, long pos, int start,
                   const float *noise, float *params, float *prev, int mode, float temperature,
-                  float log_scale_min, float *work) {
+                  float log_scale_min, float *work, int dist, int num_params, int noise_per_step, int bins,
+                  const float *table) {
     const int R = residual, G = gate, G2 = 2 * gate, S = skip, H = hidden, KR = kernel * residual;
+    const int P = num_params, Q = noise_per_step;
     float *h = work;                          /* (B, R) */
     float *in = h + (size_t)batch * R;        /* (B, K*R) taps then h */
     float *a = in + (size_t)batch * KR;       /* (B, 2G) */
     float *zs = a + (size_t)batch * G2;       /* (B, L*G) */
     float *sk = zs + (size_t)batch * layers * G; /* (B, S) */
     float *o1 = sk + (size_t)batch * S;       /* (B, H) */
-    float out[2];
+    float *o2 = o1 + (size_t)batch * H;       /* (B, P) */
     for (int step = 0; step < n; step++, pos++) {
         for (int b = 0; b < batch; b++)
             for (int r = 0; r < R; r++) h[b * R + r] = prev[b] * w_in[r] + b_in[r];
@@ -86,24 +147,16 @@ int wavenet_steps(int n, int batch, int layers, int residual, int gate, int skip
         for (int b = 0; b < batch; b++) memcpy(o1 + (size_t)b * H, b_h1, H * sizeof(float));
         axpy_rows(o1, H, sk, S, w_h1, batch, S, H);
         for (int i = 0; i < batch * H; i++) o1[i] = o1[i] > 0.0f ? o1[i] : 0.0f;
+        for (int b = 0; b < batch; b++) memcpy(o2 + (size_t)b * P, b_h2, P * sizeof(float));
+        axpy_rows(o2, P, o1, H, w_h2, batch, H, P);
+        if (params) memcpy(params + (size_t)step * batch * P, o2, (size_t)batch * P * sizeof(float));
         for (int b = 0; b < batch; b++) {
-            out[0] = b_h2[0];
-            out[1] = b_h2[1];
-            for (int i = 0; i < H; i++) {
-                out[0] += o1[b * H + i] * w_h2[i * 2];
-                out[1] += o1[b * H + i] * w_h2[i * 2 + 1];
-            }
-            const float mu = out[0], log_s = out[1] > log_scale_min ? out[1] : log_scale_min;
-            if (params) {
-                params[((size_t)step * batch + b) * 2] = mu;
-                params[((size_t)step * batch + b) * 2 + 1] = log_s;
-            }
             float x;
             if (pos < start) {
                 x = audio[(size_t)b * total + pos]; /* teacher-forced through the prompt */
             } else {
-                x = mode == 1 ? mu : mu + temperature * expf(log_s) * noise[(size_t)step * batch + b];
-                x = x < -1.0f ? -1.0f : (x > 1.0f ? 1.0f : x);
+                x = draw(dist, o2 + (size_t)b * P, P, noise + ((size_t)step * batch + b) * Q, mode, temperature,
+                         log_scale_min, bins, table);
                 audio[(size_t)b * total + pos] = x;
             }
             prev[b] = x;

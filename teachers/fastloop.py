@@ -1,4 +1,4 @@
-"""Fast CPU sampling of location-scale teachers: the whole per-sample loop in C (`fastloop.c`).
+"""Fast CPU sampling of WaveNet teachers: the whole per-sample loop in C (`fastloop.c`).
 
 The PyTorch incremental sampler (`distill.nn.StackStepper`) spends its time dispatching ~150 small
 tensor ops per sample; this runs the same recursion in one compiled loop per chunk of 1,024 steps.
@@ -6,8 +6,9 @@ The C file is compiled once with the system compiler (`cc -O3 -march=native`) in
 (`$XDG_CACHE_HOME/wavedistill`, or `~/.cache/wavedistill`) and loaded with ctypes. Where there is no
 compiler, `available()` is False and `generate(method="fast")` says so in one line.
 
-Same numbers as the PyTorch paths to float32 rounding (tested: teacher-forced parameters against the
-parallel forward pass; every sample against the draw its own parameters and noise imply).
+Every output head: Gaussian, logistic, mixture of logistics, mu-law. Same numbers as the PyTorch
+paths to float32 rounding (tested: teacher-forced parameters against the parallel forward pass; every
+sample against the draw its own parameters and noise imply, by `distill.distributions`' own functions).
 """
 
 from __future__ import annotations
@@ -100,14 +101,19 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
                   return_params: bool = False):
     """cond: (B, C, T) upsampled conditioning -> audio (B, T) [, params (B, 2, T)].
 
-    noise: (B, T) standard draws of the teacher's distribution (default: drawn here, chunk by chunk,
-    from torch's generator).
+    noise: what each step's draw consumes (default: drawn here, chunk by chunk, from torch's
+    generator): (B, T) standard draws for a Gaussian or logistic teacher; (B, Q, T) uniforms in (0, 1)
+    for a mixture (Q = K + 1) or mu-law (Q = classes) teacher, as their `draw(params, u)` takes them.
+    return_params: also return every step's raw parameters (B, P, T).
     """
     if not available():
         raise ConfigError(f"fast sampling is unavailable here: {_error}; use method='incremental'")
     dist = teacher.dist
-    if dist.name not in ("gaussian", "logistic"):
-        raise ConfigError(f"fast sampling covers gaussian and logistic teachers, not '{dist.name}'; use method='incremental'")
+    kinds = {"gaussian": 0, "logistic": 1, "mol": 2, "mulaw": 3}
+    if dist.name not in kinds:
+        raise ConfigError(f"fast sampling covers {', '.join(kinds)} teachers, not '{dist.name}'; use method='incremental'")
+    per_step = getattr(dist, "uniforms_per_step", 1)
+    table = dist.decode(torch.arange(dist.num_classes)).float().contiguous() if dist.name == "mulaw" else None
     if mode not in ("sample", "mean"):
         raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
     stack = teacher.stack
@@ -142,11 +148,14 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
         audio[:, :start] = prompt.float().cpu()
     if noise is not None:
         noise = noise.float().cpu()
-        if tuple(noise.shape) != (batch, length):
-            raise ValueError(f"noise must have shape {(batch, length)}, got {tuple(noise.shape)}")
-    params = torch.zeros(length, batch, 2) if return_params else None
+        expected = (batch, length) if dist.name in ("gaussian", "logistic") else (batch, per_step, length)
+        if tuple(noise.shape) != expected:
+            raise ValueError(f"noise must have shape {expected}, got {tuple(noise.shape)}")
+        noise = noise.reshape(batch, per_step, length)
+    n_params = dist.num_params
+    params = torch.zeros(length, batch, n_params) if return_params else None
     prev = torch.zeros(batch)
-    work = torch.zeros(batch * (residual + kernel * residual + 2 * gate + layers * gate + skip + hidden))
+    work = torch.zeros(batch * (residual + kernel * residual + 2 * gate + layers * gate + skip + hidden + n_params))
     w_cond = stepper.w_cond.float() if stepper.has_cond else None
     conv_bias = stepper.conv_bias.float()
     for t0 in range(0, length, chunk):
@@ -157,9 +166,11 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
             proj = conv_bias[None, :, None, :].expand(n, -1, batch, -1)
         proj = flat(proj)
         if noise is not None:
-            eps = noise[:, t0 : t0 + n].t().contiguous()
-        else:  # standard draws: the distribution's own sampler at location 0, log scale 0
+            eps = noise[:, :, t0 : t0 + n].permute(2, 0, 1).contiguous()  # (n, B, Q)
+        elif dist.name in ("gaussian", "logistic"):  # standard draws: its own sampler at location 0, log scale 0
             eps = dist.sample(torch.zeros(n, 2, batch)).contiguous()
+        else:
+            eps = torch.rand(n, batch, per_step)
         _lib.wavenet_steps(
             n, batch, layers, residual, gate, skip, hidden, kernel, _ptr(proj),
             *(_ptr(w[k]) for k in ("w_in", "b_in", "w_tap", "w_res", "b_res", "w_skip", "b_skip", "w_h1", "b_h1",
@@ -167,7 +178,9 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
             _ptr(rings), span_max, spans.ctypes.data_as(ctypes.c_void_p), backs.ctypes.data_as(ctypes.c_void_p),
             _ptr(audio), length, ctypes.c_long(t0), start, _ptr(eps),
             _ptr(params[t0 : t0 + n]) if params is not None else None, _ptr(prev),
-            1 if mode == "mean" else 0, ctypes.c_float(temperature), ctypes.c_float(dist.log_scale_min), _ptr(work),
+            1 if mode == "mean" else 0, ctypes.c_float(temperature),
+            ctypes.c_float(getattr(dist, "log_scale_min", 0.0)), _ptr(work), kinds[dist.name], n_params, per_step,
+            getattr(dist, "num_bins", 0), _ptr(table),
         )
     if return_params:
         return audio, params.permute(1, 2, 0).contiguous()

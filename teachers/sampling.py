@@ -3,7 +3,7 @@
 - `incremental` (Fast WaveNet): per-layer ring buffers, O(layers) work per sample, batch > 1.
 - `graph`: the incremental recursion from preallocated buffers with constant indices, 64 steps
   captured as one CUDA graph (replayed per block) on a GPU; eager on a CPU.
-- `fast`: the incremental recursion as one compiled C loop (CPU; Gaussian and logistic heads).
+- `fast`: the incremental recursion as one compiled C loop (CPU; every head).
 - `naive`: recompute the stack over the last receptive-field window for every sample; the
   reference the incremental path is checked against (and what the benchmark compares with).
 
@@ -63,7 +63,7 @@ def generate(
     method: "incremental" (Fast WaveNet in PyTorch; any head, CPU or CUDA), "graph" (the same recursion
     from static buffers, 64 steps per CUDA graph replay, `teachers.graphsampler`; any head; the one to
     use on a GPU, eager on a CPU), "fast" (the same recursion as one compiled C loop,
-    `teachers.fastloop`; CPU, Gaussian and logistic heads; several times faster on a CPU) or "naive"
+    `teachers.fastloop`; CPU, every head; several times faster on a CPU) or "naive"
     (recomputes the receptive field for every sample; the reference).
 
     prompt: (B, P) known audio that the output starts with; sampling continues after it (P < F * hop).

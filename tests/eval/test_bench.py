@@ -35,6 +35,9 @@ def test_quick_bench_reports_training_and_both_sampling_methods(tmp_path):
     whats = [r["what"] for r in rows]
     assert whats.count("distillation step") == 1
     assert whats.count("fast / incremental speed-up") == (2 if fastloop_available() else 0)
+    for head in ("mol_tiny", "mulaw_tiny"):  # every output head is sampled by both samplers
+        assert whats.count(f"teacher sampling ({head}), incremental") == 1
+        assert whats.count(f"fast / incremental speed-up ({head})") == (1 if fastloop_available() else 0)
     assert all(r["gflops_per_s"] > 0 for r in rows if r["what"] in ("teacher training", "distillation step"))
     assert whats.count("teacher training") == 1 and whats.count("incremental / naive speed-up") == 2
     students = [r for r in rows if r["what"].startswith("student") and r["dtype"] == "float32"]
