@@ -32,6 +32,18 @@ static inline float clampf(float v, float lo, float hi) { return v < lo ? lo : (
 
 static inline float gumbelf(float u) { return -logf(-logf(clampf(u, 1e-10f, 1.0f - 1e-10f))); }
 
+/* sum_i softmax(logits)_i values_i */
+static float softmax_mean(const float *logits, const float *values, int n) {
+    float top = logits[0], total = 0.0f, acc = 0.0f;
+    for (int i = 1; i < n; i++) top = logits[i] > top ? logits[i] : top;
+    for (int i = 0; i < n; i++) {
+        const float e = expf(logits[i] - top);
+        total += e;
+        acc += e * values[i];
+    }
+    return acc / total;
+}
+
 /* The sample of one step from its parameters p (P) and noise u (Q); see `wavenet_steps`. */
 static float draw(int dist, const float *p, int P, const float *u, int mode, float temperature,
                   float log_scale_min, int bins, const float *table) {
@@ -41,16 +53,7 @@ static float draw(int dist, const float *p, int P, const float *u, int mode, flo
     }
     if (dist == 2) { /* mixture of K logistics: P = 3K (logits, means, log scales); u: K + 1 uniforms */
         const int K = P / 3;
-        if (mode == 1) {
-            float top = p[0], total = 0.0f, acc = 0.0f;
-            for (int k = 1; k < K; k++) top = p[k] > top ? p[k] : top;
-            for (int k = 0; k < K; k++) {
-                const float e = expf(p[k] - top);
-                total += e;
-                acc += e * p[K + k];
-            }
-            return clampf(acc / total, -1.0f, 1.0f);
-        }
+        if (mode == 1) return clampf(softmax_mean(p, p + K, K), -1.0f, 1.0f);
         int best = 0;
         float best_v = p[0] + gumbelf(u[0]);
         for (int k = 1; k < K; k++) {
@@ -65,16 +68,7 @@ static float draw(int dist, const float *p, int P, const float *u, int mode, flo
         return idx * width - 1.0f;
     }
     /* mu-law classes: P logits, table[c] the amplitude of class c; u: P uniforms */
-    if (mode == 1) {
-        float top = p[0], total = 0.0f, acc = 0.0f;
-        for (int c = 1; c < P; c++) top = p[c] > top ? p[c] : top;
-        for (int c = 0; c < P; c++) {
-            const float e = expf(p[c] - top);
-            total += e;
-            acc += e * table[c];
-        }
-        return acc / total;
-    }
+    if (mode == 1) return softmax_mean(p, table, P);
     int best = 0;
     float best_v = -INFINITY;
     for (int c = 0; c < P; c++) {
