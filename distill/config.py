@@ -119,7 +119,7 @@ class TrainConfig:
     max_nonfinite_in_row: int = 20  # stop after this many consecutive non-finite losses
     max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit. Resume to go on.
     compile: bool = False  # torch.compile the training model (pays on GPUs for long runs; compiling takes minutes)
-    peak_tflops: float = 0.0  # the device's dense peak for train/mfu; 0 = the built-in GPU table (CPUs: none)
+    peak_tflops: float = 0.0  # the device's dense peak for train/mfu; 0 = the built-in GPU table (CPUs: none); set wins
 
     def __post_init__(self) -> None:
         _check_ranges("train", [

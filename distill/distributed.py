@@ -50,8 +50,9 @@ def setup(device: torch.device) -> DistInfo:
             torch.cuda.set_device(device)
         # Rank 0 validates (teacher sampling can take minutes) while the others wait at a barrier.
         dist.init_process_group(backend=backend, rank=info.rank, world_size=world, timeout=timedelta(hours=2))
-        global _HOST_GROUP
-        _HOST_GROUP = dist.new_group(backend="gloo") if backend != "gloo" else None
+    global _HOST_GROUP
+    if _HOST_GROUP is None and dist.get_backend() != "gloo":  # also when a launcher initialised the group
+        _HOST_GROUP = dist.new_group(backend="gloo")
     return info
 
 

@@ -27,11 +27,15 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or "cpu"
 
 
-def peak_tflops(name: str, dtype: str, cpu_peak: float | None = None) -> float | None:
-    """The dense peak of the device called `name` for `dtype` ("float32" or anything naming bfloat16):
-    the GPU table, else `cpu_peak` (only the user knows a CPU's), else None."""
+def peak_tflops(name: str, dtype: str) -> float | None:
+    """The datasheet dense peak of the GPU called `name` for `dtype` ("float32" or anything naming
+    bfloat16), or None (CPUs: only the user knows theirs; callers let a user's figure win).
+
+    float32 is the non-tensor-core rate; cuDNN runs float32 convolutions in TF32 on these GPUs by
+    default (torch.backends.cudnn.allow_tf32), up to ~7x faster, so a float32 row's fraction of this
+    peak can overstate how close to the hardware it runs."""
     kind = "bfloat16" if "bfloat16" in dtype else "float32"
     for (fragment, table_dtype), peak in GPU_PEAKS.items():
         if fragment in name and table_dtype == kind:
             return peak
-    return cpu_peak
+    return None

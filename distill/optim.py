@@ -56,14 +56,14 @@ class EMA:
         self.updates += 1
         d = self.current_decay()
         ema_params = list(self.model.parameters())
-        params = [p.detach().to(e.dtype) for e, p in zip(ema_params, model.parameters())]
-        if ema_params and applied is None:
-            torch._foreach_lerp_(ema_params, params, 1.0 - d)
-        elif ema_params:
-            # a list of (0-dim) weight tensors: the Tensor overload; one tensor would become a Python
-            # scalar through .item(), a host-device sync on a GPU
-            weight = applied.to(ema_params[0].dtype) * (1.0 - d)
-            torch._foreach_lerp_(ema_params, params, [weight] * len(ema_params))
+        if ema_params:
+            params = [p.detach().to(e.dtype) for e, p in zip(ema_params, model.parameters())]
+            # ema += w (p - ema), three fused kernels; w a 0-dim device tensor when it depends on `applied`
+            # (the Tensor overload of _foreach_mul_: no .item(), so no host-device sync on a GPU)
+            weight = 1.0 - d if applied is None else applied.to(ema_params[0].dtype) * (1.0 - d)
+            delta = torch._foreach_sub(params, ema_params)
+            torch._foreach_mul_(delta, weight)
+            torch._foreach_add_(ema_params, delta)
         for ema_b, b in zip(self.model.buffers(), model.buffers()):
             ema_b.copy_(b)
 

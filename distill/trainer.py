@@ -126,7 +126,7 @@ class Trainer:
         self.task.setup(self.device)
         self.flops_per_sample = self.task.flops_per_sample(self.model)
         kind = "float32" if self.amp is None else "bfloat16"  # fp16 and bf16 share the tensor-core peak
-        self.peak_tflops = peak_tflops(device_name(self.device), kind, cfg.peak_tflops or None)
+        self.peak_tflops = cfg.peak_tflops or peak_tflops(device_name(self.device), kind)  # the user's figure wins
         params = self.task.trainable_parameters(self.model)
         self.params = list(params)
         # fused: one kernel for all parameters, and it can skip a non-finite step on the device (found_inf)
@@ -367,31 +367,39 @@ class Trainer:
             out = self.task.training_step(model, batch, self.step)
         loss = out["loss"]
         self.scaler.scale(loss).backward()
+        # device flags, the same on every rank: the loss is finite everywhere ...
+        loss_ok = distributed.all_ranks(torch.isfinite(loss.detach()), self.dist)
+        if self.scaler.is_enabled():
+            # fp16: the scaler skips updates whose gradients overflow and shrinks its scale (routine, not
+            # divergence). A non-finite loss with finite gradients must be skipped too: poison them.
+            grads = [p.grad for p in self.params if p.grad is not None]
+            torch._foreach_mul_(grads, torch.where(loss_ok, 1.0, float("nan")))
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
-        # One device flag: the loss and the (all-reduced under DDP) gradients are finite on every rank.
-        ok = distributed.all_ranks(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm), self.dist)
+        # ... and the update is applied (the gradients, all-reduced under DDP, are finite too)
+        applied = loss_ok & torch.isfinite(grad_norm)
         if self.scaler.is_enabled():
-            # fp16: the scaler skips updates whose gradients overflow (that is not divergence), with the
-            # fused optimiser reading its flag on the device; it also shrinks the scale.
-            self.scaler.step(self.optimizer)
+            self.scaler.step(self.optimizer)  # the fused optimiser reads the scaler's flag on the device
             self.scaler.update()
+            diverged = ~loss_ok
         else:
-            self.optimizer.found_inf = (~ok).float()  # read on the device by the fused AdamW step
+            self.optimizer.found_inf = (~applied).float()  # read on the device by the fused AdamW step
             self.optimizer.step()
+            diverged = ~applied
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update(self.model, ok)
+            self.ema.update(self.model, applied)
         self.step += 1
-        window.add(out, grad_norm, ok, self.task.batch_samples(batch) * self.dist.world_size)
+        window.add(out, grad_norm, applied, diverged, self.task.batch_samples(batch) * self.dist.world_size)
 
 
 class StepWindow:
     """What the loop accumulates between two log lines, kept on the device so that no step waits for it.
 
     Loss terms and the gradient norm are summed over the steps whose update was applied (a skipped
-    step's values are NaN or inf); non-finite steps are counted, with the longest run of them in a row.
+    step's values are NaN or inf); non-finite steps (a non-finite loss, or gradient outside fp16, whose
+    scaler skips overflowing steps as routine) are counted, with the longest run of them in a row.
     """
 
     def __init__(self, device: torch.device):
@@ -408,14 +416,15 @@ class StepWindow:
         self.samples = 0
         self.start = time.perf_counter()
 
-    def add(self, out: dict[str, torch.Tensor], grad_norm: torch.Tensor, ok: torch.Tensor, samples: int) -> None:
+    def add(self, out: dict[str, torch.Tensor], grad_norm: torch.Tensor, applied: torch.Tensor,
+            diverged: torch.Tensor, samples: int) -> None:
         terms = dict(out)
         terms["train/grad_norm"] = grad_norm
         for key, value in terms.items():
-            value = torch.where(ok, value.detach().float(), 0.0)
+            value = torch.where(applied, value.detach().float(), 0.0)
             self.sums[key] = self.sums[key] + value if key in self.sums else value
-        self.good += ok
-        bad = (~ok).long()
+        self.good += applied
+        bad = diverged.long()
         self._pending_skipped += bad
         self.run = (self.run + 1) * bad
         self._longest = torch.maximum(self._longest, self.run)

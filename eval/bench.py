@@ -243,7 +243,7 @@ def add_utilisation(rows: list[dict], cpu_peak_tflops: float | None = None) -> N
         if row.get("flops_per_sample") and row.get("samples_per_s"):
             row["gflops_per_s"] = row["flops_per_sample"] * row["samples_per_s"] / 1e9
             cpu = row["device"] == device_name(torch.device("cpu"))
-            peak = peak_tflops(row["device"], row["dtype"], cpu_peak_tflops if cpu else None)
+            peak = (cpu_peak_tflops if cpu else None) or peak_tflops(row["device"], row["dtype"])
             row["peak_fraction"] = row["gflops_per_s"] / (peak * 1e3) if peak else None
 
 

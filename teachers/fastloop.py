@@ -99,7 +99,7 @@ def _ptr(t: torch.Tensor | None):
 def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: str = "sample",
                   prompt: torch.Tensor | None = None, noise: torch.Tensor | None = None, chunk: int = 1024,
                   return_params: bool = False):
-    """cond: (B, C, T) upsampled conditioning -> audio (B, T) [, params (B, 2, T)].
+    """cond: (B, C, T) upsampled conditioning -> audio (B, T) [, params (B, P, T)].
 
     noise: what each step's draw consumes (default: drawn here, chunk by chunk, from torch's
     generator): (B, T) standard draws for a Gaussian or logistic teacher; (B, Q, T) uniforms in (0, 1)

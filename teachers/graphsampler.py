@@ -21,53 +21,60 @@ numbers, and with the same seed the same draws). On a CPU `method="fast"` (a C l
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from distill.nn import SQRT_HALF, StackStepper
 from teachers.wavenet import WaveNetTeacher
 
 BLOCK = 64  # steps per block (per graph replay)
+CACHED = 4  # samplers kept per teacher (each holds its buffers and, on CUDA, its graph)
+
+_samplers: "weakref.WeakKeyDictionary[WaveNetTeacher, dict]" = weakref.WeakKeyDictionary()
 
 
 class BlockSampler:
-    """Draws `cond.shape[-1]` samples from `teacher`, N steps per block.
+    """Draws from `teacher` for a batch of `batch` sequences, N steps per block.
 
-    cond: (B, C, T) the teacher's conditioning; prompt: (B, P) known samples (teacher-forced); mode:
-    "sample" or "mean". `run()` -> (B, T).
+    Built once per (batch, dtype, device, mode, temperature); `run(cond, prompt)` then samples any
+    length. It keeps the teacher's weights as they were when it was built (see `graph_generate`).
     """
 
     def __init__(
         self,
         teacher: WaveNetTeacher,
-        cond: torch.Tensor,
+        batch: int,
+        device: torch.device,
+        dtype: torch.dtype,
         temperature: float = 1.0,
         mode: str = "sample",
-        prompt: torch.Tensor | None = None,
         block: int = BLOCK,
         graph: bool | None = None,
     ):
         if mode not in ("sample", "mean"):
             raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
-        self.teacher, self.cond, self.temperature, self.mode = teacher, cond, temperature, mode
-        self.prompt = prompt
-        self.n = block
-        self.graph = cond.device.type == "cuda" if graph is None else graph
-        w = StackStepper(teacher.stack, cond)  # the pre-arranged weights
+        self.dist, self.temperature, self.mode = teacher.dist, temperature, mode  # not the teacher itself
+        self.n, self.batch, self.device = block, batch, torch.device(device)
+        self.graph = self.device.type == "cuda" if graph is None else graph
+        w = StackStepper(teacher.stack, None, batch=batch)  # the pre-arranged weights
         self.w = w
-        batch, steps = cond.shape[0], cond.shape[-1]
-        self.batch, self.length = batch, steps
         residual = w.w_in.shape[1]
         self.spans = [max(t) if t else 0 for t in w.taps]
-        new = cond.new_zeros
+
+        def new(*shape):
+            return torch.zeros(*shape, device=self.device, dtype=dtype)
+
         # the inputs of layer l (a layer without taps, k = 1, keeps just the block's N rows)
         self.hist = [new(span + block, batch, residual) for span in self.spans]
-        gates = w.conv_bias.shape[-1]
-        self.cond_buf = new(block, len(self.spans), batch, gates)
+        self.cond_buf = new(block, len(self.spans), batch, w.conv_bias.shape[-1])
         self.forced = new(block, batch, 1)
-        self.forced_mask = torch.zeros(block, 1, 1, dtype=torch.bool, device=cond.device)
+        self.forced_mask = torch.zeros(block, 1, 1, dtype=torch.bool, device=self.device)
         self.prev = new(batch, 1)
         self.out = new(block, batch, 1)
         self._graph: torch.cuda.CUDAGraph | None = None
+        self.cond: torch.Tensor | None = None
+        self.prompt: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ the block
     def _input_row(self, layer: int, i: int) -> torch.Tensor:
@@ -97,11 +104,10 @@ class BlockSampler:
             skips = torch.addmm(w.b_skip, torch.cat(zs, dim=1), w.w_skip)
             hidden = torch.addmm(w.h1[1], torch.relu(skips), w.h1[0])
             params = torch.addmm(w.h2[1], torch.relu(hidden), w.h2[0])[:, :, None]  # (B, P, 1)
-            dist = self.teacher.dist
             if self.mode == "mean":
-                x = dist.mean(params)
+                x = self.dist.mean(params)
             else:
-                x = dist.sample(params, self.temperature)
+                x = self.dist.sample(params, self.temperature)
             x = torch.where(self.forced_mask[i], self.forced[i], x.clamp(-1, 1))
             self.out[i].copy_(x)
             self.prev.copy_(x)
@@ -110,7 +116,7 @@ class BlockSampler:
     def _load(self, t0: int) -> int:
         """Fill the conditioning and prompt buffers for steps t0 .. t0 + N - 1; returns the valid count."""
         w, n = self.w, self.n
-        m = min(n, self.length - t0)
+        m = min(n, self.cond.shape[-1] - t0)
         bias = w.conv_bias[None, :, None, :]
         if w.has_cond:
             c = self.cond[:, :, t0 : t0 + m]
@@ -132,30 +138,60 @@ class BlockSampler:
 
     def _capture(self) -> None:
         """Warm up on a side stream (cuBLAS handles and workspaces), then record one block."""
-        self._load(0)
-        stream = torch.cuda.Stream(device=self.cond.device)
-        stream.wait_stream(torch.cuda.current_stream(self.cond.device))
-        with torch.cuda.stream(stream):
-            self._block()
-        torch.cuda.current_stream(self.cond.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._block()
+        with torch.cuda.device(self.device):
+            self._load(0)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._block()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._block()
         self._graph = graph
 
     @torch.inference_mode()
-    def run(self, progress=None) -> torch.Tensor:
-        if self.graph and self._graph is None:
-            self._capture()
-        self._reset()  # the warm-up block ran on real buffers
-        audio = self.cond.new_zeros(self.batch, self.length)
-        for t0 in range(0, self.length, self.n):
-            m = self._load(t0)
-            if self._graph is not None:
-                self._graph.replay()
-            else:
-                self._block()
-            audio[:, t0 : t0 + m] = self.out[:m, :, 0].t()
-            if progress is not None:
-                progress.update(m)
+    def run(self, cond: torch.Tensor, prompt: torch.Tensor | None = None, progress=None) -> torch.Tensor:
+        """cond: (batch, C, T) the teacher's conditioning; prompt: (batch, P) known samples -> (batch, T)."""
+        if cond.shape[0] != self.batch or cond.device != self.device:
+            raise ValueError(f"this sampler was built for batch {self.batch} on {self.device}, "
+                             f"got {cond.shape[0]} on {cond.device}")
+        self.cond, self.prompt = cond, prompt
+        try:
+            if self.graph and self._graph is None:
+                self._capture()
+            self._reset()  # the warm-up block ran on real buffers, and so did the previous run
+            length = cond.shape[-1]
+            audio = cond.new_zeros(self.batch, length)
+            for t0 in range(0, length, self.n):
+                m = self._load(t0)
+                if self._graph is not None:
+                    self._graph.replay()
+                else:
+                    self._block()
+                audio[:, t0 : t0 + m] = self.out[:m, :, 0].t()
+                if progress is not None:
+                    progress.update(m)
+        finally:
+            self.cond = self.prompt = None  # not kept alive by the cache
         return audio
+
+
+def graph_generate(teacher: WaveNetTeacher, cond: torch.Tensor, temperature: float = 1.0, mode: str = "sample",
+                   prompt: torch.Tensor | None = None, progress=None, block: int = BLOCK) -> torch.Tensor:
+    """Sample with a `BlockSampler` kept per teacher and (batch, dtype, device, mode, temperature), so
+    that repeated calls (an evaluation's batches, timed runs) reuse its buffers and captured graph. A
+    sampler is rebuilt when any of the teacher's parameters was replaced or changed in place since
+    (their identities and version counters are compared), so it never samples with stale weights."""
+    # (an inference tensor has no version counter; such weights are taken to stay as they are)
+    weights = tuple((id(p), -1 if p.is_inference() else p._version) for p in teacher.parameters())
+    key = (cond.shape[0], cond.dtype, str(cond.device), mode, float(temperature), block)
+    cache = _samplers.setdefault(teacher, {})
+    entry = cache.get(key)
+    if entry is None or entry[0] != weights:
+        cache.pop(key, None)
+        while len(cache) >= CACHED:
+            cache.pop(next(iter(cache)))  # the oldest
+        entry = cache[key] = (weights, BlockSampler(teacher, cond.shape[0], cond.device, cond.dtype, temperature,
+                                                    mode, block))
+    return entry[1].run(cond, prompt, progress)

@@ -95,10 +95,10 @@ def generate(
             raise ConfigError("method='fast' is the CPU loop; on a GPU use method='graph'")
         audio = fast_generate(teacher, cond, temperature, mode, prompt).to(cond.dtype)
     elif method == "graph":
-        from teachers.graphsampler import BlockSampler
+        from teachers.graphsampler import graph_generate
 
         bar = tqdm(total=length, desc="graph sampling", disable=not progress, leave=False)
-        audio = BlockSampler(teacher, cond, temperature, mode, prompt).run(bar)
+        audio = graph_generate(teacher, cond, temperature, mode, prompt, bar)
         bar.close()
     elif method == "naive":
         field = teacher.receptive_field()

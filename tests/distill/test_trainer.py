@@ -286,6 +286,20 @@ def test_fp16_style_scaler_survives_skipped_steps(synth_corpus, tmp_path):
     trainer.logger.close()
 
 
+def test_fp16_scale_overflows_are_skipped_but_not_counted_as_divergence(synth_corpus, tmp_path):
+    """An infinite loss scale overflows every gradient while the loss stays finite: the scaler skips
+    the updates (routine under fp16), and the run neither counts them nor stops as diverged."""
+    cfg = toy_config(synth_corpus, steps=4, checkpoint_every=100, log_every=2, max_nonfinite_in_row=2)
+    trainer = Trainer(ToyTask(cfg), tmp_path / "r")
+    trainer._build()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=float("inf"))
+    trainer._loop(None, 4)
+    assert trainer.step == 4 and trainer.nonfinite_skipped == 0
+    assert_same_tensors(before, trainer.model.state_dict())  # every update was skipped
+    trainer.logger.close()
+
+
 def test_a_compiled_run_trains_like_an_eager_one_and_saves_plain_weights(synth_corpus, tmp_path):
     runs = {}
     for name, compile_ in (("eager", False), ("compiled", True)):

@@ -152,3 +152,10 @@ def test_compiled_synthesis_equals_eager_synthesis_and_is_made_once():
     assert torch.allclose(compiled, eager, atol=1e-5, rtol=0)
     assert iaf.compiled_flows(student) is iaf.compiled_flows(student)  # cached per student and mode
     assert not torch.equal(synthesize(student, mel, compile=True), compiled)  # fresh noise still drawn
+    import gc
+    import weakref
+
+    ref = weakref.ref(student)
+    del student
+    gc.collect()
+    assert ref() is None  # the cached compiled function does not keep its student alive

@@ -41,11 +41,12 @@ def test_graph_sampler_captures_and_replays_the_incremental_recursion():
     _, mel = inputs(model, frames=37)
     expected = generate(model, mel, mode="mean")  # CPU incremental
     gpu = model.cuda()
-    sampler = BlockSampler(gpu, gpu.conditioning(mel.cuda()), mode="mean")
-    got = sampler.run()
+    cond = gpu.conditioning(mel.cuda())
+    sampler = BlockSampler(gpu, 2, cond.device, cond.dtype, mode="mean")
+    got = sampler.run(cond)
     assert sampler._graph is not None  # captured, and replayed for each of the 3 blocks
     assert torch.allclose(got.cpu(), expected, atol=1e-9, rtol=0)
-    assert torch.equal(sampler.run(), got)  # a second run starts from fresh state
+    assert torch.equal(sampler.run(cond), got)  # a second run starts from fresh state
 
 
 def test_graph_sampling_draws_fresh_noise_on_every_replay():

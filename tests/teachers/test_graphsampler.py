@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from teachers.graphsampler import BlockSampler
+from teachers.graphsampler import BlockSampler, _samplers
 from teachers.sampling import generate
 from tests.teachers.test_wavenet import HEADS, inputs, small_teacher
 
@@ -36,7 +36,7 @@ def test_block_size_does_not_change_the_numbers(block):
     torch.manual_seed(11)
     expected = generate(model, mel, "incremental")
     torch.manual_seed(11)
-    got = BlockSampler(model, cond, block=block).run()
+    got = BlockSampler(model, 2, cond.device, cond.dtype, block=block).run(cond)
     assert torch.allclose(got, expected, atol=1e-9, rtol=0)
 
 
@@ -51,11 +51,43 @@ def test_a_prompt_is_teacher_forced_as_in_the_incremental_sampler():
     assert not torch.allclose(graph[:, 70:], generate(model, mel, "graph", mode="mean")[:, 70:])
 
 
-def test_temperature_scales_the_draws_and_a_rerun_starts_fresh():
+def test_a_sampler_is_reused_and_a_rerun_starts_fresh():
     model = small_teacher()
     _, mel = inputs(model, frames=20)
-    cond = model.conditioning(mel)
-    sampler = BlockSampler(model, cond, temperature=0.0)
-    first, second = sampler.run(), sampler.run()  # the state of the first run must not leak into the second
+    first = generate(model, mel, "graph", temperature=0.0)
+    (entry,) = _samplers[model].values()
+    second = generate(model, mel, "graph", temperature=0.0)  # the same sampler: its state must not leak
+    assert _samplers[model][next(iter(_samplers[model]))] is entry
     assert torch.equal(first, second)
     assert torch.allclose(first, generate(model, mel, mode="mean"), atol=1e-9, rtol=0)
+    _, longer = inputs(model, frames=33)  # another length: the same sampler
+    assert torch.allclose(generate(model, longer, "graph", mode="mean"), generate(model, longer, mode="mean"),
+                          atol=1e-9, rtol=0)
+    assert len(_samplers[model]) == 2  # temperature 0 sampling and mean mode
+
+
+def test_a_sampler_built_before_a_weight_change_is_not_used_after_it():
+    model = small_teacher()
+    _, mel = inputs(model, frames=20)
+    before = generate(model, mel, "graph", mode="mean")
+    with torch.no_grad():
+        model.stack.head[-1].bias.add_(0.1)  # in place: the parameter object stays the same
+    after = generate(model, mel, "graph", mode="mean")
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after, generate(model, mel, mode="mean"), atol=1e-9, rtol=0)
+
+
+def test_the_cache_does_not_keep_a_teacher_alive():
+    import gc
+    import weakref
+
+    model = small_teacher()
+    _, mel = inputs(model, frames=8)
+    gc.collect()
+    cached = len(_samplers)
+    generate(model, mel, "graph")
+    assert len(_samplers) == cached + 1
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None and len(_samplers) == cached
