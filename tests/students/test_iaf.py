@@ -136,6 +136,7 @@ def test_automatic_chunks_bound_the_batch_times_length_and_keep_enough_context(m
 
     student = tiny_student(kernel_size=3)
     assert iaf.auto_chunk(student, 1) == iaf.CHUNK_ROWS and iaf.auto_chunk(student, 16) == iaf.CHUNK_ROWS // 16
+    assert iaf.auto_chunk(student, 16, "cuda") == iaf.GPU_CHUNK_ROWS // 16  # 16 x 1 s in one pass on a GPU
     monkeypatch.setattr(iaf, "CHUNK_ROWS", 40)  # force chunking on a short input: still exact
     z, mel = inputs(frames=30, batch=2)
     assert iaf.auto_chunk(student, 2) == 60  # 4 receptive fields of 15 beat 40 // 2
