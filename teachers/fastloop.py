@@ -95,6 +95,24 @@ def _ptr(t: torch.Tensor | None):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
+KINDS = {"gaussian": 0, "logistic": 1, "mol": 2, "mulaw": 3}  # the output heads the C loop draws from
+
+
+def unsupported(teacher) -> str | None:
+    """Why the C loop cannot sample this teacher (None when it can)."""
+    if not available():
+        return f"fast sampling is unavailable here: {_error}"
+    if teacher.dist.name not in KINDS:
+        return f"fast sampling covers {', '.join(KINDS)} teachers, not '{teacher.dist.name}'"
+    stack = teacher.stack
+    if stack.input.in_channels != 1:
+        return "fast sampling needs a one-channel teacher input"
+    layers = stack.layers
+    if any(l.kernel_size != layers[0].kernel_size or l.gate_channels != layers[0].gate_channels for l in layers):
+        return "fast sampling needs the same kernel size and gate width in every layer"
+    return None
+
+
 @torch.inference_mode()
 def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: str = "sample",
                   prompt: torch.Tensor | None = None, noise: torch.Tensor | None = None, chunk: int = 1024,
@@ -106,27 +124,21 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
     for a mixture (Q = K + 1) or mu-law (Q = classes) teacher, as their `draw(params, u)` takes them.
     return_params: also return every step's raw parameters (B, P, T).
     """
-    if not available():
-        raise ConfigError(f"fast sampling is unavailable here: {_error}; use method='incremental'")
+    reason = unsupported(teacher)
+    if reason:
+        raise ConfigError(f"{reason}; use method='incremental'")
     dist = teacher.dist
-    kinds = {"gaussian": 0, "logistic": 1, "mol": 2, "mulaw": 3}
-    if dist.name not in kinds:
-        raise ConfigError(f"fast sampling covers {', '.join(kinds)} teachers, not '{dist.name}'; use method='incremental'")
     per_step = getattr(dist, "uniforms_per_step", 1)
     table = dist.decode(torch.arange(dist.num_classes)).float().contiguous() if dist.name == "mulaw" else None
     if mode not in ("sample", "mean"):
         raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
     stack = teacher.stack
-    if stack.input.in_channels != 1:
-        raise ConfigError("fast sampling needs a one-channel teacher input")
     cond = cond.detach().float().cpu()
     batch, _, length = cond.shape
     stepper = stack.stepper(cond, chunk=chunk)  # its pre-arranged float32 weights
     layers, kernel = len(stepper.w_tap), stack.layers[0].kernel_size
     residual, gate = stack.input.out_channels, stepper.gate[0]
     skip, hidden = stepper.w_skip.shape[1], stepper.h1[0].shape[1]
-    if any(l.kernel_size != kernel for l in stack.layers) or any(g != gate for g in stepper.gate):
-        raise ConfigError("fast sampling needs the same kernel size and gate width in every layer")
 
     def flat(t: torch.Tensor) -> torch.Tensor:
         return t.detach().float().contiguous()
@@ -179,7 +191,7 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
             _ptr(audio), length, ctypes.c_long(t0), start, _ptr(eps),
             _ptr(params[t0 : t0 + n]) if params is not None else None, _ptr(prev),
             1 if mode == "mean" else 0, ctypes.c_float(temperature),
-            ctypes.c_float(getattr(dist, "log_scale_min", 0.0)), _ptr(work), kinds[dist.name], n_params, per_step,
+            ctypes.c_float(getattr(dist, "log_scale_min", 0.0)), _ptr(work), KINDS[dist.name], n_params, per_step,
             getattr(dist, "num_bins", 0), _ptr(table),
         )
     if return_params:

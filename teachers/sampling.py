@@ -47,6 +47,16 @@ def incremental_forward(teacher: WaveNetTeacher, x: torch.Tensor, cond: torch.Te
     return torch.stack(out, dim=-1)
 
 
+def fastest_method(teacher: WaveNetTeacher, device: torch.device) -> str:
+    """The fastest sampler for `teacher` on `device`: "graph" on CUDA, "fast" (the C loop) on a CPU
+    where it can be built and covers the teacher, "incremental" otherwise."""
+    from teachers.fastloop import unsupported
+
+    if device.type == "cuda":
+        return "graph"
+    return "fast" if device.type == "cpu" and unsupported(teacher) is None else "incremental"
+
+
 @torch.inference_mode()
 def generate(
     teacher: WaveNetTeacher,

@@ -15,7 +15,7 @@ from distill.distributed import unwrap
 from distill.logger import RunLogger
 from distill.plots import mel_figure
 from distill.task import Task
-from teachers.sampling import generate
+from teachers.sampling import fastest_method, generate
 from teachers.wavenet import WaveNetTeacher
 
 
@@ -102,7 +102,8 @@ class TeacherTask(Task):
             frames = min(frames, item["mel"].shape[-1])
             mel = pad_mel(item["mel"][:, :frames], cfg.data.mel_context, silence)[None].to(device)
             with torch.autocast(device_type=device.type, enabled=False):
-                audio = generate(model.float(), mel.float(), temperature=cfg.valid.temperature)[0].cpu()
+                method = fastest_method(model, device)  # a monitoring sample: the fastest sampler
+                audio = generate(model.float(), mel.float(), method, temperature=cfg.valid.temperature)[0].cpu()
             reference = item["audio"][: frames * feats.hop_length]
             logger.audio("valid/sample", audio, feats.sample_rate, step)
             logger.audio("valid/reference", reference, feats.sample_rate, step)

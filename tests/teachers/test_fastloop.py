@@ -79,3 +79,13 @@ def test_noise_of_the_wrong_shape_is_refused():
     model, _, cond, _ = teacher_and_cond(distribution="mol", args={"num_components": 3, "num_bins": 256})
     with pytest.raises(ValueError, match=r"noise must have shape \(2, 4, 160\)"):
         fast_generate(model, cond, noise=torch.rand(2, cond.shape[-1]))
+
+
+def test_the_fastest_method_per_device():
+    from teachers.fastloop import unsupported
+    from teachers.sampling import fastest_method
+
+    model = small_teacher("mol", {"num_components": 2, "num_bins": 256}, dtype=torch.float32)
+    assert unsupported(model) is None
+    assert fastest_method(model, torch.device("cpu")) == "fast"
+    assert fastest_method(model, torch.device("cuda")) == "graph"
