@@ -93,6 +93,36 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
     return rows
 
 
+def bench_trainer(device: torch.device, quick: bool) -> list[dict]:
+    """The training loop's own step (`distill.trainer.Trainer._train_step`) on the tiny teacher preset:
+    forward (autocast as `train.amp=auto` picks: bf16 on CUDA), NLL, backward, clipping, the fused AdamW
+    update with its on-device skip flag, the EMA and the loss sums; batches from the demo corpus."""
+    import dataclasses
+    import tempfile
+
+    from distill.trainer import StepWindow, Trainer, to_device
+    from teachers.task import TeacherTask
+
+    cfg = load_config(TeacherConfig, PRESET)
+    if quick:
+        cfg.data = dataclasses.replace(cfg.data, segment_length=4096)
+        cfg.train = dataclasses.replace(cfg.train, batch_size=2)
+    cfg.train = dataclasses.replace(cfg.train, device=str(device))
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(TeacherTask(cfg), run_dir)
+        trainer._build()
+        batch = to_device(next(iter(trainer.loader)), device)
+        window = StepWindow(device)
+        t = timed(lambda: trainer._train_step(trainer.train_model, batch, window, cfg.train.grad_clip), device, 5,
+                  warmup=2)
+        trainer.logger.close()
+    samples = cfg.train.batch_size * cfg.data.segment_length
+    return [{"model": "teacher gaussian_tiny", "device": device_name(device), "threads": torch.get_num_threads(),
+             "what": "teacher training, Trainer step (+ clipping, fused AdamW, EMA)", "batch": cfg.train.batch_size,
+             "length": cfg.data.segment_length, "dtype": "bfloat16 autocast" if trainer.amp else "float32",
+             "samples_per_s": samples / t["median_s"], "flops_per_sample": trainer.flops_per_sample, **t}]
+
+
 def sampler_rows(model, base: dict, device: torch.device, quick: bool, batch: int, rows: list[dict],
                  label: str = "") -> dict[str, float]:
     """Samples/s of the incremental sampler and of this device's faster one (the same recursion as
@@ -256,6 +286,7 @@ def run_bench(quick: bool = False, devices: list[str] | None = None, cpu_peak_tf
         rows += teacher_rows
         teacher_rate = [r for r in teacher_rows if r["what"] == "teacher sampling, incremental, 1 s"][0]["samples_per_s"]
         rows += bench_students(device, quick, teacher_rate)
+        rows += bench_trainer(device, quick)
         rows += bench_other_heads(device, quick)
         rows += bench_distillation(device, quick)
         if device.type == "cpu":

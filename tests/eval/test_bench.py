@@ -40,6 +40,7 @@ def test_quick_bench_reports_training_and_both_sampling_methods(tmp_path):
         assert whats.count(f"fast / incremental speed-up ({head})") == (1 if fastloop_available() else 0)
     assert all(r["gflops_per_s"] > 0 for r in rows if r["what"] in ("teacher training", "distillation step"))
     assert whats.count("teacher training") == 1 and whats.count("incremental / naive speed-up") == 2
+    assert whats.count("teacher training, Trainer step (+ clipping, fused AdamW, EMA)") == 1
     students = [r for r in rows if r["what"].startswith("student") and r["dtype"] == "float32"]
     assert len(students) == 2 and all(r["speedup_over_teacher"] > 0 and r["rtf"] > 0 for r in students)
     for r in rows:
