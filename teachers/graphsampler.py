@@ -182,9 +182,10 @@ def graph_generate(teacher: WaveNetTeacher, cond: torch.Tensor, temperature: flo
     """Sample with a `BlockSampler` kept per teacher and (batch, dtype, device, mode, temperature), so
     that repeated calls (an evaluation's batches, timed runs) reuse its buffers and captured graph. A
     sampler is rebuilt when any of the teacher's parameters was replaced or changed in place since
-    (their identities and version counters are compared), so it never samples with stale weights."""
+    (their identities, storages and version counters are compared), so it never samples with stale
+    weights."""
     # (an inference tensor has no version counter; such weights are taken to stay as they are)
-    weights = tuple((id(p), -1 if p.is_inference() else p._version) for p in teacher.parameters())
+    weights = tuple((id(p), p.data_ptr(), -1 if p.is_inference() else p._version) for p in teacher.parameters())
     key = (cond.shape[0], cond.dtype, str(cond.device), mode, float(temperature), block)
     cache = _samplers.setdefault(teacher, {})
     entry = cache.get(key)
