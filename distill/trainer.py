@@ -412,7 +412,6 @@ class StepWindow:
     def reset(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
         self.good = torch.zeros((), dtype=torch.int64, device=self.device)
-        self.steps = 0
         self.samples = 0
         self.start = time.perf_counter()
 
@@ -428,7 +427,6 @@ class StepWindow:
         self._pending_skipped += bad
         self.run = (self.run + 1) * bad
         self._longest = torch.maximum(self._longest, self.run)
-        self.steps += 1
         self.samples += samples
 
     def nonfinite(self) -> tuple[int, int]:

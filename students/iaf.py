@@ -199,5 +199,5 @@ def synthesize(
         z = z.to(dtype)
         if chunk is None:
             chunk = auto_chunk(student, z.shape[0], z.device.type)
-        x = (compiled_flows(student) if compile else functools.partial(_flows_x, student))(z, cond, chunk)
+        x = compiled_flows(student)(z, cond, chunk) if compile else _flows_x(student, z, cond, chunk)
         return x.clamp(-1, 1)  # a new tensor: never a CUDA graph's output buffer
