@@ -132,6 +132,27 @@ class LogMel(torch.nn.Module):
         return math.log(self.features.log_floor)
 
 
+def preemphasis(x: torch.Tensor, a: float) -> torch.Tensor:
+    """y_t = x_t - a x_(t-1) with x_(-1) = 0. x: (..., T) -> (..., T). A unit lower-triangular map
+    (log |det| = 0), so log p(x) = log p(y); differentiable."""
+    if a == 0:
+        return x
+    return x - a * torch.nn.functional.pad(x, (1, 0))[..., :-1]
+
+
+def deemphasis(y: torch.Tensor, a: float) -> torch.Tensor:
+    """The inverse of `preemphasis`: x_t = y_t + a x_(t-1), x_(-1) = 0. y: (..., T) -> (..., T);
+    differentiable (torchaudio's IIR filter, never clamped)."""
+    if a == 0:
+        return y
+    shape, dtype = y.shape, y.dtype
+    flat = y.reshape(-1, shape[-1]).to(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
+    one = torch.ones((), dtype=flat.dtype, device=flat.device)
+    b = torch.stack([one, torch.zeros_like(one)])
+    den = torch.stack([one, -a * one])
+    return torchaudio.functional.lfilter(flat, den, b, clamp=False).reshape(shape).to(dtype)
+
+
 def pad_mel(mel: torch.Tensor, context: int, value: float) -> torch.Tensor:
     """Add `context` frames of `value` (silence) on both sides. mel: (..., n_mels, F) -> (..., n_mels, F + 2c)."""
     if context == 0:

@@ -36,6 +36,8 @@ LATEST = "latest.pt"
 # Only classes of this project may be rebuilt from a checkpoint's model_class.
 _TRUSTED_PACKAGES = ("distill", "teachers", "students", "eval")
 _STEP_FILE = re.compile(r"^step_(\d{8,})\.pt$")
+# Feature settings that older checkpoints predate, with the value those checkpoints were made with.
+FEATURE_DEFAULTS = {"preemphasis": 0.0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,6 +241,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{path}: checkpoint format version {payload.get('version')} is not {VERSION}, the one this wavedistill reads"
         )
+    if isinstance(payload.get("features"), dict):
+        # feature keys added after a checkpoint was written take their default, which is what it used
+        payload["features"] = {**FEATURE_DEFAULTS, **payload["features"]}
     return payload
 
 

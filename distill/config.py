@@ -40,9 +40,14 @@ class FeatureConfig:
     f_min: float = 0.0
     f_max: float = 8000.0
     log_floor: float = 1e-5
+    # Pre-emphasis a (0 = off; LPCNet: 0.85): models learn y_t = x_t - a x_(t-1) and every output is
+    # de-emphasised. The mel is always of the audio itself. log p(x) = log p(y) (unit Jacobian).
+    preemphasis: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
+        if not 0 <= self.preemphasis < 1:
+            problems.append(f"preemphasis must be in [0, 1), got {self.preemphasis}")
         if self.win_length > self.n_fft:
             problems.append(f"win_length {self.win_length} > n_fft {self.n_fft}")
         if (self.n_fft - self.hop_length) % 2:

@@ -49,12 +49,14 @@ class MelCache:
     """
 
     def __init__(self, root: str | Path, features: FeatureConfig):
-        key = hashlib.sha1(json.dumps(to_dict(features), sort_keys=True).encode()).hexdigest()[:12]
+        # the mel is always of the audio itself: pre-emphasis (what a model learns) does not key it
+        settings = {k: v for k, v in to_dict(features).items() if k != "preemphasis"}
+        key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
         self.dir = Path(root) / f"mel-{key}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        settings = self.dir / "features.json"
-        if not settings.exists():
-            settings.write_text(json.dumps(to_dict(features), indent=2))
+        record = self.dir / "features.json"
+        if not record.exists():
+            record.write_text(json.dumps(settings, indent=2))
 
     def _entry(self, utt: Utterance) -> Path:
         st = utt.path.stat()

@@ -41,6 +41,12 @@ class OutputDistribution:
         """(B, P, T), (B, T) -> (B, T) log-probability (density for continuous laws), nats."""
         raise NotImplementedError
 
+    def log_density(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(B, T) log-density, nats: `log_prob` for continuous laws; a discretised law's bin probability
+        over its bin width (so that a cross-entropy or KL against a continuous law reads in the same
+        units, and KL(p || p) is 0)."""
+        return self.log_prob(params, x)
+
     def sample(self, params: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """(B, P, T) -> (B, T) draws; temperature scales the spread (0 = the mean/mode)."""
         raise NotImplementedError
@@ -52,6 +58,25 @@ class OutputDistribution:
     def entropy(self, params: torch.Tensor) -> torch.Tensor:
         """(B, P, T) -> (B, T) differential entropy per step, nats."""
         raise TypeError(f"the {self.name} distribution has no closed-form differential entropy")
+
+    def location_slice(self) -> slice:
+        """The rows of `params` that are locations (for `affine`)."""
+        raise ConfigError(f"the {self.name} output has no location to shift (linear prediction needs gaussian or mol)")
+
+    def scale_slice(self) -> slice:
+        """The rows of `params` that are log scales, right after the locations (for `affine`)."""
+        raise ConfigError(f"the {self.name} output has no scale (linear prediction needs gaussian or mol)")
+
+    def affine(self, params: torch.Tensor, offset: torch.Tensor, log_gain: torch.Tensor) -> torch.Tensor:
+        """The law of offset + g x for x of law `params`: locations -> offset + g location, log scales
+        -> log scale + log g (the floor of the log scale still applies, in the new units).
+        params (B, P, T), offset and log_gain (B, T) -> (B, P, T). Linear prediction maps the network's
+        law, in units of the expected residual, to the signal's law this way."""
+        loc, scale = self.location_slice(), self.scale_slice()
+        log_gain = log_gain[:, None].to(params.dtype)
+        moved = offset[:, None].to(params.dtype) + torch.exp(log_gain) * params[:, loc]
+        scaled = params[:, scale] + log_gain
+        return torch.cat([params[:, : loc.start], moved, scaled, params[:, scale.stop :]], dim=1)
 
 
 class _LocationScale(OutputDistribution):
@@ -69,6 +94,12 @@ class _LocationScale(OutputDistribution):
 
     def mean(self, params):
         return params[:, 0]
+
+    def location_slice(self):
+        return slice(0, 1)
+
+    def scale_slice(self):
+        return slice(1, 2)
 
 
 class Gaussian(_LocationScale):
@@ -155,6 +186,9 @@ class DiscretizedMixLogistic(OutputDistribution):
         log_probs = torch.where(edge_lo, first, torch.where(edge_hi, last, inner))
         return torch.logsumexp(log_probs + F.log_softmax(logit_pi, dim=1), dim=1)
 
+    def log_density(self, params, x):
+        return self.log_prob(params, x) - math.log(self.bin_width)
+
     @property
     def uniforms_per_step(self) -> int:
         return self.num_components + 1
@@ -166,11 +200,15 @@ class DiscretizedMixLogistic(OutputDistribution):
 
     def draw(self, params, u, temperature=1.0):
         """The sample that uniforms u (B, K + 1, T) in (0, 1) select: the component by Gumbel-max of
-        the first K, the value by the logistic's inverse CDF at the last, then snapped to a bin.
+        the first K, the value by the logistic's inverse CDF at the last, then snapped to a bin. At
+        temperature 0: the most likely component's location (no draw at all).
         (`teachers/fastloop.c` implements the same function.)"""
         logit_pi, mu, log_s = self.unpack(params)
         k = self.num_components
-        gumbel = -torch.log(-torch.log(u[:, :k].clamp(1e-10, 1 - 1e-10)))
+        if temperature == 0:
+            gumbel = torch.zeros_like(logit_pi)
+        else:
+            gumbel = -torch.log(-torch.log(u[:, :k].clamp(1e-10, 1 - 1e-10)))
         # the chosen component's parameters by index (exact even where another component is inf)
         choice = (logit_pi + gumbel).argmax(dim=1, keepdim=True)  # (B, 1, T)
         mu_k = mu.gather(1, choice)[:, 0]
@@ -182,6 +220,12 @@ class DiscretizedMixLogistic(OutputDistribution):
     def mean(self, params):
         logit_pi, mu, _ = self.unpack(params)
         return (F.softmax(logit_pi, dim=1) * mu).sum(1).clamp(-1, 1)
+
+    def location_slice(self) -> slice:
+        return slice(self.num_components, 2 * self.num_components)
+
+    def scale_slice(self) -> slice:
+        return slice(2 * self.num_components, 3 * self.num_components)
 
 
 class MuLawCategorical(OutputDistribution):

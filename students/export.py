@@ -3,7 +3,9 @@
 The exported graph is the whole parallel synthesis: (z (B, T), mel (B, n_mels, F + 2c)) -> audio
 (B, T) in [-1, 1] with T = F * hop, batch and length dynamic. The caller draws z (N(0, 1) for a
 ClariNet student, Logistic(0, 1) for a Parallel WaveNet one; `noise()` does it with numpy), so the
-same noise gives the same audio in PyTorch and in onnxruntime (tested).
+same noise gives the same audio in PyTorch and in onnxruntime (tested). A student of a pre-emphasised
+teacher: the graph ends at the flows' output, the file's metadata records `preemphasis`, and
+`OnnxStudent` de-emphasises (an IIR filter, scipy) and clips.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class SynthesisGraph(nn.Module):
 
     def forward(self, z: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         cond = self.student.upsampler(mel)
-        return self.student.flow(z, cond).x.clamp(-1, 1)
+        x = self.student.flow(z, cond).x
+        return x if self.student.preemphasis else x.clamp(-1, 1)  # else clipped after de-emphasis
 
 
 def export_onnx(student: IAFStudent, out: str | Path, frames: int = 32) -> Path:
@@ -57,6 +60,11 @@ def export_onnx(student: IAFStudent, out: str | Path, frames: int = 32) -> Path:
         program = torch.onnx.export(SynthesisGraph(student), (z, mel), input_names=["z", "mel"], output_names=["audio"],
                                     dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, verbose=False)
     program.save(str(tmp))
+    if student.preemphasis:
+        onnx = _need("onnx")
+        model = onnx.load(str(tmp))
+        model.metadata_props.add(key="preemphasis", value=repr(float(student.preemphasis)))
+        onnx.save(model, str(tmp))
     tmp.replace(out)
     return out
 
@@ -80,6 +88,12 @@ class OnnxStudent:
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.preemphasis = float(self.session.get_modelmeta().custom_metadata_map.get("preemphasis", 0.0))
 
     def synthesize(self, mel: np.ndarray, z: np.ndarray) -> np.ndarray:
-        return self.session.run(["audio"], {"z": z.astype(np.float32), "mel": mel.astype(np.float32)})[0]
+        audio = self.session.run(["audio"], {"z": z.astype(np.float32), "mel": mel.astype(np.float32)})[0]
+        if self.preemphasis:
+            from scipy.signal import lfilter
+
+            audio = np.clip(lfilter([1.0], [1.0, -self.preemphasis], audio, axis=-1), -1, 1).astype(np.float32)
+        return audio

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from distill.audio import deemphasis
 from distill.checkpoint import remember_args
 from distill.distributions import Gaussian, Logistic
 from distill.errors import ConfigError
@@ -58,6 +59,7 @@ class IAFStudent(nn.Module):
         upsample: str = "stretch",
         upsample_scales: list | None = None,
         initial_scale: float = 0.05,
+        preemphasis: float = 0.0,
     ):
         super().__init__()
         if distribution not in ("gaussian", "logistic"):
@@ -70,6 +72,7 @@ class IAFStudent(nn.Module):
         self.dist = Gaussian(log_scale_min=-math.inf) if distribution == "gaussian" else Logistic(log_scale_min=-math.inf)
         self.mel_context = mel_context
         self.hop_length = hop_length
+        self.preemphasis = preemphasis  # the teacher's: the flows produce its model domain
         self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context)
         self.flows = nn.ModuleList(
             WaveNetStack(1, 2, layers, min(cycle, layers), kernel_size, residual_channels, gate_channels,
@@ -131,6 +134,10 @@ class IAFStudent(nn.Module):
             x = x * torch.exp(out[:, 1]) + out[:, 0]
         return x
 
+    def to_audio(self, y: torch.Tensor) -> torch.Tensor:
+        """The flows' output (the teacher's model domain) -> audio: de-emphasis when `preemphasis` > 0."""
+        return deemphasis(y, self.preemphasis)
+
     def log_prob(self, out: StudentOutput, z: torch.Tensor) -> torch.Tensor:
         """log p_S(x) per sample (B, T): log p_Z(z_t) - log s_tot_t (change of variables)."""
         zeros = torch.zeros_like(z)
@@ -183,7 +190,8 @@ def synthesize(
     chunk: int | None = None,
     compile: bool = False,
 ) -> torch.Tensor:
-    """Parallel synthesis, no teacher needed. mel: (B, n_mels, F + 2c) -> audio (B, F * hop) in [-1, 1].
+    """Parallel synthesis, no teacher needed. mel: (B, n_mels, F + 2c) -> audio (B, F * hop) in [-1, 1]
+    (de-emphasised when the student works on pre-emphasised audio).
 
     z: the noise (B, F * hop) to use (default: fresh draws, scaled by `temperature`). autocast_dtype:
     run the convolutions under autocast in that dtype (torch.bfloat16 on CUDA, or on CPUs with
@@ -200,4 +208,5 @@ def synthesize(
         if chunk is None:
             chunk = auto_chunk(student, z.shape[0], z.device.type)
         x = compiled_flows(student)(z, cond, chunk) if compile else _flows_x(student, z, cond, chunk)
-        return x.clamp(-1, 1)  # a new tensor: never a CUDA graph's output buffer
+    # de-emphasis over the whole length (exact across chunk seams), in float32 outside autocast
+    return student.to_audio(x).clamp(-1, 1)  # a new tensor: never a CUDA graph's output buffer

@@ -87,6 +87,7 @@ def build_student(cfg: StudentConfig, upsample: str = "stretch", upsample_scales
         m.distribution, m.flows, m.cycle, m.kernel_size, m.residual_channels, m.gate_channels, m.skip_channels,
         n_mels=cfg.features.n_mels, hop_length=cfg.features.hop_length, mel_context=cfg.data.mel_context,
         upsample=upsample, upsample_scales=upsample_scales, initial_scale=m.initial_scale,
+        preemphasis=cfg.features.preemphasis,
     )
 
 
@@ -121,6 +122,9 @@ class DistillTask(Task):
         if method == "closed_form" and not gaussian_pair:
             raise ConfigError("loss.kl_method=closed_form needs a Gaussian teacher and a Gaussian student; use monte_carlo")
         self.closed_form = gaussian_pair if method == "auto" else method == "closed_form"
+        if not config.model.upsampler_from_teacher and not config.model.train_upsampler:
+            raise ConfigError("model.upsampler_from_teacher=false with model.train_upsampler=false would freeze a "
+                              "random mel upsampler; set one of them to true")
         if config.loss.weights["loss/kl_reg"] > 0 and not gaussian_pair:
             raise ConfigError("loss/kl_reg (ClariNet's log-scale regulariser) needs Gaussian teacher and student; set its weight to 0")
         self.logmel = LogMel(config.features)
@@ -152,11 +156,12 @@ class DistillTask(Task):
     def kl_terms(self, student: IAFStudent, out: StudentOutput, teacher_params: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-step KL (B, T), the student's entropy and the cross-entropy, and the regulariser."""
         lsm = self.config.loss.log_scale_min
-        entropy = student.dist.entropy(out.params)
         if self.closed_form:
             mu_p, log_s_p = teacher_params[:, 0], teacher_params[:, 1]
             kl = gaussian_kl(out.mu_tot, out.log_s_tot, mu_p, log_s_p, lsm)
             reg = log_scale_regulariser(out.log_s_tot, log_s_p, lsm)
+            # the entropy of the student's step with the KL's clamp, so that cross-entropy - entropy is the KL
+            entropy = student.dist.entropy(torch.stack([out.mu_tot, out.log_s_tot.clamp(min=lsm)], dim=1))
             return {"kl": kl, "entropy": entropy, "cross_entropy": kl + entropy, "reg": reg}
         # The student's own scale, unclamped: a clamp here would cut the entropy gradient that keeps
         # s_tot from collapsing (the teacher's distribution applies its own floor).
@@ -179,10 +184,12 @@ class DistillTask(Task):
             "distill/entropy": terms["entropy"].mean(),
             "distill/cross_entropy": terms["cross_entropy"].mean(),
         }
+        if weights["loss/stft"] > 0 or weights["loss/power"] > 0:
+            heard = student.to_audio(out.x.float())  # de-emphasised: compared with the real audio
         if weights["loss/stft"] > 0:
-            values["loss/stft"] = stft_loss(out.x.float(), audio.float(), tuple(map(tuple, self.config.loss.stft_resolutions)))
+            values["loss/stft"] = stft_loss(heard, audio.float(), tuple(map(tuple, self.config.loss.stft_resolutions)))
         if weights["loss/power"] > 0:
-            values["loss/power"] = power_loss(out.x.float(), audio.float())
+            values["loss/power"] = power_loss(heard, audio.float())
         if weights["loss/contrastive"] > 0 and audio.shape[0] > 1:
             # Parallel WaveNet: push away from the teacher given another item's mel (gamma = the weight)
             other = torch.roll(torch.arange(audio.shape[0], device=audio.device), 1)
@@ -221,7 +228,7 @@ class DistillTask(Task):
                 terms = self.kl_terms(model, out, self.teacher(out.x.float(), mel.float()))
             kl_sum += float(terms["kl"].sum())
             count += length
-            audio = out.x[0].float().clamp(-1, 1).cpu()
+            audio = model.to_audio(out.x[0].float()).clamp(-1, 1).cpu()
             reference = item["audio"][:length]
             mel_sum += float((self.logmel(audio) - self.logmel(reference)).abs().mean())
             if first is None:

@@ -54,10 +54,10 @@ static float draw(int dist, const float *p, int P, const float *u, int mode, flo
     if (dist == 2) { /* mixture of K logistics: P = 3K (logits, means, log scales); u: K + 1 uniforms */
         const int K = P / 3;
         if (mode == 1) return clampf(softmax_mean(p, p + K, K), -1.0f, 1.0f);
-        int best = 0;
-        float best_v = p[0] + gumbelf(u[0]);
+        int best = 0; /* temperature 0: the most likely component, no Gumbel noise */
+        float best_v = p[0] + (temperature == 0.0f ? 0.0f : gumbelf(u[0]));
         for (int k = 1; k < K; k++) {
-            const float v = p[k] + gumbelf(u[k]);
+            const float v = p[k] + (temperature == 0.0f ? 0.0f : gumbelf(u[k]));
             if (v > best_v) best_v = v, best = k;
         }
         const float log_s = p[2 * K + best] > log_scale_min ? p[2 * K + best] : log_scale_min;
@@ -89,7 +89,10 @@ static float draw(int dist, const float *p, int P, const float *u, int mode, flo
  *   audio  (B, total)      prompt in [0, start), samples written at [pos, pos + n)
  *   noise  (n, B, Q)       per step: dist 0/1 one standard normal/logistic draw; 2 (mixture of logistics)
  *                          K + 1 uniforms; 3 (mu-law) P uniforms. Unused when mode == 1.
- *   params (n, B, P) or NULL: every step's raw parameters, for tests
+ *   params (n, B, P) or NULL: every step's parameters (with the linear prediction added), for tests
+ *   lpc    (n, B, 1 + order) or NULL: each step's linear predictor, log gain lg then coefficients c;
+ *          the locations params[loc, loc + nloc) become sum_k c[k] audio[pos - 1 - k] + e^lg location and
+ *          the log scales that follow them, params[loc + nloc, loc + 2 nloc), grow by lg
  *   prev   (B)             the input of the next step (the previous sample); updated
  *   dist 0 gaussian, 1 logistic, 2 mixture of logistics (bins: its number of bins), 3 mu-law (table:
  *   the P class amplitudes); mode 0 sample / 1 mean
@@ -101,7 +104,7 @@ int wavenet_steps(int n, int batch, int layers, int residual, int gate, int skip
                   const int *spans, const int *backs, float *audio, int total, long pos, int start,
                   const float *noise, float *params, float *prev, int mode, float temperature,
                   float log_scale_min, float *work, int dist, int num_params, int noise_per_step, int bins,
-                  const float *table) {
+                  const float *table, const float *lpc, int order, int loc, int nloc) {
     const int R = residual, G = gate, G2 = 2 * gate, S = skip, H = hidden, KR = kernel * residual;
     const int P = num_params, Q = noise_per_step;
     float *h = work;                          /* (B, R) */
@@ -143,6 +146,20 @@ int wavenet_steps(int n, int batch, int layers, int residual, int gate, int skip
         for (int i = 0; i < batch * H; i++) o1[i] = o1[i] > 0.0f ? o1[i] : 0.0f;
         for (int b = 0; b < batch; b++) memcpy(o2 + (size_t)b * P, b_h2, P * sizeof(float));
         axpy_rows(o2, P, o1, H, w_h2, batch, H, P);
+        if (lpc) {
+            for (int b = 0; b < batch; b++) {
+                const float *lp = lpc + ((size_t)step * batch + b) * (1 + order), *c = lp + 1;
+                const float *past = audio + (size_t)b * total;
+                const float gain = expf(lp[0]);
+                float pred = 0.0f;
+                for (int k = 0; k < order && pos - 1 - k >= 0; k++) pred += c[k] * past[pos - 1 - k];
+                float *pb = o2 + (size_t)b * P;
+                for (int j = 0; j < nloc; j++) {
+                    pb[loc + j] = pred + gain * pb[loc + j];
+                    pb[loc + nloc + j] += lp[0];
+                }
+            }
+        }
         if (params) memcpy(params + (size_t)step * batch * P, o2, (size_t)batch * P * sizeof(float));
         for (int b = 0; b < batch; b++) {
             float x;

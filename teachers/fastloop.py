@@ -116,8 +116,11 @@ def unsupported(teacher) -> str | None:
 @torch.inference_mode()
 def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: str = "sample",
                   prompt: torch.Tensor | None = None, noise: torch.Tensor | None = None, chunk: int = 1024,
-                  return_params: bool = False):
-    """cond: (B, C, T) upsampled conditioning -> audio (B, T) [, params (B, P, T)].
+                  return_params: bool = False, lpc: torch.Tensor | None = None):
+    """cond: (B, C, T) upsampled conditioning -> audio (B, T) [, params (B, P, T)], in the teacher's
+    model domain (`generate` converts the prompt and de-emphasises the result).
+
+    lpc: (B, 1 + p, T) `teacher.predictor(mel)`, required for a teacher with linear prediction.
 
     noise: what each step's draw consumes (default: drawn here, chunk by chunk, from torch's
     generator): (B, T) standard draws for a Gaussian or logistic teacher; (B, Q, T) uniforms in (0, 1)
@@ -164,6 +167,14 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
         if tuple(noise.shape) != expected:
             raise ValueError(f"noise must have shape {expected}, got {tuple(noise.shape)}")
         noise = noise.reshape(batch, per_step, length)
+    if (lpc is None) != (teacher.lpc is None):
+        raise ValueError("pass lpc=teacher.predictor(mel) exactly when the teacher has linear prediction")
+    order, loc = 0, slice(0, 0)
+    if lpc is not None:
+        order, loc = lpc.shape[1] - 1, dist.location_slice()
+        if dist.scale_slice().start != loc.stop:
+            raise ValueError("the C loop expects the log scales right after the locations")
+        lpc = lpc.detach().float().cpu()
     n_params = dist.num_params
     params = torch.zeros(length, batch, n_params) if return_params else None
     prev = torch.zeros(batch)
@@ -183,6 +194,7 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
             eps = dist.sample(torch.zeros(n, 2, batch)).contiguous()
         else:
             eps = torch.rand(n, batch, per_step)
+        coeffs = flat(lpc[:, :, t0 : t0 + n].permute(2, 0, 1)) if lpc is not None else None  # (n, B, 1 + p)
         _lib.wavenet_steps(
             n, batch, layers, residual, gate, skip, hidden, kernel, _ptr(proj),
             *(_ptr(w[k]) for k in ("w_in", "b_in", "w_tap", "w_res", "b_res", "w_skip", "b_skip", "w_h1", "b_h1",
@@ -192,7 +204,7 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
             _ptr(params[t0 : t0 + n]) if params is not None else None, _ptr(prev),
             1 if mode == "mean" else 0, ctypes.c_float(temperature),
             ctypes.c_float(getattr(dist, "log_scale_min", 0.0)), _ptr(work), KINDS[dist.name], n_params, per_step,
-            getattr(dist, "num_bins", 0), _ptr(table),
+            getattr(dist, "num_bins", 0), _ptr(table), _ptr(coeffs), order, loc.start, loc.stop - loc.start,
         )
     if return_params:
         return audio, params.permute(1, 2, 0).contiguous()

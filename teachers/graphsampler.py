@@ -7,7 +7,8 @@ allocated once and every index is a Python constant, which is what a CUDA graph 
   a block writes row span + i and its taps read rows span + i - j d; the input of the next layer is
   written straight into that layer's history row (no copy);
 - the conditioning projections (with the conv biases) of N steps in one buffer, filled per block;
-- the draw of step i written into an output buffer and fed back as step i + 1's input.
+- the draw of step i written into an output buffer and fed back as step i + 1's input;
+- with linear prediction, the coefficients of N steps in one buffer and the last p outputs in another.
 
 N consecutive steps (a *block*) are therefore one fixed sequence of kernels. On CUDA it is captured
 once as a CUDA graph and replayed for every block: one launch per N samples instead of ~170 kernel
@@ -72,9 +73,13 @@ class BlockSampler:
         self.forced_mask = torch.zeros(block, 1, 1, dtype=torch.bool, device=self.device)
         self.prev = new(batch, 1)
         self.out = new(block, batch, 1)
+        self.order = teacher.lpc.order if teacher.lpc is not None else 0
+        self.lpc_buf = new(block, batch, 1 + self.order)  # each step's log gain and coefficients
+        self.past = new(batch, self.order)  # y_(t-1), ..., y_(t-p)
         self._graph: torch.cuda.CUDAGraph | None = None
         self.cond: torch.Tensor | None = None
         self.prompt: torch.Tensor | None = None
+        self.lpc: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ the block
     def _input_row(self, layer: int, i: int) -> torch.Tensor:
@@ -104,6 +109,9 @@ class BlockSampler:
             skips = torch.addmm(w.b_skip, torch.cat(zs, dim=1), w.w_skip)
             hidden = torch.addmm(w.h1[1], torch.relu(skips), w.h1[0])
             params = torch.addmm(w.h2[1], torch.relu(hidden), w.h2[0])[:, :, None]  # (B, P, 1)
+            if self.order:
+                lp = self.lpc_buf[i]
+                params = self.dist.affine(params, (lp[:, 1:] * self.past).sum(1, keepdim=True), lp[:, :1])
             if self.mode == "mean":
                 x = self.dist.mean(params)
             else:
@@ -111,6 +119,8 @@ class BlockSampler:
             x = torch.where(self.forced_mask[i], self.forced[i], x.clamp(-1, 1))
             self.out[i].copy_(x)
             self.prev.copy_(x)
+            if self.order:
+                self.past.copy_(torch.cat([x, self.past[:, :-1]], dim=1))
 
     # ------------------------------------------------------------------ per block, outside the graph
     def _load(self, t0: int) -> int:
@@ -124,6 +134,9 @@ class BlockSampler:
         else:
             self.cond_buf[:m].copy_(bias.expand(m, -1, self.batch, -1))
         self.cond_buf[m:].copy_(bias.expand(n - m, -1, self.batch, -1))
+        if self.order:
+            self.lpc_buf.zero_()
+            self.lpc_buf[:m].copy_(self.lpc[:, :, t0 : t0 + m].permute(2, 0, 1))
         self.forced_mask.zero_()
         if self.prompt is not None and t0 < self.prompt.shape[-1]:
             k = min(m, self.prompt.shape[-1] - t0)
@@ -135,6 +148,7 @@ class BlockSampler:
         for hist in self.hist:
             hist.zero_()
         self.prev.zero_()
+        self.past.zero_()
 
     def _capture(self) -> None:
         """Warm up on a side stream (cuBLAS handles and workspaces), then record one block."""
@@ -151,12 +165,17 @@ class BlockSampler:
         self._graph = graph
 
     @torch.inference_mode()
-    def run(self, cond: torch.Tensor, prompt: torch.Tensor | None = None, progress=None) -> torch.Tensor:
-        """cond: (batch, C, T) the teacher's conditioning; prompt: (batch, P) known samples -> (batch, T)."""
+    def run(self, cond: torch.Tensor, prompt: torch.Tensor | None = None, progress=None,
+            lpc: torch.Tensor | None = None) -> torch.Tensor:
+        """cond: (batch, C, T) the teacher's conditioning; prompt: (batch, P) known samples (model domain);
+        lpc: (batch, 1 + p, T) the linear predictor (`teacher.predictor`) (exactly when the teacher has them) -> (batch, T)."""
         if cond.shape[0] != self.batch or cond.device != self.device:
             raise ValueError(f"this sampler was built for batch {self.batch} on {self.device}, "
                              f"got {cond.shape[0]} on {cond.device}")
+        if (lpc is None) != (self.order == 0):
+            raise ValueError("pass lpc=teacher.predictor(mel) exactly when the teacher has linear prediction")
         self.cond, self.prompt = cond, prompt
+        self.lpc = lpc.to(self.lpc_buf.dtype) if lpc is not None else None
         try:
             if self.graph and self._graph is None:
                 self._capture()
@@ -173,12 +192,13 @@ class BlockSampler:
                 if progress is not None:
                     progress.update(m)
         finally:
-            self.cond = self.prompt = None  # not kept alive by the cache
+            self.cond = self.prompt = self.lpc = None  # not kept alive by the cache
         return audio
 
 
 def graph_generate(teacher: WaveNetTeacher, cond: torch.Tensor, temperature: float = 1.0, mode: str = "sample",
-                   prompt: torch.Tensor | None = None, progress=None, block: int = BLOCK) -> torch.Tensor:
+                   prompt: torch.Tensor | None = None, progress=None, block: int = BLOCK,
+                   lpc: torch.Tensor | None = None) -> torch.Tensor:
     """Sample with a `BlockSampler` kept per teacher and (batch, dtype, device, mode, temperature), so
     that repeated calls (an evaluation's batches, timed runs) reuse its buffers and captured graph. A
     sampler is rebuilt when any of the teacher's parameters was replaced or changed in place since
@@ -195,4 +215,4 @@ def graph_generate(teacher: WaveNetTeacher, cond: torch.Tensor, temperature: flo
             cache.pop(next(iter(cache)))  # the oldest
         entry = cache[key] = (weights, BlockSampler(teacher, cond.shape[0], cond.device, cond.dtype, temperature,
                                                     mode, block))
-    return entry[1].run(cond, prompt, progress)
+    return entry[1].run(cond, prompt, progress, lpc)

@@ -20,6 +20,16 @@ from teachers.wavenet import WaveNetTeacher
 
 
 @dataclass
+class LinearPredictionConfig:
+    """Linear prediction from the mel (`distill.lpc.MelLPC`); order 0 = off."""
+
+    order: int = 0  # predictor taps (LPCNet and LP-WaveNet: 16)
+    lag_window_hz: float = 60.0  # Gaussian lag window: smooths the envelope by about this bandwidth
+    white_noise: float = 1e-4  # white-noise correction of lag 0 (a -40 dB floor): conditioning
+    interpolate: bool = False  # False: hold each frame's coefficients over its hop; True: interpolate per sample
+
+
+@dataclass
 class TeacherModelConfig:
     """Constructor arguments of `WaveNetTeacher` (n_mels, hop_length and mel_context come from
     the features and data sections)."""
@@ -36,6 +46,7 @@ class TeacherModelConfig:
     upsample_scales: list[int] = field(default_factory=lambda: [16, 16])
     num_speakers: int = 0
     speaker_dim: int = 16
+    linear_prediction: LinearPredictionConfig = field(default_factory=LinearPredictionConfig)
 
 
 @dataclass
@@ -55,11 +66,21 @@ class TeacherConfig:
 
 
 def build_teacher(cfg: TeacherConfig) -> WaveNetTeacher:
+    feats = cfg.features
+    args = to_dict(cfg.model)
+    lp = args.pop("linear_prediction")
+    order = lp.pop("order")
+    linear_prediction = None
+    if order > 0:  # the predictor's own copy of the feature settings it inverts
+        linear_prediction = {"order": order, "sample_rate": feats.sample_rate, "n_fft": feats.n_fft,
+                             "win_length": feats.win_length, "f_min": feats.f_min, "f_max": feats.f_max, **lp}
     return WaveNetTeacher(
-        **to_dict(cfg.model),
-        n_mels=cfg.features.n_mels,
-        hop_length=cfg.features.hop_length,
+        **args,
+        n_mels=feats.n_mels,
+        hop_length=feats.hop_length,
         mel_context=cfg.data.mel_context,
+        preemphasis=feats.preemphasis,
+        linear_prediction=linear_prediction,
     )
 
 
@@ -74,9 +95,12 @@ class TeacherTask(Task):
         return build_teacher(self.config)
 
     def training_step(self, model, batch, step):
-        params = model(batch["audio"], batch["mel"])
+        teacher = unwrap(model)
+        y = teacher.to_model_domain(batch["audio"])  # the crop's first sample takes x_(-1) = 0
+        params = model(y, batch["mel"])
         # the likelihood is computed in float32 even under bf16 autocast
-        nll = -unwrap(model).dist.log_prob(params.float(), batch["audio"].float()).mean()
+        skip = teacher.crop_warmup()
+        nll = -teacher.dist.log_prob(params.float(), y.float())[:, skip:].mean()
         return {"loss": nll, "loss/nll": nll, "train/bits_per_sample": nll / math.log(2)}
 
     def flops_per_sample(self, model) -> float:
@@ -91,7 +115,10 @@ class TeacherTask(Task):
             item = valid_data[i]
             audio = item["audio"][None].to(device)
             mel = pad_mel(item["mel"], cfg.data.mel_context, silence)[None].to(device)
-            logp = model.dist.log_prob(model(audio, mel).float(), audio.float())
+            # float32 even when training runs under bf16 autocast: the NLL logged is the one that
+            # sampling and distillation (float32 teachers) see
+            with torch.autocast(device_type=device.type, enabled=False):
+                logp = model.log_prob(audio.float(), mel.float())
             total += float(-logp.sum())
             count += audio.numel()
         nll = total / max(count, 1)

@@ -1,8 +1,14 @@
-"""The autoregressive WaveNet teacher: p(x | c) = prod_t p(x_t | x_<t, c).
+"""The autoregressive WaveNet teacher: p(y | c) = prod_t p(y_t | y_<t, c).
 
-x: (B, T) float in [-1, 1]; mel: (B, n_mels, T / hop + 2 * mel_context) log-mel frames (with the
-context frames of `distill.data.SegmentDataset`). The stack sees the input shifted right by one
-sample, so the parameters at t depend on x_<t only (tested by perturbation and by gradients).
+y: (B, T) the signal the teacher models, in its *model domain*: the audio x itself, or with
+`preemphasis` a, y_t = x_t - a x_(t-1) (`to_model_domain` / `to_audio` convert; the map has a unit
+Jacobian, so log p(x) = log p(y) and NLLs compare across settings). mel: (B, n_mels, T / hop +
+2 * mel_context) log-mel frames of x (with the context frames of `distill.data.SegmentDataset`).
+The stack sees the input shifted right by one sample, so the parameters at t depend on y_<t only
+(tested by perturbation and by gradients). With `linear_prediction`, the network's law is in units
+of the expected residual g(t) and is mapped to the signal's: location = sum_k c_k(t) y_(t-k) +
+g(t) location_net, log scale = log g(t) + log scale_net, with c(t) and g(t) computed from the mel
+(`distill.lpc.MelLPC`); still causal, still differentiable in y.
 """
 
 from __future__ import annotations
@@ -10,8 +16,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distill.audio import deemphasis, preemphasis
 from distill.checkpoint import remember_args
 from distill.distributions import build_distribution
+from distill.errors import ConfigError
+from distill.lpc import MelLPC, lp_predict
 from distill.nn import MelUpsampler, WaveNetStack, shift_right
 
 
@@ -34,17 +43,32 @@ class WaveNetTeacher(nn.Module):
         upsample_scales: list | None = None,
         num_speakers: int = 0,
         speaker_dim: int = 16,
+        preemphasis: float = 0.0,
+        linear_prediction: dict | None = None,
     ):
         super().__init__()
         self.dist = build_distribution(distribution, **(distribution_args or {}))
         self.hop_length = hop_length
         self.mel_context = mel_context
+        self.preemphasis = preemphasis
+        self.lpc = None
+        if linear_prediction:  # the MelLPC arguments (order, sample_rate, n_fft, f_min, f_max, ...)
+            self.dist.location_slice()  # a head without a location (mu-law) is a one-line error here
+            try:
+                self.lpc = MelLPC(hop_length=hop_length, n_mels=n_mels, preemphasis=preemphasis, **linear_prediction)
+            except TypeError as err:
+                raise ConfigError(f"linear_prediction: {err}") from None
         self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context)
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
-        cond = n_mels + (speaker_dim if num_speakers > 0 else 0)
         self.stack = WaveNetStack(
-            1, self.dist.num_params, layers, cycle, kernel_size, residual_channels, gate_channels, skip_channels, cond
+            1, self.dist.num_params, layers, cycle, kernel_size, residual_channels, gate_channels, skip_channels,
+            n_mels + (speaker_dim if num_speakers > 0 else 0),
         )
+        if self.lpc is not None:
+            # start as the LP-only model (the network's law N(0, 1) in units of the expected residual)
+            # instead of a random law several residuals wide
+            nn.init.zeros_(self.stack.head[-1].weight)
+            nn.init.zeros_(self.stack.head[-1].bias)
 
     def receptive_field(self) -> int:
         """Past samples that p(x_t | x_<t) depends on: x_{t-R} .. x_{t-1}."""
@@ -60,14 +84,45 @@ class WaveNetTeacher(nn.Module):
             c = torch.cat([c, emb], dim=1)
         return c
 
-    def forward_cond(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced parameters. x: (B, T), cond: (B, C, T) -> params (B, P, T)."""
-        return self.stack(shift_right(x)[:, None, :], cond)
+    def predictor(self, mel: torch.Tensor) -> torch.Tensor | None:
+        """mel (B, n_mels, F + 2c) -> the linear predictor of every sample (B, 1 + p, F * hop) float32
+        (row 0 the log gain, rows 1.. the coefficients; `distill.lpc.MelLPC`), or None for a teacher
+        without linear prediction."""
+        if self.lpc is None:
+            return None
+        c = self.mel_context
+        return self.lpc(mel[..., c : mel.shape[-1] - c] if c else mel)
 
-    def forward(self, x: torch.Tensor, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T), mel: (B, n_mels, T / hop + 2c) -> params (B, P, T) of p(x_t | x_<t, c)."""
-        return self.forward_cond(x, self.conditioning(mel, speaker))
+    def crop_warmup(self) -> int:
+        """Leading samples of a training crop cut from inside an utterance whose law lacks the history
+        every other step has: the linear predictor's p taps and pre-emphasis's x_(-1). Their residual is
+        the signal itself, tens of expected residuals wide; the teacher's training loss leaves them out."""
+        return (self.lpc.order if self.lpc is not None else 0) + (1 if self.preemphasis else 0)
+
+    def to_model_domain(self, x: torch.Tensor) -> torch.Tensor:
+        """Audio (..., T) -> the signal the teacher models (pre-emphasised when `preemphasis` > 0)."""
+        return preemphasis(x, self.preemphasis)
+
+    def to_audio(self, y: torch.Tensor) -> torch.Tensor:
+        """The inverse of `to_model_domain` (de-emphasis)."""
+        return deemphasis(y, self.preemphasis)
+
+    def forward_cond(self, y: torch.Tensor, cond: torch.Tensor, lpc: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced parameters. y: (B, T), cond: (B, C, T), lpc: `predictor(mel)` -> params (B, P, T)."""
+        params = self.stack(shift_right(y)[:, None, :], cond)
+        if self.lpc is None:
+            return params
+        if lpc is None:
+            raise ValueError("this teacher uses linear prediction: pass lpc=teacher.predictor(mel)")
+        if params.dtype in (torch.bfloat16, torch.float16):
+            params = params.float()  # bf16 autocast output is too coarse for a location near sigma ~ 1e-3
+        return self.dist.affine(params, lp_predict(y.to(params.dtype), lpc[:, 1:]), lpc[:, 0])
+
+    def forward(self, y: torch.Tensor, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
+        """y: (B, T) in the model domain, mel: (B, n_mels, T / hop + 2c) -> params (B, P, T) of p(y_t | y_<t, c)."""
+        return self.forward_cond(y, self.conditioning(mel, speaker), self.predictor(mel))
 
     def log_prob(self, x: torch.Tensor, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) log p(x_t | x_<t, c) per sample, nats."""
-        return self.dist.log_prob(self.forward(x, mel, speaker), x)
+        """x: (B, T) audio -> (B, T) log p(x_t | x_<t, c) per sample, nats (= log p(y_t | y_<t, c))."""
+        y = self.to_model_domain(x)
+        return self.dist.log_prob(self.forward(y, mel, speaker), y)

@@ -134,3 +134,40 @@ def test_unknown_distribution_or_argument_is_a_config_error():
         build_distribution("laplace")
     with pytest.raises(ConfigError, match="distribution 'mulaw'"):
         build_distribution("mulaw", log_scale_min=-7)
+
+
+@pytest.mark.parametrize("dist", [Gaussian(), Logistic(), DiscretizedMixLogistic(num_components=3, num_bins=65536)],
+                         ids=["gaussian", "logistic", "mol"])
+def test_affine_is_the_law_of_offset_plus_gain_times_x(dist):
+    torch.manual_seed(0)
+    params = torch.randn(1, dist.num_params, 1, dtype=torch.float64) * 0.3
+    params[:, dist.scale_slice()] -= 4.0  # scales ~ e^-4, well above every floor
+    offset, log_gain = torch.tensor([[0.2]], dtype=torch.float64), torch.tensor([[-1.5]], dtype=torch.float64)
+    moved = dist.affine(params, offset, log_gain)
+    torch.manual_seed(1)
+    draws = torch.stack([dist.sample(params)[0, 0] for _ in range(4000)])
+    torch.manual_seed(1)
+    moved_draws = torch.stack([dist.sample(moved)[0, 0] for _ in range(4000)])
+    if dist.continuous:  # the same noise: exactly offset + g x, and the density changes by -log g
+        assert torch.allclose(moved_draws, 0.2 + math.exp(-1.5) * draws, atol=1e-12)
+        x = draws[:5].reshape(1, 5)
+        y = 0.2 + math.exp(-1.5) * x
+        lp_x = dist.log_prob(params.expand(-1, -1, 5), x)
+        assert torch.allclose(dist.log_prob(moved.expand(-1, -1, 5), y), lp_x + 1.5, atol=1e-9)
+    else:  # on the bin grid: the same up to one bin
+        assert (moved_draws - (0.2 + math.exp(-1.5) * draws)).abs().max() <= 2 * dist.bin_width
+    assert torch.equal(moved[:, : dist.location_slice().start], params[:, : dist.location_slice().start])
+
+
+def test_mulaw_has_no_location_for_linear_prediction():
+    with pytest.raises(ConfigError, match="no location"):
+        MuLawCategorical().affine(torch.zeros(1, 256, 1), torch.zeros(1, 1), torch.zeros(1, 1))
+
+
+def test_mol_at_temperature_zero_takes_the_most_likely_component_whatever_the_noise():
+    dist = DiscretizedMixLogistic(num_components=3, num_bins=65536)
+    params = params_of(*[torch.tensor([[v]]) for v in (0.0, 2.0, -1.0, -0.5, 0.3, 0.6, -3.0, -3.0, -3.0)])
+    for seed in range(20):
+        torch.manual_seed(seed)
+        u = torch.rand(1, 4, 1, dtype=torch.float64)
+        assert float(dist.draw(params, u, temperature=0.0)) == pytest.approx(float(dist.quantize(params[:, 4])))

@@ -26,12 +26,12 @@ def config(*extra: str, preset: str = "configs/student/clarinet_tiny.yaml") -> S
     return load_config(StudentConfig, preset, SMALL + list(extra))
 
 
-def save_teacher(path, distribution: str, args: dict | None = None) -> str:
+def save_teacher(path, distribution: str, args: dict | None = None, overrides: tuple = ()) -> str:
     from teachers.task import TeacherConfig, build_teacher
 
     cfg = load_config(TeacherConfig, "configs/teacher/gaussian_tiny.yaml",
                       ["model.layers=3", "model.cycle=3", "model.residual_channels=8", "model.gate_channels=8",
-                       "model.skip_channels=8", f"model.distribution={distribution}"])
+                       "model.skip_channels=8", f"model.distribution={distribution}", *overrides])
     cfg.model.distribution_args = args or {}
     teacher = build_teacher(cfg)
     atomic_save({"format": FORMAT, "version": VERSION, "task": "teacher", "step": 1, "model": teacher.state_dict(),
@@ -157,3 +157,59 @@ def test_contrastive_term_pushes_away_from_the_teacher_given_another_mel(monkeyp
     mismatched = gaussian_kl(out.mu_tot, out.log_s_tot, swapped[:, 0], swapped[:, 1]).mean()
     assert values["loss/contrastive"].item() == pytest.approx(-mismatched.item(), rel=1e-4)
     assert values["loss"].item() == pytest.approx((values["loss/kl"] - 0.3 * mismatched).item(), rel=1e-4)
+
+
+def _grad_norm(loss, params) -> float:
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return float(torch.sqrt(sum((g**2).sum() for g in grads if g is not None)))
+
+
+@pytest.mark.parametrize("preset", ["parallel_wavenet_tiny", "parallel_wavenet"])
+def test_the_power_loss_gradient_is_of_the_kls_order_at_initialisation(tmp_path, preset):
+    """The paper's raw power loss (summed squared power over bins) had ~300x the KL's gradient norm at
+    initialisation, so both presets optimised it instead of the KL."""
+    teacher = save_teacher(tmp_path / "mol.pt", "mol", {"num_components": 2, "num_bins": 65536, "log_scale_min": -7.0})
+    task = DistillTask(load_config(StudentConfig, f"configs/student/{preset}.yaml",
+                                   [f"teacher={teacher}", "loss.mc_samples=4", "data.segment_length=4096"]))
+    torch.manual_seed(0)
+    student = task.build_model()
+    values = task.training_step(student, _fixed_batch(task), 0)
+    params = [p for p in student.parameters() if p.requires_grad]
+    weights = task.config.loss.weights
+    kl = _grad_norm(weights["loss/kl"] * values["loss/kl"], params)
+    power = _grad_norm(weights["loss/power"] * values["loss/power"], params)
+    assert weights["loss/power"] > 0 and 0.05 < power / kl < 10, (power, kl)
+
+
+def test_the_closed_form_cross_entropy_minus_the_entropy_is_the_kl_beside_it(monkeypatch):
+    task = DistillTask(config())
+    student, batch, values, out = _step_with_known_noise(task, monkeypatch)
+    with torch.no_grad():
+        out.log_s_tot.fill_(-9.0)  # below the KL's clamp of -7: the case where they disagreed
+    terms = task.kl_terms(student, out, task.teacher(out.x.detach(), batch["mel"]))
+    assert torch.allclose(terms["cross_entropy"] - terms["entropy"], terms["kl"], atol=1e-5)
+
+
+def test_a_random_frozen_upsampler_is_a_config_error():
+    with pytest.raises(ConfigError, match="random mel upsampler"):
+        DistillTask(config("model.upsampler_from_teacher=false", "model.train_upsampler=false"))
+
+
+def test_a_preemphasised_lp_teacher_distils_in_its_domain_and_the_student_deemphasises(tmp_path, monkeypatch):
+    from distill.audio import deemphasis
+    from distill.errors import CheckpointError
+    from students.iaf import synthesize
+
+    lp = ("features.preemphasis=0.85", "model.linear_prediction.order=8")
+    teacher = save_teacher(tmp_path / "lp.pt", "gaussian", overrides=lp)
+    with pytest.raises(CheckpointError, match="preemphasis: 0.85 .* vs 0.0"):
+        DistillTask(config(f"teacher={teacher}"))  # a student config without the teacher's pre-emphasis
+    task = DistillTask(config(f"teacher={teacher}", "features.preemphasis=0.85", "loss.weights.loss/stft=1.0"))
+    student, batch, values, out = _step_with_known_noise(task, monkeypatch)
+    assert student.preemphasis == 0.85 and task.teacher.lpc is not None
+    assert all(torch.isfinite(values[k]) for k in ("loss/kl", "loss/stft"))
+    monkeypatch.undo()
+    mel = batch["mel"][:1]
+    z = torch.randn(1, (mel.shape[-1] - 2 * task.config.data.mel_context) * 256)
+    expected = deemphasis(student.flow(z, student.upsampler(mel)).x, 0.85).clamp(-1, 1)
+    assert torch.allclose(synthesize(student, mel, z=z, chunk=0), expected, atol=1e-5)

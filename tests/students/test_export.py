@@ -22,10 +22,11 @@ from students.iaf import synthesize  # noqa: E402
 from tests.students.test_iaf import tiny_student  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple:
+@pytest.fixture(scope="module", params=[0.0, 0.85], ids=["plain", "preemphasis"])
+def exported(tmp_path_factory, request) -> tuple:
+    """A student of a plain teacher, and of a pre-emphasised one (its graph ends before the de-emphasis)."""
     folder = tmp_path_factory.mktemp("onnx")
-    student = tiny_student().float()
+    student = tiny_student(preemphasis=request.param).float()
     atomic_save({"format": FORMAT, "version": VERSION, "task": "student", "step": 7, "model": student.state_dict(),
                  "ema": None, "model_class": "students.iaf:IAFStudent", "model_args": student.constructor_args,
                  "features": {}}, folder / "s.pt")
@@ -51,6 +52,7 @@ def test_onnx_output_equals_pytorch_for_the_same_noise_at_any_batch_and_length(e
         ours = synthesize(student, torch.from_numpy(mel), z=torch.from_numpy(z)).numpy()
         theirs = session.synthesize(mel, z)
         assert theirs.shape == ours.shape and np.abs(theirs - ours).max() < 1e-5
+    assert session.preemphasis == student.preemphasis
 
 
 def test_noise_has_the_students_law():

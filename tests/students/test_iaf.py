@@ -10,11 +10,11 @@ import torch
 from students.iaf import IAFStudent, synthesize
 
 
-def tiny_student(distribution="gaussian", flows=(3, 2), kernel_size=2, randomise=True):
+def tiny_student(distribution="gaussian", flows=(3, 2), kernel_size=2, randomise=True, preemphasis=0.0):
     torch.manual_seed(0)
     student = IAFStudent(distribution, list(flows), cycle=3, kernel_size=kernel_size, residual_channels=8,
                          gate_channels=8, skip_channels=8, n_mels=5, hop_length=4, mel_context=2,
-                         upsample_scales=[2, 2]).double()
+                         upsample_scales=[2, 2], preemphasis=preemphasis).double()
     if randomise:  # the zero-initialised heads would hide most of the dependence structure
         with torch.no_grad():
             for flow in student.flows:

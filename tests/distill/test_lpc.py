@@ -1,0 +1,96 @@
+"""Linear prediction from the mel and pre-emphasis: the math the LP-WaveNet teacher relies on."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+
+from distill.audio import LogMel, deemphasis, preemphasis
+from distill.config import FeatureConfig
+from distill.lpc import MelLPC, levinson, lp_predict, reflection_to_lpc
+
+
+def ar_process(coeffs, seconds=4.0, sigma=0.01, seed=0) -> torch.Tensor:
+    """x_t = sum_k coeffs[k-1] x_(t-k) + sigma e_t, e ~ N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    e = sigma * rng.standard_normal(int(16000 * seconds))
+    return torch.from_numpy(scipy.signal.lfilter([1.0], np.r_[1.0, -np.asarray(coeffs)], e)).float()
+
+
+def all_pole(poles) -> list[float]:
+    """Prediction coefficients of the all-pole filter with these (radius, Hz) conjugate pole pairs."""
+    roots = [r * np.exp(s * 2j * np.pi * f / 16000) for r, f in poles for s in (1, -1)]
+    return list(-np.real(np.poly(roots))[1:])
+
+
+def test_levinson_solves_the_normal_equations_and_steps_back_up():
+    coeffs = all_pole([(0.9, 500), (0.8, 2500)])
+    x = ar_process(coeffs, seconds=8).double()
+    n = x.numel()
+    r = torch.stack([(x[: n - k] * x[k:]).sum() / n for k in range(5)])
+    c, k, err = levinson(r[None], 4)
+    toeplitz = torch.tensor([[float(r[abs(i - j)]) for j in range(4)] for i in range(4)], dtype=torch.float64)
+    assert torch.allclose(toeplitz @ c[0], r[1:], rtol=1e-10)  # the Yule-Walker equations
+    assert torch.allclose(c[0], torch.tensor(coeffs, dtype=torch.float64), atol=0.02)  # the process itself
+    assert float(err[0]) == pytest.approx(float(r[0] - (c[0] * r[1:]).sum()), rel=1e-10)
+    assert (k.abs() < 1).all() and torch.allclose(reflection_to_lpc(k), c, atol=1e-12)
+
+
+@pytest.mark.parametrize("preemph", [0.0, 0.85])
+def test_the_lpc_of_an_all_pole_process_is_recovered_from_its_mel_alone(preemph):
+    feats = FeatureConfig()
+    coeffs = all_pole([(0.95, 400), (0.9, 1800)])
+    x = ar_process(coeffs, sigma=0.01)
+    mel = LogMel(feats)(x)[None]
+    # no white-noise correction: its -40 dB floor (the default, for conditioning) flattens a process whose
+    # spectrum spans more than 40 dB, as this one does
+    lpc = MelLPC(order=4, preemphasis=preemph, white_noise=0.0)
+    rows = lpc(mel)  # (1, 5, T)
+    assert rows.shape == (1, 5, mel.shape[-1] * 256)
+    middle = rows[0, :, 4096:-4096]
+    if preemph == 0:  # the envelope of an order-4 process is order 4: the true coefficients
+        assert torch.allclose(middle[1:].mean(-1), torch.tensor(coeffs, dtype=torch.float32), atol=0.05), middle[1:].mean(-1)
+    y = preemphasis(x, preemph)[None]
+    residual = (y - lp_predict(y, rows[:, 1:]))[0, 4096:-4096]
+    # the predictor whitens: the residual is close to the innovation (std 0.01), far below the signal's
+    assert float(residual.std()) < 1.3 * 0.01 < 0.2 * float(y[0, 4096:-4096].std())
+    # and the gain read from the mel predicts the residual's size to within ~25%
+    assert float(torch.exp(middle[0]).mean()) == pytest.approx(float(residual.std()), rel=0.25)
+
+
+def test_silence_and_real_speech_give_stable_finite_predictors():
+    feats = FeatureConfig()
+    lpc = MelLPC(order=16, preemphasis=0.85)
+    silence = torch.full((1, 80, 5), math.log(feats.log_floor))
+    speech = LogMel(feats)(ar_process(all_pole([(0.97, 300), (0.9, 1200), (0.8, 3000)]), seconds=1))[None]
+    for mel in (silence, speech, torch.cat([silence, speech], dim=-1)):
+        k, log_gain = lpc.frame_analysis(mel)
+        assert (k.abs() < 1).all() and torch.isfinite(log_gain).all()  # every frame's synthesis filter is stable
+        assert torch.isfinite(lpc(mel)).all()
+
+
+def test_interpolated_coefficients_equal_held_ones_for_a_steady_mel_and_stay_stable():
+    mel = LogMel(FeatureConfig())(ar_process(all_pole([(0.9, 700)]), seconds=1))[None]
+    steady = mel[..., 10:11].expand(-1, -1, 6)
+    held, interpolated = MelLPC(order=8), MelLPC(order=8, interpolate=True)
+    assert torch.allclose(held(steady), interpolated(steady), atol=1e-6)
+    varying = interpolated(mel)
+    assert varying.shape == held(mel).shape and torch.isfinite(varying).all()
+
+
+def test_preemphasis_is_inverted_exactly_with_a_unit_jacobian_and_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 500, dtype=torch.float64)
+    assert torch.allclose(deemphasis(preemphasis(x, 0.85), 0.85), x, atol=1e-12)
+    assert torch.allclose(preemphasis(deemphasis(x, 0.85), 0.85), x, atol=1e-12)
+    short = torch.randn(6, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: preemphasis(v, 0.85), short)
+    assert torch.allclose(torch.tril(jac), jac) and float(torch.linalg.det(jac)) == pytest.approx(1.0)
+    y = torch.randn(1, 50, dtype=torch.float64, requires_grad=True)
+    deemphasis(y, 0.85)[0, -1].backward()  # x_T depends on every y_t with weight a^(T - t)
+    assert torch.allclose(y.grad[0], 0.85 ** torch.arange(49, -1, -1, dtype=torch.float64), atol=1e-12)
+    assert preemphasis(x, 0.0) is x and deemphasis(x, 0.0) is x
