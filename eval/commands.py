@@ -39,7 +39,9 @@ def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seco
                    help="the teacher's AR sampler: incremental (PyTorch, any head and device), graph (the same "
                         "replayed as CUDA graphs), fast (C loop; CPU, any head); auto = graph on CUDA, "
                         "incremental on a CPU")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature of the teacher and students (default: the teacher's own synthesis "
+                        "temperature, its config's valid.temperature; 1.0 for teachers without one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=out, help="folder for report.json/md/html, wavs/, images/, tensorboard/")
 
@@ -67,6 +69,8 @@ def run_eval(args, students: list[str]) -> dict:
         raise ConfigError(f"--teacher-sampler fast is the CPU loop; with --device {device} use --teacher-sampler graph")
     teacher_path = Path(args.teacher) if args.teacher else demo_teacher_path()
     teacher, payload = load_teacher(teacher_path, device=device)
+    if args.temperature is None:  # the temperature its trainer documented for it
+        args.temperature = float(payload.get("config", {}).get("valid", {}).get("temperature", 1.0))
     features = FeatureConfig(**payload["features"])
     teacher_sha = file_sha256(teacher_path)
     loaded, student_info = {}, {}

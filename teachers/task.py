@@ -53,7 +53,7 @@ class TeacherModelConfig:
 class TeacherValidConfig:
     max_utterances: int = 4  # validation NLL over the first N validation utterances
     sample_seconds: float = 1.0  # length of the clip synthesised (incremental AR) at each validation; 0 = none
-    temperature: float = 1.0  # sampling temperature of that clip
+    temperature: float = 1.0  # the teacher's synthesis temperature: that clip's, and `wavedistill eval`'s default
 
 
 @dataclass

@@ -67,8 +67,13 @@ class WaveNetTeacher(nn.Module):
         if self.lpc is not None:
             # start as the LP-only model (the network's law N(0, 1) in units of the expected residual)
             # instead of a random law several residuals wide
-            nn.init.zeros_(self.stack.head[-1].weight)
-            nn.init.zeros_(self.stack.head[-1].bias)
+            last = self.stack.head[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            loc = self.dist.location_slice()
+            if loc.stop - loc.start > 1:  # a mixture: identical components would get identical gradients forever
+                with torch.no_grad():
+                    last.bias[loc] = torch.linspace(-1.0, 1.0, loc.stop - loc.start)
 
     def receptive_field(self) -> int:
         """Past samples that p(x_t | x_<t) depends on: x_{t-R} .. x_{t-1}."""

@@ -31,7 +31,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eval")
-    teacher = save_teacher(root / "teacher.pt", "gaussian")
+    teacher = save_teacher(root / "teacher.pt", "gaussian", overrides=("valid.temperature=0.8",))
     result = cli("distill", "--teacher", teacher, "--out", str(root / "student_run"), "--steps", "2", *SMALL)
     assert result.returncode == 0, result.stderr
     result = cli("eval", "--teacher", teacher, "--student", str(root / "student_run"), "--max-utterances", "2",
@@ -69,6 +69,7 @@ def test_the_report_holds_every_system_with_scores_and_timings(report_dir):
     assert systems["student_run"]["speedup_over_teacher"] > 1  # parallel beats autoregressive
     settings = report["settings"]
     assert settings["utterances"] == 2 and settings["students"]["student_run"]["teacher_matches"]
+    assert settings["temperature"] == 0.8  # no --temperature: the teacher's own synthesis temperature
     assert report["versions"]["torch"] == str(torch.__version__)
     assert len(list((report_dir / "wavs").glob("*.wav"))) == 8 and len(list((report_dir / "images").glob("*.png"))) == 8
 

@@ -135,3 +135,10 @@ def test_linear_prediction_needs_a_head_with_a_location_and_the_crop_warmup_coun
         small_teacher("mulaw", linear_prediction=LP)
     assert lp_teacher(preemphasis=0.85).crop_warmup() == LP["order"] + 1
     assert small_teacher().crop_warmup() == 0
+
+
+def test_an_lp_mixture_starts_with_distinct_components():
+    model = small_teacher("mol", {"num_components": 3, "num_bins": 65536}, linear_prediction=LP)
+    y, mel = lp_inputs()
+    _, mu, _ = model.dist.unpack(model(y, mel))
+    assert (mu[:, 0] < mu[:, 1]).all() and (mu[:, 1] < mu[:, 2]).all()  # symmetry broken from the start
