@@ -49,7 +49,7 @@ def _step_params(teacher: WaveNetTeacher, params: torch.Tensor, audio: torch.Ten
 @torch.inference_mode()
 def incremental_forward(teacher: WaveNetTeacher, y: torch.Tensor, cond: torch.Tensor,
                         lpc: torch.Tensor | None = None) -> torch.Tensor:
-    """Teacher-forced parameters computed step by step. y: (B, T), cond: (B, C, T), lpc: (B, p, T) or
+    """Teacher-forced parameters computed step by step. y: (B, T), cond: (B, C, T), lpc: (B, 1 + p, T) or
     None -> (B, P, T).
 
     Must equal `teacher.forward_cond(y, cond, lpc)`; this is what the incremental path is tested with.
