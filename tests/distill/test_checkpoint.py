@@ -154,3 +154,15 @@ def test_feature_mismatch_names_both_values():
     with pytest.raises(CheckpointError, match=r"hop_length: 256 in teacher.pt vs 200 in the data"):
         check_features({"hop_length": 256, "n_mels": 80}, {"hop_length": 200, "n_mels": 80}, "teacher.pt", "the data")
     check_features({"n_mels": 80}, {"n_mels": 80}, "a", "b")
+
+
+def test_a_checkpoint_written_before_preemphasis_existed_reads_as_preemphasis_zero(tmp_path):
+    from distill.config import FeatureConfig, to_dict
+
+    old = to_dict(FeatureConfig())
+    del old["preemphasis"]  # what checkpoints before the key held
+    atomic_save(payload(features=old), tmp_path / "old.pt")
+    features = load_checkpoint(tmp_path / "old.pt")["features"]
+    check_features(features, to_dict(FeatureConfig()), "old.pt", "the config")  # the same settings
+    with pytest.raises(CheckpointError, match=r"preemphasis: 0.0 in old.pt vs 0.85 in the config"):
+        check_features(features, to_dict(FeatureConfig(preemphasis=0.85)), "old.pt", "the config")
