@@ -150,7 +150,10 @@ def deemphasis(y: torch.Tensor, a: float) -> torch.Tensor:
     one = torch.ones((), dtype=flat.dtype, device=flat.device)
     b = torch.stack([one, torch.zeros_like(one)])
     den = torch.stack([one, -a * one])
-    return torchaudio.functional.lfilter(flat, den, b, clamp=False).reshape(shape).to(dtype)
+    # outside autocast: lfilter's FIR step is a conv1d that autocast would hand its IIR loop in bf16,
+    # which that loop (float32/float64 only) refuses
+    with torch.autocast(device_type=flat.device.type, enabled=False):
+        return torchaudio.functional.lfilter(flat, den, b, clamp=False).reshape(shape).to(dtype)
 
 
 def pad_mel(mel: torch.Tensor, context: int, value: float) -> torch.Tensor:

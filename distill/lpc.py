@@ -148,9 +148,8 @@ class MelLPC(nn.Module):
                 lo = pos.floor().long().clamp(max=frames - 2)
                 w = (pos - lo)[None, :, None]
                 rows = rows[:, lo] * (1 - w) + rows[:, lo + 1] * w  # (B, T, 1 + p)
-                out = torch.cat([rows[..., :1], reflection_to_lpc(rows[..., 1:])], dim=-1)
-            else:  # held over each hop block
-                out = torch.cat([rows[..., :1], reflection_to_lpc(rows[..., 1:])], dim=-1)
+            out = torch.cat([rows[..., :1], reflection_to_lpc(rows[..., 1:])], dim=-1)
+            if not (self.interpolate and frames > 1):  # held over each hop block
                 out = out.repeat_interleave(self.hop, dim=1)
             return out.transpose(1, 2).float().contiguous()  # (B, 1 + p, T)
 

@@ -40,8 +40,9 @@ def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seco
                         "replayed as CUDA graphs), fast (C loop; CPU, any head); auto = graph on CUDA, "
                         "incremental on a CPU")
     p.add_argument("--temperature", type=float, default=None,
-                   help="sampling temperature of the teacher and students (default: the teacher's own synthesis "
-                        "temperature, its config's valid.temperature; 1.0 for teachers without one)")
+                   help="sampling temperature of the teacher and students (default: the teacher at its own "
+                        "synthesis temperature, its config's valid.temperature, and the students at 1, the "
+                        "temperature they are distilled at)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=out, help="folder for report.json/md/html, wavs/, images/, tensorboard/")
 
@@ -69,6 +70,7 @@ def run_eval(args, students: list[str]) -> dict:
         raise ConfigError(f"--teacher-sampler fast is the CPU loop; with --device {device} use --teacher-sampler graph")
     teacher_path = Path(args.teacher) if args.teacher else demo_teacher_path()
     teacher, payload = load_teacher(teacher_path, device=device)
+    student_temperature = 1.0 if args.temperature is None else args.temperature
     if args.temperature is None:  # the temperature its trainer documented for it
         args.temperature = float(payload.get("config", {}).get("valid", {}).get("temperature", 1.0))
     features = FeatureConfig(**payload["features"])
@@ -88,7 +90,8 @@ def run_eval(args, students: list[str]) -> dict:
     settings = EvalSettings(
         pesq_modes=("wb", "nb") if args.pesq_nb else ("wb",), teacher_batch=args.teacher_batch,
         teacher_sampler=args.teacher_sampler,
-        temperature=args.temperature, seed=args.seed, rtf_seconds=args.rtf_seconds, rtf_runs=args.rtf_runs,
+        temperature=args.temperature, student_temperature=student_temperature, seed=args.seed,
+        rtf_seconds=args.rtf_seconds, rtf_runs=args.rtf_runs,
         autocast_dtype=args.student_dtype, student_compile=args.student_compile,
     )
     log.info("evaluating %d utterance(s) (%.1f s) on %s", len(clips),
@@ -106,7 +109,7 @@ def run_eval(args, students: list[str]) -> dict:
             "pesq_modes": list(settings.pesq_modes), "student_dtype": args.student_dtype,
             "student_compile": args.student_compile,
             "teacher_sampler": args.teacher_sampler,
-            "temperature": args.temperature, "seed": args.seed,
+            "temperature": args.temperature, "student_temperature": student_temperature, "seed": args.seed,
             "rtf_seconds": args.rtf_seconds, "rtf_runs": args.rtf_runs, "rtf_warmup": settings.rtf_warmup,
             "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
             "features": payload["features"],

@@ -46,7 +46,8 @@ class EvalSettings:
     pesq_modes: tuple = ("wb",)
     teacher_batch: int = 16  # utterances the teacher samples together
     teacher_sampler: str = "incremental"  # "graph" (CUDA graphs on a GPU) or "fast" (the C loop on a CPU)
-    temperature: float = 1.0
+    temperature: float = 1.0  # the teacher's
+    student_temperature: float = 1.0  # the students' noise scale (they are distilled at 1)
     seed: int = 0
     rtf_seconds: float = 1.0  # length of the timing clip (0 = the whole first clip)
     rtf_runs: int = 5
@@ -206,7 +207,7 @@ def evaluate(
     run(TEACHER, lambda cs: teacher_synthesis(teacher, cs, features, device, settings.teacher_batch,
                                               settings.temperature, False, settings.teacher_sampler))
     for name, student in students.items():
-        run(name, lambda cs, s=student: student_synthesis(s, cs, features, device, settings.temperature,
+        run(name, lambda cs, s=student: student_synthesis(s, cs, features, device, settings.student_temperature,
                                                           settings.autocast_dtype, settings.student_compile),
             settings.autocast_dtype + (" compiled" if settings.student_compile else ""),
             # a compiled student meets the probe's shape for the first time: compiling, and under

@@ -4,8 +4,9 @@ The exported graph is the whole parallel synthesis: (z (B, T), mel (B, n_mels, F
 (B, T) in [-1, 1] with T = F * hop, batch and length dynamic. The caller draws z (N(0, 1) for a
 ClariNet student, Logistic(0, 1) for a Parallel WaveNet one; `noise()` does it with numpy), so the
 same noise gives the same audio in PyTorch and in onnxruntime (tested). A student of a pre-emphasised
-teacher: the graph ends at the flows' output, the file's metadata records `preemphasis`, and
-`OnnxStudent` de-emphasises (an IIR filter, scipy) and clips.
+teacher: the graph ends at the flows' output, which is still pre-emphasised, the file's metadata
+records `preemphasis` (a), and `OnnxStudent` de-emphasises (x_t = y_t + a x_(t-1), scipy) and clips;
+another runtime must apply the same filter.
 """
 
 from __future__ import annotations

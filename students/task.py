@@ -122,9 +122,10 @@ class DistillTask(Task):
         if method == "closed_form" and not gaussian_pair:
             raise ConfigError("loss.kl_method=closed_form needs a Gaussian teacher and a Gaussian student; use monte_carlo")
         self.closed_form = gaussian_pair if method == "auto" else method == "closed_form"
-        if not config.model.upsampler_from_teacher and not config.model.train_upsampler:
+        if (not config.model.upsampler_from_teacher and not config.model.train_upsampler
+                and payload["model_args"].get("upsample") == "transposed"):  # stretch starts as a moving average
             raise ConfigError("model.upsampler_from_teacher=false with model.train_upsampler=false would freeze a "
-                              "random mel upsampler; set one of them to true")
+                              "randomly initialised (transposed) mel upsampler; set one of them to true")
         if config.loss.weights["loss/kl_reg"] > 0 and not gaussian_pair:
             raise ConfigError("loss/kl_reg (ClariNet's log-scale regulariser) needs Gaussian teacher and student; set its weight to 0")
         self.logmel = LogMel(config.features)
@@ -153,9 +154,14 @@ class DistillTask(Task):
         return 6 * sum(f.macs_per_sample() for f in flows) + 4 * self.teacher.stack.macs_per_sample()
 
     # ------------------------------------------------------------------ the objective
-    def kl_terms(self, student: IAFStudent, out: StudentOutput, teacher_params: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-step KL (B, T), the student's entropy and the cross-entropy, and the regulariser."""
+    def kl_terms(self, student: IAFStudent, out: StudentOutput, teacher_params: torch.Tensor,
+                 skip: int = 0) -> dict[str, torch.Tensor]:
+        """Per-step KL (B, T - skip), the student's entropy and the cross-entropy, and the regulariser,
+        from step `skip` on."""
         lsm = self.config.loss.log_scale_min
+        if skip:
+            teacher_params = teacher_params[..., skip:]
+            out = StudentOutput(out.x[:, skip:], out.mu_tot[:, skip:], out.log_s_tot[:, skip:])
         if self.closed_form:
             mu_p, log_s_p = teacher_params[:, 0], teacher_params[:, 1]
             kl = gaussian_kl(out.mu_tot, out.log_s_tot, mu_p, log_s_p, lsm)
@@ -177,7 +183,9 @@ class DistillTask(Task):
         with torch.autocast(device_type=audio.device.type, enabled=False):
             # float32 from here: bf16 rounding of mu would add (d mu)^2 / 2 s^2 to a KL whose scales reach e^-7
             teacher_params = self.teacher(out.x.float(), mel.float())  # teacher-forced on the student's sample
-            terms = self.kl_terms(student, out, teacher_params)
+            # a crop cut from inside an utterance: its first steps have a law the teacher never learned
+            # (its linear predictor lacks their history; the teacher's own loss leaves them out too)
+            terms = self.kl_terms(student, out, teacher_params, self.teacher.crop_warmup())
         values = {
             "loss/kl": terms["kl"].mean(),
             "loss/kl_reg": terms["reg"].mean(),
@@ -194,7 +202,8 @@ class DistillTask(Task):
             # Parallel WaveNet: push away from the teacher given another item's mel (gamma = the weight)
             other = torch.roll(torch.arange(audio.shape[0], device=audio.device), 1)
             with torch.autocast(device_type=audio.device.type, enabled=False):
-                mismatched = self.kl_terms(student, out, self.teacher(out.x.float(), mel[other].float()))["kl"].mean()
+                mismatched = self.kl_terms(student, out, self.teacher(out.x.float(), mel[other].float()),
+                                           self.teacher.crop_warmup())["kl"].mean()
             values["loss/contrastive"] = -mismatched
         total = sum(weights[k] * v for k, v in values.items() if k in weights)
         for k, log_s in enumerate(out.flow_log_scales):

@@ -23,7 +23,8 @@ from teachers.wavenet import WaveNetTeacher
 
 
 def _draw(teacher: WaveNetTeacher, params: torch.Tensor, mode: str, temperature: float) -> torch.Tensor:
-    """params (B, P, 1) -> (B, 1)."""
+    """params (B, P, 1) -> (B, 1), clamped to [-1, 1] in the model domain (every sampler does the same;
+    a pre-emphasised signal could reach 1 + a, which speech at sane levels does not come near)."""
     if mode == "mean":
         return teacher.dist.mean(params).clamp(-1, 1)
     if mode != "sample":

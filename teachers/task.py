@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from distill.audio import LogMel, pad_mel
 from distill.config import DataConfig, FeatureConfig, TrainConfig, to_dict
 from distill.distributed import unwrap
+from distill.errors import ConfigError
 from distill.logger import RunLogger
 from distill.plots import mel_figure
 from distill.task import Task
@@ -27,6 +28,10 @@ class LinearPredictionConfig:
     lag_window_hz: float = 60.0  # Gaussian lag window: smooths the envelope by about this bandwidth
     white_noise: float = 1e-4  # white-noise correction of lag 0 (a -40 dB floor): conditioning
     interpolate: bool = False  # False: hold each frame's coefficients over its hop; True: interpolate per sample
+
+    def __post_init__(self) -> None:
+        if self.order < 0:
+            raise ConfigError(f"model.linear_prediction.order must be >= 0 (0 = off), got {self.order}")
 
 
 @dataclass

@@ -76,7 +76,8 @@ class WaveNetTeacher(nn.Module):
                     last.bias[loc] = torch.linspace(-1.0, 1.0, loc.stop - loc.start)
 
     def receptive_field(self) -> int:
-        """Past samples that p(x_t | x_<t) depends on: x_{t-R} .. x_{t-1}."""
+        """Past samples that the network's output at t depends on: y_{t-R} .. y_{t-1}. (With linear
+        prediction the law also reaches p samples back: max(R, p) in all.)"""
         return self.stack.receptive_field()
 
     def conditioning(self, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:

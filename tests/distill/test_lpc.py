@@ -73,6 +73,25 @@ def test_silence_and_real_speech_give_stable_finite_predictors():
         assert torch.isfinite(lpc(mel)).all()
 
 
+def test_frame_i_conditions_exactly_samples_i_hop_to_i_plus_one_hop():
+    """Two different envelopes side by side: the held rows switch exactly at the frame's hop block."""
+    feats = FeatureConfig()
+    a = LogMel(feats)(ar_process(all_pole([(0.95, 400)]), seconds=0.5))[None]
+    b = LogMel(feats)(ar_process(all_pole([(0.9, 2500)]), seconds=0.5, seed=1))[None]
+    mel = torch.cat([a[..., 5:8], b[..., 5:8], a[..., 5:7]], dim=-1)  # 8 frames with changes at frames 3 and 6
+    lpc = MelLPC(order=6)
+    rows = lpc(mel)[0]  # (7, 8 * 256)
+    per_frame = lpc.frame_coefficients(mel)[0].float()  # (8, 6)
+    for i in range(mel.shape[-1]):
+        block = rows[1:, i * 256 : (i + 1) * 256]
+        assert torch.allclose(block, per_frame[i][:, None].expand_as(block), atol=1e-6), i
+    assert not torch.allclose(per_frame[2], per_frame[3], atol=0.1)  # the test can see a one-frame shift
+    smooth = MelLPC(order=6, interpolate=True)(mel)[0]
+    # interpolated: half-way between frame centres 2 and 3 (samples 767.5 | 768) the law is the mean of the two
+    assert torch.allclose(smooth[0, 767:769].mean(), (rows[0, 767] + rows[0, 768]) / 2, atol=1e-4)
+    assert torch.allclose(smooth[0, 640], rows[0, 640], atol=0.02)  # near a frame centre: that frame's gain
+
+
 def test_interpolated_coefficients_equal_held_ones_for_a_steady_mel_and_stay_stable():
     mel = LogMel(FeatureConfig())(ar_process(all_pole([(0.9, 700)]), seconds=1))[None]
     steady = mel[..., 10:11].expand(-1, -1, 6)
@@ -94,3 +113,11 @@ def test_preemphasis_is_inverted_exactly_with_a_unit_jacobian_and_gradients():
     deemphasis(y, 0.85)[0, -1].backward()  # x_T depends on every y_t with weight a^(T - t)
     assert torch.allclose(y.grad[0], 0.85 ** torch.arange(49, -1, -1, dtype=torch.float64), atol=1e-12)
     assert preemphasis(x, 0.0) is x and deemphasis(x, 0.0) is x
+
+
+def test_deemphasis_runs_in_float32_under_bf16_autocast():
+    """Distillation de-emphasises the student's sample inside the trainer's autocast region."""
+    y = torch.randn(2, 300)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = deemphasis(y, 0.85)
+    assert x.dtype == torch.float32 and torch.allclose(x, deemphasis(y, 0.85))

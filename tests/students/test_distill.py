@@ -181,18 +181,27 @@ def test_the_power_loss_gradient_is_of_the_kls_order_at_initialisation(tmp_path,
     assert weights["loss/power"] > 0 and 0.05 < power / kl < 10, (power, kl)
 
 
-def test_the_closed_form_cross_entropy_minus_the_entropy_is_the_kl_beside_it(monkeypatch):
+def test_the_logged_cross_entropy_is_the_gaussian_cross_entropy_and_minus_the_entropy_the_kl(monkeypatch):
     task = DistillTask(config())
     student, batch, values, out = _step_with_known_noise(task, monkeypatch)
     with torch.no_grad():
-        out.log_s_tot.fill_(-9.0)  # below the KL's clamp of -7: the case where they disagreed
-    terms = task.kl_terms(student, out, task.teacher(out.x.detach(), batch["mel"]))
-    assert torch.allclose(terms["cross_entropy"] - terms["entropy"], terms["kl"], atol=1e-5)
+        out.log_s_tot[:, ::2] = -9.0  # below the KL's clamp of -7 on every other step: where they disagreed
+    params = task.teacher(out.x.detach(), batch["mel"])
+    terms = task.kl_terms(student, out, params)
+    # H(q, p) = log s_p + log(2 pi) / 2 + (s_q^2 + (mu_q - mu_p)^2) / (2 s_p^2), both scales clamped at -7
+    log_s_q, log_s_p = out.log_s_tot.clamp(min=-7.0), params[:, 1].clamp(min=-7.0)
+    cross = log_s_p + 0.5 * math.log(2 * math.pi) + (
+        torch.exp(2 * log_s_q) + (out.mu_tot - params[:, 0]) ** 2) / (2 * torch.exp(2 * log_s_p))
+    assert torch.allclose(terms["cross_entropy"], cross, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(terms["cross_entropy"] - terms["entropy"], terms["kl"], atol=1e-4)
 
 
-def test_a_random_frozen_upsampler_is_a_config_error():
-    with pytest.raises(ConfigError, match="random mel upsampler"):
-        DistillTask(config("model.upsampler_from_teacher=false", "model.train_upsampler=false"))
+def test_a_random_frozen_upsampler_is_a_config_error(tmp_path):
+    frozen = ("model.upsampler_from_teacher=false", "model.train_upsampler=false")
+    teacher = save_teacher(tmp_path / "t.pt", "gaussian", overrides=("model.upsample=transposed",))
+    with pytest.raises(ConfigError, match="randomly initialised .* upsampler"):
+        DistillTask(config(f"teacher={teacher}", *frozen))
+    DistillTask(config(*frozen))  # the shipped teacher's stretch upsampler starts as a moving average: allowed
 
 
 def test_a_preemphasised_lp_teacher_distils_in_its_domain_and_the_student_deemphasises(tmp_path, monkeypatch):
