@@ -20,7 +20,10 @@ def _train_teacher(args) -> int:
 def add_export_teacher(sub) -> None:
     p = sub.add_parser("export-teacher", help="write the slim, self-describing teacher (EMA weights) of a run")
     p.add_argument("--run", required=True, help="a teacher run folder or one of its checkpoints")
-    p.add_argument("--out", required=True, help="output .pt file (e.g. teachers/pretrained/demo_gaussian_tiny.pt)")
+    p.add_argument("--out", required=True, help="output .pt file (e.g. teachers/pretrained/demo_gaussian_lp_tiny.pt)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="record this as the teacher's synthesis temperature (its config's valid.temperature, "
+                        "`wavedistill eval`'s default for it); default: keep the run's")
     p.set_defaults(func=_export_teacher)
 
 
@@ -29,5 +32,5 @@ def _export_teacher(args) -> int:
 
     from teachers.pretrained import export_teacher
 
-    print(json.dumps(export_teacher(args.run, args.out), indent=2))
+    print(json.dumps(export_teacher(args.run, args.out, args.temperature), indent=2))
     return 0

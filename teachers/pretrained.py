@@ -17,7 +17,7 @@ from distill.config import FeatureConfig, to_dict
 from distill.errors import CheckpointError
 from teachers.wavenet import WaveNetTeacher
 
-DEMO_TEACHER_NAME = "demo_gaussian_tiny.pt"
+DEMO_TEACHER_NAME = "demo_gaussian_lp_tiny.pt"
 
 
 def demo_teacher_path() -> Path:
@@ -50,11 +50,17 @@ def load_teacher(
     return load_model(path, "teacher", WaveNetTeacher, features, device)
 
 
-def export_teacher(source: str | Path, out: str | Path) -> dict:
-    """Write the slim, self-describing form of a teacher run's latest (or given) checkpoint."""
+def export_teacher(source: str | Path, out: str | Path, temperature: float | None = None) -> dict:
+    """Write the slim, self-describing form of a teacher run's latest (or given) checkpoint.
+    temperature: record it as the teacher's synthesis temperature (config valid.temperature)."""
     payload = load_checkpoint(source)
     if payload.get("task") != "teacher":
         raise CheckpointError(f"{source}: is a '{payload.get('task')}' checkpoint, not a teacher")
+    if temperature is not None:
+        if not temperature >= 0:
+            raise CheckpointError(f"--temperature must be >= 0, got {temperature}")
+        config = payload["config"]
+        payload["config"] = {**config, "valid": {**config.get("valid", {}), "temperature": float(temperature)}}
     weights = payload["ema"]["model"] if payload.get("ema") else payload["model"]
     batch = payload["config"]["train"]["batch_size"] * payload.get("world_size", 1)
     segment = payload["config"]["data"]["segment_length"]
@@ -77,4 +83,5 @@ def export_teacher(source: str | Path, out: str | Path) -> dict:
         "versions": payload.get("versions", {}),
     }
     atomic_save(slim, out)
-    return {"path": str(out), "step": slim["step"], "bytes": Path(out).stat().st_size}
+    return {"path": str(out), "step": slim["step"], "bytes": Path(out).stat().st_size,
+            "temperature": slim["config"].get("valid", {}).get("temperature")}

@@ -57,6 +57,9 @@ def test_export_and_load_a_teacher(teacher_run, tmp_path):
     full = load_checkpoint(teacher_run)
     assert torch.equal(teacher.stack.input.weight, full["ema"]["model"]["stack.input.weight"])  # EMA weights
     assert not teacher.training
+    assert payload["config"]["valid"]["temperature"] == full["config"]["valid"]["temperature"]  # the run's
+    assert export_teacher(teacher_run, tmp_path / "t07.pt", temperature=0.7)["temperature"] == 0.7
+    assert load_checkpoint(tmp_path / "t07.pt")["config"]["valid"]["temperature"] == 0.7  # eval's default for it
 
 
 def test_loading_a_teacher_for_other_features_names_both_values(teacher_run, tmp_path):
@@ -77,7 +80,9 @@ def test_the_shipped_demo_teacher_loads_for_the_demo_features():
     from teachers.pretrained import demo_teacher_path
 
     assert demo_teacher_path().stat().st_size <= 10 * 2**20
-    teacher, payload = load_teacher(features=FeatureConfig())  # default: the shipped one
+    teacher, payload = load_teacher(features=FeatureConfig(preemphasis=0.85))  # default: the shipped one
     assert payload["model_args"]["distribution"] == "gaussian" and teacher.receptive_field() == 2047
+    assert teacher.lpc is not None and teacher.lpc.order == 16 and teacher.preemphasis == 0.85
+    assert payload["config"]["valid"]["temperature"] == 0.7  # its documented synthesis temperature
     assert payload["extra"]["samples_seen"] > 0 and payload["step"] > 0
     assert all(torch.isfinite(p).all() for p in teacher.parameters())
