@@ -82,6 +82,15 @@ def num_frames(num_samples: int, hop_length: int) -> int:
     return num_samples // hop_length
 
 
+def mel_filterbank(n_fft: int, f_min: float, f_max: float, n_mels: int, sample_rate: int) -> torch.Tensor:
+    """The mel filterbank of every log-mel here: Slaney-normalised filters on the Slaney mel scale (as
+    librosa and most vocoder code bases). -> (n_fft // 2 + 1, n_mels) float32."""
+    return torchaudio.functional.melscale_fbanks(
+        n_freqs=n_fft // 2 + 1, f_min=f_min, f_max=f_max, n_mels=n_mels, sample_rate=sample_rate,
+        norm="slaney", mel_scale="slaney",
+    )
+
+
 class LogMel(torch.nn.Module):
     """Natural-log mel magnitude spectrogram with the alignment rule of this module.
 
@@ -101,15 +110,7 @@ class LogMel(torch.nn.Module):
             power=1.0,
             center=False,
         )
-        fbanks = torchaudio.functional.melscale_fbanks(
-            n_freqs=features.n_fft // 2 + 1,
-            f_min=features.f_min,
-            f_max=features.f_max,
-            n_mels=features.n_mels,
-            sample_rate=features.sample_rate,
-            norm="slaney",
-            mel_scale="slaney",
-        )
+        fbanks = mel_filterbank(features.n_fft, features.f_min, features.f_max, features.n_mels, features.sample_rate)
         self.register_buffer("fbanks", fbanks, persistent=False)  # (n_freqs, n_mels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

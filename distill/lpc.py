@@ -28,9 +28,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torchaudio
 from torch import nn
 
+from distill.audio import mel_filterbank
 from distill.errors import ConfigError
 from distill.nn import shift_right
 
@@ -102,10 +102,7 @@ class MelLPC(nn.Module):
                               f"(got {lag_window_hz}, {white_noise})")
         self.order, self.hop, self.n_fft, self.interpolate = order, hop_length, n_fft, interpolate
         self.white_noise = white_noise
-        fbanks = torchaudio.functional.melscale_fbanks(
-            n_freqs=n_fft // 2 + 1, f_min=f_min, f_max=f_max, n_mels=n_mels, sample_rate=sample_rate,
-            norm="slaney", mel_scale="slaney",
-        ).double()  # (n_freqs, n_mels): the filterbank `distill.audio.LogMel` applies
+        fbanks = mel_filterbank(n_fft, f_min, f_max, n_mels, sample_rate).double()  # what LogMel applies
         omega = torch.linspace(0, math.pi, n_fft // 2 + 1, dtype=torch.float64)
         emphasis = 1 + preemphasis**2 - 2 * preemphasis * torch.cos(omega)  # |1 - a e^-jw|^2
         lags = torch.arange(order + 1, dtype=torch.float64)
