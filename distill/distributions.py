@@ -79,6 +79,16 @@ class OutputDistribution:
         return torch.cat([params[:, : loc.start], moved, scaled, params[:, scale.stop :]], dim=1)
 
 
+    def temper(self, params: torch.Tensor, temperature: float) -> torch.Tensor:
+        """The law that `sample(params, temperature)` draws from, as params: every log scale + log T
+        (a mixture keeps its weights). params (B, P, T) -> (B, P, T); temperature > 0."""
+        if temperature == 1.0:
+            return params
+        scale = self.scale_slice()
+        scaled = params[:, scale].clamp(min=self.log_scale_min) + math.log(temperature)
+        return torch.cat([params[:, : scale.start], scaled, params[:, scale.stop :]], dim=1)
+
+
 class _LocationScale(OutputDistribution):
     """params (mu, log scale); the log scale is clamped below at `log_scale_min`."""
 

@@ -150,3 +150,58 @@ class MelLPC(nn.Module):
                 out = out.repeat_interleave(self.hop, dim=1)
             return out.transpose(1, 2).float().contiguous()  # (B, 1 + p, T)
 
+
+
+def synthesis_block(hop_length: int, order: int, longest: int = 64) -> int:
+    """Block length for `lp_synthesis` with coefficients held over each hop: the largest divisor of the
+    hop that is at most `longest` and at least the order (the hop itself when none is)."""
+    for block in range(min(longest, hop_length), order - 1, -1):
+        if hop_length % block == 0:
+            return block
+    return hop_length
+
+
+def lp_synthesis(u: torch.Tensor, coeffs: torch.Tensor, block: int) -> torch.Tensor:
+    """All-pole synthesis y_t = sum_k c_k(t) y_(t-k) + u_t from a zero state: the inverse of the
+    prediction error u = y - lp_predict(y, coeffs). u: (B, T); coeffs: (B, p, T), constant over each
+    run of `block` samples from t = 0 (`block` >= p; `MelLPC`'s held coefficients with a block that
+    divides the hop, `synthesis_block`) -> y: (B, T) in u's dtype, differentiable in u.
+
+    Parallel over blocks, not a loop over samples: within block b the filter is fixed, so
+    y_b = H_b u_b + Z_b s_(b-1), with H_b (L x L) the lower-triangular Toeplitz matrix of the filter's
+    first L impulse-response samples, Z_b (L x p) its response to the state s_(b-1) = (y_(bL-1), ...,
+    y_(bL-p)) left by the block before. Only the p-vector states are carried sequentially (one small
+    matrix product per block); everything else is batched matrix products, on a CPU or a GPU.
+    """
+    batch, length = u.shape
+    order = coeffs.shape[1]
+    if block < order:
+        raise ValueError(f"lp_synthesis: block {block} is shorter than the order {order}")
+    blocks = -(-length // block)
+    u = torch.nn.functional.pad(u, (0, blocks * block - length)).view(batch, blocks, block, 1)
+    c = coeffs[:, :, ::block].transpose(1, 2).to(u.dtype)  # (B, n, p): each block's filter
+    with torch.no_grad():  # functions of the mel only
+        # impulse response h_0 = 1, h_j = sum_k c_k h_(j-k): `history` holds h_(j-1) .. h_(j-p)
+        history = c.new_zeros(batch, blocks, order)
+        history[..., 0] = 1.0
+        h = [c.new_ones(batch, blocks)]
+        for _ in range(1, block):
+            h.append((c * history).sum(-1))
+            history = torch.cat([h[-1][..., None], history[..., :-1]], dim=-1)
+        h = torch.stack(h, dim=-1)  # (B, n, L)
+        lag = torch.arange(block, device=u.device)
+        lag = lag[:, None] - lag[None, :]
+        toeplitz = h[..., lag.clamp(min=0)] * (lag >= 0).to(h.dtype)  # (B, n, L, L)
+        # the state enters as an extra input v_i = sum_m c_(i+m) y_(-m) for i + m <= p (i < p)
+        idx = torch.arange(order, device=u.device)
+        pos = idx[:, None] + idx[None, :]  # i + (m - 1)
+        v = c[..., pos.clamp(max=order - 1)] * (pos < order).to(c.dtype)  # (B, n, p, p)
+        zero_input = toeplitz[..., :order] @ v  # (B, n, L, p)
+        tail = zero_input[:, :, -order:].flip(2)  # the next state's dependence on this state (B, n, p, p)
+    forced = (toeplitz @ u)  # (B, n, L, 1): each block from a zero state
+    carried = forced[:, :, -order:].flip(2)  # (B, n, p, 1)
+    states = [u.new_zeros(batch, order, 1)]
+    for b in range(blocks - 1):
+        states.append(carried[:, b] + tail[:, b] @ states[-1])
+    y = forced + zero_input @ torch.stack(states, dim=1)
+    return y.view(batch, blocks * block)[:, :length]

@@ -26,6 +26,7 @@ from distill.hardware import peak_tflops
 from students.iaf import synthesize
 from students.task import StudentConfig, build_student
 from teachers.fastloop import available as fastloop_available
+from teachers.pretrained import demo_teacher_path, load_teacher
 from teachers.sampling import generate
 from eval.timing import device_name, timed
 from teachers.task import TeacherConfig, build_teacher
@@ -176,7 +177,7 @@ def bench_students(device: torch.device, quick: bool, teacher_rate: float) -> li
     for name, preset in STUDENTS.items():
         cfg = load_config(StudentConfig, preset)
         torch.manual_seed(0)
-        student = build_student(cfg).to(device).eval()
+        student = _student(cfg).to(device).eval()
         hop, ctx, rate = cfg.features.hop_length, cfg.data.mel_context, cfg.features.sample_rate
         flops = 2 * sum(flow.macs_per_sample() for flow in student.flows)
         shapes = [(1, 1.0, "1 s")] + ([] if quick else [(1, 10.0, "10 s"), (16, 1.0, "16 x 1 s")])
@@ -207,6 +208,14 @@ def bench_students(device: torch.device, quick: bool, teacher_rate: float) -> li
                                      "ratio": row["samples_per_s"] / eager_rate})
                     eager_rate = row["samples_per_s"]
     return rows
+
+
+def _student(cfg: StudentConfig):
+    """A preset's student, with the shipped teacher's linear predictor when the preset uses one."""
+    lp = None
+    if cfg.model.linear_prediction:
+        lp = load_teacher(demo_teacher_path(), features=cfg.features)[1]["model_args"]["linear_prediction"]
+    return build_student(cfg, linear_prediction=lp)
 
 
 def bench_distillation(device: torch.device, quick: bool) -> list[dict]:
@@ -242,7 +251,7 @@ def _tiny_student_seconds(quick: bool) -> float:
     """Median seconds of the tiny student's 1 s synthesis in this process (its allocator as it is)."""
     cfg = load_config(StudentConfig, STUDENTS["student clarinet_tiny"])
     torch.manual_seed(0)
-    student = build_student(cfg).eval()
+    student = _student(cfg).eval()
     frames = (4096 if quick else 16000) // cfg.features.hop_length
     mel = torch.randn(1, cfg.features.n_mels, frames + 2 * cfg.data.mel_context) - 5
     return timed(lambda: synthesize(student, mel), torch.device("cpu"), 5, warmup=2)["median_s"]

@@ -46,6 +46,9 @@ class SynthesisGraph(nn.Module):
 def export_onnx(student: IAFStudent, out: str | Path, frames: int = 32) -> Path:
     """Write `student` as an ONNX graph with dynamic batch and length; returns the path."""
     _need("onnx")
+    if student.lpc is not None:
+        raise ConfigError("ONNX export of a linear-prediction student is not supported yet (its all-pole synthesis "
+                          "filter from the mel has no ONNX form here); synthesise it with students.iaf.synthesize")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     student = student.float().cpu().eval()

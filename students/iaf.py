@@ -9,6 +9,13 @@ Composed, every step is still one logistic/Gaussian given z_<t:
     s_tot = prod_k s^(k),   mu_tot = sum_k mu^(k) prod_(j>k) s^(j)
 (in code: mu_tot = mu_tot * s + mu; log_s_tot += log_s). One parallel pass gives the sample x and
 p_S(x_t | z_<t) = D(mu_tot_t, s_tot_t) for every t, and log p_S(x) = sum_t [log p_Z(z_t) - log s_tot_t].
+
+With `linear_prediction` (the LP-WaveNet teacher's predictor, computed from the mel), the flows
+produce an excitation e in units of the expected residual and the student's output is the all-pole
+synthesis y_t = sum_k c_k(t) y_(t-k) + g(t) e_t (`distill.lpc.lp_synthesis`). y_<t is a function of
+z_<t, so each step is still one law: location sum_k c_k y_(t-k) + g mu_tot, log scale log g + log s_tot
+(the Jacobian dy/dz stays lower triangular, its diagonal g s_tot): exactly the teacher's
+parameterisation, so the student, like the teacher, only learns the excitation, not the envelope.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from distill.audio import deemphasis
 from distill.checkpoint import remember_args
 from distill.distributions import Gaussian, Logistic
 from distill.errors import ConfigError
+from distill.lpc import MelLPC, lp_predict, lp_synthesis, synthesis_block
 from distill.nn import MelUpsampler, WaveNetStack, shift_right
 
 
@@ -60,6 +68,7 @@ class IAFStudent(nn.Module):
         upsample_scales: list | None = None,
         initial_scale: float = 0.05,
         preemphasis: float = 0.0,
+        linear_prediction: dict | None = None,
     ):
         super().__init__()
         if distribution not in ("gaussian", "logistic"):
@@ -67,13 +76,24 @@ class IAFStudent(nn.Module):
         flows = list(flows or [10] * 6)
         if not flows or min(flows) < 1:
             raise ConfigError(f"student flows must list >= 1 layers per flow, got {flows}")
-        if not 0 < initial_scale < 1:
-            raise ConfigError(f"student initial_scale must be in (0, 1), got {initial_scale}")
+        if not 0 < initial_scale <= 1:
+            raise ConfigError(f"student initial_scale must be in (0, 1], got {initial_scale}")
         self.dist = Gaussian(log_scale_min=-math.inf) if distribution == "gaussian" else Logistic(log_scale_min=-math.inf)
         self.mel_context = mel_context
         self.hop_length = hop_length
         self.preemphasis = preemphasis  # the teacher's: the flows produce its model domain
         self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context)
+        self.lpc = None
+        if linear_prediction:  # the teacher's MelLPC arguments
+            if linear_prediction.get("interpolate"):
+                raise ConfigError("a linear-prediction student needs coefficients held over each hop; the teacher "
+                                  "interpolates them (model.linear_prediction.interpolate: true); distil with "
+                                  "model.linear_prediction: false")
+            try:
+                self.lpc = MelLPC(hop_length=hop_length, n_mels=n_mels, preemphasis=preemphasis, **linear_prediction)
+            except TypeError as err:
+                raise ConfigError(f"linear_prediction: {err}") from None
+            self.lp_block = synthesis_block(hop_length, self.lpc.order)
         self.flows = nn.ModuleList(
             WaveNetStack(1, 2, layers, min(cycle, layers), kernel_size, residual_channels, gate_channels,
                          skip_channels, n_mels)
@@ -96,7 +116,29 @@ class IAFStudent(nn.Module):
     def forward(self, z: torch.Tensor, mel: torch.Tensor) -> StudentOutput:
         """z: (B, T) noise, mel: (B, n_mels, T / hop + 2c) -> StudentOutput, all (B, T)."""
         cond = self.upsampler(mel)
-        return self.flow(z, cond)
+        out = self.flow(z, cond)
+        return out if self.lpc is None else self.through_predictor(out, self.predictor(mel))
+
+    def predictor(self, mel: torch.Tensor) -> torch.Tensor | None:
+        """mel (B, n_mels, F + 2c) -> (B, 1 + p, F * hop) float32: log gain and coefficients per sample
+        (`distill.lpc.MelLPC`, the teacher's), or None for a student without linear prediction."""
+        if self.lpc is None:
+            return None
+        c = self.mel_context
+        return self.lpc(mel[..., c : mel.shape[-1] - c] if c else mel)
+
+    def excite(self, e: torch.Tensor, lpc: torch.Tensor) -> torch.Tensor:
+        """Excitation e (B, T) in units of the expected residual -> the signal y (B, T) in the model
+        domain: all-pole synthesis of g e with the mel's predictor lpc (B, 1 + p, T)."""
+        gain = torch.exp(lpc[:, 0]).to(e.dtype)
+        return lp_synthesis(gain * e, lpc[:, 1:], self.lp_block)
+
+    def through_predictor(self, out: StudentOutput, lpc: torch.Tensor) -> StudentOutput:
+        """The flows' excitation and its law -> the signal and its per-step law (see the module doc)."""
+        y = self.excite(out.x, lpc)
+        log_gain = lpc[:, 0].to(out.x.dtype)
+        mu = lp_predict(y, lpc[:, 1:]) + torch.exp(log_gain) * out.mu_tot
+        return StudentOutput(y, mu, out.log_s_tot + log_gain, out.flow_log_scales)
 
     def flow(self, z: torch.Tensor, cond: torch.Tensor) -> StudentOutput:
         """The flows on upsampled conditioning cond: (B, C, T)."""
@@ -191,7 +233,8 @@ def synthesize(
     compile: bool = False,
 ) -> torch.Tensor:
     """Parallel synthesis, no teacher needed. mel: (B, n_mels, F + 2c) -> audio (B, F * hop) in [-1, 1]
-    (de-emphasised when the student works on pre-emphasised audio).
+    (de-emphasised when the student works on pre-emphasised audio; through the mel's all-pole filter
+    when it uses linear prediction).
 
     z: the noise (B, F * hop) to use (default: fresh draws, scaled by `temperature`). autocast_dtype:
     run the convolutions under autocast in that dtype (torch.bfloat16 on CUDA, or on CPUs with
@@ -208,5 +251,7 @@ def synthesize(
         if chunk is None:
             chunk = auto_chunk(student, z.shape[0], z.device.type)
         x = compiled_flows(student)(z, cond, chunk) if compile else _flows_x(student, z, cond, chunk)
+    if student.lpc is not None:  # the flows gave the excitation; the filter runs in z's dtype, not bf16
+        x = student.excite(x, student.predictor(mel))
     # de-emphasis over the whole length (exact across chunk seams), in float32 outside autocast
     return student.to_audio(x).clamp(-1, 1)  # a new tensor: never a CUDA graph's output buffer

@@ -42,6 +42,9 @@ class StudentModelConfig:
     gate_channels: int = 32
     skip_channels: int = 32
     initial_scale: float = 0.05
+    # True: the teacher's linear predictor from the mel (LP-WaveNet teachers): the flows learn only the
+    # excitation, in units of the expected residual, and an all-pole filter makes the signal
+    linear_prediction: bool = False
     upsampler_from_teacher: bool = True  # start from the teacher's upsampler weights
     train_upsampler: bool = False  # False: keep that copy frozen
 
@@ -55,8 +58,11 @@ class DistillLossConfig:
     mc_samples: int = 16  # draws per step for the Monte-Carlo cross-entropy
     log_scale_min: float = -7.0  # log-scale clamp inside the KL (ClariNet)
     stft_resolutions: list[list[int]] = field(default_factory=lambda: [[1024, 256]])  # [n_fft, hop] each
+    teacher_temperature: float = 1.0  # distil the teacher's law at this sampling temperature (scales x T)
 
     def __post_init__(self) -> None:
+        if not self.teacher_temperature > 0:
+            raise ConfigError(f"loss.teacher_temperature must be > 0, got {self.teacher_temperature}")
         unknown = sorted(set(self.weights) - set(LOSS_TERMS))
         if unknown:
             raise ConfigError(f"loss.weights: unknown term(s) {unknown}; known: {', '.join(LOSS_TERMS)}")
@@ -80,14 +86,20 @@ class StudentConfig:
     valid: StudentValidConfig = field(default_factory=StudentValidConfig)
 
 
-def build_student(cfg: StudentConfig, upsample: str = "stretch", upsample_scales: list | None = None) -> IAFStudent:
-    """The student a config describes (the upsampler's mode and scales come from the teacher)."""
+def build_student(cfg: StudentConfig, upsample: str = "stretch", upsample_scales: list | None = None,
+                  linear_prediction: dict | None = None) -> IAFStudent:
+    """The student a config describes (the upsampler's mode and scales and, with
+    `model.linear_prediction`, the predictor's arguments come from the teacher)."""
     m = cfg.model
+    if m.linear_prediction and not linear_prediction:
+        raise ConfigError("model.linear_prediction: true needs a teacher with linear prediction "
+                          "(model.linear_prediction.order > 0 in its config); set it to false for this teacher")
     return IAFStudent(
         m.distribution, m.flows, m.cycle, m.kernel_size, m.residual_channels, m.gate_channels, m.skip_channels,
         n_mels=cfg.features.n_mels, hop_length=cfg.features.hop_length, mel_context=cfg.data.mel_context,
         upsample=upsample, upsample_scales=upsample_scales, initial_scale=m.initial_scale,
         preemphasis=cfg.features.preemphasis,
+        linear_prediction=linear_prediction if m.linear_prediction else None,
     )
 
 
@@ -133,7 +145,7 @@ class DistillTask(Task):
     # ------------------------------------------------------------------ model and data
     def build_model(self) -> IAFStudent:
         m, t = self.config.model, self.teacher_info["model_args"]
-        student = build_student(self.config, t["upsample"], t["upsample_scales"])
+        student = build_student(self.config, t["upsample"], t["upsample_scales"], t.get("linear_prediction"))
         if m.upsampler_from_teacher:
             student.upsampler.load_state_dict(self.teacher.upsampler.state_dict())
         if not m.train_upsampler:
@@ -154,6 +166,13 @@ class DistillTask(Task):
         return 6 * sum(f.macs_per_sample() for f in flows) + 4 * self.teacher.stack.macs_per_sample()
 
     # ------------------------------------------------------------------ the objective
+    def teacher_law(self, y: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher teacher-forced on the student's sample y (B, T) -> params (B, P, T), float32,
+        at `loss.teacher_temperature` (the law its sampler draws from at that temperature)."""
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            params = self.teacher(y.float(), mel.float())
+            return self.teacher.dist.temper(params, self.config.loss.teacher_temperature)
+
     def kl_terms(self, student: IAFStudent, out: StudentOutput, teacher_params: torch.Tensor,
                  skip: int = 0) -> dict[str, torch.Tensor]:
         """Per-step KL (B, T - skip), the student's entropy and the cross-entropy, and the regulariser,
@@ -182,7 +201,7 @@ class DistillTask(Task):
         out = model(z, mel)  # under bf16 autocast the convs run in bf16, the flow composition in float32
         with torch.autocast(device_type=audio.device.type, enabled=False):
             # float32 from here: bf16 rounding of mu would add (d mu)^2 / 2 s^2 to a KL whose scales reach e^-7
-            teacher_params = self.teacher(out.x.float(), mel.float())  # teacher-forced on the student's sample
+            teacher_params = self.teacher_law(out.x, mel)  # teacher-forced on the student's sample
             # a crop cut from inside an utterance: its first steps have a law the teacher never learned
             # (its linear predictor lacks their history; the teacher's own loss leaves them out too)
             terms = self.kl_terms(student, out, teacher_params, self.teacher.crop_warmup())
@@ -202,7 +221,7 @@ class DistillTask(Task):
             # Parallel WaveNet: push away from the teacher given another item's mel (gamma = the weight)
             other = torch.roll(torch.arange(audio.shape[0], device=audio.device), 1)
             with torch.autocast(device_type=audio.device.type, enabled=False):
-                mismatched = self.kl_terms(student, out, self.teacher(out.x.float(), mel[other].float()),
+                mismatched = self.kl_terms(student, out, self.teacher_law(out.x, mel[other]),
                                            self.teacher.crop_warmup())["kl"].mean()
             values["loss/contrastive"] = -mismatched
         total = sum(weights[k] * v for k, v in values.items() if k in weights)
@@ -234,7 +253,7 @@ class DistillTask(Task):
             z = model.sample_noise((1, length), device, torch.float32)
             out = model(z, mel)
             with torch.autocast(device_type=device.type, enabled=False):
-                terms = self.kl_terms(model, out, self.teacher(out.x.float(), mel.float()))
+                terms = self.kl_terms(model, out, self.teacher_law(out.x, mel))
             kl_sum += float(terms["kl"].sum())
             count += length
             audio = model.to_audio(out.x[0].float()).clamp(-1, 1).cpu()

@@ -171,3 +171,17 @@ def test_mol_at_temperature_zero_takes_the_most_likely_component_whatever_the_no
         torch.manual_seed(seed)
         u = torch.rand(1, 4, 1, dtype=torch.float64)
         assert float(dist.draw(params, u, temperature=0.0)) == pytest.approx(float(dist.quantize(params[:, 4])))
+
+
+def test_tempering_a_law_gives_the_law_its_sampler_draws_from_at_that_temperature():
+    from distill.distributions import Gaussian
+
+    dist = Gaussian()
+    params = torch.stack([torch.full((1, 200_000), 0.3), torch.full((1, 200_000), -1.0)], dim=1)
+    draws = dist.sample(params, temperature=0.5)
+    tempered = dist.temper(params, 0.5)
+    assert torch.allclose(tempered[:, 0], params[:, 0]) and torch.allclose(tempered[:, 1], params[:, 1] + math.log(0.5))
+    assert float(draws.std()) == pytest.approx(0.5 * math.exp(-1.0), rel=0.01)
+    # the draws' average log-density under the tempered law is minus its entropy
+    assert float(dist.log_prob(tempered, draws).mean()) == pytest.approx(-float(dist.entropy(tempered).mean()), abs=0.01)
+    assert dist.temper(params, 1.0) is params

@@ -11,7 +11,7 @@ import torch
 
 from distill.audio import LogMel, deemphasis, preemphasis
 from distill.config import FeatureConfig
-from distill.lpc import MelLPC, levinson, lp_predict, reflection_to_lpc
+from distill.lpc import MelLPC, levinson, lp_predict, lp_synthesis, reflection_to_lpc, synthesis_block
 
 
 def ar_process(coeffs, seconds=4.0, sigma=0.01, seed=0) -> torch.Tensor:
@@ -121,3 +121,50 @@ def test_deemphasis_runs_in_float32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         x = deemphasis(y, 0.85)
     assert x.dtype == torch.float32 and torch.allclose(x, deemphasis(y, 0.85))
+
+
+def held_stable_coefficients(batch, frames, hop, order, seed=0, dtype=torch.float64) -> torch.Tensor:
+    """(B, p, frames * hop): a random stable (and resonant: |k| up to 0.95) predictor per frame, held
+    over its hop."""
+    g = torch.Generator().manual_seed(seed)
+    k = 0.95 * (2 * torch.rand(batch, frames, order, generator=g, dtype=dtype) - 1)
+    return reflection_to_lpc(k).repeat_interleave(hop, dim=1).transpose(1, 2).contiguous()
+
+
+def sequential_synthesis(u, coeffs):
+    """The recursion sample by sample: the definition lp_synthesis must equal."""
+    y = torch.zeros_like(u)
+    for t in range(u.shape[1]):
+        acc = u[:, t].clone()
+        for k in range(1, coeffs.shape[1] + 1):
+            if t - k >= 0:
+                acc = acc + coeffs[:, k - 1, t] * y[:, t - k]
+        y[:, t] = acc
+    return y
+
+
+@pytest.mark.parametrize("hop,length", [(256, 256 * 5 - 37), (64, 64 * 7), (40, 40 * 6 + 3)])
+def test_lp_synthesis_equals_the_sample_by_sample_recursion_and_inverts_the_prediction_error(hop, length):
+    order = 8
+    coeffs = held_stable_coefficients(2, -(-length // hop), hop, order)[..., :length]
+    u = torch.randn(2, length, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    block = synthesis_block(hop, order)
+    assert hop % block == 0 and order <= block <= 64
+    y = lp_synthesis(u, coeffs, block)
+    assert torch.allclose(y, sequential_synthesis(u, coeffs), atol=1e-9, rtol=1e-9)
+    # u is the prediction error of y: the teacher's predictor applied to the synthesised signal gives it back
+    assert torch.allclose(y - lp_predict(y, coeffs), u, atol=1e-9)
+    # float32 stays close (resonant filters, blocks carried over many hops)
+    y32 = lp_synthesis(u.float(), coeffs.float(), block)
+    assert (y32.double() - y).abs().max() < 1e-4 * y.abs().max()
+
+
+def test_lp_synthesis_is_causal_linear_and_its_gradient_is_the_adjoint_filter():
+    order, hop = 4, 16
+    coeffs = held_stable_coefficients(1, 3, hop, order, seed=3)
+    u = torch.randn(1, 3 * hop, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: lp_synthesis(v, coeffs, hop), (u,))
+    # output t depends on inputs s <= t only
+    y = lp_synthesis(u, coeffs, hop)
+    (grad,) = torch.autograd.grad(y[0, 20], u)
+    assert grad[0, 21:].abs().max() == 0 and grad[0, 20] == 1.0

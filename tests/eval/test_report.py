@@ -31,7 +31,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eval")
-    teacher = save_teacher(root / "teacher.pt", "gaussian", overrides=("valid.temperature=0.8",))
+    # an LP teacher, so that the preset's student (which takes its predictor) goes through eval end to end
+    teacher = save_teacher(root / "teacher.pt", "gaussian", overrides=("valid.temperature=0.8", "model.linear_prediction.order=8"))
     result = cli("distill", "--teacher", teacher, "--out", str(root / "student_run"), "--steps", "2", *SMALL)
     assert result.returncode == 0, result.stderr
     result = cli("eval", "--teacher", teacher, "--student", str(root / "student_run"), "--max-utterances", "2",

@@ -69,14 +69,15 @@ def test_distillation_lowers_the_kl_markedly_on_the_cpu(tmp_path):
 
 def test_monte_carlo_distillation_from_a_mixture_of_logistics_teacher(tmp_path):
     teacher = save_teacher(tmp_path / "mol.pt", "mol", {"num_components": 2, "num_bins": 65536, "log_scale_min": -7.0})
-    task = DistillTask(config(f"teacher={teacher}", "train.steps=2", preset="configs/student/parallel_wavenet_tiny.yaml"))
+    task = DistillTask(config(f"teacher={teacher}", "train.steps=2", "model.linear_prediction=false",
+                              preset="configs/student/parallel_wavenet_tiny.yaml"))
     assert not task.closed_form
     Trainer(task, tmp_path / "run").fit()
     record = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-2]
     assert {"loss/kl", "loss/power", "distill/entropy", "distill/cross_entropy", "student/flow0_mean_log_s"} <= set(record)
     assert record["distill/cross_entropy"] - record["distill/entropy"] == pytest.approx(record["loss/kl"], rel=1e-6)
-    # logistic entropy log s + 2 at the initial s_tot = 0.05, before the flows have moved far
-    assert record["distill/entropy"] == pytest.approx(math.log(0.05) + 2, abs=0.3)
+    # logistic entropy log s + 2 at the initial s_tot, before the flows have moved far
+    assert record["distill/entropy"] == pytest.approx(math.log(task.config.model.initial_scale) + 2, abs=0.3)
 
 
 def test_a_mu_law_teacher_cannot_be_distilled(tmp_path):
@@ -127,9 +128,12 @@ def test_the_kl_is_student_against_teacher_at_the_same_step(monkeypatch):
     teacher, mel = task.teacher, batch["mel"]
     stepwise = incremental_forward(teacher, out.x.detach(), teacher.conditioning(mel), teacher.predictor(mel))
     k = teacher.crop_warmup()  # the crop's first steps (the predictor's missing history) are left out
-    expected = gaussian_kl(out.mu_tot, out.log_s_tot, stepwise[:, 0], stepwise[:, 1])[:, k:].mean()
+    lsm, temperature = task.config.loss.log_scale_min, task.config.loss.teacher_temperature
+    assert student.lpc is not None and temperature == 0.7  # the preset: an LP student, the teacher at 0.7
+    stepwise = teacher.dist.temper(stepwise, temperature)
+    expected = gaussian_kl(out.mu_tot, out.log_s_tot, stepwise[:, 0], stepwise[:, 1], lsm)[:, k:].mean()
     assert values["loss/kl"].item() == pytest.approx(expected.item(), rel=1e-4)
-    reverse = gaussian_kl(stepwise[:, 0], stepwise[:, 1], out.mu_tot, out.log_s_tot)[:, k:].mean()
+    reverse = gaussian_kl(stepwise[:, 0], stepwise[:, 1], out.mu_tot, out.log_s_tot, lsm)[:, k:].mean()
     assert abs(reverse.item() - expected.item()) > 1e-3  # the test can tell the two directions apart
 
 
@@ -157,9 +161,10 @@ def test_contrastive_term_pushes_away_from_the_teacher_given_another_mel(monkeyp
 
     task = DistillTask(config("loss.weights.loss/contrastive=0.3", "loss.weights.loss/kl_reg=0", "loss.weights.loss/stft=0"))
     student, batch, values, out = _step_with_known_noise(task, monkeypatch)
-    swapped = task.teacher(out.x, batch["mel"][[1, 0]])
+    swapped = task.teacher.dist.temper(task.teacher(out.x, batch["mel"][[1, 0]]), task.config.loss.teacher_temperature)
     k = task.teacher.crop_warmup()
-    mismatched = gaussian_kl(out.mu_tot, out.log_s_tot, swapped[:, 0], swapped[:, 1])[:, k:].mean()
+    mismatched = gaussian_kl(out.mu_tot, out.log_s_tot, swapped[:, 0], swapped[:, 1],
+                             task.config.loss.log_scale_min)[:, k:].mean()
     assert values["loss/contrastive"].item() == pytest.approx(-mismatched.item(), rel=1e-4)
     assert values["loss"].item() == pytest.approx((values["loss/kl"] - 0.3 * mismatched).item(), rel=1e-4)
 
@@ -173,7 +178,10 @@ def _grad_norm(loss, params) -> float:
 def test_the_power_loss_gradient_is_of_the_kls_order_at_initialisation(tmp_path, preset):
     """The paper's raw power loss (summed squared power over bins) had ~300x the KL's gradient norm at
     initialisation, so both presets optimised it instead of the KL."""
-    teacher = save_teacher(tmp_path / "mol.pt", "mol", {"num_components": 2, "num_bins": 65536, "log_scale_min": -7.0})
+    # the tiny preset distils an LP teacher (an LP student), the paper-size one a plain teacher
+    lp = ("model.linear_prediction.order=8",) if preset == "parallel_wavenet_tiny" else ()
+    teacher = save_teacher(tmp_path / "mol.pt", "mol", {"num_components": 2, "num_bins": 65536, "log_scale_min": -7.0},
+                           overrides=lp)
     task = DistillTask(load_config(StudentConfig, f"configs/student/{preset}.yaml",
                                    [f"teacher={teacher}", "loss.mc_samples=4", "data.segment_length=4096",
                                     "features.preemphasis=0.85"]))
@@ -188,7 +196,7 @@ def test_the_power_loss_gradient_is_of_the_kls_order_at_initialisation(tmp_path,
 
 
 def test_the_logged_cross_entropy_is_the_gaussian_cross_entropy_and_minus_the_entropy_the_kl(monkeypatch):
-    task = DistillTask(config())
+    task = DistillTask(config("loss.log_scale_min=-7", "loss.teacher_temperature=1.0"))
     student, batch, values, out = _step_with_known_noise(task, monkeypatch)
     with torch.no_grad():
         out.log_s_tot[:, ::2] = -9.0  # below the KL's clamp of -7 on every other step: where they disagreed
@@ -225,5 +233,36 @@ def test_a_preemphasised_lp_teacher_distils_in_its_domain_and_the_student_deemph
     monkeypatch.undo()
     mel = batch["mel"][:1]
     z = torch.randn(1, (mel.shape[-1] - 2 * task.config.data.mel_context) * 256)
-    expected = deemphasis(student.flow(z, student.upsampler(mel)).x, 0.85).clamp(-1, 1)
+    expected = deemphasis(student(z, mel).x, 0.85).clamp(-1, 1)  # flows, the mel's all-pole filter, de-emphasis
     assert torch.allclose(synthesize(student, mel, z=z, chunk=0), expected, atol=1e-5)
+
+
+def test_a_linear_prediction_student_starts_as_its_lp_only_teacher_and_distils_its_tempered_law(tmp_path):
+    """An LP teacher with a zero head is the LP-only model, N(0, 1) in units of the expected residual; an
+    LP student with s_tot = 1 and mu_tot = 0 is that same law: the predictor's terms cancel and the KL
+    is 0 at every step (none of the 64 nats/sample a student without the predictor starts from). At
+    loss.teacher_temperature T the target is N(0, T): KL = log T + (1 - T^2) / (2 T^2)."""
+    teacher = save_teacher(tmp_path / "lp.pt", "gaussian", overrides=("model.linear_prediction.order=8",))
+    for temperature in (1.0, 0.5):
+        task = DistillTask(config(f"teacher={teacher}", "model.linear_prediction=true", "model.initial_scale=1.0",
+                                  "loss.log_scale_min=-30", f"loss.teacher_temperature={temperature}"))
+        student = task.build_model()
+        assert student.lpc is not None and student.lpc.order == task.teacher.lpc.order == 8
+        batch = _fixed_batch(task)
+        z = torch.randn(2, batch["audio"].shape[1])
+        out = student(z, batch["mel"])
+        terms = task.kl_terms(student, out, task.teacher_law(out.x, batch["mel"]))
+        kl = terms["kl"][out.log_s_tot > -8.0]  # where tempering stays above the teacher's log-scale floor (-9)
+        expected = math.log(temperature) + (1 - temperature**2) / (2 * temperature**2)
+        assert kl.numel() > 1000 and torch.allclose(kl, torch.full_like(kl, expected), atol=1e-4), (kl.min(), kl.max())
+    # and the loss trains: a step changes the flows
+    values = task.training_step(student, batch, 0)
+    values["loss"].backward()
+    assert student.flows[0].head[-1].weight.grad.abs().sum() > 0
+
+
+def test_linear_prediction_needs_a_teacher_with_a_predictor():
+    with pytest.raises(ConfigError, match="needs a teacher with linear prediction"):
+        from students.task import build_student
+
+        build_student(config("model.linear_prediction=true"))

@@ -10,11 +10,16 @@ import torch
 from students.iaf import IAFStudent, synthesize
 
 
-def tiny_student(distribution="gaussian", flows=(3, 2), kernel_size=2, randomise=True, preemphasis=0.0):
+LP = {"order": 3, "n_fft": 64, "win_length": 64}  # a predictor for the tiny students' 5 mels and hop 4
+
+
+def tiny_student(distribution="gaussian", flows=(3, 2), kernel_size=2, randomise=True, preemphasis=0.0,
+                 linear_prediction=None):
     torch.manual_seed(0)
     student = IAFStudent(distribution, list(flows), cycle=3, kernel_size=kernel_size, residual_channels=8,
                          gate_channels=8, skip_channels=8, n_mels=5, hop_length=4, mel_context=2,
-                         upsample_scales=[2, 2], preemphasis=preemphasis).double()
+                         upsample_scales=[2, 2], preemphasis=preemphasis,
+                         linear_prediction=linear_prediction).double()
     if randomise:  # the zero-initialised heads would hide most of the dependence structure
         with torch.no_grad():
             for flow in student.flows:
@@ -160,3 +165,37 @@ def test_compiled_synthesis_equals_eager_synthesis_and_is_made_once():
     del student
     gc.collect()
     assert ref() is None  # the cached compiled function does not keep its student alive
+
+
+def test_a_linear_prediction_student_keeps_a_triangular_jacobian_whose_diagonal_is_its_step_scale():
+    """With the mel's all-pole filter after the flows, x_t given z_<t is still one Gaussian: location
+    mu_tot_t, scale exp(log_s_tot_t) = g_t s_tot_t; dx/dz lower triangular with that diagonal; the per-step
+    law a function of strictly earlier noise; log-det = sum log_s_tot."""
+    student = tiny_student(linear_prediction=LP, preemphasis=0.85)
+    z, mel = inputs(frames=8)
+    out = student(z, mel)
+    lpc = student.predictor(mel)
+    assert lpc.shape == (1, 4, 32) and torch.isfinite(lpc).all()
+    assert torch.allclose(out.x, out.mu_tot + out.log_s_tot.exp() * z, atol=1e-12)
+    jac = torch.autograd.functional.jacobian(lambda z_: student(z_[None], mel).x[0], z[0])
+    assert torch.equal(torch.triu(jac, diagonal=1), torch.zeros_like(jac))
+    assert torch.allclose(torch.diagonal(jac), out.log_s_tot[0].exp(), atol=1e-12)
+    assert float(torch.linalg.slogdet(jac)[1]) == pytest.approx(out.log_s_tot.sum().item(), rel=1e-6)  # LU's rounding
+    for name in ("mu_tot", "log_s_tot"):
+        jac = torch.autograd.functional.jacobian(lambda z_: getattr(student(z_[None], mel), name)[0], z[0])
+        assert torch.equal(torch.triu(jac), torch.zeros_like(jac))
+    # the envelope is the filter's, not the flows': far from the flows' output alone
+    flows_only = student.flow(z, student.upsampler(mel)).x
+    assert not torch.allclose(out.x, flows_only, atol=1e-3)
+    # synthesis is that same signal, de-emphasised
+    from distill.audio import deemphasis
+
+    audio = synthesize(student, mel, z=z, chunk=0)
+    assert torch.allclose(audio, deemphasis(out.x, 0.85).clamp(-1, 1), atol=1e-12)
+
+
+def test_a_linear_prediction_student_refuses_interpolated_coefficients():
+    from distill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="held over each hop"):
+        tiny_student(linear_prediction={**LP, "interpolate": True})
