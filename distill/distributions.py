@@ -81,7 +81,10 @@ class OutputDistribution:
 
     def temper(self, params: torch.Tensor, temperature: float) -> torch.Tensor:
         """The law that `sample(params, temperature)` draws from, as params: every log scale + log T
-        (a mixture keeps its weights). params (B, P, T) -> (B, P, T); temperature > 0."""
+        (a mixture keeps its weights). params (B, P, T) -> (B, P, T); temperature > 0. One approximation:
+        the floor `log_scale_min` still applies when these params are read, so a step whose tempered
+        scale falls below the floor (the teacher's quietest steps, a few percent of speech for T = 0.7)
+        is read at the floor, slightly wider than the sampler draws."""
         if temperature == 1.0:
             return params
         scale = self.scale_slice()

@@ -165,7 +165,8 @@ def lp_synthesis(u: torch.Tensor, coeffs: torch.Tensor, block: int) -> torch.Ten
     """All-pole synthesis y_t = sum_k c_k(t) y_(t-k) + u_t from a zero state: the inverse of the
     prediction error u = y - lp_predict(y, coeffs). u: (B, T); coeffs: (B, p, T), constant over each
     run of `block` samples from t = 0 (`block` >= p; `MelLPC`'s held coefficients with a block that
-    divides the hop, `synthesis_block`) -> y: (B, T) in u's dtype, differentiable in u.
+    divides the hop, `synthesis_block`) -> y: (B, T) in u's dtype (float32 for a bf16/fp16 u; autocast
+    is switched off inside), differentiable in u.
 
     Parallel over blocks, not a loop over samples: within block b the filter is fixed, so
     y_b = H_b u_b + Z_b s_(b-1), with H_b (L x L) the lower-triangular Toeplitz matrix of the filter's
@@ -173,10 +174,17 @@ def lp_synthesis(u: torch.Tensor, coeffs: torch.Tensor, block: int) -> torch.Ten
     y_(bL-p)) left by the block before. Only the p-vector states are carried sequentially (one small
     matrix product per block); everything else is batched matrix products, on a CPU or a GPU.
     """
+    if block < coeffs.shape[1]:
+        raise ValueError(f"lp_synthesis: block {block} is shorter than the order {coeffs.shape[1]}")
+    # never in bf16/fp16, even under autocast (bf16 training on a GPU): a resonant filter's output and
+    # the predictor applied to it would be off by whole residuals
+    with torch.autocast(u.device.type, enabled=False):
+        return _blockwise_synthesis(u.float() if u.dtype in (torch.bfloat16, torch.float16) else u, coeffs, block)
+
+
+def _blockwise_synthesis(u: torch.Tensor, coeffs: torch.Tensor, block: int) -> torch.Tensor:
     batch, length = u.shape
     order = coeffs.shape[1]
-    if block < order:
-        raise ValueError(f"lp_synthesis: block {block} is shorter than the order {order}")
     blocks = -(-length // block)
     u = torch.nn.functional.pad(u, (0, blocks * block - length)).view(batch, blocks, block, 1)
     c = coeffs[:, :, ::block].transpose(1, 2).to(u.dtype)  # (B, n, p): each block's filter

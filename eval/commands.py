@@ -40,9 +40,10 @@ def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seco
                         "replayed as CUDA graphs), fast (C loop; CPU, any head); auto = graph on CUDA, "
                         "incremental on a CPU")
     p.add_argument("--temperature", type=float, default=None,
-                   help="sampling temperature of the teacher and students (default: the teacher at its own "
-                        "synthesis temperature, its config's valid.temperature, and the students at 1, the "
-                        "temperature they are distilled at)")
+                   help="sampling temperature of the teacher and the students' noise scale (default: the teacher "
+                        "at its own synthesis temperature, its config's valid.temperature, and the students at 1: a "
+                        "student distilled with loss.teacher_temperature T already imitates the teacher at T, so "
+                        "an explicit value scales a tempered student's noise once more)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=out, help="folder for report.json/md/html, wavs/, images/, tensorboard/")
 

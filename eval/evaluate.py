@@ -47,7 +47,7 @@ class EvalSettings:
     teacher_batch: int = 16  # utterances the teacher samples together
     teacher_sampler: str = "incremental"  # "graph" (CUDA graphs on a GPU) or "fast" (the C loop on a CPU)
     temperature: float = 1.0  # the teacher's
-    student_temperature: float = 1.0  # the students' noise scale (they are distilled at 1)
+    student_temperature: float = 1.0  # the students' noise scale (1: a student distilled at loss.teacher_temperature T imitates the teacher at T)
     seed: int = 0
     rtf_seconds: float = 1.0  # length of the timing clip (0 = the whole first clip)
     rtf_runs: int = 5

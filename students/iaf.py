@@ -94,6 +94,9 @@ class IAFStudent(nn.Module):
             except TypeError as err:
                 raise ConfigError(f"linear_prediction: {err}") from None
             self.lp_block = synthesis_block(hop_length, self.lpc.order)
+            if self.lp_block < self.lpc.order:
+                raise ConfigError(f"a linear-prediction student needs a hop ({hop_length}) of at least the predictor's "
+                                  f"order ({self.lpc.order}); distil with model.linear_prediction: false")
         self.flows = nn.ModuleList(
             WaveNetStack(1, 2, layers, min(cycle, layers), kernel_size, residual_channels, gate_channels,
                          skip_channels, n_mels)
@@ -135,10 +138,11 @@ class IAFStudent(nn.Module):
 
     def through_predictor(self, out: StudentOutput, lpc: torch.Tensor) -> StudentOutput:
         """The flows' excitation and its law -> the signal and its per-step law (see the module doc)."""
-        y = self.excite(out.x, lpc)
-        log_gain = lpc[:, 0].to(out.x.dtype)
-        mu = lp_predict(y, lpc[:, 1:]) + torch.exp(log_gain) * out.mu_tot
-        return StudentOutput(y, mu, out.log_s_tot + log_gain, out.flow_log_scales)
+        with torch.autocast(out.x.device.type, enabled=False):  # the teacher's location is float32 too
+            y = self.excite(out.x, lpc)
+            log_gain = lpc[:, 0].to(y.dtype)
+            mu = lp_predict(y, lpc[:, 1:]) + torch.exp(log_gain) * out.mu_tot.to(y.dtype)
+            return StudentOutput(y, mu, out.log_s_tot.to(y.dtype) + log_gain, out.flow_log_scales)
 
     def flow(self, z: torch.Tensor, cond: torch.Tensor) -> StudentOutput:
         """The flows on upsampled conditioning cond: (B, C, T)."""

@@ -168,3 +168,15 @@ def test_lp_synthesis_is_causal_linear_and_its_gradient_is_the_adjoint_filter():
     y = lp_synthesis(u, coeffs, hop)
     (grad,) = torch.autograd.grad(y[0, 20], u)
     assert grad[0, 21:].abs().max() == 0 and grad[0, 20] == 1.0
+
+
+def test_lp_synthesis_stays_in_full_precision_under_bf16_autocast():
+    """bf16 training on a GPU runs the student's forward under autocast: the filter must not follow."""
+    coeffs = held_stable_coefficients(1, 4, 64, 16, dtype=torch.float32)
+    u = 1e-3 * torch.randn(1, 256)
+    exact = lp_synthesis(u, coeffs, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = lp_synthesis(u, coeffs, 64)
+        from_bf16 = lp_synthesis(u.bfloat16(), coeffs, 64)
+    assert low.dtype == torch.float32 and torch.equal(low, exact)
+    assert from_bf16.dtype == torch.float32
