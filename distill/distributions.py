@@ -78,7 +78,6 @@ class OutputDistribution:
         scaled = params[:, scale] + log_gain
         return torch.cat([params[:, : loc.start], moved, scaled, params[:, scale.stop :]], dim=1)
 
-
     def temper(self, params: torch.Tensor, temperature: float) -> torch.Tensor:
         """The law that `sample(params, temperature)` draws from, as params: every log scale + log T
         (a mixture keeps its weights). params (B, P, T) -> (B, P, T); temperature > 0. One approximation:

@@ -113,6 +113,21 @@ class MelLPC(nn.Module):
         # r_0 of a frame is sum_n (w_n x_n)^2: per-sample power = error / sum_n w_n^2 (LogMel's Hann window)
         self.window_energy = float(torch.hann_window(win_length, dtype=torch.float64).pow(2).sum())
 
+    @classmethod
+    def build(cls, args: dict, hop_length: int, n_mels: int, preemphasis: float) -> "MelLPC":
+        """A model's predictor from its `linear_prediction` arguments (a checkpoint's or a config's): an
+        unknown argument is a one-line ConfigError."""
+        try:
+            return cls(hop_length=hop_length, n_mels=n_mels, preemphasis=preemphasis, **args)
+        except TypeError as err:
+            raise ConfigError(f"linear_prediction: {err}") from None
+
+    def of_padded(self, mel: torch.Tensor, mel_context: int) -> torch.Tensor:
+        """`forward` on mel frames (B, n_mels, F + 2 mel_context) with the dataset's context frames,
+        which condition no sample of their own -> (B, 1 + p, F * hop)."""
+        c = mel_context
+        return self(mel[..., c : mel.shape[-1] - c] if c else mel)
+
     def frame_analysis(self, logmel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, n_mels, F) -> reflection coefficients (B, F, order), each |k| < 1, and the log gain
         (B, F), float64."""
@@ -149,7 +164,6 @@ class MelLPC(nn.Module):
             if not (self.interpolate and frames > 1):  # held over each hop block
                 out = out.repeat_interleave(self.hop, dim=1)
             return out.transpose(1, 2).float().contiguous()  # (B, 1 + p, T)
-
 
 
 def synthesis_block(hop_length: int, order: int, longest: int = 64) -> int:

@@ -89,10 +89,7 @@ class IAFStudent(nn.Module):
                 raise ConfigError("a linear-prediction student needs coefficients held over each hop; the teacher "
                                   "interpolates them (model.linear_prediction.interpolate: true); distil with "
                                   "model.linear_prediction: false")
-            try:
-                self.lpc = MelLPC(hop_length=hop_length, n_mels=n_mels, preemphasis=preemphasis, **linear_prediction)
-            except TypeError as err:
-                raise ConfigError(f"linear_prediction: {err}") from None
+            self.lpc = MelLPC.build(linear_prediction, hop_length, n_mels, preemphasis)
             self.lp_block = synthesis_block(hop_length, self.lpc.order)
             if self.lp_block < self.lpc.order:
                 raise ConfigError(f"a linear-prediction student needs a hop ({hop_length}) of at least the predictor's "
@@ -125,10 +122,7 @@ class IAFStudent(nn.Module):
     def predictor(self, mel: torch.Tensor) -> torch.Tensor | None:
         """mel (B, n_mels, F + 2c) -> (B, 1 + p, F * hop) float32: log gain and coefficients per sample
         (`distill.lpc.MelLPC`, the teacher's), or None for a student without linear prediction."""
-        if self.lpc is None:
-            return None
-        c = self.mel_context
-        return self.lpc(mel[..., c : mel.shape[-1] - c] if c else mel)
+        return None if self.lpc is None else self.lpc.of_padded(mel, self.mel_context)
 
     def excite(self, e: torch.Tensor, lpc: torch.Tensor) -> torch.Tensor:
         """Excitation e (B, T) in units of the expected residual -> the signal y (B, T) in the model

@@ -19,7 +19,6 @@ from torch import nn
 from distill.audio import deemphasis, preemphasis
 from distill.checkpoint import remember_args
 from distill.distributions import build_distribution
-from distill.errors import ConfigError
 from distill.lpc import MelLPC, lp_predict
 from distill.nn import MelUpsampler, WaveNetStack, shift_right
 
@@ -54,10 +53,7 @@ class WaveNetTeacher(nn.Module):
         self.lpc = None
         if linear_prediction:  # the MelLPC arguments (order, sample_rate, n_fft, f_min, f_max, ...)
             self.dist.location_slice()  # a head without a location (mu-law) is a one-line error here
-            try:
-                self.lpc = MelLPC(hop_length=hop_length, n_mels=n_mels, preemphasis=preemphasis, **linear_prediction)
-            except TypeError as err:
-                raise ConfigError(f"linear_prediction: {err}") from None
+            self.lpc = MelLPC.build(linear_prediction, hop_length, n_mels, preemphasis)
         self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context)
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
         self.stack = WaveNetStack(
@@ -94,10 +90,7 @@ class WaveNetTeacher(nn.Module):
         """mel (B, n_mels, F + 2c) -> the linear predictor of every sample (B, 1 + p, F * hop) float32
         (row 0 the log gain, rows 1.. the coefficients; `distill.lpc.MelLPC`), or None for a teacher
         without linear prediction."""
-        if self.lpc is None:
-            return None
-        c = self.mel_context
-        return self.lpc(mel[..., c : mel.shape[-1] - c] if c else mel)
+        return None if self.lpc is None else self.lpc.of_padded(mel, self.mel_context)
 
     def crop_warmup(self) -> int:
         """Leading samples of a training crop cut from inside an utterance whose law lacks the history

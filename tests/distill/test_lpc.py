@@ -180,3 +180,16 @@ def test_lp_synthesis_stays_in_full_precision_under_bf16_autocast():
         from_bf16 = lp_synthesis(u.bfloat16(), coeffs, 64)
     assert low.dtype == torch.float32 and torch.equal(low, exact)
     assert from_bf16.dtype == torch.float32
+
+
+def test_an_unknown_predictor_argument_is_one_config_error_for_teacher_and_student():
+    from distill.errors import ConfigError
+    from students.iaf import IAFStudent
+    from teachers.wavenet import WaveNetTeacher
+
+    bad = {"order": 4, "lag_window": 60.0}  # lag_window_hz misspelt
+    for build in (lambda: WaveNetTeacher(layers=2, cycle=2, residual_channels=4, gate_channels=4, skip_channels=4,
+                                         linear_prediction=bad),
+                  lambda: IAFStudent(flows=[1], linear_prediction=bad)):
+        with pytest.raises(ConfigError, match="linear_prediction: .*lag_window"):
+            build()
