@@ -130,7 +130,12 @@ class LogMel(torch.nn.Module):
     @property
     def silence_value(self) -> float:
         """The log-mel value of digital silence, used to pad mels at utterance edges."""
-        return math.log(self.features.log_floor)
+        return silence_value(self.features)
+
+
+def silence_value(features: FeatureConfig) -> float:
+    """The log-mel value of digital silence under `features` (every padding of a mel uses it)."""
+    return math.log(features.log_floor)
 
 
 def preemphasis(x: torch.Tensor, a: float) -> torch.Tensor:

@@ -17,6 +17,15 @@ class AudioError(WavedistillError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class MelError(WavedistillError):
+    """A mel spectrogram (a file or an array) cannot be vocoded. `name` says which, `reason` why."""
+
+    def __init__(self, name, reason: str):
+        self.name = str(name)
+        self.reason = reason
+        super().__init__(f"{self.name}: {reason}")
+
+
 class CorpusError(WavedistillError):
     """A corpus is missing, empty or has no usable utterance."""
 

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from distill.audio import LogMel, pad_mel
+from distill.audio import LogMel, pad_mel, silence_value
 from distill.config import FeatureConfig
 from distill.corpus import resolve_corpus
 from distill.data import UtteranceStore
@@ -79,10 +79,6 @@ def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances:
     return clips
 
 
-def _silence(features: FeatureConfig) -> float:
-    return math.log(features.log_floor)
-
-
 @torch.inference_mode()
 def teacher_synthesis(teacher: WaveNetTeacher, clips: list[Clip], features: FeatureConfig, device: torch.device,
                       batch_size: int = 16, temperature: float = 1.0, progress: bool = False,
@@ -90,7 +86,7 @@ def teacher_synthesis(teacher: WaveNetTeacher, clips: list[Clip], features: Feat
     """AR copy synthesis (`teachers.sampling.generate` method), utterances batched (shorter mels padded
     with silence)."""
     outputs: list[torch.Tensor] = []
-    ctx, silence = teacher.mel_context, _silence(features)
+    ctx, silence = teacher.mel_context, silence_value(features)
     for i in range(0, len(clips), batch_size):
         group = clips[i : i + batch_size]
         frames = max(c.mel.shape[-1] for c in group)
@@ -112,7 +108,7 @@ def student_synthesis(student: IAFStudent, clips: list[Clip], features: FeatureC
                       temperature: float = 1.0, autocast_dtype: str = "float32",
                       compile: bool = False) -> list[torch.Tensor]:
     """Parallel copy synthesis, one utterance per pass."""
-    silence = _silence(features)
+    silence = silence_value(features)
     return [
         synthesize(student, pad_mel(c.mel, student.mel_context, silence)[None].to(device), temperature,
                    autocast_dtype=_autocast(autocast_dtype), compile=compile)[0].float().cpu()
@@ -124,7 +120,7 @@ def student_synthesis(student: IAFStudent, clips: list[Clip], features: FeatureC
 def teacher_nll(teacher: WaveNetTeacher, clips: list[Clip], audios: list[torch.Tensor], features: FeatureConfig,
                 device: torch.device) -> list[float]:
     """The teacher's mean NLL (nats/sample) of each audio given its clip's mel (teacher-forced)."""
-    silence = _silence(features)
+    silence = silence_value(features)
     out = []
     for clip, audio in zip(clips, audios):
         mel = pad_mel(clip.mel, teacher.mel_context, silence)[None].to(device)

@@ -50,3 +50,53 @@ def _export(args) -> int:
     print(f"exported {args.student} (step {payload['step']}) -> {path} ({path.stat().st_size / 1e6:.1f} MB); "
           f"onnxruntime vs PyTorch on the same noise: max |difference| {error:.2e}")
     return 0
+
+
+def add_vocode(sub) -> None:
+    p = sub.add_parser("vocode", help="mel files (a TTS model's) or audio files -> one WAV each, by a student or a teacher")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="mel files (.npy/.pt, (n_mels, frames) or (frames, n_mels)), audio files (copy synthesis), "
+                        "folders or globs")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--student", default=None, help="student checkpoint or run folder (parallel synthesis)")
+    which.add_argument("--teacher", nargs="?", const="", default=None,
+                       help="teacher checkpoint or run folder (autoregressive; no value: the shipped demo teacher)")
+    p.add_argument("--out", required=True, help="folder for the WAVs (OUT/<input stem>.wav)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="noise scale (default: a teacher's recorded synthesis temperature; 1 for a student)")
+    p.add_argument("--mode", choices=["sample", "mean"], default="sample",
+                   help="teacher only: draw each step, or take its mean (no hiss, duller)")
+    p.add_argument("--seed", type=int, default=0, help="input i uses seed + i (students: independent of --batch)")
+    p.add_argument("--batch", type=int, default=8, help="mels synthesised together")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="students: bfloat16 autocast (GPUs, CPUs with AVX512-BF16)")
+    p.add_argument("--overwrite", action="store_true", help="replace WAVs that already exist (default: keep them)")
+    p.set_defaults(func=_vocode)
+
+
+def _vocode(args) -> int:
+    import logging
+
+    import torch
+
+    from students.vocode import vocode_files
+    from students.vocoder import Vocoder
+
+    log = logging.getLogger("wavedistill")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.student is not None:
+        vocoder = Vocoder.load(args.student, device=device, dtype=args.dtype)
+    else:
+        vocoder = Vocoder.load(args.teacher or None, device=device, dtype=args.dtype)
+    if args.mode != "sample" and vocoder.kind == "student":
+        log.warning("--mode applies to teachers; a student always samples")
+    result = vocode_files(vocoder, args.inputs, args.out, batch=args.batch, seed=args.seed,
+                          temperature=args.temperature, mode=args.mode, overwrite=args.overwrite)
+    for line in result.failed:
+        log.error("%s (skipped)", line)
+    if result.skipped:
+        log.info("kept %d existing WAV(s) in %s (--overwrite replaces them)", len(result.skipped), args.out)
+    log.info("vocoded %d file(s) -> %s with the %s (%s); %d failed", len(result.written), args.out, vocoder.kind,
+             device, len(result.failed))
+    return 1 if result.failed else 0
