@@ -4,7 +4,8 @@ Rules (every one gives a `ConfigError` naming the key and the file):
 - an unknown key is an error (with the closest known key as a hint);
 - a value of the wrong type is an error (ints are accepted where floats are expected, and
   strings such as "1e-3", which YAML 1.1 leaves as strings, are read as floats there);
-- a file may start from another one with `extends: relative/path.yaml`; its keys override the base;
+- a file may start from another one with `extends: relative/path.yaml` (or a list of them, merged in
+  order); its keys override the base;
 - command-line overrides are `key.sub=value`, the value parsed as YAML.
 
 The dataclasses here are the sections that every task shares (features, data, train); each task
@@ -309,9 +310,13 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     base = data.pop("extends", None)
     if base is None:
         return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: 'extends' must be a path to a YAML file, got {base!r}")
-    return merge(_read_yaml(path.parent / base, seen + (path,)), data)
+    bases = [base] if isinstance(base, str) else base
+    if not isinstance(bases, list) or not bases or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: 'extends' must be a path to a YAML file or a list of them, got {base!r}")
+    merged: dict = {}
+    for name in bases:  # later files override earlier ones; this file overrides them all
+        merged = merge(merged, _read_yaml(path.parent / name, seen + (path,)))
+    return merge(merged, data)
 
 
 def merge(base: dict, update: dict) -> dict:

@@ -134,10 +134,10 @@ def _student_name(path: Path, taken: dict) -> str:
 
 
 def print_summary(report: dict) -> None:
-    from eval.report import _markdown_table, summary_columns, summary_rows, timing_note
+    from eval.report import _markdown_table, notes, summary_columns, summary_rows
 
     print("\n".join(_markdown_table(summary_columns(report), summary_rows(report))))
-    print(timing_note(report))
+    print(notes(report))
     print(f"report: {Path(report['paths']['html']).resolve()}")
 
 

@@ -89,6 +89,19 @@ def utterance_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+def pesq_note(report: dict) -> str:
+    """How PESQ was scored: at its own rate (16 kHz wideband, 8 kHz narrowband), resampled when the
+    audio is at another one."""
+    s = report["settings"]
+    rate = int(s.get("features", {}).get("sample_rate", 16000))
+    own = {"wb": 16000, "nb": 8000}
+    resampled = [f"PESQ {m} at {own[m] // 1000} kHz" for m in s["pesq_modes"] if own.get(m, rate) != rate]
+    if not resampled:
+        return ""
+    return (f"The audio is at {rate} Hz; {' and '.join(resampled)} (ITU-T P.862's rates): reference and "
+            "system output are both resampled for it. The other metrics use the audio as it is.")
+
+
 def timing_note(report: dict) -> str:
     s = report["settings"]
     timing = next((e["rtf"] for e in report["systems"].values() if e.get("rtf")), None)
@@ -102,6 +115,11 @@ def timing_note(report: dict) -> str:
             "Griffin-Lim runs on the CPU (torchaudio).")
 
 
+def notes(report: dict) -> str:
+    """The lines under the summary table: how PESQ and the RTF were measured."""
+    return " ".join(n for n in (pesq_note(report), timing_note(report)) if n)
+
+
 def _markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
@@ -112,7 +130,7 @@ def to_markdown(report: dict) -> str:
     s = report["settings"]
     lines = [f"# Evaluation: {s['data']} / {s['split']}, {s['utterances']} utterance(s), {s['audio_seconds']:.1f} s", ""]
     lines += _markdown_table(summary_columns(report), summary_rows(report))
-    lines += ["", timing_note(report), "", "## Per utterance", ""]
+    lines += ["", notes(report), "", "## Per utterance", ""]
     lines += _markdown_table(utterance_columns(report), utterance_rows(report))
     lines += ["", "## Settings", ""] + [f"- {k}: {v}" for k, v in _settings_lines(report)]
     return "\n".join(lines) + "\n"
@@ -159,7 +177,7 @@ def to_html(report: dict, media: dict[str, dict[str, dict[str, str]]]) -> str:
         f"<h1>Evaluation: {html.escape(s['data'])} / {html.escape(s['split'])}, {s['utterances']} utterance(s), "
         f"{s['audio_seconds']:.1f} s</h1>",
         _html_table(summary_columns(report), summary_rows(report), "summary"),
-        f"<p class='note'>{html.escape(timing_note(report))}</p>",
+        f"<p class='note'>{html.escape(notes(report))}</p>",
         "<h2>Per utterance</h2>",
         _html_table(utterance_columns(report), utterance_rows(report), "utterances"),
     ]

@@ -87,7 +87,17 @@ def test_saved_config_loads_back_identically(tmp_path):
 @pytest.mark.parametrize("preset", sorted((ROOT / "configs" / "data").glob("*.yaml")), ids=lambda p: p.name)
 def test_data_presets_load(preset):
     cfg = load_config(DataStageConfig, preset)
-    assert cfg.features.sample_rate == 16000
+    rate = {"ljspeech_22k.yaml": 22050, "libritts_24k.yaml": 24000}.get(preset.name, 16000)
+    assert cfg.features.sample_rate == rate and cfg.features.f_max <= rate / 2
+
+
+def test_extends_takes_a_list_merged_in_order_under_the_file_itself(tmp_path):
+    write(tmp_path, "data:\n  mel_context: 3\n  segment_length: 100\n", "a.yaml")
+    write(tmp_path, "data:\n  mel_context: 4\nfeatures:\n  n_mels: 40\n", "b.yaml")
+    cfg = load_config(DataStageConfig, write(tmp_path, "extends: [a.yaml, b.yaml]\nfeatures:\n  n_mels: 20\n"))
+    assert (cfg.data.segment_length, cfg.data.mel_context, cfg.features.n_mels) == (100, 4, 20)
+    with pytest.raises(ConfigError, match="a path to a YAML file or a list of them"):
+        load_config(DataStageConfig, write(tmp_path, "extends: [a.yaml, 3]\n", "bad.yaml"))
 
 
 def test_a_partial_section_keeps_the_parents_defaults():

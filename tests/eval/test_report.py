@@ -145,3 +145,14 @@ def test_system_and_utterance_names_get_distinct_safe_file_names():
 
     names = _file_names(["student a b", "student a_b", "spk/1", "spk_1"])
     assert len(set(names.values())) == 4 and all("/" not in v and " " not in v for v in names.values())
+
+
+def test_the_report_says_when_pesq_resampled_the_audio():
+    from eval.report import pesq_note
+
+    def report(rate, modes):
+        return {"settings": {"features": {"sample_rate": rate}, "pesq_modes": modes}, "systems": {}}
+
+    assert pesq_note(report(16000, ["wb"])) == ""
+    assert "22050 Hz; PESQ wb at 16 kHz" in pesq_note(report(22050, ["wb"]))
+    assert "PESQ wb at 16 kHz and PESQ nb at 8 kHz" in pesq_note(report(24000, ["wb", "nb"]))

@@ -128,13 +128,25 @@ def test_a_speaker_changes_a_multi_speaker_teachers_output_and_a_wrong_one_is_on
         Vocoder.load(models["student"])(mel, speaker=0)
 
 
-def _independent_mel(wav: np.ndarray) -> np.ndarray:
-    """A log-mel in the models' convention from torchaudio's own transform (centred frames, not LogMel):
-    the kind of file a TTS pipeline writes."""
-    transform = torchaudio.transforms.MelSpectrogram(
-        sample_rate=FEATURES.sample_rate, n_fft=FEATURES.n_fft, win_length=FEATURES.win_length, hop_length=HOP,
-        f_min=FEATURES.f_min, f_max=FEATURES.f_max, n_mels=N_MELS, power=1.0, norm="slaney", mel_scale="slaney")
-    return torch.log(transform(torch.from_numpy(wav).float()).clamp(min=FEATURES.log_floor)).numpy()
+def _independent_mel(wav: np.ndarray, features: FeatureConfig = FEATURES) -> np.ndarray:
+    """A log-mel written the way HiFi-GAN's `mel_spectrogram` does it (reflect-pad (n_fft - hop) / 2, an
+    uncentred torch.stft, magnitude, Slaney filters, log of the clamp at 1e-5), not by LogMel: the kind of
+    file a TTS pipeline writes."""
+    x = torch.from_numpy(wav).float()[None]
+    pad = (features.n_fft - features.hop_length) // 2
+    x = torch.nn.functional.pad(x[None], (pad, pad), mode="reflect")[0]
+    spec = torch.stft(x, features.n_fft, features.hop_length, features.win_length,
+                      torch.hann_window(features.win_length), center=False, return_complex=True).abs()
+    fbanks = torchaudio.functional.melscale_fbanks(features.n_fft // 2 + 1, features.f_min, features.f_max,
+                                                   features.n_mels, features.sample_rate, "slaney", "slaney")
+    return torch.log((fbanks.T @ spec[0]).clamp(min=1e-5)).numpy()
+
+
+def test_the_models_mel_is_hifi_gans_away_from_the_edges():
+    wav = harmonic(0.5, 150.0, 3)
+    ours, theirs = LogMel(FEATURES)(torch.from_numpy(wav)).numpy(), _independent_mel(wav)
+    assert ours.shape == theirs.shape  # T // hop frames on both sides
+    assert np.abs(ours[:, 3:-3] - theirs[:, 3:-3]).max() < 1e-3  # the edges differ: zero vs reflect padding
 
 
 def _vocode(*args: str) -> subprocess.CompletedProcess:
