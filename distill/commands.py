@@ -100,6 +100,9 @@ def add_data_stage_arguments(p: argparse.ArgumentParser) -> None:
 def add_data(sub) -> None:
     p = sub.add_parser("data", help="read and check a corpus (demo, LJSpeech folder or audio folder), fill the mel cache")
     p.add_argument("--corpus", default=None, help="'demo', an LJSpeech folder or a folder of audio files (sets data.corpus)")
+    p.add_argument("--mels", default=None, metavar="DIR",
+                   help="instead: check a folder of external mels (<utterance id>.npy/.pt, for data.mel_dir) against "
+                        "the corpus's audio and the features; exit 1 unless they are in the models' convention")
     add_data_stage_arguments(p)
     p.set_defaults(func=_data)
 
@@ -117,6 +120,18 @@ def run_data_stage(args, corpus: str | None) -> dict:
 
 
 def _data(args) -> int:
+    if args.mels:
+        from distill.prepare import check_mels, format_mel_check
+
+        cfg = load_config(DataStageConfig, args.config, list(args.overrides))
+        if args.corpus:
+            cfg.data.corpus = args.corpus
+        report = check_mels(cfg, args.mels, "all" if args.split == "splits" else args.split)
+        print(format_mel_check(report))
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "mel_check.json").write_text(json.dumps(report, indent=2))
+        return 0 if report["verdict"].startswith("ok") and not report["problems"] else 1
     run_data_stage(args, args.corpus)
     return 0
 

@@ -83,6 +83,10 @@ class DataConfig:
     preload: bool = True
     # Folder for an on-disk mel cache keyed by the feature settings; empty = no cache.
     mel_cache: str = ""
+    # Folder of external mels (a TTS model's, ground-truth aligned) to train on instead of the audio's own:
+    # <utterance id>.npy or .pt per utterance, checked against the audio's T // hop frames (`distill.melfiles`);
+    # mel_cache is not used with it. Check a folder first: wavedistill data --mels DIR.
+    mel_dir: str = ""
     # A file whose peak is below this is reported as silent and skipped.
     silence_threshold: float = 1e-4
     # DataLoader worker processes (0 = load in the training process).

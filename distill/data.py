@@ -26,7 +26,8 @@ from torch.utils.data import Dataset, Sampler
 from distill.audio import LogMel, load_audio, num_frames, pad_mel
 from distill.config import DataConfig, FeatureConfig, to_dict
 from distill.corpus import Utterance, resolve_corpus
-from distill.errors import AudioError, CorpusError
+from distill.errors import AudioError, CorpusError, MelError
+from distill.melfiles import align_mel, mel_file, read_mel
 
 log = logging.getLogger("wavedistill")
 
@@ -92,13 +93,18 @@ class UtteranceStore:
         preload: bool = True,
         mel_cache: str | Path = "",
         source: str = "corpus",
+        mel_dir: str | Path = "",
     ):
         self.features = features
         self.logmel = LogMel(features)
-        self.cache = MelCache(mel_cache, features) if mel_cache else None
+        self.mel_dir = Path(mel_dir) if mel_dir else None
+        if self.mel_dir is not None and not self.mel_dir.is_dir():
+            raise CorpusError(f"data.mel_dir {mel_dir}: no such folder; pass the folder of <utterance id>.npy mels")
+        self.cache = MelCache(mel_cache, features) if mel_cache and self.mel_dir is None else None
         self.preload = preload
         self.items: list[LoadedUtterance] = []
         skipped = 0
+        trimmed: list[tuple[str, int]] = []  # (id, frames off) of external mels
         for utt in utterances:
             try:
                 audio = load_audio(utt.path, features.sample_rate)
@@ -118,16 +124,44 @@ class UtteranceStore:
                 skipped += 1
                 continue
             item = LoadedUtterance(utt, audio.numel())
-            if preload:
+            if self.mel_dir is not None:
+                try:
+                    mel, off = self._external_mel(utt, audio.numel())
+                except MelError as err:
+                    log.warning("skipping %s: %s", utt.path, err)
+                    skipped += 1
+                    continue
+                if mel.shape[-1] * features.hop_length < min_samples:
+                    log.warning("skipping %s: its mel has %d frames, shorter than one segment (%d samples)",
+                                utt.path, mel.shape[-1], min_samples)
+                    skipped += 1
+                    continue
+                if off:
+                    trimmed.append((utt.id, off))
+                item.mel = mel if preload else None
+                item.audio = audio if preload else None
+            elif preload:
                 item.audio = audio
                 item.mel = self._compute_mel(utt, audio)
             elif self.cache is not None and self.cache.get(utt) is None:
                 self.cache.put(utt, self.logmel(audio))
             self.items.append(item)
+        if trimmed:
+            offs = sorted({off for _, off in trimmed})
+            log.warning("%s: %d mel file(s) in %s are %s frame(s) off the audio's T // hop (e.g. %s): their audio or "
+                        "mel is cut to the shorter of the two", source, len(trimmed), self.mel_dir,
+                        "/".join(f"{o:+d}" for o in offs), trimmed[0][0])
         if not self.items:
             raise CorpusError(
                 f"{source}: none of its {len(utterances)} files is usable ({skipped} skipped, see the warnings above)"
             )
+
+    def _external_mel(self, utt: Utterance, num_samples: int) -> tuple[torch.Tensor, int]:
+        """The utterance's mel from data.mel_dir, cut to the audio's frames -> (mel, frames off)."""
+        path = mel_file(self.mel_dir, utt.id)
+        if path is None:
+            raise MelError(self.mel_dir / f"{utt.id}.npy", "missing (data.mel_dir has no mel for this utterance)")
+        return align_mel(read_mel(path, self.features.n_mels), num_samples, self.features.hop_length, path)
 
     def _compute_mel(self, utt: Utterance, audio: torch.Tensor) -> torch.Tensor:
         mel = self.cache.get(utt) if self.cache is not None else None
@@ -146,6 +180,8 @@ class UtteranceStore:
         if item.audio is not None:
             return item.audio, item.mel
         audio = load_audio(item.utt.path, self.features.sample_rate)
+        if self.mel_dir is not None:
+            return audio, self._external_mel(item.utt, audio.numel())[0]
         return audio, self._compute_mel(item.utt, audio)
 
     @property
@@ -164,6 +200,7 @@ def load_split(data: DataConfig, features: FeatureConfig, split: str, min_sample
         preload=data.preload,
         mel_cache=data.mel_cache,
         source=f"corpus '{data.corpus}' split '{split}'",
+        mel_dir=data.mel_dir,
     )
 
 

@@ -17,17 +17,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from distill.audio import load_audio, save_wav, silence_value
 from distill.errors import AudioError, MelError
+from distill.melfiles import MEL_SUFFIXES, range_warning, read_mel
 from students.vocoder import Vocoder
 
 log = logging.getLogger("wavedistill")
 
-MEL_SUFFIXES = (".npy", ".pt")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus")
 
 
@@ -55,58 +54,6 @@ def expand_inputs(specs: list[str]) -> tuple[list[Path], list[str]]:
             problems.append(f"{spec}: no such file or folder")
     unique = list(dict.fromkeys(p.resolve() for p in files))
     return unique, problems
-
-
-def read_mel(path: Path, n_mels: int) -> torch.Tensor:
-    """A mel file as (n_mels, frames) float32 (orientation detected from n_mels), or a `MelError`."""
-    with open(path, "rb") as f:
-        head = f.read(6)
-    suffix = path.suffix.lower()
-    if suffix == ".npy" and head != b"\x93NUMPY":
-        raise MelError(path, "not a .npy file (no NumPy header); write mels with numpy.save")
-    if suffix == ".pt" and head[:4] != b"PK\x03\x04":
-        raise MelError(path, "not a .pt file written by torch.save (no zip archive header)")
-    try:
-        if suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-            if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-                raise MelError(path, f"holds {array.dtype} values, not numbers")
-            mel = torch.from_numpy(np.asarray(array, dtype=np.float32))
-        else:
-            mel = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(mel, np.ndarray):
-                mel = torch.from_numpy(mel)
-            if not isinstance(mel, torch.Tensor):
-                raise MelError(path, f"holds a {type(mel).__name__}, not one tensor (save the mel with torch.save(mel, path))")
-            mel = mel.detach().float()
-    except MelError:
-        raise
-    except Exception as err:  # numpy and torch raise many types for a damaged or foreign file
-        text = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        raise MelError(path, f"not readable as a {path.suffix} array ({text})") from None
-    while mel.dim() > 2 and mel.shape[0] == 1:
-        mel = mel[0]
-    if mel.dim() != 2:
-        raise MelError(path, f"has shape {tuple(mel.shape)}; a mel is (n_mels, frames) or (frames, n_mels)")
-    if mel.shape[0] != n_mels and mel.shape[1] == n_mels:
-        mel = mel.T
-    if mel.shape[0] != n_mels:
-        raise MelError(path, f"has shape {tuple(mel.shape)}: neither axis is the model's {n_mels} mel channels")
-    return mel.contiguous()
-
-
-def range_warning(mel: torch.Tensor, floor: float) -> str | None:
-    """A line when a mel's values cannot be natural-log magnitudes floored at `floor` (a dB, log10 or
-    linear mel vocodes to noise), else None."""
-    low, high = float(mel.min()), float(mel.max())
-    if low < floor - 0.5:
-        return (f"values reach {low:.1f}, below the model's silence floor {floor:.2f} (natural log of log_floor): "
-                "a dB or differently floored mel? the audio will be wrong")
-    if low >= 0 and high > 20:
-        return f"values are in [{low:.1f}, {high:.1f}]: a linear (not log) mel? the audio will be wrong"
-    if high < floor + 3:
-        return f"values stay within [{low:.2f}, {high:.2f}], near the silence floor {floor:.2f}: silence, or log10?"
-    return None
 
 
 @dataclass

@@ -25,6 +25,7 @@ from distill.audio import LogMel, pad_mel, silence_value
 from distill.checkpoint import load_checkpoint
 from distill.config import FeatureConfig, from_dict
 from distill.errors import ConfigError, MelError
+from distill.melfiles import check_values
 from students.iaf import IAFStudent, synthesize
 from students.pretrained import load_student
 from teachers.pretrained import load_teacher
@@ -105,12 +106,7 @@ class Vocoder:
         if mel.shape[0] != self.n_mels:
             raise MelError(name, f"has {mel.shape[0]} mel channels; this model takes {self.n_mels} "
                            f"(shape {tuple(mel.shape)} read as (n_mels, frames))")
-        if mel.shape[1] == 0:
-            raise MelError(name, "has no frames")
-        mel = mel.float()
-        if not torch.isfinite(mel).all():
-            raise MelError(name, f"contains {int((~torch.isfinite(mel)).sum())} NaN or Inf values")
-        return mel
+        return check_values(mel, name)
 
     def __call__(self, mel, temperature: float | None = None, seed: int | None = None,
                  speaker: int | str | None = None, mode: str = "sample", method: str = "auto"):

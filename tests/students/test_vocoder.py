@@ -20,7 +20,7 @@ from distill.checkpoint import FORMAT, VERSION, atomic_save
 from distill.config import FeatureConfig, to_dict
 from distill.errors import ConfigError, MelError
 from students.iaf import IAFStudent
-from students.vocode import read_mel
+from distill.melfiles import read_mel
 from students.vocoder import Vocoder
 from teachers.wavenet import WaveNetTeacher
 from tests.conftest import harmonic
