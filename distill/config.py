@@ -79,6 +79,10 @@ class DataConfig:
     # Corpora without train.txt/valid.txt/test.txt lists are split by a hash of the utterance id.
     valid_fraction: float = 0.05
     test_fraction: float = 0.05
+    # Where speaker names come from: "" (one speaker), "folder" (the first folder below the corpus root:
+    # LibriTTS/<subset>, VCTK/wav48) or "column" (metadata.csv lines id|text|normalized text|speaker).
+    # The training split's speakers, sorted, become ids 0..N-1 (the map is saved in every checkpoint).
+    speakers: str = ""
     # Keep decoded audio and mels in memory (fast; the demo corpus needs ~30 MB).
     preload: bool = True
     # Folder for an on-disk mel cache keyed by the feature settings; empty = no cache.
@@ -100,6 +104,7 @@ class DataConfig:
             ("test_fraction", 0 <= self.test_fraction < 1 - self.valid_fraction, "in [0, 1 - valid_fraction)"),
             ("silence_threshold", self.silence_threshold >= 0, ">= 0"),
             ("num_workers", self.num_workers >= 0, ">= 0"),
+            ("speakers", self.speakers in ("", "folder", "column"), "one of folder, column or \"\""),
         ], self)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -31,13 +31,17 @@ SPLITS = ("train", "valid", "test")
 DEMO = "demo"
 
 
+SPEAKER_SOURCES = ("", "folder", "column")
+
+
 @dataclass(frozen=True)
 class Utterance:
-    """One utterance of a corpus: a stable id, its audio file and (if known) its text."""
+    """One utterance of a corpus: a stable id, its audio file, (if known) its text and its speaker."""
 
     id: str
     path: Path
     text: str = ""
+    speaker: str = ""
 
 
 def demo_corpus_dir() -> Path:
@@ -52,8 +56,9 @@ def audio_extensions() -> set[str]:
     return exts
 
 
-def ljspeech(root: Path) -> list[Utterance]:
-    """Utterances of an LJSpeech-layout folder (`metadata.csv` + `wavs/`)."""
+def ljspeech(root: Path, speaker_column: bool = False) -> list[Utterance]:
+    """Utterances of an LJSpeech-layout folder (`metadata.csv` + `wavs/`). speaker_column: each line is
+    `id|text|normalized text|speaker` (a line without the fourth column is skipped with a warning)."""
     meta = root / "metadata.csv"
     utts = []
     seen = set()
@@ -72,13 +77,20 @@ def ljspeech(root: Path) -> list[Utterance]:
         if uid in seen:
             log.warning("skipping %s line %d: duplicate id %r", meta, number, uid)
             continue
+        speaker = ""
+        if speaker_column:
+            if len(cols) < 4 or not cols[3].strip():
+                log.warning("skipping %s line %d: data.speakers=column needs 'id|text|normalized text|speaker', got %r",
+                            meta, number, line[:80])
+                continue
+            speaker = cols[3].strip()
         text = cols[2].strip() if len(cols) > 2 and cols[2].strip() else cols[1].strip()
         path = _find_audio(root / "wavs", uid)
         if path is None:
             log.warning("skipping %s line %d: no audio file wavs/%s.<wav|flac|...>", meta, number, uid)
             continue
         seen.add(uid)
-        utts.append(Utterance(uid, path, text))
+        utts.append(Utterance(uid, path, text, speaker))
     if not utts:
         raise CorpusError(
             f"{meta}: no usable line (each needs 'id|text' and an audio file wavs/<id>.wav)"
@@ -116,15 +128,35 @@ def hash_split(uid: str, valid_fraction: float, test_fraction: float) -> str:
     return "train"
 
 
+def with_speakers(utts: list[Utterance], root: Path, source: str) -> list[Utterance]:
+    """Speaker names for a corpus: "folder" takes the first folder below the corpus root (LibriTTS with
+    the corpus at a subset such as train-clean-100: the speaker id; VCTK with the corpus at wav48/:
+    p225, ...), "column" the metadata.csv column (read by `ljspeech`), "" none."""
+    if source == "folder":
+        named = [replace(u, speaker=Path(u.id).parts[0]) for u in utts if len(Path(u.id).parts) > 1]
+        if len(named) < len(utts):
+            log.warning("%s: %d file(s) directly in the corpus folder have no speaker folder; skipped",
+                        root, len(utts) - len(named))
+        if not named:
+            raise CorpusError(f"{root}: data.speakers=folder needs audio in one folder per speaker "
+                              "(<corpus>/<speaker>/.../<file>); none found")
+        return named
+    return utts
+
+
 def resolve_corpus(
     spec: str,
     split: str = "train",
     valid_fraction: float = 0.05,
     test_fraction: float = 0.05,
+    speakers: str = "",
 ) -> list[Utterance]:
-    """The utterances of `split` ("train", "valid", "test" or "all") of the corpus `spec`."""
+    """The utterances of `split` ("train", "valid", "test" or "all") of the corpus `spec`, with their
+    speakers when `speakers` names where they come from (`with_speakers`)."""
     if split not in SPLITS + ("all",):
         raise CorpusError(f"unknown split '{split}'; use one of train, valid, test, all")
+    if speakers not in SPEAKER_SOURCES:
+        raise CorpusError(f"data.speakers '{speakers}' is not one of folder, column or \"\" (single speaker)")
     root = demo_corpus_dir() if spec == DEMO else Path(spec).expanduser()
     if not root.exists():
         raise CorpusError(
@@ -132,7 +164,13 @@ def resolve_corpus(
         )
     if root.is_file():
         raise CorpusError(f"corpus '{spec}' is a file; pass the folder that holds the audio")
-    utts = ljspeech(root) if (root / "metadata.csv").is_file() else audio_folder(root)
+    if (root / "metadata.csv").is_file():
+        utts = ljspeech(root, speaker_column=speakers == "column")
+    else:
+        if speakers == "column":
+            raise CorpusError(f"{root}: data.speakers=column reads metadata.csv, which this folder does not have; "
+                              "use data.speakers=folder for one folder per speaker")
+        utts = with_speakers(audio_folder(root), root, speakers)
     if split == "all":
         return utts
     list_file = root / f"{split}.txt"

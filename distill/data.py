@@ -40,6 +40,7 @@ class LoadedUtterance:
     num_samples: int
     audio: torch.Tensor | None = None
     mel: torch.Tensor | None = None
+    speaker: int = 0  # the id of utt.speaker in the store's speaker map
 
 
 class MelCache:
@@ -94,6 +95,7 @@ class UtteranceStore:
         mel_cache: str | Path = "",
         source: str = "corpus",
         mel_dir: str | Path = "",
+        speakers: dict[str, int] | None = None,
     ):
         self.features = features
         self.logmel = LogMel(features)
@@ -102,10 +104,16 @@ class UtteranceStore:
             raise CorpusError(f"data.mel_dir {mel_dir}: no such folder; pass the folder of <utterance id>.npy mels")
         self.cache = MelCache(mel_cache, features) if mel_cache and self.mel_dir is None else None
         self.preload = preload
+        self.speakers = speakers  # name -> id; None: a single-speaker store
         self.items: list[LoadedUtterance] = []
         skipped = 0
         trimmed: list[tuple[str, int]] = []  # (id, frames off) of external mels
         for utt in utterances:
+            if speakers is not None and utt.speaker not in speakers:
+                log.warning("skipping %s: speaker %r is not one the model knows (%s)", utt.path, utt.speaker,
+                            ", ".join(sorted(speakers)) or "none")
+                skipped += 1
+                continue
             try:
                 audio = load_audio(utt.path, features.sample_rate)
             except AudioError as err:
@@ -123,7 +131,7 @@ class UtteranceStore:
                 )
                 skipped += 1
                 continue
-            item = LoadedUtterance(utt, audio.numel())
+            item = LoadedUtterance(utt, audio.numel(), speaker=speakers[utt.speaker] if speakers is not None else 0)
             if self.mel_dir is not None:
                 try:
                     mel, off = self._external_mel(utt, audio.numel())
@@ -189,9 +197,21 @@ class UtteranceStore:
         return sum(i.num_samples for i in self.items) / self.features.sample_rate
 
 
-def load_split(data: DataConfig, features: FeatureConfig, split: str, min_samples: int) -> UtteranceStore:
-    """Resolve, read and check one split of the configured corpus."""
-    utts = resolve_corpus(data.corpus, split, data.valid_fraction, data.test_fraction)
+def corpus_speakers(data: DataConfig) -> dict[str, int] | None:
+    """The speaker map of a multi-speaker corpus (data.speakers set): its training split's speaker names,
+    sorted, -> ids 0..N-1; None for a single-speaker one."""
+    if not data.speakers:
+        return None
+    names = sorted({u.speaker for u in resolve_corpus(data.corpus, "train", data.valid_fraction, data.test_fraction,
+                                                      data.speakers)})
+    return {name: i for i, name in enumerate(names)}
+
+
+def load_split(data: DataConfig, features: FeatureConfig, split: str, min_samples: int,
+               speakers: dict[str, int] | None = None) -> UtteranceStore:
+    """Resolve, read and check one split of the configured corpus (with `speakers`, the map its
+    utterances' speakers must be in)."""
+    utts = resolve_corpus(data.corpus, split, data.valid_fraction, data.test_fraction, data.speakers)
     return UtteranceStore(
         utts,
         features,
@@ -201,6 +221,7 @@ def load_split(data: DataConfig, features: FeatureConfig, split: str, min_sample
         mel_cache=data.mel_cache,
         source=f"corpus '{data.corpus}' split '{split}'",
         mel_dir=data.mel_dir,
+        speakers=speakers,
     )
 
 
@@ -232,10 +253,13 @@ class SegmentDataset(Dataset):
         available = mel.shape[-1] - self.frames
         start = int(np.random.default_rng(seed).integers(0, available + 1))
         mel = pad_mel(mel, self.context, self.store.logmel.silence_value)
-        return {
+        item = {
             "audio": audio[start * hop : start * hop + self.segment],
             "mel": mel[:, start : start + self.frames + 2 * self.context],
         }
+        if self.store.speakers is not None:
+            item["speaker"] = self.store.items[index].speaker
+        return item
 
 
 class UtteranceDataset(Dataset):
@@ -252,7 +276,10 @@ class UtteranceDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         audio, mel = self.store.get(index)
         hop = self.store.features.hop_length
-        return {"id": self.store.items[index].utt.id, "audio": audio[: mel.shape[-1] * hop], "mel": mel}
+        item = {"id": self.store.items[index].utt.id, "audio": audio[: mel.shape[-1] * hop], "mel": mel}
+        if self.store.speakers is not None:
+            item["speaker"] = self.store.items[index].speaker
+        return item
 
 
 class StreamSampler(Sampler):
@@ -291,8 +318,10 @@ class StreamSampler(Sampler):
         return 2**62
 
 
-def vocoder_datasets(data: DataConfig, features: FeatureConfig) -> tuple[SegmentDataset, UtteranceDataset]:
-    """The usual pair: aligned training crops of the train split, whole utterances of the valid split."""
-    train = load_split(data, features, "train", data.segment_length)
-    valid = load_split(data, features, "valid", features.n_fft)
+def vocoder_datasets(data: DataConfig, features: FeatureConfig,
+                     speakers: dict[str, int] | None = None) -> tuple[SegmentDataset, UtteranceDataset]:
+    """The usual pair: aligned training crops of the train split, whole utterances of the valid split
+    (each item with its speaker id when `speakers` maps the corpus's speakers)."""
+    train = load_split(data, features, "train", data.segment_length, speakers)
+    valid = load_split(data, features, "valid", features.n_fft, speakers)
     return SegmentDataset(train, data.segment_length, data.mel_context), UtteranceDataset(valid)

@@ -314,3 +314,17 @@ class MelUpsampler(nn.Module):
             x = F.leaky_relu(x, 0.4)
         cut = self.context * self.hop
         return x[..., cut : x.shape[-1] - cut] if cut else x
+
+
+def with_speaker(cond: torch.Tensor, table: nn.Embedding | None, speaker: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample conditioning (B, C, T) plus a multi-speaker model's speaker embedding, broadcast over
+    time -> (B, C + speaker_dim, T); unchanged for a model without speakers (`table` None). Teachers and
+    students condition the same way."""
+    if table is None:
+        if speaker is not None:
+            raise ConfigError("this model has no speaker input; pass no speaker")
+        return cond
+    if speaker is None:
+        raise ConfigError(f"this model is multi-speaker ({table.num_embeddings} speakers): pass speaker ids (B,)")
+    emb = table(speaker.to(cond.device))[:, :, None].expand(-1, -1, cond.shape[-1])
+    return torch.cat([cond, emb.to(cond.dtype)], dim=1)

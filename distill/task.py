@@ -39,7 +39,10 @@ class Task(abc.ABC):
         Default: aligned crops of the train split and whole valid utterances of `config.data`."""
         from distill.data import vocoder_datasets
 
-        return vocoder_datasets(self.config.data, self.config.features)
+        return vocoder_datasets(self.config.data, self.config.features, self.speakers)
+
+    #: the speaker map (name -> id) of a multi-speaker task, saved in its checkpoints; None: one speaker
+    speakers: dict[str, int] | None = None
 
     @abc.abstractmethod
     def training_step(self, model: torch.nn.Module, batch: Any, step: int) -> dict[str, torch.Tensor]:

@@ -45,6 +45,9 @@ def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seco
                         "student distilled with loss.teacher_temperature T already imitates the teacher at T, so "
                         "an explicit value scales a tempered student's noise once more)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speaker", default=None,
+                   help="multi-speaker models: synthesise every clip as this speaker (default: each clip's own, "
+                        "named by the corpus as in the teacher's training data)")
     p.add_argument("--out", default=out, help="folder for report.json/md/html, wavs/, images/, tensorboard/")
 
 
@@ -75,6 +78,9 @@ def run_eval(args, students: list[str]) -> dict:
     if args.temperature is None:  # the temperature its trainer documented for it
         args.temperature = float(payload.get("config", {}).get("valid", {}).get("temperature", 1.0))
     features = FeatureConfig(**payload["features"])
+    if 0 < args.rtf_seconds * features.sample_rate < features.n_fft:
+        raise ConfigError(f"--rtf-seconds {args.rtf_seconds} is shorter than one STFT window "
+                          f"({features.n_fft / features.sample_rate:.3f} s); pass a longer clip or 0 (the whole first clip)")
     teacher_sha = file_sha256(teacher_path)
     loaded, student_info = {}, {}
     for path in students:
@@ -87,7 +93,14 @@ def run_eval(args, students: list[str]) -> dict:
         loaded[name] = student
         student_info[name] = {"path": str(path), "step": spayload["step"], "teacher_path": source.get("path"),
                               "teacher_sha256": source.get("sha256"), "teacher_matches": source.get("sha256") == teacher_sha}
-    clips = load_clips(args.data, args.split, features, args.max_utterances, args.max_seconds)
+    speaker_map = payload.get("extra", {}).get("speakers") if teacher.speaker is not None else None
+    source = payload.get("config", {}).get("data", {}).get("speakers", "") if speaker_map else ""
+    clips = load_clips(args.data, args.split, features, args.max_utterances, args.max_seconds,
+                       "" if getattr(args, "speaker", None) else source)
+    if speaker_map is not None:
+        _assign_speakers(clips, speaker_map, getattr(args, "speaker", None), loaded, student_info)
+    elif getattr(args, "speaker", None):
+        raise ConfigError(f"--speaker {args.speaker}: the teacher {teacher_path.name} has no speaker input")
     settings = EvalSettings(
         pesq_modes=("wb", "nb") if args.pesq_nb else ("wb",), teacher_batch=args.teacher_batch,
         teacher_sampler=args.teacher_sampler,
@@ -120,6 +133,30 @@ def run_eval(args, students: list[str]) -> dict:
     }
     report["paths"] = {k: str(v) for k, v in write_report(Path(args.out), report, clips, systems, features).items()}
     return report
+
+
+def _assign_speakers(clips: list, speaker_map: dict, speaker: str | None, students: dict, info: dict) -> None:
+    """Each clip's speaker id for a multi-speaker teacher: --speaker for all, else the clip's own (from the
+    corpus, named the way the teacher's training data named them); students must share the teacher's map."""
+    from distill.errors import ConfigError
+
+    for name, student in students.items():
+        if student.speaker is None or student.speaker.num_embeddings != len(speaker_map):
+            raise ConfigError(f"student {name} ({info[name]['path']}) does not have the teacher's "
+                              f"{len(speaker_map)} speakers; evaluate it with the teacher it was distilled from")
+    known = ", ".join(sorted(speaker_map))
+    if speaker is not None:
+        if speaker not in speaker_map:
+            raise ConfigError(f"unknown speaker {speaker!r}; known: {known}")
+        for clip in clips:
+            clip.speaker = speaker_map[speaker]
+        return
+    unknown = sorted({c.speaker_name for c in clips if c.speaker_name not in speaker_map})
+    if unknown:
+        raise ConfigError(f"the evaluation split's speakers {', '.join(map(repr, unknown[:5]))} are not the teacher's "
+                          f"({known}); pass --speaker NAME to synthesise every clip with one of them")
+    for clip in clips:
+        clip.speaker = speaker_map[clip.speaker_name]
 
 
 def _student_name(path: Path, taken: dict) -> str:

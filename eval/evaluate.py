@@ -37,6 +37,15 @@ class Clip:
     id: str
     reference: torch.Tensor  # (F * hop,)
     mel: torch.Tensor  # (n_mels, F), no context
+    speaker: int | None = None  # the speaker id a multi-speaker model synthesises it with
+    speaker_name: str = ""  # the corpus's name of its speaker (data.speakers), if any
+
+
+def speakers_of(clips: list[Clip], device: torch.device) -> torch.Tensor | None:
+    """The clips' speaker ids (B,), or None when they have none (single-speaker models)."""
+    if any(c.speaker is None for c in clips):
+        return None
+    return torch.tensor([c.speaker for c in clips], device=device)
 
 
 @dataclass
@@ -56,10 +65,13 @@ class EvalSettings:
     student_compile: bool = False  # students' flows through torch.compile (`students.iaf.compiled_flows`)
 
 
-def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances: int, max_seconds: float) -> list[Clip]:
+def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances: int, max_seconds: float,
+               speakers: str = "") -> list[Clip]:
     """Up to `max_utterances` usable utterances of a split (unreadable, silent or too short files are
-    skipped with a warning naming the file), each cut to `max_seconds` (0 = whole) and to whole hops."""
-    utts = resolve_corpus(corpus, split)
+    skipped with a warning naming the file), each cut to `max_seconds` (0 = whole) and to whole hops.
+    speakers: where the corpus names its speakers (data.speakers); each clip's `speaker` is then set by
+    the caller from the model's map."""
+    utts = resolve_corpus(corpus, split, speakers=speakers)
     store = UtteranceStore(utts[:max_utterances] if max_utterances > 0 else utts, features, min_samples=features.n_fft,
                            source=f"corpus '{corpus}' split '{split}'")
     logmel = LogMel(features)
@@ -72,7 +84,7 @@ def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances:
         if frames * features.hop_length < features.n_fft:
             continue
         audio = audio[: frames * features.hop_length]
-        clips.append(Clip(item.utt.id, audio, logmel(audio)))
+        clips.append(Clip(item.utt.id, audio, logmel(audio), speaker_name=item.utt.speaker))
     if not clips:
         raise CorpusError(f"corpus '{corpus}' split '{split}': no utterance long enough to evaluate "
                           f"(need {features.n_fft} samples after --max-seconds)")
@@ -94,7 +106,8 @@ def teacher_synthesis(teacher: WaveNetTeacher, clips: list[Clip], features: Feat
             pad_mel(torch.nn.functional.pad(c.mel, (0, frames - c.mel.shape[-1]), value=silence), ctx, silence)
             for c in group
         ]).to(device)
-        audio = generate(teacher, mels, method, temperature=temperature, progress=progress).float().cpu()
+        audio = generate(teacher, mels, method, temperature=temperature, progress=progress,
+                         speaker=speakers_of(group, device)).float().cpu()
         outputs += [audio[j, : c.reference.numel()] for j, c in enumerate(group)]
     return outputs
 
@@ -111,7 +124,8 @@ def student_synthesis(student: IAFStudent, clips: list[Clip], features: FeatureC
     silence = silence_value(features)
     return [
         synthesize(student, pad_mel(c.mel, student.mel_context, silence)[None].to(device), temperature,
-                   autocast_dtype=_autocast(autocast_dtype), compile=compile)[0].float().cpu()
+                   autocast_dtype=_autocast(autocast_dtype), compile=compile,
+                   speaker=speakers_of([c], device))[0].float().cpu()
         for c in clips
     ]
 
@@ -125,7 +139,7 @@ def teacher_nll(teacher: WaveNetTeacher, clips: list[Clip], audios: list[torch.T
     for clip, audio in zip(clips, audios):
         mel = pad_mel(clip.mel, teacher.mel_context, silence)[None].to(device)
         x = audio[: clip.reference.numel()].float().clamp(-1, 1)[None].to(device)
-        out.append(float(-teacher.log_prob(x, mel).mean()))
+        out.append(float(-teacher.log_prob(x, mel, speakers_of([clip], device)).mean()))
     return out
 
 
@@ -134,7 +148,8 @@ def timing_clip(clip: Clip, features: FeatureConfig, seconds: float) -> Clip:
     if seconds <= 0:
         return clip
     frames = max(1, min(clip.mel.shape[-1], int(seconds * features.sample_rate) // features.hop_length))
-    return Clip(clip.id, clip.reference[: frames * features.hop_length], clip.mel[:, :frames])
+    return Clip(clip.id, clip.reference[: frames * features.hop_length], clip.mel[:, :frames], clip.speaker,
+                clip.speaker_name)
 
 
 def score_systems(clips: list[Clip], systems: dict[str, list[torch.Tensor]], features: FeatureConfig,

@@ -66,6 +66,7 @@ def add_vocode(sub) -> None:
                    help="noise scale (default: a teacher's recorded synthesis temperature; 1 for a student)")
     p.add_argument("--mode", choices=["sample", "mean"], default="sample",
                    help="teacher only: draw each step, or take its mean (no hiss, duller)")
+    p.add_argument("--speaker", default=None, help="a multi-speaker model's speaker: a name of its map or an id")
     p.add_argument("--seed", type=int, default=0, help="input i uses seed + i (students: independent of --batch)")
     p.add_argument("--batch", type=int, default=8, help="mels synthesised together")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -92,7 +93,7 @@ def _vocode(args) -> int:
     if args.mode != "sample" and vocoder.kind == "student":
         log.warning("--mode applies to teachers; a student always samples")
     result = vocode_files(vocoder, args.inputs, args.out, batch=args.batch, seed=args.seed,
-                          temperature=args.temperature, mode=args.mode, overwrite=args.overwrite)
+                          temperature=args.temperature, mode=args.mode, overwrite=args.overwrite, speaker=args.speaker)
     for line in result.failed:
         log.error("%s (skipped)", line)
     if result.skipped:

@@ -32,7 +32,7 @@ from distill.checkpoint import remember_args
 from distill.distributions import Gaussian, Logistic
 from distill.errors import ConfigError
 from distill.lpc import MelLPC, lp_predict, lp_synthesis, synthesis_block
-from distill.nn import MelUpsampler, WaveNetStack, shift_right
+from distill.nn import MelUpsampler, WaveNetStack, shift_right, with_speaker
 
 
 @dataclass
@@ -69,6 +69,8 @@ class IAFStudent(nn.Module):
         initial_scale: float = 0.05,
         preemphasis: float = 0.0,
         linear_prediction: dict | None = None,
+        num_speakers: int = 0,
+        speaker_dim: int = 16,
     ):
         super().__init__()
         if distribution not in ("gaussian", "logistic"):
@@ -94,9 +96,11 @@ class IAFStudent(nn.Module):
             if self.lp_block < self.lpc.order:
                 raise ConfigError(f"a linear-prediction student needs a hop ({hop_length}) of at least the predictor's "
                                   f"order ({self.lpc.order}); distil with model.linear_prediction: false")
+        # a multi-speaker student: its teacher's speakers, embedded and appended to the conditioning
+        self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
         self.flows = nn.ModuleList(
             WaveNetStack(1, 2, layers, min(cycle, layers), kernel_size, residual_channels, gate_channels,
-                         skip_channels, n_mels)
+                         skip_channels, n_mels + (speaker_dim if num_speakers > 0 else 0))
             for layers in flows
         )
         # Start near identity with a small total scale: each flow's last conv is zero, its log-scale
@@ -113,9 +117,13 @@ class IAFStudent(nn.Module):
         zeros = torch.zeros(shape, device=device, dtype=dtype or torch.get_default_dtype())
         return self.dist.sample(torch.stack([zeros, zeros], dim=1))
 
-    def forward(self, z: torch.Tensor, mel: torch.Tensor) -> StudentOutput:
-        """z: (B, T) noise, mel: (B, n_mels, T / hop + 2c) -> StudentOutput, all (B, T)."""
-        cond = self.upsampler(mel)
+    def conditioning(self, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
+        """mel (B, n_mels, F + 2c) [+ speaker ids (B,)] -> (B, cond_channels, F * hop)."""
+        return with_speaker(self.upsampler(mel), self.speaker, speaker)
+
+    def forward(self, z: torch.Tensor, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> StudentOutput:
+        """z: (B, T) noise, mel: (B, n_mels, T / hop + 2c) [, speaker ids (B,)] -> StudentOutput, all (B, T)."""
+        cond = self.conditioning(mel, speaker)
         out = self.flow(z, cond)
         return out if self.lpc is None else self.through_predictor(out, self.predictor(mel))
 
@@ -229,6 +237,7 @@ def synthesize(
     autocast_dtype: torch.dtype | None = None,
     chunk: int | None = None,
     compile: bool = False,
+    speaker: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Parallel synthesis, no teacher needed. mel: (B, n_mels, F + 2c) -> audio (B, F * hop) in [-1, 1]
     (de-emphasised when the student works on pre-emphasised audio; through the mel's all-pole filter
@@ -239,10 +248,11 @@ def synthesize(
     AVX512-BF16); the flow composition stays in float32. chunk: synthesise that many samples at a
     time per flow (exact seams, tested); None (default) picks `auto_chunk`, 0 runs the whole length in
     one pass. compile: run the flows through `compiled_flows` (same numbers to float tolerance, tested).
+    speaker: ids (B,) for a multi-speaker student.
     """
     dtype = mel.dtype if autocast_dtype is None else torch.float32  # of z and the composition
     with torch.autocast(mel.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-        cond = student.upsampler(mel)
+        cond = student.conditioning(mel, speaker)
         if z is None:
             z = student.sample_noise((mel.shape[0], cond.shape[-1]), cond.device, dtype) * temperature
         z = z.to(dtype)

@@ -87,8 +87,8 @@ class StudentConfig:
 
 
 def build_student(cfg: StudentConfig, upsample: str = "stretch", upsample_scales: list | None = None,
-                  linear_prediction: dict | None = None) -> IAFStudent:
-    """The student a config describes (the upsampler's mode and scales and, with
+                  linear_prediction: dict | None = None, num_speakers: int = 0, speaker_dim: int = 16) -> IAFStudent:
+    """The student a config describes (the upsampler's mode and scales, the teacher's speakers and, with
     `model.linear_prediction`, the predictor's arguments come from the teacher)."""
     m = cfg.model
     if m.linear_prediction and not linear_prediction:
@@ -100,6 +100,7 @@ def build_student(cfg: StudentConfig, upsample: str = "stretch", upsample_scales
         upsample=upsample, upsample_scales=upsample_scales, initial_scale=m.initial_scale,
         preemphasis=cfg.features.preemphasis,
         linear_prediction=linear_prediction if m.linear_prediction else None,
+        num_speakers=num_speakers, speaker_dim=speaker_dim,
     )
 
 
@@ -129,6 +130,18 @@ class DistillTask(Task):
             )
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        # a multi-speaker teacher: the student learns its speakers, with its map, from a corpus that names them
+        self.speakers = payload.get("extra", {}).get("speakers") if self.teacher.speaker is not None else None
+        if self.teacher.speaker is not None:
+            if self.speakers is None:
+                raise ConfigError(f"teacher {self.teacher_path.name} is multi-speaker but its checkpoint has no speaker "
+                                  "map (trained before data.speakers existed); retrain it with data.speakers set")
+            if not config.data.speakers:
+                raise ConfigError(f"teacher {self.teacher_path.name} is multi-speaker ({', '.join(list(self.speakers)[:8])}"
+                                  "); set data.speakers (folder or column) so the corpus names each utterance's speaker")
+        elif config.data.speakers:
+            raise ConfigError(f"data.speakers={config.data.speakers} but teacher {self.teacher_path.name} has no speaker "
+                              "input; distil a single-speaker teacher with data.speakers unset")
         method = config.loss.kl_method
         gaussian_pair = isinstance(self.teacher.dist, Gaussian) and config.model.distribution == "gaussian"
         if method == "closed_form" and not gaussian_pair:
@@ -145,7 +158,12 @@ class DistillTask(Task):
     # ------------------------------------------------------------------ model and data
     def build_model(self) -> IAFStudent:
         m, t = self.config.model, self.teacher_info["model_args"]
-        student = build_student(self.config, t["upsample"], t["upsample_scales"], t.get("linear_prediction"))
+        speakers = self.teacher.speaker
+        student = build_student(self.config, t["upsample"], t["upsample_scales"], t.get("linear_prediction"),
+                                speakers.num_embeddings if speakers is not None else 0,
+                                speakers.embedding_dim if speakers is not None else 16)
+        if speakers is not None:  # start from the teacher's speaker embeddings (trained from there)
+            student.speaker.load_state_dict(speakers.state_dict())
         if m.upsampler_from_teacher:
             student.upsampler.load_state_dict(self.teacher.upsampler.state_dict())
         if not m.train_upsampler:
@@ -157,7 +175,7 @@ class DistillTask(Task):
         self.teacher.to(device).eval()
 
     def checkpoint_extra(self) -> dict:
-        return {"teacher": self.teacher_info}
+        return {"teacher": self.teacher_info, **({"speakers": self.speakers} if self.speakers is not None else {})}
 
     def flops_per_sample(self, model) -> float:
         """Student forward + backward (6 FLOPs per MAC); the frozen teacher's forward on the student's
@@ -166,11 +184,11 @@ class DistillTask(Task):
         return 6 * sum(f.macs_per_sample() for f in flows) + 4 * self.teacher.stack.macs_per_sample()
 
     # ------------------------------------------------------------------ the objective
-    def teacher_law(self, y: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+    def teacher_law(self, y: torch.Tensor, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
         """The frozen teacher teacher-forced on the student's sample y (B, T) -> params (B, P, T), float32,
         at `loss.teacher_temperature` (the law its sampler draws from at that temperature)."""
         with torch.autocast(device_type=y.device.type, enabled=False):
-            params = self.teacher(y.float(), mel.float())
+            params = self.teacher(y.float(), mel.float(), speaker)
             return self.teacher.dist.temper(params, self.config.loss.teacher_temperature)
 
     def kl_terms(self, student: IAFStudent, out: StudentOutput, teacher_params: torch.Tensor,
@@ -196,12 +214,12 @@ class DistillTask(Task):
     def training_step(self, model, batch, step):
         student = unwrap(model)
         weights = self.config.loss.weights
-        audio, mel = batch["audio"], batch["mel"]
+        audio, mel, speaker = batch["audio"], batch["mel"], batch.get("speaker")
         z = student.sample_noise(tuple(audio.shape), audio.device, torch.float32)
-        out = model(z, mel)  # under bf16 autocast the convs run in bf16, the flow composition in float32
+        out = model(z, mel, speaker)  # under bf16 autocast the convs run in bf16, the flow composition in float32
         with torch.autocast(device_type=audio.device.type, enabled=False):
             # float32 from here: bf16 rounding of mu would add (d mu)^2 / 2 s^2 to a KL whose scales reach e^-7
-            teacher_params = self.teacher_law(out.x, mel)  # teacher-forced on the student's sample
+            teacher_params = self.teacher_law(out.x, mel, speaker)  # teacher-forced on the student's sample
             # a crop cut from inside an utterance: its first steps have a law the teacher never learned
             # (its linear predictor lacks their history; the teacher's own loss leaves them out too)
             terms = self.kl_terms(student, out, teacher_params, self.teacher.crop_warmup())
@@ -221,7 +239,7 @@ class DistillTask(Task):
             # Parallel WaveNet: push away from the teacher given another item's mel (gamma = the weight)
             other = torch.roll(torch.arange(audio.shape[0], device=audio.device), 1)
             with torch.autocast(device_type=audio.device.type, enabled=False):
-                mismatched = self.kl_terms(student, out, self.teacher_law(out.x, mel[other]),
+                mismatched = self.kl_terms(student, out, self.teacher_law(out.x, mel[other], speaker),
                                            self.teacher.crop_warmup())["kl"].mean()
             values["loss/contrastive"] = -mismatched
         total = sum(weights[k] * v for k, v in values.items() if k in weights)
@@ -251,9 +269,10 @@ class DistillTask(Task):
             mel = pad_mel(item["mel"][:, :frames], cfg.data.mel_context, silence)[None].to(device)
             length = frames * feats.hop_length
             z = model.sample_noise((1, length), device, torch.float32)
-            out = model(z, mel)
+            speaker = torch.tensor([item["speaker"]], device=device) if "speaker" in item else None
+            out = model(z, mel, speaker)
             with torch.autocast(device_type=device.type, enabled=False):
-                terms = self.kl_terms(model, out, self.teacher_law(out.x, mel))
+                terms = self.kl_terms(model, out, self.teacher_law(out.x, mel, speaker))
             kl_sum += float(terms["kl"].sum())
             count += length
             audio = model.to_audio(out.x[0].float()).clamp(-1, 1).cpu()

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from distill.audio import load_audio, save_wav, silence_value
-from distill.errors import AudioError, MelError
+from distill.errors import AudioError, ConfigError, MelError
 from distill.melfiles import MEL_SUFFIXES, range_warning, read_mel
 from students.vocoder import Vocoder
 
@@ -65,13 +65,12 @@ class VocodeResult:
 
 def vocode_files(vocoder: Vocoder, specs: list[str], out: str | Path, batch: int = 8, seed: int | None = 0,
                  temperature: float | None = None, mode: str = "sample", overwrite: bool = False,
-                 progress: bool = True) -> VocodeResult:
+                 progress: bool = True, speaker: str | None = None) -> VocodeResult:
     """Vocode every input (see the module docstring). The i-th input's noise is drawn from seed + i for
     a student, so its audio does not depend on --batch."""
     if batch < 1:
-        from distill.errors import ConfigError
-
         raise ConfigError(f"--batch must be >= 1, got {batch}")
+    vocoder.speaker_ids(speaker, 1)  # a missing or unknown speaker is one line before any file is read
     out = Path(out)
     files, failed = expand_inputs(specs)
     result = VocodeResult([], [], failed)
@@ -105,7 +104,7 @@ def vocode_files(vocoder: Vocoder, specs: list[str], out: str | Path, batch: int
         # one call per run of consecutive indices, so input i always gets seed + i
         for run in _consecutive(group):
             audios = vocoder([m for _, m, _ in run], temperature=temperature,
-                             seed=None if seed is None else seed + run[0][0], mode=mode)
+                             seed=None if seed is None else seed + run[0][0], mode=mode, speaker=speaker)
             for (_, _, target), audio in zip(run, audios):
                 out.mkdir(parents=True, exist_ok=True)
                 partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")

@@ -115,7 +115,8 @@ class Vocoder:
 
         temperature: the noise scale (default `self.temperature`). seed: reproducible output; for a
         student the noise of item i is drawn from seed + i, so an item's audio does not depend on
-        what it is batched with. speaker: a name or id, for a multi-speaker teacher. mode, method: the
+        what it is batched with. speaker: a name (of `self.speakers`) or an int id, for a multi-speaker
+        model. mode, method: the
         teacher's ("sample" or "mean"; "auto" = the fastest sampler for the device,
         `teachers.sampling.fastest_method`).
         """
@@ -128,12 +129,14 @@ class Vocoder:
         temperature = self.temperature if temperature is None else float(temperature)
         if not math.isfinite(temperature) or temperature < 0:
             raise ConfigError(f"temperature must be a finite number >= 0, got {temperature}")
-        audios = self._synthesize(mels, temperature, seed, self._speaker(speaker, len(mels)), mode, method)
+        audios = self._synthesize(mels, temperature, seed, self.speaker_ids(speaker, len(mels)), mode, method)
         if single:
             return audios[0]
         return torch.stack(audios) if batched else audios
 
-    def _speaker(self, speaker: int | str | None, batch: int) -> torch.Tensor | None:
+    def speaker_ids(self, speaker: int | str | None, batch: int) -> torch.Tensor | None:
+        """A speaker name or id -> ids (batch,) on the device (None for a single-speaker model), or one
+        ConfigError line: missing, unknown (listing the known ones), or given to a model without speakers."""
         table = getattr(self.model, "speaker", None)
         if table is None:
             if speaker is not None:
@@ -141,10 +144,10 @@ class Vocoder:
             return None
         if speaker is None:
             raise ConfigError(f"this model is multi-speaker: pass a speaker (one of {self._known_speakers()})")
-        if isinstance(speaker, str) and not speaker.isdigit():
-            if speaker not in self.speakers:
-                raise ConfigError(f"unknown speaker {speaker!r}; known: {self._known_speakers()}")
+        if isinstance(speaker, str) and speaker in self.speakers:  # a name first: LibriTTS's names are numbers
             index = self.speakers[speaker]
+        elif isinstance(speaker, str) and (self.speakers or not speaker.isdigit()):
+            raise ConfigError(f"unknown speaker {speaker!r}; known: {self._known_speakers()}")
         else:
             index = int(speaker)
             if not 0 <= index < table.num_embeddings:
@@ -174,7 +177,7 @@ class Vocoder:
                         torch.manual_seed(seed + i)
                         z[i, : m.shape[-1] * hop] = self.model.sample_noise((1, m.shape[-1] * hop))[0] * temperature
                 z = z.to(self.device)
-            audio = synthesize(self.model, batch, temperature, z=z, autocast_dtype=DTYPES[self.dtype])
+            audio = synthesize(self.model, batch, temperature, z=z, autocast_dtype=DTYPES[self.dtype], speaker=speaker)
         else:
             if method == "auto":
                 method = fastest_method(self.model, self.device)

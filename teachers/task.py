@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from distill.audio import LogMel, pad_mel
 from distill.config import DataConfig, FeatureConfig, TrainConfig, to_dict
+from distill.data import corpus_speakers
 from distill.distributed import unwrap
 from distill.errors import ConfigError
 from distill.logger import RunLogger
@@ -70,9 +71,13 @@ class TeacherConfig:
     valid: TeacherValidConfig = field(default_factory=TeacherValidConfig)
 
 
-def build_teacher(cfg: TeacherConfig) -> WaveNetTeacher:
+def build_teacher(cfg: TeacherConfig, num_speakers: int | None = None) -> WaveNetTeacher:
+    """The teacher a config describes; num_speakers: the corpus's speaker count (`distill.data.corpus_speakers`),
+    overriding model.num_speakers."""
     feats = cfg.features
     args = to_dict(cfg.model)
+    if num_speakers is not None:
+        args["num_speakers"] = num_speakers
     lp = args.pop("linear_prediction")
     order = lp.pop("order")
     linear_prediction = None
@@ -95,14 +100,25 @@ class TeacherTask(Task):
     def __init__(self, config: TeacherConfig):
         super().__init__(config)
         self.logmel = LogMel(config.features)
+        self.speakers = corpus_speakers(config.data)
+        declared = config.model.num_speakers
+        if self.speakers is None and declared > 0:
+            raise ConfigError(f"model.num_speakers {declared} needs speaker ids from the corpus: set data.speakers to "
+                              "folder (one folder per speaker) or column (a speaker column in metadata.csv)")
+        if self.speakers is not None and declared not in (0, len(self.speakers)):
+            raise ConfigError(f"model.num_speakers {declared} differs from the {len(self.speakers)} speakers of the "
+                              f"training split ({', '.join(list(self.speakers)[:8])}); set it to 0 (taken from the corpus)")
 
     def build_model(self) -> WaveNetTeacher:
-        return build_teacher(self.config)
+        return build_teacher(self.config, len(self.speakers) if self.speakers is not None else None)
+
+    def checkpoint_extra(self) -> dict:
+        return {"speakers": self.speakers} if self.speakers is not None else {}
 
     def training_step(self, model, batch, step):
         teacher = unwrap(model)
         y = teacher.to_model_domain(batch["audio"])  # the crop's first sample takes x_(-1) = 0
-        params = model(y, batch["mel"])
+        params = model(y, batch["mel"], batch.get("speaker"))
         # the likelihood is computed in float32 even under bf16 autocast
         skip = teacher.crop_warmup()
         nll = -teacher.dist.log_prob(params.float(), y.float())[:, skip:].mean()
@@ -120,10 +136,11 @@ class TeacherTask(Task):
             item = valid_data[i]
             audio = item["audio"][None].to(device)
             mel = pad_mel(item["mel"], cfg.data.mel_context, silence)[None].to(device)
+            speaker = _speaker_of(item, device)
             # float32 even when training runs under bf16 autocast: the NLL logged is the one that
             # sampling and distillation (float32 teachers) see
             with torch.autocast(device_type=device.type, enabled=False):
-                logp = model.log_prob(audio.float(), mel.float())
+                logp = model.log_prob(audio.float(), mel.float(), speaker)
             total += float(-logp.sum())
             count += audio.numel()
         nll = total / max(count, 1)
@@ -135,7 +152,8 @@ class TeacherTask(Task):
             mel = pad_mel(item["mel"][:, :frames], cfg.data.mel_context, silence)[None].to(device)
             with torch.autocast(device_type=device.type, enabled=False):
                 method = fastest_method(model, device)  # a monitoring sample: the fastest sampler
-                audio = generate(model.float(), mel.float(), method, temperature=cfg.valid.temperature)[0].cpu()
+                audio = generate(model.float(), mel.float(), method, temperature=cfg.valid.temperature,
+                                 speaker=_speaker_of(item, device))[0].cpu()
             reference = item["audio"][: frames * feats.hop_length]
             logger.audio("valid/sample", audio, feats.sample_rate, step)
             logger.audio("valid/reference", reference, feats.sample_rate, step)
@@ -144,3 +162,8 @@ class TeacherTask(Task):
             logger.figure("valid/mel", fig, step)
             results["sample_mel_l1"] = float(F.l1_loss(self.logmel(audio), self.logmel(reference)))
         return results
+
+
+def _speaker_of(item: dict, device: torch.device) -> torch.Tensor | None:
+    """A dataset item's speaker id as a batch of one (B = 1,), or None for a single-speaker corpus."""
+    return torch.tensor([item["speaker"]], device=device) if "speaker" in item else None

@@ -20,7 +20,7 @@ from distill.audio import deemphasis, preemphasis
 from distill.checkpoint import remember_args
 from distill.distributions import build_distribution
 from distill.lpc import MelLPC, lp_predict
-from distill.nn import MelUpsampler, WaveNetStack, shift_right
+from distill.nn import MelUpsampler, WaveNetStack, shift_right, with_speaker
 
 
 class WaveNetTeacher(nn.Module):
@@ -78,13 +78,7 @@ class WaveNetTeacher(nn.Module):
 
     def conditioning(self, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
         """mel (B, n_mels, F + 2c) [+ speaker (B,)] -> (B, cond_channels, F * hop)."""
-        c = self.upsampler(mel)
-        if self.speaker is not None:
-            if speaker is None:
-                raise ValueError("this teacher has speaker embeddings: pass speaker ids (B,)")
-            emb = self.speaker(speaker)[:, :, None].expand(-1, -1, c.shape[-1])
-            c = torch.cat([c, emb], dim=1)
-        return c
+        return with_speaker(self.upsampler(mel), self.speaker, speaker)
 
     def predictor(self, mel: torch.Tensor) -> torch.Tensor | None:
         """mel (B, n_mels, F + 2c) -> the linear predictor of every sample (B, 1 + p, F * hop) float32

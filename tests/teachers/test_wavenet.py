@@ -10,6 +10,7 @@ import torch
 from distill.audio import LogMel, load_audio, pad_mel
 from distill.config import FeatureConfig
 from distill.corpus import resolve_corpus
+from distill.errors import ConfigError
 from teachers.sampling import generate, incremental_forward
 from teachers.wavenet import WaveNetTeacher
 
@@ -114,8 +115,10 @@ def test_speaker_embedding_changes_the_output():
     a = model(x, mel, torch.tensor([0, 0]))
     b = model(x, mel, torch.tensor([0, 2]))
     assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1])
-    with pytest.raises(ValueError, match="speaker ids"):
+    with pytest.raises(ConfigError, match="multi-speaker .3 speakers.: pass speaker ids"):
         model(x, mel)
+    with pytest.raises(ConfigError, match="no speaker input"):
+        small_teacher()(x, mel, torch.tensor([0, 0]))
 
 
 def test_a_tiny_teacher_overfits_one_clip_well_below_the_unconditional_baseline():
@@ -165,8 +168,6 @@ def test_mel_upsampler_covers_exactly_the_central_frames_and_is_centred(mode, sc
 
 
 def test_too_little_mel_context_for_the_upsampler_is_a_config_error():
-    from distill.errors import ConfigError
-
     with pytest.raises(ConfigError, match="set data.mel_context >= 2"):
         WaveNetTeacher(mel_context=1)
 
