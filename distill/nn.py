@@ -257,7 +257,8 @@ def _stretch(x: torch.Tensor, conv: nn.Conv1d, s: int) -> torch.Tensor:
 
 
 class MelUpsampler(nn.Module):
-    """Log-mel frames -> per-sample conditioning.
+    """Log-mel frames -> per-sample conditioning; owns the model's input contract (`pad`: the context
+    frames and their silence value).
 
     forward(mel: (B, n_mels, F + 2*context)) -> (B, n_mels, F * hop). The `context` frames on each
     side only feed the smoothing convolutions; the output covers exactly the F central frames.
@@ -267,8 +268,10 @@ class MelUpsampler(nn.Module):
     "transposed": a ConvTranspose1d (kernel 2s, stride s) per scale; "repeat": repetition only.
     """
 
-    def __init__(self, n_mels: int, hop_length: int, scales: list[int], mode: str = "stretch", context: int = 2):
+    def __init__(self, n_mels: int, hop_length: int, scales: list[int], mode: str = "stretch", context: int = 2,
+                 silence: float = math.log(1e-5)):
         super().__init__()
+        self.silence = silence  # the log-mel of digital silence: what `pad` puts beyond the edges
         if mode not in ("stretch", "transposed", "repeat"):
             raise ConfigError(f"upsample mode '{mode}' is not one of stretch, transposed, repeat")
         if mode != "repeat" and math.prod(scales) != hop_length:
@@ -305,6 +308,17 @@ class MelUpsampler(nn.Module):
             reach += s * math.prod(self.scales[i + 1 :])
         return math.ceil(reach / self.hop)
 
+    def pad(self, mels: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """Utterance mels -> this upsampler's input: `context` frames of silence on each side. mels: one
+        (n_mels, F) or (B, n_mels, F) tensor, or a list of (n_mels, F_i) (each padded with silence to the
+        longest first) -> (B, n_mels, F + 2 context); a lone (n_mels, F) gives B = 1."""
+        if isinstance(mels, (list, tuple)):
+            longest = max(m.shape[-1] for m in mels)
+            mels = torch.stack([F.pad(m, (0, longest - m.shape[-1]), value=self.silence) for m in mels])
+        elif mels.dim() == 2:
+            mels = mels[None]
+        return F.pad(mels, (self.context, self.context), value=self.silence) if self.context else mels
+
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         x = mel
         if self.mode == "repeat":
@@ -314,6 +328,22 @@ class MelUpsampler(nn.Module):
             x = F.leaky_relu(x, 0.4)
         cut = self.context * self.hop
         return x[..., cut : x.shape[-1] - cut] if cut else x
+
+
+class MelConditioned:
+    """The conditioning every vocoder model here shares: `upsampler` (a `MelUpsampler`) and `speaker` (an
+    embedding table or None). Callers hand utterance mels to `pad_mels` and the result to the model."""
+
+    upsampler: MelUpsampler
+    speaker: nn.Embedding | None
+
+    def pad_mels(self, mels: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """Utterance mels (no context; see `MelUpsampler.pad`) -> the model's mel input."""
+        return self.upsampler.pad(mels)
+
+    def conditioning(self, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
+        """mel (B, n_mels, F + 2c) [+ speaker ids (B,)] -> (B, cond_channels, F * hop)."""
+        return with_speaker(self.upsampler(mel), self.speaker, speaker)
 
 
 def with_speaker(cond: torch.Tensor, table: nn.Embedding | None, speaker: torch.Tensor | None) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from distill.audio import LogMel, pad_mel, silence_value
+from distill.audio import LogMel
 from distill.config import FeatureConfig
 from distill.corpus import resolve_corpus
 from distill.data import UtteranceStore
@@ -98,14 +98,9 @@ def teacher_synthesis(teacher: WaveNetTeacher, clips: list[Clip], features: Feat
     """AR copy synthesis (`teachers.sampling.generate` method), utterances batched (shorter mels padded
     with silence)."""
     outputs: list[torch.Tensor] = []
-    ctx, silence = teacher.mel_context, silence_value(features)
     for i in range(0, len(clips), batch_size):
         group = clips[i : i + batch_size]
-        frames = max(c.mel.shape[-1] for c in group)
-        mels = torch.stack([
-            pad_mel(torch.nn.functional.pad(c.mel, (0, frames - c.mel.shape[-1]), value=silence), ctx, silence)
-            for c in group
-        ]).to(device)
+        mels = teacher.pad_mels([c.mel for c in group]).to(device)
         audio = generate(teacher, mels, method, temperature=temperature, progress=progress,
                          speaker=speakers_of(group, device)).float().cpu()
         outputs += [audio[j, : c.reference.numel()] for j, c in enumerate(group)]
@@ -121,9 +116,8 @@ def student_synthesis(student: IAFStudent, clips: list[Clip], features: FeatureC
                       temperature: float = 1.0, autocast_dtype: str = "float32",
                       compile: bool = False) -> list[torch.Tensor]:
     """Parallel copy synthesis, one utterance per pass."""
-    silence = silence_value(features)
     return [
-        synthesize(student, pad_mel(c.mel, student.mel_context, silence)[None].to(device), temperature,
+        synthesize(student, student.pad_mels(c.mel).to(device), temperature,
                    autocast_dtype=_autocast(autocast_dtype), compile=compile,
                    speaker=speakers_of([c], device))[0].float().cpu()
         for c in clips
@@ -134,10 +128,9 @@ def student_synthesis(student: IAFStudent, clips: list[Clip], features: FeatureC
 def teacher_nll(teacher: WaveNetTeacher, clips: list[Clip], audios: list[torch.Tensor], features: FeatureConfig,
                 device: torch.device) -> list[float]:
     """The teacher's mean NLL (nats/sample) of each audio given its clip's mel (teacher-forced)."""
-    silence = silence_value(features)
     out = []
     for clip, audio in zip(clips, audios):
-        mel = pad_mel(clip.mel, teacher.mel_context, silence)[None].to(device)
+        mel = teacher.pad_mels(clip.mel).to(device)
         x = audio[: clip.reference.numel()].float().clamp(-1, 1)[None].to(device)
         out.append(float(-teacher.log_prob(x, mel, speakers_of([clip], device)).mean()))
     return out

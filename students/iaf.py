@@ -32,7 +32,7 @@ from distill.checkpoint import remember_args
 from distill.distributions import Gaussian, Logistic
 from distill.errors import ConfigError
 from distill.lpc import MelLPC, lp_predict, lp_synthesis, synthesis_block
-from distill.nn import MelUpsampler, WaveNetStack, shift_right, with_speaker
+from distill.nn import MelConditioned, MelUpsampler, WaveNetStack, shift_right, with_speaker
 
 
 @dataclass
@@ -50,7 +50,7 @@ class StudentOutput:
         return torch.stack([self.mu_tot, self.log_s_tot], dim=1)
 
 
-class IAFStudent(nn.Module):
+class IAFStudent(MelConditioned, nn.Module):
     @remember_args
     def __init__(
         self,
@@ -71,6 +71,7 @@ class IAFStudent(nn.Module):
         linear_prediction: dict | None = None,
         num_speakers: int = 0,
         speaker_dim: int = 16,
+        mel_silence: float = math.log(1e-5),
     ):
         super().__init__()
         if distribution not in ("gaussian", "logistic"):
@@ -84,7 +85,7 @@ class IAFStudent(nn.Module):
         self.mel_context = mel_context
         self.hop_length = hop_length
         self.preemphasis = preemphasis  # the teacher's: the flows produce its model domain
-        self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context)
+        self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context, mel_silence)
         self.lpc = None
         if linear_prediction:  # the teacher's MelLPC arguments
             if linear_prediction.get("interpolate"):
@@ -117,15 +118,16 @@ class IAFStudent(nn.Module):
         zeros = torch.zeros(shape, device=device, dtype=dtype or torch.get_default_dtype())
         return self.dist.sample(torch.stack([zeros, zeros], dim=1))
 
-    def conditioning(self, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
-        """mel (B, n_mels, F + 2c) [+ speaker ids (B,)] -> (B, cond_channels, F * hop)."""
-        return with_speaker(self.upsampler(mel), self.speaker, speaker)
-
-    def forward(self, z: torch.Tensor, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> StudentOutput:
-        """z: (B, T) noise, mel: (B, n_mels, T / hop + 2c) [, speaker ids (B,)] -> StudentOutput, all (B, T)."""
-        cond = self.conditioning(mel, speaker)
+    def forward(self, z: torch.Tensor, mel: torch.Tensor, speaker: torch.Tensor | None = None,
+                mel_cond: torch.Tensor | None = None, lpc: torch.Tensor | None = None) -> StudentOutput:
+        """z: (B, T) noise, mel: (B, n_mels, T / hop + 2c) [, speaker ids (B,)] -> StudentOutput, all (B, T).
+        mel_cond, lpc: `upsampler(mel)` and `predictor(mel)` when the caller has them already (a frozen
+        upsampler shared with the teacher, the teacher's predictor): not computed again."""
+        cond = with_speaker(self.upsampler(mel) if mel_cond is None else mel_cond, self.speaker, speaker)
         out = self.flow(z, cond)
-        return out if self.lpc is None else self.through_predictor(out, self.predictor(mel))
+        if self.lpc is None:
+            return out
+        return self.through_predictor(out, self.predictor(mel) if lpc is None else lpc)
 
     def predictor(self, mel: torch.Tensor) -> torch.Tensor | None:
         """mel (B, n_mels, F + 2c) -> (B, 1 + p, F * hop) float32: log gain and coefficients per sample

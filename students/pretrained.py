@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from distill.checkpoint import load_model
+from distill.audio import silence_value
 from distill.config import FeatureConfig, to_dict
 from students.iaf import IAFStudent
 
@@ -20,4 +21,7 @@ def load_student(
     payload["extra"]["teacher"] names the teacher it was distilled from (path, sha256, step)."""
     if isinstance(features, FeatureConfig):
         features = to_dict(features)
-    return load_model(path, "student", IAFStudent, features, device)
+    model, payload = load_model(path, "student", IAFStudent, features, device)
+    if "mel_silence" not in payload["model_args"]:  # saved before models owned their silence value
+        model.upsampler.silence = silence_value(FeatureConfig(**payload["features"]))
+    return model, payload

@@ -15,13 +15,14 @@ from typing import Literal
 
 import torch
 
-from distill.audio import LogMel, pad_mel
+from distill.audio import LogMel, silence_value
 from distill.config import DataConfig, FeatureConfig, TrainConfig
 from distill.distributed import unwrap
 from distill.distributions import Gaussian
 from distill.errors import ConfigError
 from distill.logger import RunLogger
 from distill.losses import gaussian_kl, log_scale_regulariser, monte_carlo_kl, power_loss, stft_loss
+from distill.nn import with_speaker
 from distill.plots import mel_figure
 from distill.task import Task
 from students.iaf import IAFStudent, StudentOutput
@@ -100,7 +101,7 @@ def build_student(cfg: StudentConfig, upsample: str = "stretch", upsample_scales
         upsample=upsample, upsample_scales=upsample_scales, initial_scale=m.initial_scale,
         preemphasis=cfg.features.preemphasis,
         linear_prediction=linear_prediction if m.linear_prediction else None,
-        num_speakers=num_speakers, speaker_dim=speaker_dim,
+        num_speakers=num_speakers, speaker_dim=speaker_dim, mel_silence=silence_value(cfg.features),
     )
 
 
@@ -171,6 +172,18 @@ class DistillTask(Task):
                 p.requires_grad_(False)
         return student
 
+    def shares_upsampler(self, student: IAFStudent) -> bool:
+        """Whether the student's upsampler is the teacher's, frozen (the presets' setting; checked on the
+        weights once, after any checkpoint was loaded): then its output is computed once per step for both."""
+        if self._shares_upsampler is None:
+            m = self.config.model
+            mine, theirs = student.upsampler.state_dict(), self.teacher.upsampler.state_dict()
+            self._shares_upsampler = (not m.train_upsampler and mine.keys() == theirs.keys()
+                                      and all(torch.equal(v.cpu(), theirs[k].cpu()) for k, v in mine.items()))
+        return self._shares_upsampler
+
+    _shares_upsampler: bool | None = None
+
     def setup(self, device: torch.device) -> None:
         self.teacher.to(device).eval()
 
@@ -184,11 +197,16 @@ class DistillTask(Task):
         return 6 * sum(f.macs_per_sample() for f in flows) + 4 * self.teacher.stack.macs_per_sample()
 
     # ------------------------------------------------------------------ the objective
-    def teacher_law(self, y: torch.Tensor, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
+    def teacher_law(self, y: torch.Tensor, mel: torch.Tensor, speaker: torch.Tensor | None = None,
+                    mel_cond: torch.Tensor | None = None, lpc: torch.Tensor | None = None) -> torch.Tensor:
         """The frozen teacher teacher-forced on the student's sample y (B, T) -> params (B, P, T), float32,
-        at `loss.teacher_temperature` (the law its sampler draws from at that temperature)."""
+        at `loss.teacher_temperature` (the law its sampler draws from at that temperature). mel_cond, lpc:
+        the teacher's `upsampler(mel)` and `predictor(mel)` when already computed."""
         with torch.autocast(device_type=y.device.type, enabled=False):
-            params = self.teacher(y.float(), mel.float(), speaker)
+            t = self.teacher
+            cond = with_speaker(t.upsampler(mel.float()) if mel_cond is None else mel_cond.float(), t.speaker, speaker)
+            lpc = t.predictor(mel) if lpc is None and t.lpc is not None else lpc
+            params = t.forward_cond(y.float(), cond, lpc if t.lpc is not None else None)
             return self.teacher.dist.temper(params, self.config.loss.teacher_temperature)
 
     def kl_terms(self, student: IAFStudent, out: StudentOutput, teacher_params: torch.Tensor,
@@ -216,10 +234,16 @@ class DistillTask(Task):
         weights = self.config.loss.weights
         audio, mel, speaker = batch["audio"], batch["mel"], batch.get("speaker")
         z = student.sample_noise(tuple(audio.shape), audio.device, torch.float32)
-        out = model(z, mel, speaker)  # under bf16 autocast the convs run in bf16, the flow composition in float32
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            # computed once for both models: the frozen upsampler they share, the predictor an LP student
+            # takes from its teacher (float32, as the teacher has always seen them)
+            mel_cond = self.teacher.upsampler(mel.float()) if self.shares_upsampler(student) else None
+            lpc = student.predictor(mel) if student.lpc is not None else None
+        # under bf16 autocast the convs run in bf16, the flow composition in float32
+        out = model(z, mel, speaker, mel_cond=mel_cond, lpc=lpc)
         with torch.autocast(device_type=audio.device.type, enabled=False):
             # float32 from here: bf16 rounding of mu would add (d mu)^2 / 2 s^2 to a KL whose scales reach e^-7
-            teacher_params = self.teacher_law(out.x, mel, speaker)  # teacher-forced on the student's sample
+            teacher_params = self.teacher_law(out.x, mel, speaker, mel_cond, lpc)  # teacher-forced on the student's sample
             # a crop cut from inside an utterance: its first steps have a law the teacher never learned
             # (its linear predictor lacks their history; the teacher's own loss leaves them out too)
             terms = self.kl_terms(student, out, teacher_params, self.teacher.crop_warmup())
@@ -239,7 +263,7 @@ class DistillTask(Task):
             # Parallel WaveNet: push away from the teacher given another item's mel (gamma = the weight)
             other = torch.roll(torch.arange(audio.shape[0], device=audio.device), 1)
             with torch.autocast(device_type=audio.device.type, enabled=False):
-                mismatched = self.kl_terms(student, out, self.teacher_law(out.x, mel[other], speaker),
+                mismatched = self.kl_terms(student, out, self.teacher_law(out.x, mel[other], speaker[other] if speaker is not None else None),
                                            self.teacher.crop_warmup())["kl"].mean()
             values["loss/contrastive"] = -mismatched
         total = sum(weights[k] * v for k, v in values.items() if k in weights)
@@ -259,14 +283,13 @@ class DistillTask(Task):
 
     def _validate(self, model, valid_data, logger: RunLogger, step: int, device: torch.device) -> dict[str, float]:
         cfg, feats = self.config, self.config.features
-        silence = self.logmel.silence_value
         kl_sum, mel_sum, count, first = 0.0, 0.0, 0, None
         for i in range(min(cfg.valid.max_utterances, len(valid_data))):
             item = valid_data[i]
             frames = item["mel"].shape[-1]
             if cfg.valid.max_seconds > 0:
                 frames = min(frames, int(cfg.valid.max_seconds * feats.sample_rate) // feats.hop_length)
-            mel = pad_mel(item["mel"][:, :frames], cfg.data.mel_context, silence)[None].to(device)
+            mel = model.pad_mels(item["mel"][:, :frames]).to(device)
             length = frames * feats.hop_length
             z = model.sample_noise((1, length), device, torch.float32)
             speaker = torch.tensor([item["speaker"]], device=device) if "speaker" in item else None

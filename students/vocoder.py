@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from distill.audio import LogMel, pad_mel, silence_value
+from distill.audio import LogMel
 from distill.checkpoint import load_checkpoint
 from distill.config import FeatureConfig, from_dict
 from distill.errors import ConfigError, MelError
@@ -162,11 +162,8 @@ class Vocoder:
     @torch.inference_mode()
     def _synthesize(self, mels: list[torch.Tensor], temperature: float, seed: int | None,
                     speaker: torch.Tensor | None, mode: str, method: str) -> list[torch.Tensor]:
-        silence = silence_value(self.features)
-        context = self.model.mel_context
         frames = max(m.shape[-1] for m in mels)
-        batch = torch.stack([torch.nn.functional.pad(m, (0, frames - m.shape[-1]), value=silence) for m in mels])
-        batch = pad_mel(batch, context, silence).to(self.device)
+        batch = self.model.pad_mels(mels).to(self.device)
         hop = self.hop_length
         if self.kind == "student":
             z = None

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from distill.checkpoint import FORMAT, VERSION, atomic_save, checkpoint_file, load_checkpoint, load_model
+from distill.audio import silence_value
 from distill.config import FeatureConfig, to_dict
 from distill.errors import CheckpointError
 from teachers.wavenet import WaveNetTeacher
@@ -47,7 +48,10 @@ def load_teacher(
         raise CheckpointError(f"{path}: the shipped demo teacher is missing from this installation; reinstall wavedistill")
     if isinstance(features, FeatureConfig):
         features = to_dict(features)
-    return load_model(path, "teacher", WaveNetTeacher, features, device)
+    model, payload = load_model(path, "teacher", WaveNetTeacher, features, device)
+    if "mel_silence" not in payload["model_args"]:  # saved before models owned their silence value
+        model.upsampler.silence = silence_value(FeatureConfig(**payload["features"]))
+    return model, payload
 
 
 def export_teacher(source: str | Path, out: str | Path, temperature: float | None = None) -> dict:

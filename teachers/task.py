@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from distill.audio import LogMel, pad_mel
+from distill.audio import LogMel, silence_value
 from distill.config import DataConfig, FeatureConfig, TrainConfig, to_dict
 from distill.data import corpus_speakers
 from distill.distributed import unwrap
@@ -91,6 +91,7 @@ def build_teacher(cfg: TeacherConfig, num_speakers: int | None = None) -> WaveNe
         mel_context=cfg.data.mel_context,
         preemphasis=feats.preemphasis,
         linear_prediction=linear_prediction,
+        mel_silence=silence_value(feats),
     )
 
 
@@ -129,13 +130,12 @@ class TeacherTask(Task):
 
     def validate(self, model, valid_data, logger: RunLogger, step: int) -> dict[str, float]:
         cfg, feats = self.config, self.config.features
-        silence = self.logmel.silence_value
         device = next(model.parameters()).device
         total, count = 0.0, 0
         for i in range(min(cfg.valid.max_utterances, len(valid_data))):
             item = valid_data[i]
             audio = item["audio"][None].to(device)
-            mel = pad_mel(item["mel"], cfg.data.mel_context, silence)[None].to(device)
+            mel = unwrap(model).pad_mels(item["mel"]).to(device)
             speaker = _speaker_of(item, device)
             # float32 even when training runs under bf16 autocast: the NLL logged is the one that
             # sampling and distillation (float32 teachers) see
@@ -149,7 +149,7 @@ class TeacherTask(Task):
         if frames > 0 and logger.enabled:
             item = valid_data[0]
             frames = min(frames, item["mel"].shape[-1])
-            mel = pad_mel(item["mel"][:, :frames], cfg.data.mel_context, silence)[None].to(device)
+            mel = unwrap(model).pad_mels(item["mel"][:, :frames]).to(device)
             with torch.autocast(device_type=device.type, enabled=False):
                 method = fastest_method(model, device)  # a monitoring sample: the fastest sampler
                 audio = generate(model.float(), mel.float(), method, temperature=cfg.valid.temperature,

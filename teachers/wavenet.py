@@ -13,6 +13,8 @@ g(t) location_net, log scale = log g(t) + log scale_net, with c(t) and g(t) comp
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -20,10 +22,10 @@ from distill.audio import deemphasis, preemphasis
 from distill.checkpoint import remember_args
 from distill.distributions import build_distribution
 from distill.lpc import MelLPC, lp_predict
-from distill.nn import MelUpsampler, WaveNetStack, shift_right, with_speaker
+from distill.nn import MelConditioned, MelUpsampler, WaveNetStack, shift_right
 
 
-class WaveNetTeacher(nn.Module):
+class WaveNetTeacher(MelConditioned, nn.Module):
     @remember_args
     def __init__(
         self,
@@ -44,6 +46,7 @@ class WaveNetTeacher(nn.Module):
         speaker_dim: int = 16,
         preemphasis: float = 0.0,
         linear_prediction: dict | None = None,
+        mel_silence: float = math.log(1e-5),
     ):
         super().__init__()
         self.dist = build_distribution(distribution, **(distribution_args or {}))
@@ -54,7 +57,7 @@ class WaveNetTeacher(nn.Module):
         if linear_prediction:  # the MelLPC arguments (order, sample_rate, n_fft, f_min, f_max, ...)
             self.dist.location_slice()  # a head without a location (mu-law) is a one-line error here
             self.lpc = MelLPC.build(linear_prediction, hop_length, n_mels, preemphasis)
-        self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context)
+        self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context, mel_silence)
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
         self.stack = WaveNetStack(
             1, self.dist.num_params, layers, cycle, kernel_size, residual_channels, gate_channels, skip_channels,
@@ -75,10 +78,6 @@ class WaveNetTeacher(nn.Module):
         """Past samples that the network's output at t depends on: y_{t-R} .. y_{t-1}. (With linear
         prediction the law also reaches p samples back: max(R, p) in all.)"""
         return self.stack.receptive_field()
-
-    def conditioning(self, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
-        """mel (B, n_mels, F + 2c) [+ speaker (B,)] -> (B, cond_channels, F * hop)."""
-        return with_speaker(self.upsampler(mel), self.speaker, speaker)
 
     def predictor(self, mel: torch.Tensor) -> torch.Tensor | None:
         """mel (B, n_mels, F + 2c) -> the linear predictor of every sample (B, 1 + p, F * hop) float32

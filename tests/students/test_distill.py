@@ -145,8 +145,9 @@ def test_gradients_flow_through_the_students_sample_into_the_teachers_view(monke
         torch.manual_seed(3)
         student = task.build_model()
         if detach_sample:
-            forward = type(task.teacher).forward
-            monkeypatch.setattr(type(task.teacher), "forward", lambda self, x, mel, speaker=None: forward(self, x.detach(), mel, speaker))
+            forward = type(task.teacher).forward_cond
+            monkeypatch.setattr(type(task.teacher), "forward_cond",
+                                lambda self, y, cond, lpc=None: forward(self, y.detach(), cond, lpc))
         torch.manual_seed(4)
         task.training_step(student, batch, 0)["loss/kl"].backward()
         monkeypatch.undo()
@@ -266,3 +267,28 @@ def test_linear_prediction_needs_a_teacher_with_a_predictor():
         from students.task import build_student
 
         build_student(config("model.linear_prediction=true"))
+
+
+def test_the_shared_upsampler_and_predictor_are_computed_once_with_the_same_numbers(tmp_path):
+    """With the presets' frozen copy of the teacher's upsampler (and an LP student's predictor), one step
+    computes them once for both models; the losses equal a step that computes them separately."""
+    task = DistillTask(config("loss.weights.loss/stft=1.0"))
+    trainer = Trainer(task, tmp_path / "run")
+    trainer._build()
+    student = trainer.model
+    assert student.lpc is not None and task.shares_upsampler(student)
+    batch = next(iter(trainer.loader))
+    calls = {"upsampler": 0, "predictor": 0}
+    for module, name in ((task.teacher.upsampler, "upsampler"), (student.upsampler, "upsampler"),
+                         (task.teacher.lpc, "predictor"), (student.lpc, "predictor")):
+        module.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    torch.manual_seed(3)
+    shared = task.training_step(student, batch, 1)
+    assert calls == {"upsampler": 1, "predictor": 1}
+    task._shares_upsampler = False  # the old path: each model its own upsampler
+    torch.manual_seed(3)
+    separate = task.training_step(student, batch, 1)
+    assert calls["upsampler"] == 3
+    for key in ("loss/kl", "loss/stft", "distill/entropy"):
+        assert torch.equal(shared[key], separate[key]), key
+    trainer.logger.close()

@@ -215,3 +215,25 @@ def test_a_db_mel_gets_a_warning_and_a_missing_input_a_line(models, tmp_path):
     assert result.returncode == 1
     assert "below the model's silence floor" in result.stderr and "matches no file" in result.stderr
     assert sf.info(str(tmp_path / "out" / "db.wav")).frames == 8 * HOP
+
+
+def test_the_model_owns_its_context_frames_and_their_silence_value(tmp_path):
+    from distill.config import load_config
+    from teachers.pretrained import load_teacher
+    from teachers.task import TeacherConfig, build_teacher
+
+    cfg = load_config(TeacherConfig, "configs/teacher/gaussian_tiny.yaml",
+                      ["features.log_floor=1e-4", "model.layers=2", "model.cycle=2", "data.mel_context=3"])
+    teacher = build_teacher(cfg)
+    a, b = torch.zeros(N_MELS, 5), torch.ones(N_MELS, 2)
+    padded = teacher.pad_mels([a, b])
+    assert padded.shape == (2, N_MELS, 5 + 6)
+    silence = math.log(1e-4)
+    assert torch.equal(padded[1, :, 3:5], b) and (padded[1, :, 5:] == silence).all() and (padded[:, :, :3] == silence).all()
+    assert torch.equal(teacher.pad_mels(a), padded[:1])
+    # a checkpoint written before models recorded the value takes it from its feature settings
+    args = {k: v for k, v in teacher.constructor_args.items() if k != "mel_silence"}
+    atomic_save({"format": FORMAT, "version": VERSION, "task": "teacher", "step": 1, "model": teacher.state_dict(),
+                 "ema": None, "model_class": "teachers.wavenet:WaveNetTeacher", "model_args": args,
+                 "features": to_dict(cfg.features), "config": {}}, tmp_path / "old.pt")
+    assert load_teacher(tmp_path / "old.pt")[0].upsampler.silence == silence
