@@ -15,6 +15,7 @@ OGG/Vorbis, MP3 (libsndfile >= 1.1) and the other libsndfile formats.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import Path
@@ -27,13 +28,16 @@ import torchaudio
 from distill.config import FeatureConfig
 from distill.errors import AudioError
 
+log = logging.getLogger("wavedistill")
+
 
 def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
     """Read any soundfile format as float32 mono in [-1, 1] at `sample_rate`.
 
     Returns: (T,) float32. Stereo and multichannel files are averaged to mono; other sample rates
-    are resampled with torchaudio (band-limited sinc). Raises `AudioError` (with the file and the
-    reason) for a missing, unreadable, empty or non-finite file.
+    are resampled with torchaudio (band-limited sinc). A float file with samples beyond full scale
+    (peak > FULL_SCALE_TOLERANCE) is divided by its peak, with one warning naming it. Raises `AudioError`
+    (with the file and the reason) for a missing, unreadable, empty or non-finite file.
     """
     path = Path(path)
     if not path.exists():
@@ -53,9 +57,22 @@ def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
     if not np.isfinite(data).all():
         raise AudioError(path, "contains NaN or Inf samples")
     x = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    peak = float(x.abs().max())
+    if peak > FULL_SCALE_TOLERANCE:  # only float files can: integer PCM reads within [-1, 1]
+        if str(path) not in _WARNED_OVER_FULL_SCALE:
+            _WARNED_OVER_FULL_SCALE.add(str(path))
+            log.warning("%s: samples reach %.3g, outside [-1, 1]: scaled by 1/%.3g (float audio beyond full scale is "
+                        "peak-normalised to 1)", path, peak, peak)
+        x = x / peak
     if rate != sample_rate:
         x = resample(x, rate, sample_rate)
     return x
+
+
+# A float file whose peak exceeds this is divided by its peak (a mild overshoot of float WAVs, such as
+# 1.0001 from resampling elsewhere, is left alone); each such file is named once per process.
+FULL_SCALE_TOLERANCE = 1.001
+_WARNED_OVER_FULL_SCALE: set[str] = set()
 
 
 def resample(x: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:

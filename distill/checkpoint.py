@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import logging
 import os
 import pickle
 import random
@@ -30,8 +31,14 @@ import torch
 
 from distill.errors import CheckpointError
 
+log = logging.getLogger("wavedistill")
+
 FORMAT = "wavedistill-checkpoint"
 VERSION = 1
+# what every checkpoint has (loading any model needs them)
+REQUIRED_KEYS = ("task", "step", "model", "model_class", "model_args", "features")
+# what a checkpoint needs for --resume (an exported teacher or a foreign file has only some of it)
+RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "step", "batches_consumed", "nonfinite_skipped")
 LATEST = "latest.pt"
 # Only classes of this project may be rebuilt from a checkpoint's model_class.
 _TRUSTED_PACKAGES = ("distill", "teachers", "students", "eval")
@@ -107,7 +114,7 @@ def build_model(payload: dict) -> torch.nn.Module:
         )
     try:
         model = cls(**payload["model_args"])
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, RuntimeError) as err:  # RuntimeError: e.g. negative channel counts
         raise CheckpointError(
             f"checkpoint's constructor arguments do not fit {payload['model_class']} ({err}); "
             "was it written by another version of wavedistill?"
@@ -241,6 +248,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{path}: checkpoint format version {payload.get('version')} is not {VERSION}, the one this wavedistill reads"
         )
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: an incomplete wavedistill checkpoint: it has no {', '.join(missing)} "
+                              "(written by hand or by another tool?); use a checkpoint written by wavedistill")
+    weights = payload["ema"]["model"] if isinstance(payload.get("ema"), dict) and "model" in payload["ema"] \
+        else payload["model"]
+    bad = [name for name, value in (("model", weights), ("model_args", payload["model_args"]),
+                                    ("features", payload["features"])) if not isinstance(value, dict)]
+    if bad or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path}: malformed wavedistill checkpoint ({', '.join(bad) or 'model'} is not a mapping"
+                              f"{' of tensors' if not bad else ''}); use a checkpoint written by wavedistill")
     if isinstance(payload.get("features"), dict):
         # feature keys added after a checkpoint was written take their default, which is what it used
         payload["features"] = {**FEATURE_DEFAULTS, **payload["features"]}
@@ -299,6 +317,48 @@ class CheckpointManager:
             return []
         files = [p for p in self.dir.iterdir() if _STEP_FILE.match(p.name)]
         return sorted(files, key=lambda p: int(_STEP_FILE.match(p.name).group(1)))
+
+    def remove_temp_files(self) -> int:
+        """Delete what interrupted writes left (`.step_*.pt.PID.tmp`, `.latest.pt.PID.link`); call it only
+        while holding the run's lock (no other process writes here). Returns how many were removed."""
+        if not self.dir.is_dir():
+            return 0
+        stale = [p for p in self.dir.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".link"))]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
+
+    def newest_loadable(self) -> tuple[Path, dict] | None:
+        """(path, payload) of the newest checkpoint that loads: the newest step file (a run killed between
+        writing it and re-pointing latest.pt left latest behind), an older one if that is damaged, or
+        latest.pt when it is newer still (a copy, or step files pruned); None when there is none. A damaged
+        file is skipped with a warning naming it; when none loads, the newest one's error is raised (a run
+        never silently starts again from step 0 over checkpoints it could not read)."""
+        errors: list[CheckpointError] = []
+
+        def load(path: Path) -> dict | None:
+            try:
+                return load_checkpoint(path, map_location="cpu")
+            except CheckpointError as err:
+                log.warning("skipping %s", err)
+                errors.append(err)
+                return None
+
+        best: tuple[Path, dict] | None = None
+        for path in reversed(self.step_files()):
+            payload = load(path)
+            if payload is not None:
+                best = (path, payload)
+                break
+        if self.latest.exists() and not (best is not None and os.path.samefile(best[0], self.latest)):
+            latest = load(self.latest)
+            if latest is not None and (best is None or latest["step"] >= best[1]["step"]):
+                best = (self.latest, latest)
+        elif best is not None:
+            best = (self.latest, best[1])  # the usual case: latest.pt is the newest step file (a hard link)
+        if best is None and errors:
+            raise errors[0]
+        return best
 
     def save(self, payload: dict) -> Path:
         """Write the step file, point latest.pt at it (hard link, else a copy), prune old step files."""

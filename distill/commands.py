@@ -51,8 +51,10 @@ def training_config(args: argparse.Namespace, config_cls: type):
 
 
 def run_training(args: argparse.Namespace, config_cls: type, make_task: Callable) -> int:
+    from distill.folders import check_output_folder
     from distill.trainer import Trainer
 
+    check_output_folder(args.out, "--out")  # before any work: a file, a path under a file, a read-only folder
     cfg = training_config(args, config_cls)
     trainer = Trainer(make_task(cfg), args.out, resume=args.resume, init_from=args.init)
     last = trainer.fit()
@@ -108,8 +110,11 @@ def add_data(sub) -> None:
 
 
 def run_data_stage(args, corpus: str | None) -> dict:
+    from distill.folders import check_output_folder
     from distill.prepare import format_summary, prepare
 
+    if args.out:
+        check_output_folder(args.out, "--out")
     cfg = load_config(DataStageConfig, args.config, list(args.overrides))
     if corpus:  # a path, taken as it is (not parsed as YAML like an override)
         cfg.data.corpus = corpus
@@ -121,15 +126,17 @@ def run_data_stage(args, corpus: str | None) -> dict:
 
 def _data(args) -> int:
     if args.mels:
+        from distill.folders import check_output_folder
         from distill.prepare import check_mels, format_mel_check
 
+        if args.out:
+            check_output_folder(args.out, "--out")
         cfg = load_config(DataStageConfig, args.config, list(args.overrides))
         if args.corpus:
             cfg.data.corpus = args.corpus
         report = check_mels(cfg, args.mels, "all" if args.split == "splits" else args.split)
         print(format_mel_check(report))
         if args.out:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
             (Path(args.out) / "mel_check.json").write_text(json.dumps(report, indent=2))
         return 0 if report["verdict"].startswith("ok") and not report["problems"] else 1
     run_data_stage(args, args.corpus)

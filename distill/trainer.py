@@ -37,6 +37,7 @@ import distill
 from distill import distributed
 from distill.checkpoint import (
     FORMAT,
+    RESUME_KEYS,
     VERSION,
     CheckpointManager,
     class_path,
@@ -48,6 +49,7 @@ from distill.checkpoint import (
 from distill.config import save_config, to_dict
 from distill.data import StreamSampler
 from distill.errors import CheckpointError, ConfigError, TrainingDiverged
+from distill.folders import RunLock, check_output_folder
 from distill.hardware import device_name, peak_tflops
 from distill.logger import RunLogger
 from distill.optim import EMA, build_scheduler, lr_factor
@@ -108,10 +110,18 @@ class Trainer:
         self.batches_consumed = 0
         self.nonfinite_skipped = 0
         self._stop_signal: int | None = None
+        self.lock: RunLock | None = None
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
         cfg = self.cfg
+        check_output_folder(self.run_dir, "the run folder (--out)")
+        if self.dist.is_main:  # one run per folder: held until fit() ends (the kernel drops it on any exit)
+            self.lock = RunLock(self.run_dir).acquire()
+            removed = self.checkpoints.remove_temp_files()
+            if removed:
+                log.info("removed %d temporary file(s) left by an interrupted checkpoint write in %s",
+                         removed, self.checkpoints.dir)
         if not self.resume and self.checkpoints.latest.exists():
             raise CheckpointError(
                 f"{self.run_dir} already holds a run (checkpoints/latest.pt); pass --resume to continue it "
@@ -138,18 +148,23 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
         resumed_from = None
-        if self.resume and self.checkpoints.latest.exists():
-            resumed_from = self.checkpoints.latest
+        found = self.checkpoints.newest_loadable() if self.resume else None
+        if found is not None:
+            resumed_from, payload = found
+            if resumed_from.name != self.checkpoints.latest.name:
+                log.info("resuming from %s, newer than checkpoints/latest.pt (a run stopped between the two writes)",
+                         resumed_from.name)
             # RNG states must stay on the CPU; load_state_dict moves weights to the parameters' device
-            self._restore(load_checkpoint(resumed_from, map_location="cpu"))
+            self._restore(payload, resumed_from)
         else:
             if self.resume:
                 log.info("no checkpoint in %s yet; starting from step 0", self.checkpoints.dir)
             seed_everything(cfg.seed + self.dist.rank)  # training randomness differs per rank
         if self.dist.is_main:
             save_config(self.task.config, self.run_dir / "config.yaml")
-        # on resume, drop what an interrupted run logged after its last checkpoint
-        self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, resume_step=self.step if resumed_from else None)
+        # on every resume, drop what an interrupted run logged after its last checkpoint (all of it when it
+        # never wrote one), so that each step appears once in metrics.jsonl and TensorBoard
+        self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, resume_step=self.step if self.resume else None)
         self.train_model: torch.nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -175,16 +190,20 @@ class Trainer:
             generator=torch.Generator().manual_seed(cfg.seed + self.dist.rank),
         )
 
-    def _restore(self, payload: dict) -> None:
+    def _restore(self, payload: dict, path: Path) -> None:
         if payload.get("task") != self.task.name:
             raise CheckpointError(
-                f"{self.checkpoints.latest}: was written by task '{payload.get('task')}', not '{self.task.name}'; "
+                f"{path}: was written by task '{payload.get('task')}', not '{self.task.name}'; "
                 "resume it with the command that created it"
             )
+        missing = [k for k in RESUME_KEYS if k not in payload]
+        if missing:
+            raise CheckpointError(f"{path}: cannot resume from it: it has no {', '.join(missing)} (an exported or "
+                                  "foreign checkpoint?); start a new run from its weights with --init instead")
         load_state(self.model, payload["model"], "model")
         if self.ema is not None:
             if payload["ema"] is None:
-                raise CheckpointError(f"{self.checkpoints.latest}: has no EMA weights but train.ema_decay > 0")
+                raise CheckpointError(f"{path}: has no EMA weights but train.ema_decay > 0")
             self.ema.load_state_dict(payload["ema"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
@@ -241,7 +260,14 @@ class Trainer:
         path = None
         with distributed.main_only(self.dist, "writing the checkpoint") as is_main:
             if is_main:
-                path = self.checkpoints.save(self._payload(states))
+                try:
+                    path = self.checkpoints.save(self._payload(states))
+                except OSError as err:  # a full disk, a folder gone read-only: earlier checkpoints are intact
+                    last = self.checkpoints.latest if self.checkpoints.latest.exists() else None
+                    raise CheckpointError(
+                        f"{self.checkpoints.dir}: could not write the checkpoint of step {self.step} "
+                        f"({err.strerror or err}); the last good one is {last or 'none'} (free space and --resume)"
+                    ) from None
         return path
 
     # ------------------------------------------------------------------ validation
@@ -289,6 +315,8 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.logger.close()
+            if self.lock is not None:
+                self.lock.release()
         return last
 
     def _loop(self, bar, until_step: int) -> Path | None:

@@ -65,6 +65,9 @@ def run_eval(args, students: list[str]) -> dict:
     from students.pretrained import load_student
     from teachers.pretrained import demo_teacher_path, file_sha256, load_teacher
 
+    from distill.folders import check_output_folder
+
+    check_output_folder(args.out, "--out")
     if args.max_utterances < 0 or args.max_seconds < 0 or args.rtf_runs < 1 or args.rtf_seconds < 0:
         raise ConfigError("--max-utterances, --max-seconds and --rtf-seconds must be >= 0 and --rtf-runs >= 1")
     device = pick_device(args.device)

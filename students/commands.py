@@ -38,6 +38,9 @@ def _export(args) -> int:
     from students.iaf import synthesize
     from students.pretrained import load_student
 
+    from distill.folders import check_output_file
+
+    check_output_file(args.out, "--out")
     student, payload = load_student(args.student)
     path = export_onnx(student, args.out)
     # check the file against PyTorch on a fresh input before calling it done
@@ -85,6 +88,9 @@ def _vocode(args) -> int:
     from students.vocoder import Vocoder
 
     log = logging.getLogger("wavedistill")
+    from distill.folders import check_output_folder
+
+    check_output_folder(args.out, "--out")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.student is not None:
         vocoder = Vocoder.load(args.student, device=device, dtype=args.dtype)

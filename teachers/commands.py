@@ -30,7 +30,9 @@ def add_export_teacher(sub) -> None:
 def _export_teacher(args) -> int:
     import json
 
+    from distill.folders import check_output_file
     from teachers.pretrained import export_teacher
 
+    check_output_file(args.out, "--out")
     print(json.dumps(export_teacher(args.run, args.out, args.temperature), indent=2))
     return 0

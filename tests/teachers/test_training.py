@@ -71,9 +71,13 @@ def test_loading_a_teacher_for_other_features_names_both_values(teacher_run, tmp
 def test_a_student_or_foreign_checkpoint_is_not_a_teacher(tmp_path):
     from distill.checkpoint import FORMAT, VERSION, atomic_save
 
-    atomic_save({"format": FORMAT, "version": VERSION, "task": "student"}, tmp_path / "s.pt")
+    atomic_save({"format": FORMAT, "version": VERSION, "task": "student", "step": 1, "model": {},
+                 "model_class": "students.iaf:IAFStudent", "model_args": {}, "features": {}}, tmp_path / "s.pt")
     with pytest.raises(CheckpointError, match="not a teacher"):
         load_teacher(tmp_path / "s.pt")
+    atomic_save({"format": FORMAT, "version": VERSION, "task": "teacher"}, tmp_path / "t.pt")
+    with pytest.raises(CheckpointError, match="incomplete wavedistill checkpoint: it has no step, model, model_class"):
+        load_teacher(tmp_path / "t.pt")
 
 
 def test_the_shipped_demo_teacher_loads_for_the_demo_features():
