@@ -58,7 +58,7 @@ def run_training(args: argparse.Namespace, config_cls: type, make_task: Callable
     cfg = training_config(args, config_cls)
     trainer = Trainer(make_task(cfg), args.out, resume=args.resume, init_from=args.init)
     last = trainer.fit()
-    if last is not None:
+    if last is not None and trainer.dist.is_main:  # under torchrun, one line, not one per rank
         log.info("last checkpoint: %s", last)
     return 0
 

@@ -134,9 +134,14 @@ def main_succeeded(ok: bool, info: DistInfo) -> bool:
     return bool(flag[0])
 
 
-def cleanup(info: DistInfo) -> None:
-    """Leave the process group. The barrier first: a rank that tears gloo down while another still
-    talks to it can abort the process ("terminate called without an active exception")."""
+def cleanup(info: DistInfo, wait: bool = True) -> None:
+    """Leave the process group (its threads are joined here, not by static destructors at interpreter
+    exit, which abort the process when they meet a joinable thread: "terminate called without an active
+    exception"). wait: a barrier first, so that no rank tears gloo down while another still talks to it;
+    False after an error, when the other ranks may never arrive."""
+    global _HOST_GROUP
     if info.enabled and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
+        _HOST_GROUP = None
         dist.destroy_process_group()

@@ -175,3 +175,24 @@ def test_float_audio_beyond_full_scale_is_named_once_and_peak_normalised(tmp_pat
     assert len(warnings) == 1 and "loud.wav" in warnings[0] and "reach 33" in warnings[0]
     sf.write(str(tmp_path / "ok.wav"), np.full(1600, 1.0005, np.float32), 16000, subtype="FLOAT")
     assert float(load_audio(tmp_path / "ok.wav", 16000).max()) == pytest.approx(1.0005)  # within tolerance
+
+
+def _torchrun_teacher(corpus, out, steps: int, *extra: str) -> subprocess.CompletedProcess:
+    beside = os.path.join(os.path.dirname(sys.executable), "wavedistill")  # the console script of this Python
+    script = beside if os.path.isfile(beside) else shutil.which("wavedistill")
+    with open(script, "rb") as f:  # torchrun runs the script with Python: a shell shim (pyenv) will not do
+        if not f.read(2) == b"#!" or b"python" not in f.readline():
+            pytest.skip(f"{script} is not a Python console script")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           script, "train-teacher", "--config", "configs/teacher/gaussian_tiny.yaml", "--out", str(out),
+                           "--steps", str(steps), "train.device=cpu", f"data.corpus={corpus}", *TINY, *extra],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_torchrun_job_and_its_resume_exit_0(synth_corpus, tmp_path, attempt):
+    first = _torchrun_teacher(synth_corpus, tmp_path / "run", 2, "train.checkpoint_every=2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    resumed = _torchrun_teacher(synth_corpus, tmp_path / "run", 3, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "run")["step"] == 3 and "terminate called" not in resumed.stderr
