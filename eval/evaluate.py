@@ -127,12 +127,13 @@ def student_synthesis(student: IAFStudent, clips: list[Clip], features: FeatureC
 @torch.inference_mode()
 def teacher_nll(teacher: WaveNetTeacher, clips: list[Clip], audios: list[torch.Tensor], features: FeatureConfig,
                 device: torch.device) -> list[float]:
-    """The teacher's mean NLL (nats/sample) of each audio given its clip's mel (teacher-forced)."""
+    """The teacher's mean NLL of each audio given its clip's mel (teacher-forced), nats/sample as a density
+    (a MoL teacher's bin NLL less log(1 / bin width): comparable across heads, students and Gaussians)."""
     out = []
     for clip, audio in zip(clips, audios):
         mel = teacher.pad_mels(clip.mel).to(device)
         x = audio[: clip.reference.numel()].float().clamp(-1, 1)[None].to(device)
-        out.append(float(-teacher.log_prob(x, mel, speakers_of([clip], device)).mean()))
+        out.append(float(-teacher.log_density(x, mel, speakers_of([clip], device)).mean()))
     return out
 
 

@@ -118,3 +118,9 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         """x: (B, T) audio -> (B, T) log p(x_t | x_<t, c) per sample, nats (= log p(y_t | y_<t, c))."""
         y = self.to_model_domain(x)
         return self.dist.log_prob(self.forward(y, mel, speaker), y)
+
+    def log_density(self, x: torch.Tensor, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
+        """`log_prob` as a density, nats (a discretised head's bin probability over its bin width), so that
+        teachers of every head, and students, compare in one unit."""
+        y = self.to_model_domain(x)
+        return self.dist.log_density(self.forward(y, mel, speaker), y)

@@ -207,3 +207,12 @@ def test_macs_per_sample_matches_torchs_flop_counter(kernel_size):
     with FlopCounterMode(display=False) as counter:
         stack(torch.randn(2, 1, length), torch.randn(2, 5, length))
     assert counter.get_total_flops() == 2 * stack.macs_per_sample() * 2 * length  # FLOPs = 2 MACs, batch 2
+
+
+def test_a_mol_teachers_log_density_is_its_bin_probability_over_the_bin_width():
+    model = small_teacher("mol", {"num_components": 3, "num_bins": 256})
+    x, mel = inputs(model)
+    gap = model.log_density(x, mel) - model.log_prob(x, mel)
+    assert torch.allclose(gap, torch.full_like(gap, -math.log(2 / 256)))
+    gaussian = small_teacher("gaussian")
+    assert torch.equal(gaussian.log_density(x, mel), gaussian.log_prob(x, mel))
