@@ -105,15 +105,28 @@ def test_speakers_without_a_corpus_that_names_them_are_one_line(runs, corpus, tm
     assert unnamed.returncode == 2 and "is multi-speaker (alice, bob); set data.speakers" in unnamed.stderr
 
 
-def test_eval_synthesises_each_clip_as_its_own_speaker_or_the_one_asked_for(runs, corpus, tmp_path):
+def test_eval_synthesises_each_clip_as_its_own_speaker_and_refuses_an_unknown_one(runs, corpus, tmp_path):
     common = ["eval", "--teacher", str(runs["teacher"]), "--student", str(runs["student"]), "--data", str(corpus),
               "--split", "valid", "--max-seconds", "0.15", "--rtf-runs", "1", "--rtf-seconds", "0.1"]
     own = cli(*common, "--out", str(tmp_path / "own"))
     assert own.returncode == 0, own.stderr
     assert (tmp_path / "own" / "report.json").is_file()
-    asked = cli(*common, "--speaker", "bob", "--out", str(tmp_path / "bob"))
-    assert asked.returncode == 0, asked.stderr
     short = cli(*common[:-1], "0.03", "--out", str(tmp_path / "short"))
     assert short.returncode == 2 and "shorter than one STFT window" in short.stderr
     unknown = cli(*common, "--speaker", "carol", "--out", str(tmp_path / "carol"))
     assert unknown.returncode == 2 and "unknown speaker 'carol'; known: alice, bob" in unknown.stderr
+
+
+def test_eval_speaker_assignment_own_or_asked_for():
+    from eval.commands import _assign_speakers
+    from eval.evaluate import Clip
+
+    clips = [Clip("a", torch.zeros(4), torch.zeros(2, 1), speaker_name="alice"),
+             Clip("b", torch.zeros(4), torch.zeros(2, 1), speaker_name="bob")]
+    _assign_speakers(clips, {"alice": 0, "bob": 1}, None, {}, {})
+    assert [c.speaker for c in clips] == [0, 1]
+    _assign_speakers(clips, {"alice": 0, "bob": 1}, "bob", {}, {})
+    assert [c.speaker for c in clips] == [1, 1]
+    clips.append(Clip("c", torch.zeros(4), torch.zeros(2, 1), speaker_name="carol"))
+    with pytest.raises(ConfigError, match="'carol' are not the teacher's .alice, bob.; pass --speaker"):
+        _assign_speakers(clips, {"alice": 0, "bob": 1}, None, {}, {})
