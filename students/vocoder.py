@@ -24,7 +24,7 @@ import torch
 from distill.audio import LogMel
 from distill.checkpoint import load_checkpoint
 from distill.config import FeatureConfig, from_dict
-from distill.errors import ConfigError, MelError
+from distill.errors import CheckpointError, ConfigError, MelError
 from distill.melfiles import check_values
 from students.iaf import IAFStudent, synthesize
 from students.pretrained import load_student
@@ -75,8 +75,6 @@ class Vocoder:
         elif task == "teacher":
             model, payload = load_teacher(path, device=device)
         else:
-            from distill.errors import CheckpointError
-
             raise CheckpointError(f"{path}: is a '{task}' checkpoint; the vocoder loads a student or a teacher")
         return cls(model, payload, device, dtype)
 
