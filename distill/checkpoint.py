@@ -354,7 +354,7 @@ class CheckpointManager:
             latest = load(self.latest)
             if latest is not None and (best is None or latest["step"] >= best[1]["step"]):
                 best = (self.latest, latest)
-        elif best is not None:
+        elif best is not None and self.latest.exists():
             best = (self.latest, best[1])  # the usual case: latest.pt is the newest step file (a hard link)
         if best is None and errors:
             raise errors[0]

@@ -165,6 +165,9 @@ def resolve_corpus(
     if root.is_file():
         raise CorpusError(f"corpus '{spec}' is a file; pass the folder that holds the audio")
     if (root / "metadata.csv").is_file():
+        if speakers == "folder":
+            raise CorpusError(f"{root}: an LJSpeech-layout corpus (metadata.csv) has no speaker folders; use "
+                              "data.speakers=column with a fourth column id|text|normalized text|speaker")
         utts = ljspeech(root, speaker_column=speakers == "column")
     else:
         if speakers == "column":

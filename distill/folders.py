@@ -128,6 +128,9 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None
 
+    def __del__(self) -> None:  # a lock dropped without release() (a Trainer built but never fitted)
+        self.release()
+
 
 def _alive(info: dict) -> bool:
     """Whether the recorded holder may still run: a live pid on this host, or any holder elsewhere."""

@@ -115,7 +115,7 @@ def align_mel(mel: torch.Tensor, num_samples: int, hop: int, path: Path) -> tupl
 def _fit(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float, float]:
     """Least squares theirs ~ a * ours + b over matched values -> (a, b, correlation)."""
     x, y = ours.ravel().astype(np.float64), theirs.ravel().astype(np.float64)
-    if x.std() == 0 or y.std() == 0:
+    if x.size < 2 or x.std() == 0 or y.std() == 0:
         return math.nan, math.nan, math.nan
     a, b = np.polyfit(x, y, 1)
     return float(a), float(b), float(np.corrcoef(x, y)[0, 1])

@@ -298,17 +298,19 @@ class Trainer:
     def fit(self, until_step: int | None = None) -> Path | None:
         """Train to `train.steps` (or stop early at `until_step`, with a checkpoint, as if interrupted),
         or until `train.max_minutes` of wall time have passed; returns the last checkpoint written."""
-        self._build()
         cfg = self.cfg
         handlers = {}
         with contextlib.suppress(ValueError):  # not in the main thread: keep the default handlers
             for sig in (signal.SIGINT, signal.SIGTERM):
                 handlers[sig] = signal.signal(sig, self._on_signal)
         bar = None
-        if self.dist.is_main and sys.stderr.isatty():
-            bar = tqdm(total=cfg.steps, initial=self.step, desc=self.task.name, dynamic_ncols=True)
         last, ok = None, False
         try:
+            # inside the try: a start that fails after taking the folder's lock (a run already there, a
+            # checkpoint that cannot be resumed) still releases it and leaves the process group
+            self._build()
+            if self.dist.is_main and sys.stderr.isatty():
+                bar = tqdm(total=cfg.steps, initial=self.step, desc=self.task.name, dynamic_ncols=True)
             last = self._loop(bar, cfg.steps if until_step is None else min(until_step, cfg.steps))
             ok = True
         finally:
@@ -316,7 +318,8 @@ class Trainer:
                 signal.signal(sig, old)
             if bar is not None:
                 bar.close()
-            self.logger.close()
+            if getattr(self, "logger", None) is not None:
+                self.logger.close()
             if self.lock is not None:
                 self.lock.release()
             self._leave_process_group(ok)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from distill.audio import LogMel
@@ -118,6 +119,8 @@ class Vocoder:
         teacher's ("sample" or "mean"; "auto" = the fastest sampler for the device,
         `teachers.sampling.fastest_method`).
         """
+        if isinstance(mel, np.ndarray):  # a TTS model's .npy, as loaded
+            mel = torch.from_numpy(mel)
         single = isinstance(mel, torch.Tensor) and mel.dim() == 2
         batched = isinstance(mel, torch.Tensor) and mel.dim() == 3
         items = [mel] if single else list(mel)

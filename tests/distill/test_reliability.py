@@ -42,7 +42,7 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
 def test_a_second_run_in_a_held_folder_is_one_line_naming_the_holder(synth_corpus, tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from distill.folders import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "import sys, time; from distill.folders import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
         "print('held', flush=True); time.sleep(60)"), str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -206,3 +206,14 @@ def test_a_torchrun_job_and_its_resume_exit_0(synth_corpus, tmp_path):
 def test_fifty_torchrun_jobs_and_their_resumes_in_a_row_exit_0(synth_corpus, tmp_path):
     for attempt in range(50):
         _torchrun_and_resume(synth_corpus, tmp_path / f"run{attempt}")
+
+
+def test_a_start_that_fails_releases_the_folder_and_a_step_file_without_latest_resumes(synth_corpus, tmp_path):
+    run = tmp_path / "run"
+    Trainer(ToyTask(toy(synth_corpus, steps=2, checkpoint_every=2)), run).fit()
+    with pytest.raises(CheckpointError, match="already holds a run"):  # forgot --resume
+        Trainer(ToyTask(toy(synth_corpus, steps=4, checkpoint_every=2)), run).fit()
+    RunLock(run).acquire().release()  # the failed start let the folder go
+    (run / "checkpoints" / "latest.pt").unlink()  # killed after the step file, before latest.pt
+    Trainer(ToyTask(toy(synth_corpus, steps=4, checkpoint_every=2)), run, resume=True).fit()
+    assert load_checkpoint(run)["step"] == 4

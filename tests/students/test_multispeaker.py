@@ -67,6 +67,14 @@ def test_the_corpus_folders_name_the_speakers_and_the_map_is_sorted(corpus):
         resolve_corpus(str(corpus), "train", speakers="column")
 
 
+def test_speaker_folders_in_an_ljspeech_layout_are_one_line(tmp_path):
+    (tmp_path / "wavs").mkdir()
+    sf.write(str(tmp_path / "wavs" / "a.wav"), harmonic(0.2, 100.0, 0), SR)
+    (tmp_path / "metadata.csv").write_text("a|text|text\n")
+    with pytest.raises(CorpusError, match="use data.speakers=column"):
+        resolve_corpus(str(tmp_path), "all", speakers="folder")
+
+
 def test_both_checkpoints_carry_the_map_and_the_speaker_changes_both_models_audio(runs, corpus):
     for name in ("teacher", "student"):
         payload = load_checkpoint(runs[name])

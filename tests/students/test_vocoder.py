@@ -90,6 +90,7 @@ def test_a_batch_of_unequal_lengths_gives_each_mel_its_own_audio_as_if_alone(mod
     stacked = voc(torch.stack([a, a]), seed=5)
     assert stacked.shape == (2, a.shape[-1] * HOP) and torch.allclose(stacked[0], together[0], atol=1e-5)
     assert voc.kind == "student" and voc.temperature == 1.0 and voc.sample_rate == FEATURES.sample_rate
+    assert torch.equal(voc(a.numpy(), seed=5), voc(a, seed=5))  # a .npy mel as loaded
 
 
 def test_a_teacher_uses_its_recorded_temperature_and_a_seed_repeats_it(models):
