@@ -331,7 +331,7 @@ class Trainer:
         to those, ~1 run in 8 aborted at exit (SIGABRT) after finishing its work, and torchrun failed the job."""
         if not self.dist.enabled:
             return
-        self.train_model = self.model
+        self.train_model = getattr(self, "model", None)
         self.loader = None
         gc.collect()
         distributed.cleanup(self.dist, wait=ok)
