@@ -52,7 +52,7 @@ def demo_corpus_dir() -> Path:
 def audio_extensions() -> set[str]:
     """File extensions soundfile can read here (lower case, with the dot)."""
     exts = {"." + name.lower() for name in sf.available_formats()}
-    exts |= {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
+    exts |= {".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif"}  # .opus: Ogg Opus, libsndfile >= 1.0.29
     return exts
 
 

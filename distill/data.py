@@ -197,6 +197,11 @@ class UtteranceStore:
         return sum(i.num_samples for i in self.items) / self.features.sample_rate
 
 
+def speaker_batch(item: dict, device: torch.device) -> torch.Tensor | None:
+    """A dataset item's speaker id as a batch of one (B = 1,), or None for a single-speaker corpus."""
+    return torch.tensor([item["speaker"]], device=device) if "speaker" in item else None
+
+
 def corpus_speakers(data: DataConfig) -> dict[str, int] | None:
     """The speaker map of a multi-speaker corpus (data.speakers set): its training split's speaker names,
     sorted, -> ids 0..N-1; None for a single-speaker one."""

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.audio import pad_mel
 from distill.errors import ConfigError
 
 SQRT_HALF = math.sqrt(0.5)
@@ -317,7 +318,7 @@ class MelUpsampler(nn.Module):
             mels = torch.stack([F.pad(m, (0, longest - m.shape[-1]), value=self.silence) for m in mels])
         elif mels.dim() == 2:
             mels = mels[None]
-        return F.pad(mels, (self.context, self.context), value=self.silence) if self.context else mels
+        return pad_mel(mels, self.context, self.silence)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         x = mel
@@ -341,9 +342,11 @@ class MelConditioned:
         """Utterance mels (no context; see `MelUpsampler.pad`) -> the model's mel input."""
         return self.upsampler.pad(mels)
 
-    def conditioning(self, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
-        """mel (B, n_mels, F + 2c) [+ speaker ids (B,)] -> (B, cond_channels, F * hop)."""
-        return with_speaker(self.upsampler(mel), self.speaker, speaker)
+    def conditioning(self, mel: torch.Tensor, speaker: torch.Tensor | None = None,
+                     mel_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """mel (B, n_mels, F + 2c) [+ speaker ids (B,)] -> (B, cond_channels, F * hop). mel_cond: `upsampler(mel)`
+        when the caller has it already (a frozen upsampler shared by teacher and student): not computed again."""
+        return with_speaker(self.upsampler(mel) if mel_cond is None else mel_cond, self.speaker, speaker)
 
 
 def with_speaker(cond: torch.Tensor, table: nn.Embedding | None, speaker: torch.Tensor | None) -> torch.Tensor:

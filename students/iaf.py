@@ -32,7 +32,7 @@ from distill.checkpoint import remember_args
 from distill.distributions import Gaussian, Logistic
 from distill.errors import ConfigError
 from distill.lpc import MelLPC, lp_predict, lp_synthesis, synthesis_block
-from distill.nn import MelConditioned, MelUpsampler, WaveNetStack, shift_right, with_speaker
+from distill.nn import MelConditioned, MelUpsampler, WaveNetStack, shift_right
 
 
 @dataclass
@@ -123,8 +123,7 @@ class IAFStudent(MelConditioned, nn.Module):
         """z: (B, T) noise, mel: (B, n_mels, T / hop + 2c) [, speaker ids (B,)] -> StudentOutput, all (B, T).
         mel_cond, lpc: `upsampler(mel)` and `predictor(mel)` when the caller has them already (a frozen
         upsampler shared with the teacher, the teacher's predictor): not computed again."""
-        cond = with_speaker(self.upsampler(mel) if mel_cond is None else mel_cond, self.speaker, speaker)
-        out = self.flow(z, cond)
+        out = self.flow(z, self.conditioning(mel, speaker, mel_cond))
         if self.lpc is None:
             return out
         return self.through_predictor(out, self.predictor(mel) if lpc is None else lpc)

@@ -16,13 +16,13 @@ from typing import Literal
 import torch
 
 from distill.audio import LogMel, silence_value
+from distill.data import speaker_batch
 from distill.config import DataConfig, FeatureConfig, TrainConfig
 from distill.distributed import unwrap
 from distill.distributions import Gaussian
 from distill.errors import ConfigError
 from distill.logger import RunLogger
 from distill.losses import gaussian_kl, log_scale_regulariser, monte_carlo_kl, power_loss, stft_loss
-from distill.nn import with_speaker
 from distill.plots import mel_figure
 from distill.task import Task
 from students.iaf import IAFStudent, StudentOutput
@@ -203,10 +203,7 @@ class DistillTask(Task):
         at `loss.teacher_temperature` (the law its sampler draws from at that temperature). mel_cond, lpc:
         the teacher's `upsampler(mel)` and `predictor(mel)` when already computed."""
         with torch.autocast(device_type=y.device.type, enabled=False):
-            t = self.teacher
-            cond = with_speaker(t.upsampler(mel.float()) if mel_cond is None else mel_cond.float(), t.speaker, speaker)
-            lpc = t.predictor(mel) if lpc is None and t.lpc is not None else lpc
-            params = t.forward_cond(y.float(), cond, lpc if t.lpc is not None else None)
+            params = self.teacher(y.float(), mel.float(), speaker, mel_cond, lpc)
             return self.teacher.dist.temper(params, self.config.loss.teacher_temperature)
 
     def kl_terms(self, student: IAFStudent, out: StudentOutput, teacher_params: torch.Tensor,
@@ -292,7 +289,7 @@ class DistillTask(Task):
             mel = model.pad_mels(item["mel"][:, :frames]).to(device)
             length = frames * feats.hop_length
             z = model.sample_noise((1, length), device, torch.float32)
-            speaker = torch.tensor([item["speaker"]], device=device) if "speaker" in item else None
+            speaker = speaker_batch(item, device)
             out = model(z, mel, speaker)
             with torch.autocast(device_type=device.type, enabled=False):
                 terms = self.kl_terms(model, out, self.teacher_law(out.x, mel, speaker))

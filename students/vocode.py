@@ -21,14 +21,12 @@ import torch
 from tqdm import tqdm
 
 from distill.audio import load_audio, save_wav, silence_value
+from distill.corpus import audio_extensions
 from distill.errors import AudioError, ConfigError, MelError
 from distill.melfiles import MEL_SUFFIXES, range_warning, read_mel
 from students.vocoder import Vocoder
 
 log = logging.getLogger("wavedistill")
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus")
-
 
 def expand_inputs(specs: list[str]) -> tuple[list[Path], list[str]]:
     """Files, folders and globs -> (the input files in order, without repeats; one problem line for each
@@ -38,8 +36,8 @@ def expand_inputs(specs: list[str]) -> tuple[list[Path], list[str]]:
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix.lower() in MEL_SUFFIXES + AUDIO_SUFFIXES)
+            wanted = set(MEL_SUFFIXES) | audio_extensions()
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in wanted)
             if not found:
                 problems.append(f"{spec}: folder holds no mel (.npy, .pt) or audio file")
             files += found

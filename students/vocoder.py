@@ -138,7 +138,7 @@ class Vocoder:
     def speaker_ids(self, speaker: int | str | None, batch: int) -> torch.Tensor | None:
         """A speaker name or id -> ids (batch,) on the device (None for a single-speaker model), or one
         ConfigError line: missing, unknown (listing the known ones), or given to a model without speakers."""
-        table = getattr(self.model, "speaker", None)
+        table = self.model.speaker
         if table is None:
             if speaker is not None:
                 raise ConfigError("this model has no speaker input; drop the speaker argument")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from distill.audio import LogMel, silence_value
 from distill.config import DataConfig, FeatureConfig, TrainConfig, to_dict
-from distill.data import corpus_speakers
+from distill.data import corpus_speakers, speaker_batch
 from distill.distributed import unwrap
 from distill.errors import ConfigError
 from distill.logger import RunLogger
@@ -136,7 +136,7 @@ class TeacherTask(Task):
             item = valid_data[i]
             audio = item["audio"][None].to(device)
             mel = unwrap(model).pad_mels(item["mel"]).to(device)
-            speaker = _speaker_of(item, device)
+            speaker = speaker_batch(item, device)
             # float32 even when training runs under bf16 autocast: the NLL logged is the one that
             # sampling and distillation (float32 teachers) see
             with torch.autocast(device_type=device.type, enabled=False):
@@ -153,7 +153,7 @@ class TeacherTask(Task):
             with torch.autocast(device_type=device.type, enabled=False):
                 method = fastest_method(model, device)  # a monitoring sample: the fastest sampler
                 audio = generate(model.float(), mel.float(), method, temperature=cfg.valid.temperature,
-                                 speaker=_speaker_of(item, device))[0].cpu()
+                                 speaker=speaker_batch(item, device))[0].cpu()
             reference = item["audio"][: frames * feats.hop_length]
             logger.audio("valid/sample", audio, feats.sample_rate, step)
             logger.audio("valid/reference", reference, feats.sample_rate, step)
@@ -163,7 +163,3 @@ class TeacherTask(Task):
             results["sample_mel_l1"] = float(F.l1_loss(self.logmel(audio), self.logmel(reference)))
         return results
 
-
-def _speaker_of(item: dict, device: torch.device) -> torch.Tensor | None:
-    """A dataset item's speaker id as a batch of one (B = 1,), or None for a single-speaker corpus."""
-    return torch.tensor([item["speaker"]], device=device) if "speaker" in item else None

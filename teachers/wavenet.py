@@ -110,9 +110,12 @@ class WaveNetTeacher(MelConditioned, nn.Module):
             params = params.float()  # bf16 autocast output is too coarse for a location near sigma ~ 1e-3
         return self.dist.affine(params, lp_predict(y.to(params.dtype), lpc[:, 1:]), lpc[:, 0])
 
-    def forward(self, y: torch.Tensor, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
-        """y: (B, T) in the model domain, mel: (B, n_mels, T / hop + 2c) -> params (B, P, T) of p(y_t | y_<t, c)."""
-        return self.forward_cond(y, self.conditioning(mel, speaker), self.predictor(mel))
+    def forward(self, y: torch.Tensor, mel: torch.Tensor, speaker: torch.Tensor | None = None,
+                mel_cond: torch.Tensor | None = None, lpc: torch.Tensor | None = None) -> torch.Tensor:
+        """y: (B, T) in the model domain, mel: (B, n_mels, T / hop + 2c) -> params (B, P, T) of p(y_t | y_<t, c).
+        mel_cond, lpc: `upsampler(mel)` and `predictor(mel)` when the caller has them already (distillation
+        computes them once for teacher and student)."""
+        return self.forward_cond(y, self.conditioning(mel, speaker, mel_cond), self.predictor(mel) if lpc is None else lpc)
 
     def log_prob(self, x: torch.Tensor, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, T) audio -> (B, T) log p(x_t | x_<t, c) per sample, nats (= log p(y_t | y_<t, c))."""

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from distill.audio import LogMel
+from distill.audio import LogMel, load_audio
 from distill.config import DataConfig, FeatureConfig
 from distill.corpus import demo_corpus_dir, hash_split, resolve_corpus
 from distill.data import MelCache, SegmentDataset, StreamSampler, UtteranceDataset, UtteranceStore, load_split
@@ -211,3 +211,10 @@ def test_mel_cache_is_used_and_keyed_by_features(tmp_path, synth_corpus, monkeyp
         UtteranceStore(utts, other, 1024, mel_cache=tmp_path / "cache")
     assert len(list((tmp_path / "cache").iterdir())) == 2  # one folder per feature setting
     assert MelCache(tmp_path / "cache", FEATURES).dir.name.startswith("mel-")
+
+
+def test_an_ogg_opus_file_in_a_corpus_folder_is_found_and_read(tmp_path):
+    x = (0.2 * np.sin(np.arange(48000) / 10)).astype(np.float32)
+    sf.write(str(tmp_path / "utt.opus"), x, 48000, format="OGG", subtype="OPUS")
+    (utt,) = resolve_corpus(str(tmp_path), "all")
+    assert utt.id == "utt" and load_audio(utt.path, 16000).numel() == 16000

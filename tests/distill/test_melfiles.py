@@ -18,7 +18,7 @@ from distill.config import DataConfig, DataStageConfig, FeatureConfig, load_conf
 from distill.data import SegmentDataset, UtteranceStore
 from distill.errors import MelError
 from distill.corpus import resolve_corpus
-from distill.melfiles import align_mel, diagnose, read_mel
+from distill.melfiles import align_mel, read_mel
 from distill.prepare import check_mels
 
 FEATURES = FeatureConfig()
