@@ -49,6 +49,9 @@ def export_onnx(student: IAFStudent, out: str | Path, frames: int = 32) -> Path:
     if student.lpc is not None:
         raise ConfigError("ONNX export of a linear-prediction student is not supported yet (its all-pole synthesis "
                           "filter from the mel has no ONNX form here); synthesise it with students.iaf.synthesize")
+    if student.pitch is not None:
+        raise ConfigError("ONNX export of a student with a pitch source is not supported yet (its F0 tracker from the "
+                          "mel has no ONNX form here); synthesise it with students.iaf.synthesize")
     if student.speaker is not None:
         raise ConfigError("ONNX export of a multi-speaker student is not supported yet (the graph has no speaker "
                           "input); synthesise it with students.vocoder.Vocoder")

@@ -32,7 +32,11 @@ from distill.checkpoint import remember_args
 from distill.distributions import Gaussian, Logistic
 from distill.errors import ConfigError
 from distill.lpc import MelLPC, lp_predict, lp_synthesis, synthesis_block
+from distill.pitch import MelPitch
 from distill.nn import MelConditioned, MelUpsampler, WaveNetStack, shift_right
+
+
+SOURCE_CHANNELS = 4  # distill.pitch.MelPitch.source: pulse, sin, cos, voicing
 
 
 @dataclass
@@ -69,6 +73,7 @@ class IAFStudent(MelConditioned, nn.Module):
         initial_scale: float = 0.05,
         preemphasis: float = 0.0,
         linear_prediction: dict | None = None,
+        pitch_source: dict | None = None,
         num_speakers: int = 0,
         speaker_dim: int = 16,
         mel_silence: float = math.log(1e-5),
@@ -97,11 +102,14 @@ class IAFStudent(MelConditioned, nn.Module):
             if self.lp_block < self.lpc.order:
                 raise ConfigError(f"a linear-prediction student needs a hop ({hop_length}) of at least the predictor's "
                                   f"order ({self.lpc.order}); distil with model.linear_prediction: false")
+        # a pitch-synchronous source from the mel (distill.pitch), appended to the conditioning
+        self.pitch = MelPitch.build(pitch_source, hop_length, n_mels) if pitch_source else None
         # a multi-speaker student: its teacher's speakers, embedded and appended to the conditioning
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
+        cond_channels = n_mels + (speaker_dim if num_speakers > 0 else 0) + (SOURCE_CHANNELS if self.pitch else 0)
         self.flows = nn.ModuleList(
             WaveNetStack(1, 2, layers, min(cycle, layers), kernel_size, residual_channels, gate_channels,
-                         skip_channels, n_mels + (speaker_dim if num_speakers > 0 else 0))
+                         skip_channels, cond_channels)
             for layers in flows
         )
         # Start near identity with a small total scale: each flow's last conv is zero, its log-scale
@@ -127,6 +135,15 @@ class IAFStudent(MelConditioned, nn.Module):
         if self.lpc is None:
             return out
         return self.through_predictor(out, self.predictor(mel) if lpc is None else lpc)
+
+    def conditioning(self, mel: torch.Tensor, speaker: torch.Tensor | None = None,
+                     mel_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """`MelConditioned.conditioning`, plus the mel's pitch-synchronous source (4 channels,
+        `distill.pitch.MelPitch.source`) for a student with `pitch_source`."""
+        cond = super().conditioning(mel, speaker, mel_cond)
+        if self.pitch is None:
+            return cond
+        return torch.cat([cond, self.pitch.source(mel, self.mel_context).to(cond.dtype)], dim=1)
 
     def predictor(self, mel: torch.Tensor) -> torch.Tensor | None:
         """mel (B, n_mels, F + 2c) -> (B, 1 + p, F * hop) float32: log gain and coefficients per sample

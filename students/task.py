@@ -23,6 +23,7 @@ from distill.distributions import Gaussian
 from distill.errors import ConfigError
 from distill.logger import RunLogger
 from distill.losses import gaussian_kl, log_scale_regulariser, monte_carlo_kl, power_loss, stft_loss
+from distill.pitch import pitch_arguments
 from distill.plots import mel_figure
 from distill.task import Task
 from students.iaf import IAFStudent, StudentOutput
@@ -46,6 +47,9 @@ class StudentModelConfig:
     # True: the teacher's linear predictor from the mel (LP-WaveNet teachers): the flows learn only the
     # excitation, in units of the expected residual, and an all-pole filter makes the signal
     linear_prediction: bool = False
+    # True: a pitch-synchronous source computed from the mel (F0 and voicing, distill.pitch) joins the
+    # flows' conditioning, so they need not learn to place the pitch pulses from the noise's past
+    pitch_source: bool = False
     upsampler_from_teacher: bool = True  # start from the teacher's upsampler weights
     train_upsampler: bool = False  # False: keep that copy frozen
 
@@ -101,6 +105,7 @@ def build_student(cfg: StudentConfig, upsample: str = "stretch", upsample_scales
         upsample=upsample, upsample_scales=upsample_scales, initial_scale=m.initial_scale,
         preemphasis=cfg.features.preemphasis,
         linear_prediction=linear_prediction if m.linear_prediction else None,
+        pitch_source=pitch_arguments(cfg.features) if m.pitch_source else None,
         num_speakers=num_speakers, speaker_dim=speaker_dim, mel_silence=silence_value(cfg.features),
     )
 
