@@ -116,6 +116,8 @@ class LogMel(torch.nn.Module):
     most vocoder code bases), log(max(mel, log_floor)).
     """
 
+    fbanks: torch.Tensor  # a buffer, typed (nn.Module's attribute lookup says Tensor | Module)
+
     def __init__(self, features: FeatureConfig):
         super().__init__()
         self.features = features

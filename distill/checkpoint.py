@@ -24,7 +24,7 @@ import random
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ LATEST = "latest.pt"
 # Only classes of this project may be rebuilt from a checkpoint's model_class.
 _TRUSTED_PACKAGES = ("distill", "teachers", "students", "eval")
 _STEP_FILE = re.compile(r"^step_(\d{8,})\.pt$")
+M = TypeVar("M", bound=torch.nn.Module)  # load_model's model class
 # Feature settings that older checkpoints predate, with the value those checkpoints were made with.
 FEATURE_DEFAULTS = {"preemphasis": 0.0}
 
@@ -100,7 +101,8 @@ def build_model(payload: dict) -> torch.nn.Module:
     module_name, _, qualname = payload["model_class"].partition(":")
     if module_name.split(".")[0] not in _TRUSTED_PACKAGES:
         raise CheckpointError(
-            f"checkpoint names model class {payload['model_class']!r}, which is not part of wavedistill; refusing to import it"
+            f"checkpoint names model class {payload['model_class']!r}, which is not part of wavedistill; "
+            "refusing to import it"
         )
     try:
         module = importlib.import_module(module_name)
@@ -128,7 +130,8 @@ def load_state(module: torch.nn.Module, state: dict, what: str) -> None:
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -137,7 +140,9 @@ def load_state(module: torch.nn.Module, state: dict, what: str) -> None:
             parts.append(f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
         if shapes:
             parts.append(f"shape mismatch {', '.join(shapes[:3])}")
-        raise CheckpointError(f"{what} weights do not fit the model ({'; '.join(parts)}); was it saved from another architecture?")
+        raise CheckpointError(
+            f"{what} weights do not fit the model ({'; '.join(parts)}); was it saved from another architecture?"
+        )
     module.load_state_dict(state, strict=True)
 
 
@@ -147,7 +152,8 @@ def load_state(module: torch.nn.Module, state: dict, what: str) -> None:
 
 def rng_state() -> dict:
     """The python, numpy, torch and CUDA RNG states of this process, as tensors and plain data."""
-    np_state = np.random.get_state()
+    # the legacy state tuple (numpy's stub picks its dict overload for a call without `legacy`)
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     state = {
         "python": random.getstate(),
         "numpy": {
@@ -167,7 +173,9 @@ def set_rng_state(state: dict) -> None:
     python = state["python"]
     random.setstate((python[0], tuple(python[1]), python[2]))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
@@ -213,7 +221,9 @@ def checkpoint_file(path: str | Path) -> Path:
         candidates = [path / LATEST, path / "checkpoints" / LATEST]
         found = [c for c in candidates if c.is_file()]
         if not found:
-            raise CheckpointError(f"{path}: folder has no {LATEST} nor checkpoints/{LATEST}; pass a checkpoint file or a run folder")
+            raise CheckpointError(
+                f"{path}: folder has no {LATEST} nor checkpoints/{LATEST}; pass a checkpoint file or a run folder"
+            )
         path = found[0]
     return path
 
@@ -233,20 +243,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [ln.strip() for ln in str(err).splitlines() if "WeightsUnpickler error:" in ln or "Unsupported" in ln]
-        detail = lines[-1].replace("WeightsUnpickler error:", "").strip().split(". ")[0][:160] if lines else "not plain tensors and data"
+        detail = (lines[-1].replace("WeightsUnpickler error:", "").strip().split(". ")[0][:160] if lines
+                  else "not plain tensors and data")
         raise CheckpointError(
             f"{path}: refused: the file holds Python objects that would run code when loaded "
             f"({detail}); only load checkpoints written by wavedistill"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or not written by torch.save: {str(err).splitlines()[0][:160]})"
+            f"{path}: not a readable checkpoint "
+            f"(truncated or not written by torch.save: {str(err).splitlines()[0][:160]})"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a wavedistill checkpoint (no format tag '{FORMAT}')")
     if payload.get("version") != VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint format version {payload.get('version')} is not {VERSION}, the one this wavedistill reads"
+            f"{path}: checkpoint format version {payload.get('version')} is not {VERSION}, "
+            "the one this wavedistill reads"
         )
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
@@ -281,10 +294,10 @@ def check_features(saved: dict, current: dict, saved_name: str, current_name: st
 def load_model(
     path: str | Path,
     task: str,
-    model_type: type,
+    model_type: type[M],
     features: dict | None = None,
     device: str | torch.device = "cpu",
-) -> tuple[torch.nn.Module, dict]:
+) -> tuple[M, dict]:
     """(model in eval mode with its EMA weights when saved, checkpoint payload) from a checkpoint file
     or run folder written by `task`. With `features` (a dict), settings that differ from the
     checkpoint's are an error naming both values."""
@@ -315,8 +328,8 @@ class CheckpointManager:
     def step_files(self) -> list[Path]:
         if not self.dir.is_dir():
             return []
-        files = [p for p in self.dir.iterdir() if _STEP_FILE.match(p.name)]
-        return sorted(files, key=lambda p: int(_STEP_FILE.match(p.name).group(1)))
+        steps = {p: int(m.group(1)) for p in self.dir.iterdir() if (m := _STEP_FILE.match(p.name))}
+        return sorted(steps, key=steps.__getitem__)
 
     def remove_temp_files(self) -> int:
         """Delete what interrupted writes left (`.step_*.pt.PID.tmp`, `.latest.pt.PID.link`); call it only

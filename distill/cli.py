@@ -12,6 +12,12 @@ from distill.allocator import tune_allocator
 from distill.errors import WavedistillError
 
 
+class _Handler(logging.StreamHandler):
+    """wavedistill's stderr handler: `configure_logging` adds it once (marked by `_wavedistill`)."""
+
+    _wavedistill = True
+
+
 class _OneLine(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
@@ -21,9 +27,8 @@ class _OneLine(logging.Formatter):
 def configure_logging(verbose: bool = False) -> None:
     logger = logging.getLogger("wavedistill")
     if not any(getattr(h, "_wavedistill", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Handler(sys.stderr)
         handler.setFormatter(_OneLine())
-        handler._wavedistill = True
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from distill.config import DataStageConfig, load_config
 from distill.errors import ConfigError
@@ -100,8 +100,10 @@ def add_data_stage_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_data(sub) -> None:
-    p = sub.add_parser("data", help="read and check a corpus (demo, LJSpeech folder or audio folder), fill the mel cache")
-    p.add_argument("--corpus", default=None, help="'demo', an LJSpeech folder or a folder of audio files (sets data.corpus)")
+    p = sub.add_parser("data",
+                       help="read and check a corpus (demo, LJSpeech folder or audio folder), fill the mel cache")
+    p.add_argument("--corpus", default=None,
+                   help="'demo', an LJSpeech folder or a folder of audio files (sets data.corpus)")
     p.add_argument("--mels", default=None, metavar="DIR",
                    help="instead: check a folder of external mels (<utterance id>.npy/.pt, for data.mel_dir) against "
                         "the corpus's audio and the features; exit 1 unless they are in the models' convention")
@@ -144,7 +146,8 @@ def _data(args) -> int:
 
 
 def add_make_demo_corpus(sub) -> None:
-    p = sub.add_parser("make-demo-corpus", help="remake the bundled demo corpus with flite (needs 'apt-get install flite')")
+    p = sub.add_parser("make-demo-corpus",
+                       help="remake the bundled demo corpus with flite (needs 'apt-get install flite')")
     p.add_argument("--out", default=None, help="folder to write (default: the packaged demo corpus)")
     p.add_argument("--count", type=int, default=150)
     p.add_argument("--stretch", type=float, default=0.85, help="flite duration_stretch")

@@ -20,13 +20,16 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
 import yaml
 
 from distill.errors import ConfigError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # the config schema's classes are dataclasses
 
 
 @dataclass
@@ -195,7 +198,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a section (a class, not an instance)
         if not isinstance(value, dict):
             raise fail(f"a mapping of {tp.__name__} keys")
         return _build(tp, value, key, where)
@@ -213,7 +216,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         raise fail(" or ".join(_type_name(a) for a in args))
     if origin is Literal:
         if isinstance(value, bool):  # YAML 1.1 reads off/on/yes/no as booleans
-            spelled = [a for a in args if str(a).lower() in (("on", "yes", "true") if value else ("off", "no", "false"))]
+            spelled = [a for a in args
+                       if str(a).lower() in (("on", "yes", "true") if value else ("off", "no", "false"))]
             value = spelled[0] if spelled else value
         if value not in args:
             raise fail("one of " + ", ".join(repr(a) for a in args))

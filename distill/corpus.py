@@ -160,7 +160,8 @@ def resolve_corpus(
     root = demo_corpus_dir() if spec == DEMO else Path(spec).expanduser()
     if not root.exists():
         raise CorpusError(
-            f"corpus '{spec}' not found; pass 'demo', an LJSpeech folder (metadata.csv + wavs/) or a folder of audio files"
+            f"corpus '{spec}' not found; pass 'demo', an LJSpeech folder (metadata.csv + wavs/) "
+            "or a folder of audio files"
         )
     if root.is_file():
         raise CorpusError(f"corpus '{spec}' is a file; pass the folder that holds the audio")

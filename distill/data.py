@@ -15,9 +15,10 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,12 +123,14 @@ class UtteranceStore:
                 continue
             peak = float(audio.abs().max())
             if peak < silence_threshold:
-                log.warning("skipping %s: silent (peak %.2g < data.silence_threshold %.2g)", utt.path, peak, silence_threshold)
+                log.warning("skipping %s: silent (peak %.2g < data.silence_threshold %.2g)", utt.path, peak,
+                            silence_threshold)
                 skipped += 1
                 continue
             if audio.numel() < min_samples:
                 log.warning(
-                    "skipping %s: %d samples, shorter than one segment (%d samples)", utt.path, audio.numel(), min_samples
+                    "skipping %s: %d samples, shorter than one segment (%d samples)", utt.path, audio.numel(),
+                    min_samples,
                 )
                 skipped += 1
                 continue
@@ -166,6 +169,7 @@ class UtteranceStore:
 
     def _external_mel(self, utt: Utterance, num_samples: int) -> tuple[torch.Tensor, int]:
         """The utterance's mel from data.mel_dir, cut to the audio's frames -> (mel, frames off)."""
+        assert self.mel_dir is not None  # asked only with data.mel_dir set
         path = mel_file(self.mel_dir, utt.id)
         if path is None:
             raise MelError(self.mel_dir / f"{utt.id}.npy", "missing (data.mel_dir has no mel for this utterance)")
@@ -185,7 +189,7 @@ class UtteranceStore:
     def get(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(audio (T,), mel (n_mels, T // hop)) of item `index`."""
         item = self.items[index]
-        if item.audio is not None:
+        if item.audio is not None and item.mel is not None:  # kept in memory: both or neither
             return item.audio, item.mel
         audio = load_audio(item.utt.path, self.features.sample_rate)
         if self.mel_dir is not None:
@@ -251,14 +255,14 @@ class SegmentDataset(Dataset):
     def __len__(self) -> int:
         return len(self.store)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor | int]:
         index, seed = key
         audio, mel = self.store.get(index)
         hop = self.store.features.hop_length
         available = mel.shape[-1] - self.frames
         start = int(np.random.default_rng(seed).integers(0, available + 1))
         mel = pad_mel(mel, self.context, self.store.logmel.silence_value)
-        item = {
+        item: dict[str, torch.Tensor | int] = {
             "audio": audio[start * hop : start * hop + self.segment],
             "mel": mel[:, start : start + self.frames + 2 * self.context],
         }
@@ -281,7 +285,8 @@ class UtteranceDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         audio, mel = self.store.get(index)
         hop = self.store.features.hop_length
-        item = {"id": self.store.items[index].utt.id, "audio": audio[: mel.shape[-1] * hop], "mel": mel}
+        item: dict[str, Any] = {"id": self.store.items[index].utt.id, "audio": audio[: mel.shape[-1] * hop],
+                                "mel": mel}
         if self.store.speakers is not None:
             item["speaker"] = self.store.items[index].speaker
         return item
@@ -308,7 +313,8 @@ class StreamSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         position = self.rank + self.world_size * self.start
-        epoch, perm = -1, None
+        epoch = -1
+        perm: list[int] = []  # the permutation of epoch `epoch`, drawn at the first item
         while True:
             e, offset = divmod(position, self.length)
             if e != epoch:

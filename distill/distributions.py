@@ -36,6 +36,7 @@ class OutputDistribution:
     continuous: bool = False
     # a teacher with this output can be distilled: log_prob is differentiable in x (pathwise gradients)
     distillable: bool = True
+    log_scale_min: float  # the floor of the log scales, for laws with scales (set by their __init__)
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(B, P, T), (B, T) -> (B, T) log-probability (density for continuous laws), nats."""

@@ -40,7 +40,9 @@ def check_output_folder(path: str | Path, what: str = "output folder") -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise ConfigError(f"{what} {path}: cannot write there ({err.strerror or err}); pass a writable folder") from None
+        raise ConfigError(
+            f"{what} {path}: cannot write there ({err.strerror or err}); pass a writable folder"
+        ) from None
     return path
 
 
@@ -64,7 +66,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(5):  # the holder may unlink the file as we lock it: lock the file the path names
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

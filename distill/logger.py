@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,8 +18,9 @@ import torch
 class RunLogger:
     def __init__(self, run_dir: str | Path, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
-        self.writer = None
-        self._jsonl = None
+        # None while disabled: every use is behind `self.enabled`
+        self.writer: Any = None  # a tensorboard SummaryWriter
+        self._jsonl: Any = None  # the open metrics.jsonl
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -16,6 +16,7 @@ teacher run once, teacher-forced on that sample.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -35,7 +36,8 @@ def gaussian_kl(
     return log_s_p - log_s_q + (torch.exp(2 * log_s_q) - var_p + (mu_p - mu_q) ** 2) / (2 * var_p)
 
 
-def log_scale_regulariser(log_s_q: torch.Tensor, log_s_p: torch.Tensor, log_scale_min: float = KL_LOG_SCALE_MIN) -> torch.Tensor:
+def log_scale_regulariser(log_s_q: torch.Tensor, log_s_p: torch.Tensor,
+                          log_scale_min: float = KL_LOG_SCALE_MIN) -> torch.Tensor:
     """Per-step (log s_p - log s_q)^2 with the same clamps as the KL (ClariNet)."""
     return (log_s_p.clamp(min=log_scale_min) - log_s_q.clamp(min=log_scale_min)) ** 2
 
@@ -67,12 +69,12 @@ def monte_carlo_kl(
     if not student_dist.continuous:
         raise TypeError("the student's per-step distribution must be continuous")
     entropy = student_dist.entropy(student_params)
-    cross = 0.0
+    cross: torch.Tensor | float = 0.0
     for _ in range(num_samples):
         draw = student_dist.sample(student_params)  # x'_t ~ D(mu_tot_t, s_tot_t), x_<t fixed
         cross = cross - teacher_dist.log_density(teacher_params, draw)  # a MoL teacher's bin mass per width
     cross = cross / num_samples
-    return MonteCarloKL(cross - entropy, entropy, cross)
+    return MonteCarloKL(cross - entropy, entropy, cast(torch.Tensor, cross))  # a tensor after >= 1 draw
 
 
 def _magnitudes(x: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
@@ -98,8 +100,9 @@ def stft_loss(
 def power_loss(x: torch.Tensor, y: torch.Tensor, n_fft: int = 1024, hop: int = 256, eps: float = 1e-7) -> torch.Tensor:
     """Scalar: Parallel WaveNet's power loss on a log scale: the mean over frequency bins of
     |log P_x(f) - log P_y(f)|, P(f) = mean_t |STFT|^2 (the time-averaged power spectrum), per item,
-    averaged (an L1 distance of log spectra, like the STFT loss's log-magnitude term). The paper's raw || P_x - P_y ||^2 summed over bins scales with the signal's power squared
-    and outweighed the per-sample KL ~300x in gradient norm; the log form is scale-free and bounded
+    averaged (an L1 distance of log spectra, like the STFT loss's log-magnitude term). The paper's raw
+    || P_x - P_y ||^2 summed over bins scales with the signal's power squared and outweighed the
+    per-sample KL ~300x in gradient norm; the log form is scale-free and bounded
     (a test bounds its gradient against the KL's at initialisation)."""
     px = _magnitudes(x, n_fft, hop).pow(2).mean(dim=-1)
     py = _magnitudes(y, n_fft, hop).pow(2).mean(dim=-1)

@@ -16,9 +16,10 @@ so its network works in units of the expected residual (its zero output already 
 -4.29 nats/sample on the demo test split with pre-emphasis 0.85) instead of learning an envelope and a
 gain the mel gives away, and an Adam step moves the location by a fraction of the residual, not of the
 signal. The prediction is linear in x_<t: causal, differentiable in x (distillation's gradient flows
-through it) and a p-tap dot product per step in every sampler. Coefficients are held over each frame's hop block (frame i conditions
-samples [i hop, (i+1) hop), `distill.audio`'s alignment rule) or interpolated per sample between frame
-centres in the reflection-coefficient domain, where every point between two stable filters is stable.
+through it) and a p-tap dot product per step in every sampler. Coefficients are held over each
+frame's hop block (frame i conditions samples [i hop, (i+1) hop), `distill.audio`'s alignment rule)
+or interpolated per sample between frame centres in the reflection-coefficient domain, where every
+point between two stable filters is stable.
 
 Sign convention: prediction coefficients, x_hat_t = sum_k c_k x_(t-k) (A(z) = 1 - sum_k c_k z^-k).
 """
@@ -79,6 +80,10 @@ class MelLPC(nn.Module):
     checkpoints do not hold it).
     """
 
+    inverse: torch.Tensor  # buffers, typed (nn.Module's attribute lookup says Tensor | Module)
+    emphasis: torch.Tensor
+    lag_window: torch.Tensor
+
     def __init__(
         self,
         order: int = 16,
@@ -114,7 +119,7 @@ class MelLPC(nn.Module):
         self.window_energy = float(torch.hann_window(win_length, dtype=torch.float64).pow(2).sum())
 
     @classmethod
-    def build(cls, args: dict, hop_length: int, n_mels: int, preemphasis: float) -> "MelLPC":
+    def build(cls, args: dict, hop_length: int, n_mels: int, preemphasis: float) -> MelLPC:
         """A model's predictor from its `linear_prediction` arguments (a checkpoint's or a config's): an
         unknown argument is a one-line ConfigError."""
         try:
@@ -206,11 +211,11 @@ def _blockwise_synthesis(u: torch.Tensor, coeffs: torch.Tensor, block: int) -> t
         # impulse response h_0 = 1, h_j = sum_k c_k h_(j-k): `history` holds h_(j-1) .. h_(j-p)
         history = c.new_zeros(batch, blocks, order)
         history[..., 0] = 1.0
-        h = [c.new_ones(batch, blocks)]
+        steps = [c.new_ones(batch, blocks)]
         for _ in range(1, block):
-            h.append((c * history).sum(-1))
-            history = torch.cat([h[-1][..., None], history[..., :-1]], dim=-1)
-        h = torch.stack(h, dim=-1)  # (B, n, L)
+            steps.append((c * history).sum(-1))
+            history = torch.cat([steps[-1][..., None], history[..., :-1]], dim=-1)
+        h = torch.stack(steps, dim=-1)  # (B, n, L)
         lag = torch.arange(block, device=u.device)
         lag = lag[:, None] - lag[None, :]
         toeplitz = h[..., lag.clamp(min=0)] * (lag >= 0).to(h.dtype)  # (B, n, L, L)

@@ -30,7 +30,8 @@ MARGIN_S = 0.1
 TRIM_THRESHOLD = 0.01
 
 
-def trim_silence(x: np.ndarray, sample_rate: int, threshold: float = TRIM_THRESHOLD, margin_s: float = MARGIN_S) -> np.ndarray:
+def trim_silence(x: np.ndarray, sample_rate: int, threshold: float = TRIM_THRESHOLD,
+                 margin_s: float = MARGIN_S) -> np.ndarray:
     """Cut leading/trailing samples quieter than `threshold`, keeping `margin_s` of silence each side."""
     loud = np.flatnonzero(np.abs(x) > threshold)
     if loud.size == 0:
@@ -68,7 +69,8 @@ def make_demo_corpus(out_dir: Path | None = None, count: int = 150, stretch: flo
     if wavs.exists():
         shutil.rmtree(wavs)
     wavs.mkdir(parents=True)
-    rows, splits, seconds = [], {"train": [], "valid": [], "test": []}, 0.0
+    rows, seconds = [], 0.0
+    splits: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
     with tempfile.TemporaryDirectory() as tmp:
         for position, text in enumerate(sentences[:count], start=1):
             uid = f"demo_{position:04d}"
@@ -76,7 +78,9 @@ def make_demo_corpus(out_dir: Path | None = None, count: int = 150, stretch: flo
             synthesize(text, raw, stretch)
             x, rate = sf.read(str(raw), dtype="float32")
             if rate != SAMPLE_RATE:
-                raise WavedistillError(f"flite produced {rate} Hz audio, expected {SAMPLE_RATE}; is the slt voice installed?")
+                raise WavedistillError(
+                    f"flite produced {rate} Hz audio, expected {SAMPLE_RATE}; is the slt voice installed?"
+                )
             x = trim_silence(x, rate)
             sf.write(str(wavs / f"{uid}.flac"), x, rate, subtype="PCM_16", format="FLAC")
             seconds += len(x) / rate

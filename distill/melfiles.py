@@ -46,7 +46,9 @@ def read_mel(path: Path, n_mels: int, info: dict | None = None) -> torch.Tensor:
             if isinstance(mel, np.ndarray):
                 mel = torch.from_numpy(mel)
             if not isinstance(mel, torch.Tensor):
-                raise MelError(path, f"holds a {type(mel).__name__}, not one tensor (save the mel with torch.save(mel, path))")
+                raise MelError(
+                    path, f"holds a {type(mel).__name__}, not one tensor (save the mel with torch.save(mel, path))"
+                )
             mel = mel.detach().float()
     except MelError:
         raise
@@ -149,8 +151,8 @@ def diagnose(pairs: list[tuple[torch.Tensor, torch.Tensor]], floor: float) -> di
     if not shifts[best_shift] > shifts[0] + 0.005:  # a frame grid half a hop off ties; only a clear win counts
         best_shift = 0
     n_all = [min(o.shape[-1], t.shape[-1]) for o, t in pairs]
-    ours_all = np.concatenate([o[:, :n].numpy() for (o, _), n in zip(pairs, n_all)], 1)
-    theirs_all = np.concatenate([t[:, :n].numpy() for (_, t), n in zip(pairs, n_all)], 1)
+    ours_all = np.concatenate([o[:, :n].numpy() for (o, _), n in zip(pairs, n_all, strict=True)], 1)
+    theirs_all = np.concatenate([t[:, :n].numpy() for (_, t), n in zip(pairs, n_all, strict=True)], 1)
     a, b, r = _fit(ours_all, theirs_all)
     stats = {
         "files": len(pairs),

@@ -12,6 +12,8 @@ gives the same numbers as the parallel forward pass (tested in float64).
 from __future__ import annotations
 
 import math
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,10 +99,13 @@ class WaveNetStack(nn.Module):
         if layers < 1 or cycle < 1 or kernel_size < 1:
             raise ConfigError(f"WaveNet needs layers, cycle, kernel_size >= 1 (got {layers}, {cycle}, {kernel_size})")
         self.input = nn.Conv1d(in_channels, residual_channels, 1)
-        self.layers = nn.ModuleList(
-            GatedResidualLayer(residual_channels, gate_channels, skip_channels, cond_channels, kernel_size, 2 ** (i % cycle))
+        # typed for mypy as the list of layers it holds (nn.ModuleList is not generic: its items are nn.Module)
+        self.layers = cast("list[GatedResidualLayer]", nn.ModuleList(
+            GatedResidualLayer(
+                residual_channels, gate_channels, skip_channels, cond_channels, kernel_size, 2 ** (i % cycle)
+            )
             for i in range(layers)
-        )
+        ))
         self.head = nn.Sequential(
             nn.ReLU(), nn.Conv1d(skip_channels, skip_channels, 1), nn.ReLU(), nn.Conv1d(skip_channels, out_channels, 1)
         )
@@ -116,12 +121,12 @@ class WaveNetStack(nn.Module):
             total += layer.kernel_size * residual * gates + layer.gate_channels * (residual + layer.skip_channels)
             if layer.cond is not None:
                 total += layer.cond.in_channels * gates
-        head1, head2 = self.head[1], self.head[3]
+        head1, head2 = cast(nn.Conv1d, self.head[1]), cast(nn.Conv1d, self.head[3])
         return total + head1.in_channels * head1.out_channels + head2.in_channels * head2.out_channels
 
     def receptive_field(self) -> int:
         """Inputs that output t depends on: (k-1) * sum(dilations) + 1 (the 1x1 convs add none)."""
-        return sum((l.kernel_size - 1) * l.dilation for l in self.layers) + 1
+        return sum((layer.kernel_size - 1) * layer.dilation for layer in self.layers) + 1
 
     def project_cond(self, c: torch.Tensor | None, budget_bytes: int = 64 << 20):
         """Each layer's conditioning projection V_l c (B, 2G, T), in the order of the layers (None each
@@ -136,18 +141,18 @@ class WaveNetStack(nn.Module):
         group = max(1, budget_bytes // max(per_layer, 1))
         for start in range(0, len(self.layers), group):
             layers = self.layers[start : start + group]
-            weight = torch.cat([layer.cond.weight for layer in layers])
+            weight = torch.cat([cast(nn.Conv1d, layer.cond).weight for layer in layers])
             yield from F.conv1d(c, weight).split([2 * layer.gate_channels for layer in layers], dim=1)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         h = self.input(x)
         skips = 0
-        for layer, proj in zip(self.layers, self.project_cond(c)):
+        for layer, proj in zip(self.layers, self.project_cond(c), strict=False):
             h, s = layer(h, proj)
             skips = skips + s
         return self.head(skips * self.skip_scale)
 
-    def stepper(self, cond: torch.Tensor | None, batch: int | None = None, chunk: int = 1024) -> "StackStepper":
+    def stepper(self, cond: torch.Tensor | None, batch: int | None = None, chunk: int = 1024) -> StackStepper:
         """An incremental evaluator of this stack for one sequence batch (see `StackStepper`)."""
         return StackStepper(self, cond, batch, chunk)
 
@@ -169,18 +174,25 @@ class StackStepper:
         ref = stack.input.weight
         self.stack = stack
         self.cond = cond
-        self.batch = cond.shape[0] if cond is not None else batch
-        if self.batch is None:
+        rows = cond.shape[0] if cond is not None else batch
+        if rows is None:
             raise ValueError("pass cond or batch")
+        self.batch: int = rows
         self.chunk = chunk
         self.position = 0
-        self._cond_chunk: list | None = None
+        self._cond_chunk: list[tuple[torch.Tensor, ...]] = []  # loaded by the first step
         self.w_in = ref[:, :, 0].t().contiguous()  # (in, R)
-        self.b_in = stack.input.bias
+        # the stack's convs all have a bias (torch types Conv1d.bias as Tensor | None), the cond projections aside
+        self.b_in = cast(torch.Tensor, stack.input.bias)
         layers = stack.layers
         residual = stack.input.out_channels
-        self.taps, self.w_tap, self.w_res, self.b_res, self.gate = [], [], [], [], []
-        self.rings, self.spans = [], []
+        self.taps: list[list[int]] = []
+        self.w_tap: list[torch.Tensor] = []
+        self.w_res: list[torch.Tensor] = []
+        self.b_res: list[torch.Tensor] = []
+        self.gate: list[int] = []
+        self.rings: list[list[torch.Tensor]] = []
+        self.spans: list[int] = []
         for layer in layers:
             k, d = layer.kernel_size, layer.dilation
             w = layer.conv.weight  # (2G, R, k); tap j multiplies input t - (k-1-j)*d
@@ -191,22 +203,23 @@ class StackStepper:
             self.rings.append([ref.new_zeros(self.batch, residual)] * span)
             out_w = layer.out.weight[:, :, 0]
             self.w_res.append((out_w[:residual] * SQRT_HALF).t().contiguous())  # (G, R)
-            self.b_res.append(layer.out.bias[:residual] * SQRT_HALF)
+            self.b_res.append(cast(torch.Tensor, layer.out.bias)[:residual] * SQRT_HALF)
             self.gate.append(layer.gate_channels)
         scale = stack.skip_scale
-        self.w_skip = torch.cat([l.out.weight[residual:, :, 0].t() for l in layers], dim=0) * scale  # (L*G, S)
-        self.b_skip = sum(l.out.bias[residual:] for l in layers) * scale
-        self.conv_bias = torch.stack([l.conv.bias for l in layers])  # (L, 2G)
+        self.w_skip = torch.cat([layer.out.weight[residual:, :, 0].t() for layer in layers], dim=0) * scale  # (L*G, S)
+        self.b_skip = cast(torch.Tensor, sum(cast(torch.Tensor, layer.out.bias)[residual:] for layer in layers)) * scale
+        self.conv_bias = torch.stack([cast(torch.Tensor, layer.conv.bias) for layer in layers])  # (L, 2G)
         self.has_cond = layers[0].cond is not None
         if self.has_cond:
-            self.w_cond = torch.stack([l.cond.weight[:, :, 0] for l in layers])  # (L, 2G, C)
-        head = stack.head
-        self.h1 = (head[1].weight[:, :, 0].t().contiguous(), head[1].bias)
-        self.h2 = (head[3].weight[:, :, 0].t().contiguous(), head[3].bias)
+            self.w_cond = torch.stack([cast(nn.Conv1d, layer.cond).weight[:, :, 0] for layer in layers])  # (L, 2G, C)
+        head1, head2 = cast(nn.Conv1d, stack.head[1]), cast(nn.Conv1d, stack.head[3])
+        self.h1 = (head1.weight[:, :, 0].t().contiguous(), cast(torch.Tensor, head1.bias))
+        self.h2 = (head2.weight[:, :, 0].t().contiguous(), cast(torch.Tensor, head2.bias))
 
     def _load_chunk(self) -> None:
         t0 = self.position
         if self.has_cond:
+            assert self.cond is not None, "a conditioned stack steps with its cond"
             c = self.cond[:, :, t0 : t0 + self.chunk]  # (B, C, n)
             proj = torch.einsum("lgc,bcn->nlbg", self.w_cond, c) + self.conv_bias[None, :, None, :]
         else:
@@ -222,16 +235,16 @@ class StackStepper:
         pos = self.position
         h = torch.addmm(self.b_in, x_t, self.w_in)
         zs = []
-        for l in range(len(self.w_tap)):
-            ring, span = self.rings[l], self.spans[l]
-            taps = [ring[(pos - back) % span] for back in self.taps[l]]
-            a = torch.addmm(cond_t[l], torch.cat(taps + [h], dim=1) if taps else h, self.w_tap[l])
+        for li in range(len(self.w_tap)):
+            ring, span = self.rings[li], self.spans[li]
+            taps = [ring[(pos - back) % span] for back in self.taps[li]]
+            a = torch.addmm(cond_t[li], torch.cat(taps + [h], dim=1) if taps else h, self.w_tap[li])
             if taps:
                 ring[pos % span] = h
-            filt, gate = a.split(self.gate[l], dim=1)
+            filt, gate = a.split(self.gate[li], dim=1)
             z = torch.tanh(filt) * torch.sigmoid(gate)
             zs.append(z)
-            h = torch.addmm(self.b_res[l], z, self.w_res[l]).add_(h, alpha=SQRT_HALF)
+            h = torch.addmm(self.b_res[li], z, self.w_res[li]).add_(h, alpha=SQRT_HALF)
         self.position = pos + 1
         skips = torch.addmm(self.b_skip, torch.cat(zs, dim=1), self.w_skip)
         out = torch.addmm(self.h1[1], torch.relu(skips), self.h1[0])
@@ -253,7 +266,8 @@ def _stretch(x: torch.Tensor, conv: nn.Conv1d, s: int) -> torch.Tensor:
     after = sums[:, 2 * s + 1 : 2 * s + 2] - sums[:, 2 * s - r]  # step q+1: w[2s-r .. 2s]
     poly = torch.stack([before, now, after], dim=-1).reshape(-1, 1, 3)  # (C * s, 1, 3)
     channels, length = x.shape[1], x.shape[-1]
-    y = F.conv1d(x, poly, conv.bias.repeat_interleave(s), padding=1, groups=channels)  # (B, C*s, L)
+    bias = cast(torch.Tensor, conv.bias)  # the stretch convs have one (torch types it Tensor | None)
+    y = F.conv1d(x, poly, bias.repeat_interleave(s), padding=1, groups=channels)  # (B, C*s, L)
     return y.reshape(x.shape[0], channels, s, length).transpose(2, 3).reshape(x.shape[0], channels, length * s)
 
 
@@ -282,11 +296,12 @@ class MelUpsampler(nn.Module):
         self.mode = mode
         self.context = context
         self.convs = nn.ModuleList()
+        conv: nn.Conv1d | nn.ConvTranspose1d
         for s in self.scales if mode != "repeat" else []:
             if mode == "stretch":
                 conv = nn.Conv1d(n_mels, n_mels, 2 * s + 1, padding=s, groups=n_mels)
                 nn.init.constant_(conv.weight, 1.0 / (2 * s + 1))  # starts as a moving average
-                nn.init.zeros_(conv.bias)
+                nn.init.zeros_(cast(torch.Tensor, conv.bias))
             else:
                 # kernel 2s - (s mod 2) with padding s // 2: exactly L*s outputs, centred for odd s too
                 conv = nn.ConvTranspose1d(n_mels, n_mels, 2 * s - s % 2, stride=s, padding=s // 2, groups=n_mels)
@@ -324,8 +339,8 @@ class MelUpsampler(nn.Module):
         x = mel
         if self.mode == "repeat":
             x = x.repeat_interleave(self.hop, dim=-1)
-        for s, conv in zip(self.scales, self.convs):
-            x = _stretch(x, conv, s) if self.mode == "stretch" else conv(x)
+        for s, conv in zip(self.scales, self.convs, strict=False):
+            x = _stretch(x, cast(nn.Conv1d, conv), s) if self.mode == "stretch" else conv(x)
             x = F.leaky_relu(x, 0.4)
         cut = self.context * self.hop
         return x[..., cut : x.shape[-1] - cut] if cut else x
@@ -337,6 +352,7 @@ class MelConditioned:
 
     upsampler: MelUpsampler
     speaker: nn.Embedding | None
+    constructor_args: dict[str, Any]  # set by distill.checkpoint.remember_args
 
     def pad_mels(self, mels: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """Utterance mels (no context; see `MelUpsampler.pad`) -> the model's mel input."""

@@ -55,16 +55,16 @@ class EMA:
         this step (non-finite loss); the average then stays as it is, decided on the device."""
         self.updates += 1
         d = self.current_decay()
-        ema_params = list(self.model.parameters())
+        ema_params: list[torch.Tensor] = list(self.model.parameters())
         if ema_params:
-            params = [p.detach().to(e.dtype) for e, p in zip(ema_params, model.parameters())]
+            params = [p.detach().to(e.dtype) for e, p in zip(ema_params, model.parameters(), strict=True)]
             # ema += w (p - ema), three fused kernels; w a 0-dim device tensor when it depends on `applied`
             # (the Tensor overload of _foreach_mul_: no .item(), so no host-device sync on a GPU)
             weight = 1.0 - d if applied is None else applied.to(ema_params[0].dtype) * (1.0 - d)
             delta = torch._foreach_sub(params, ema_params)
             torch._foreach_mul_(delta, weight)
             torch._foreach_add_(ema_params, delta)
-        for ema_b, b in zip(self.model.buffers(), model.buffers()):
+        for ema_b, b in zip(self.model.buffers(), model.buffers(), strict=True):
             ema_b.copy_(b)
 
     def state_dict(self) -> dict:

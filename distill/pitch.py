@@ -59,6 +59,9 @@ class MelPitch(nn.Module):
     from the arguments, so checkpoints do not hold them.
     """
 
+    templates: torch.Tensor  # buffers, typed (nn.Module's attribute lookup says Tensor | Module)
+    log2_cands: torch.Tensor
+
     def __init__(
         self,
         sample_rate: int = 16000,
@@ -110,7 +113,7 @@ class MelPitch(nn.Module):
         self.register_buffer("log2_cands", torch.log2(cands), persistent=False)
 
     @classmethod
-    def build(cls, args: dict, hop_length: int, n_mels: int) -> "MelPitch":
+    def build(cls, args: dict, hop_length: int, n_mels: int) -> MelPitch:
         """A student's pitch tracker from its `pitch_source` arguments: an unknown one is a one-line ConfigError."""
         try:
             return cls(hop_length=hop_length, n_mels=n_mels, **args)
@@ -168,7 +171,9 @@ def band_limited_pulse(phase: torch.Tensor, harmonics: torch.Tensor) -> torch.Te
     k = harmonics.clamp(min=1)
     half = torch.sin(phase / 2)
     near = half.abs() < 1e-6
-    total = torch.where(near, k, (torch.sin((k + 0.5) * phase) / torch.where(near, torch.ones_like(half), half) - 1) / 2)
+    total = torch.where(
+        near, k, (torch.sin((k + 0.5) * phase) / torch.where(near, torch.ones_like(half), half) - 1) / 2
+    )
     return total / torch.sqrt(k / 2)
 
 

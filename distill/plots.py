@@ -19,7 +19,7 @@ def mel_figure(mels: list[torch.Tensor], titles: list[str], hop_length: int, sam
     arrays = [m.detach().float().cpu().numpy() for m in mels]
     vmin, vmax = value_range or (min(float(a.min()) for a in arrays), max(float(a.max()) for a in arrays))
     fig, axes = plt.subplots(len(arrays), 1, figsize=(width, 2.6 * len(arrays)), squeeze=False, constrained_layout=True)
-    for ax, array, title in zip(axes[:, 0], arrays, titles):
+    for ax, array, title in zip(axes[:, 0], arrays, titles, strict=True):
         seconds = array.shape[-1] * hop_length / sample_rate
         image = ax.imshow(array, origin="lower", aspect="auto", vmin=vmin, vmax=vmax,
                           extent=(0, seconds, 0, array.shape[0]), cmap="magma")

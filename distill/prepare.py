@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from distill.audio import LogMel, load_audio, save_wav, silence_value
 from distill.config import DataStageConfig, save_config, to_dict
@@ -22,7 +23,7 @@ log = logging.getLogger("wavedistill")
 
 def prepare(cfg: DataStageConfig, splits: list[str], out_dir: str | Path | None = None) -> dict:
     """Check every file of `splits`; returns per-split counts and minutes (and writes a summary to out_dir)."""
-    summary = {"corpus": cfg.data.corpus, "features": to_dict(cfg.features), "splits": {}}
+    summary: dict[str, Any] = {"corpus": cfg.data.corpus, "features": to_dict(cfg.features), "splits": {}}
     first = None
     for split in splits:
         # Training files must hold a whole segment; the others (and "all") only need one STFT window.
@@ -52,9 +53,11 @@ def prepare(cfg: DataStageConfig, splits: list[str], out_dir: str | Path | None 
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"corpus: {summary['corpus']}", "| split | utterances | minutes | shortest (s) | longest (s) |", "|---|---:|---:|---:|---:|"]
+    lines = [f"corpus: {summary['corpus']}", "| split | utterances | minutes | shortest (s) | longest (s) |",
+             "|---|---:|---:|---:|---:|"]
     for split, s in summary["splits"].items():
-        lines.append(f"| {split} | {s['utterances']} | {s['minutes']:.2f} | {s['shortest_s']:.2f} | {s['longest_s']:.2f} |")
+        lines.append(f"| {split} | {s['utterances']} | {s['minutes']:.2f} | {s['shortest_s']:.2f} "
+                     f"| {s['longest_s']:.2f} |")
     if "mel_image" in summary:
         lines.append(f"mel image: {summary['mel_image']}")
     return "\n".join(lines)
@@ -73,7 +76,8 @@ def check_mels(cfg: DataStageConfig, mel_dir: str | Path, split: str = "all", ma
     logmel, hop = LogMel(features), features.hop_length
     found = [(u, mel_file(mel_dir, u.id)) for u in utts]
     missing = [u.id for u, path in found if path is None]
-    pairs, problems, offs, transposed = [], [], {}, 0
+    pairs, problems, transposed = [], [], 0
+    offs: dict[int, int] = {}  # frames off -> files
     for utt, path in [(u, p) for u, p in found if p is not None][:max_files]:
         info: dict = {}
         try:

@@ -6,7 +6,8 @@ Branch by task class, not by flags: the teacher and each student are `Task` subc
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -59,7 +60,7 @@ class Task(abc.ABC):
         """
         return {}
 
-    def setup(self, device: torch.device) -> None:
+    def setup(self, device: torch.device) -> None:  # noqa: B027  an optional hook: doing nothing is the default
         """Move task-owned state (e.g. a frozen teacher) to the training device."""
 
     def batch_samples(self, batch: Any) -> int:

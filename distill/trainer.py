@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -140,9 +140,11 @@ class Trainer:
         self.peak_tflops = cfg.peak_tflops or peak_tflops(device_name(self.device), kind)  # the user's figure wins
         params = self.task.trainable_parameters(self.model)
         self.params = list(params)
-        # fused: one kernel for all parameters, and it can skip a non-finite step on the device (found_inf)
+        # fused: one kernel for all parameters, and it can skip a non-finite step on the device (found_inf);
+        # betas: two numbers (TrainConfig checks)
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=True
+            self.params, lr=cfg.lr, betas=cast("tuple[float, float]", tuple(cfg.betas)), weight_decay=cfg.weight_decay,
+            fused=True,
         )
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
@@ -166,18 +168,21 @@ class Trainer:
         # on every resume, drop what an interrupted run logged after its last checkpoint (all of it when it
         # never wrote one), so that each step appears once in metrics.jsonl and TensorBoard
         self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, resume_step=self.step if self.resume else None)
-        self.train_model: torch.nn.Module = self.model
+        self.train_model: torch.nn.Module | None = self.model  # None once dropped (_leave_process_group)
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:
-            self.train_model = torch.compile(self.train_model)
+            # torch.compile of a Module returns a Module (OptimizedModule); its stub says a callable
+            self.train_model = torch.compile(self.train_model)  # type: ignore[assignment]
         train_data, self.valid_data = self.task.build_datasets()
         sampler = StreamSampler(
-            len(train_data), cfg.seed, self.dist.rank, self.dist.world_size, start=self.batches_consumed * cfg.batch_size
+            # the tasks' datasets have a __len__ (torch's Dataset declares none)
+            len(train_data), cfg.seed, self.dist.rank, self.dist.world_size,  # type: ignore[arg-type]
+            start=self.batches_consumed * cfg.batch_size,
         )
         workers = getattr(getattr(self.task.config, "data", None), "num_workers", 0)
-        self.loader = DataLoader(
+        self.loader: DataLoader | None = DataLoader(
             train_data,
             batch_size=cfg.batch_size,
             sampler=sampler,
@@ -342,6 +347,7 @@ class Trainer:
         cfg = self.cfg
         deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes > 0 else float("inf")
         model = self.train_model
+        assert model is not None and self.loader is not None  # dropped only after the last loop
         model.train()
         data = iter(self.loader)
         window = StepWindow(self.device)
@@ -372,7 +378,8 @@ class Trainer:
                     where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
                     raise TrainingDiverged(
                         f"{longest_run} non-finite losses in a row before step {self.step} "
-                        f"(train.max_nonfinite_in_row={cfg.max_nonfinite_in_row}); {where}; lower train.lr or check the data"
+                        f"(train.max_nonfinite_in_row={cfg.max_nonfinite_in_row}); {where}; "
+                        "lower train.lr or check the data"
                     )
             if logging_now:
                 values = window.means()
@@ -400,11 +407,12 @@ class Trainer:
             if checkpoint_now:
                 last_ckpt = self.save_checkpoint() or last_ckpt
             if stop:
-                log.warning("stopped at step %d (signal or train.max_minutes); checkpoint written, continue with --resume", self.step)
+                log.warning("stopped at step %d (signal or train.max_minutes); checkpoint written, "
+                            "continue with --resume", self.step)
                 break
         return last_ckpt
 
-    def _train_step(self, model: torch.nn.Module, batch: Any, window: "StepWindow", clip: float) -> None:
+    def _train_step(self, model: torch.nn.Module, batch: Any, window: StepWindow, clip: float) -> None:
         """Forward, backward, clipping, the update (skipped on the device when the loss or a gradient is
         not finite), the EMA and the window's sums: nothing here waits for the device (a CUDA test runs
         it under torch.cuda.set_sync_debug_mode("error"))."""
@@ -428,7 +436,8 @@ class Trainer:
             self.scaler.update()
             diverged = ~loss_ok
         else:
-            self.optimizer.found_inf = (~applied).float()  # read on the device by the fused AdamW step
+            # read on the device by the fused AdamW step (an attribute torch's stub does not declare)
+            self.optimizer.found_inf = (~applied).float()  # type: ignore[attr-defined]
             self.optimizer.step()
             diverged = ~applied
         self.optimizer.zero_grad(set_to_none=True)
@@ -485,7 +494,7 @@ class StepWindow:
         keys = list(self.sums)
         values = torch.stack([self.sums[k] for k in keys] + [self.good.float()]).tolist()
         good = values.pop()
-        return {k: v / good for k, v in zip(keys, values)} if good else {}
+        return {k: v / good for k, v in zip(keys, values, strict=True)} if good else {}
 
     def samples_per_s(self) -> float:
         return self.samples / max(time.perf_counter() - self.start, 1e-9)

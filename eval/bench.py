@@ -12,6 +12,7 @@ achieved GFLOP/s and, where the peak is known (GPU table, or --cpu-peak-tflops),
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -23,12 +24,12 @@ import torch
 from distill.allocator import tune_allocator
 from distill.config import load_config
 from distill.hardware import peak_tflops
+from eval.timing import device_name, timed
 from students.iaf import synthesize
 from students.task import StudentConfig, build_student
 from teachers.fastloop import available as fastloop_available
 from teachers.pretrained import demo_teacher_path, load_teacher
 from teachers.sampling import generate
-from eval.timing import device_name, timed
 from teachers.task import TeacherConfig, build_teacher
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -64,8 +65,9 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
         opt.step()
 
     t = timed(train_step, device, repeats, warmup=2)
-    rows.append({**base, "what": "teacher training", "batch": batch, "length": segment, "dtype": str(dtype).split(".")[-1],
-                 "samples_per_s": batch * segment / t["median_s"], "flops_per_sample": 6 * macs, **t})
+    rows.append({**base, "what": "teacher training", "batch": batch, "length": segment,
+                 "dtype": str(dtype).split(".")[-1], "samples_per_s": batch * segment / t["median_s"],
+                 "flops_per_sample": 6 * macs, **t})
 
     # sampling: incremental vs naive, float32 (AR sampling in bf16 drifts)
     model.eval()
@@ -77,7 +79,7 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
         frames = -(-(field + new) // hop)
         mel = (torch.randn(b, n_mels, frames + 2 * ctx) - 5).to(device)
         prompt = (0.1 * torch.randn(b, frames * hop - new)).to(device)
-        t = timed(lambda: generate(model, mel, "naive", prompt=prompt), device, repeats)
+        t = timed(functools.partial(generate, model, mel, "naive", prompt=prompt), device, repeats)
         naive = b * new / t["median_s"]
         rows.append({**base, "what": "teacher sampling, naive", "batch": b, "length": new, "dtype": "float32",
                      "samples_per_s": naive, **t})
@@ -112,10 +114,11 @@ def bench_trainer(device: torch.device, quick: bool) -> list[dict]:
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(TeacherTask(cfg), run_dir)
         trainer._build()
-        batch = to_device(next(iter(trainer.loader)), device)
+        model, loader = trainer.train_model, trainer.loader
+        assert model is not None and loader is not None  # built
+        batch = to_device(next(iter(loader)), device)
         window = StepWindow(device)
-        t = timed(lambda: trainer._train_step(trainer.train_model, batch, window, cfg.train.grad_clip), device, 5,
-                  warmup=2)
+        t = timed(lambda: trainer._train_step(model, batch, window, cfg.train.grad_clip), device, 5, warmup=2)
         trainer.logger.close()
     samples = cfg.train.batch_size * cfg.data.segment_length
     return [{"model": "teacher gaussian_tiny", "device": device_name(device), "threads": torch.get_num_threads(),
@@ -129,13 +132,14 @@ def sampler_rows(model, base: dict, device: torch.device, quick: bool, batch: in
     """Samples/s of the incremental sampler and of this device's faster one (the same recursion as
     CUDA graph replays, teachers/graphsampler.py, or as one compiled C loop, teachers/fastloop.c), with
     their ratio, appended to `rows`; returns the rates by method."""
-    faster = {"cuda": [("graph", "graph (CUDA graphs)")], "cpu": [("fast", "fast (C loop)")] if fastloop_available() else []}
+    faster = {"cuda": [("graph", "graph (CUDA graphs)")],
+              "cpu": [("fast", "fast (C loop)")] if fastloop_available() else []}
     hop, n_mels = model.hop_length, model.constructor_args["n_mels"]
     frames = (512 if quick else 2048) // hop
     mel = (torch.randn(batch, n_mels, frames + 2 * model.mel_context) - 5).to(device)
     macs, rates = model.stack.macs_per_sample(), {}
     for method, name in [("incremental", "incremental")] + faster.get(device.type, []):
-        t = timed(lambda: generate(model, mel, method), device, 5)
+        t = timed(functools.partial(generate, model, mel, method), device, 5)
         rates[method] = batch * frames * hop / t["median_s"]
         rows.append({**base, "what": f"teacher sampling{label}, {name}", "batch": batch, "length": frames * hop,
                      "dtype": "float32", "samples_per_s": rates[method], "flops_per_sample": 2 * macs, **t})
@@ -148,7 +152,7 @@ def sampler_rows(model, base: dict, device: torch.device, quick: bool, batch: in
 def bench_other_heads(device: torch.device, quick: bool) -> list[dict]:
     """Batch-1 sampling of the mixture-of-logistics and mu-law tiny teachers (random weights): every
     output head has the faster samplers too."""
-    rows = []
+    rows: list[dict] = []
     for preset in ("mol_tiny", "mulaw_tiny"):
         torch.manual_seed(0)
         model = build_teacher(load_config(TeacherConfig, CONFIGS / "teacher" / f"{preset}.yaml")).to(device).eval()
@@ -190,8 +194,8 @@ def bench_students(device: torch.device, quick: bool, teacher_rate: float) -> li
                     compiles.append(True)
                 eager_rate = None
                 for compile_ in compiles:
-                    t = timed(lambda: synthesize(student, mel, autocast_dtype=dtype, compile=compile_), device, 5,
-                              warmup=2)
+                    t = timed(functools.partial(synthesize, student, mel, autocast_dtype=dtype, compile=compile_),
+                              device, 5, warmup=2)
                     samples = batch * frames * hop
                     kind = ("float32" if dtype is None else "bfloat16 autocast") + (" compiled" if compile_ else "")
                     row = {"model": name, "device": device_name(device), "threads": torch.get_num_threads(),
@@ -293,7 +297,8 @@ def run_bench(quick: bool = False, devices: list[str] | None = None, cpu_peak_tf
         device = torch.device(name)
         teacher_rows = bench_teacher(device, quick)
         rows += teacher_rows
-        teacher_rate = [r for r in teacher_rows if r["what"] == "teacher sampling, incremental, 1 s"][0]["samples_per_s"]
+        teacher_rate = [r for r in teacher_rows
+                        if r["what"] == "teacher sampling, incremental, 1 s"][0]["samples_per_s"]
         rows += bench_students(device, quick, teacher_rate)
         rows += bench_trainer(device, quick)
         rows += bench_other_heads(device, quick)
@@ -314,7 +319,8 @@ def run_bench(quick: bool = False, devices: list[str] | None = None, cpu_peak_tf
 
 
 def to_markdown(result: dict) -> str:
-    lines = ["| what | device | dtype | batch | length | samples/s | RTF | ratio | GFLOP/s | of peak | median s (runs) |",
+    lines = ["| what | device | dtype | batch | length | samples/s | RTF | ratio | GFLOP/s | of peak "
+             "| median s (runs) |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         rate = f"{r['samples_per_s']:,.0f}" if r.get("samples_per_s") else ""

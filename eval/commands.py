@@ -8,29 +8,38 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from students.iaf import IAFStudent
 
 log = logging.getLogger("wavedistill")
 
 
 def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="copy-synthesise a corpus split with a teacher and students; PESQ, RTF, report")
-    p.add_argument("--teacher", default=None, help="teacher checkpoint or run folder (default: the shipped demo teacher)")
+    p.add_argument("--teacher", default=None,
+                   help="teacher checkpoint or run folder (default: the shipped demo teacher)")
     p.add_argument("--student", action="append", default=[], metavar="PATH",
                    help="student checkpoint or run folder; repeat for several (none: teacher and baselines only)")
-    p.add_argument("--data", default="demo", help="'demo', an LJSpeech folder or any folder of audio files (use --split all)")
+    p.add_argument("--data", default="demo",
+                   help="'demo', an LJSpeech folder or any folder of audio files (use --split all)")
     p.add_argument("--split", default="test", choices=["train", "valid", "test", "all"])
     add_eval_arguments(p, max_utterances=10, max_seconds=0.0, out="runs/eval")
     p.set_defaults(func=_eval)
 
 
 def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seconds: float, out: str) -> None:
-    p.add_argument("--max-utterances", type=int, default=max_utterances, help="0 = all (the teacher is slow: keep it small)")
-    p.add_argument("--max-seconds", type=float, default=max_seconds, help="cut each utterance to this length (0 = whole)")
+    p.add_argument("--max-utterances", type=int, default=max_utterances,
+                   help="0 = all (the teacher is slow: keep it small)")
+    p.add_argument("--max-seconds", type=float, default=max_seconds,
+                   help="cut each utterance to this length (0 = whole)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--pesq-nb", action="store_true", help="also narrowband PESQ (8 kHz)")
     p.add_argument("--student-dtype", default="float32", choices=["float32", "bfloat16"],
                    help="students' synthesis precision (bfloat16: autocast, on CUDA or CPUs with AVX512-BF16)")
-    p.add_argument("--rtf-seconds", type=float, default=1.0, help="length of the clip every RTF is timed on (0 = whole)")
+    p.add_argument("--rtf-seconds", type=float, default=1.0,
+                   help="length of the clip every RTF is timed on (0 = whole)")
     p.add_argument("--rtf-runs", type=int, default=5, help="timed runs per system (median reported; >= 5 recommended)")
     p.add_argument("--teacher-batch", type=int, default=16, help="utterances the teacher samples together")
     p.add_argument("--student-compile", action="store_true",
@@ -59,13 +68,12 @@ def run_eval(args, students: list[str]) -> dict:
     from distill.distributed import pick_device
     from distill.env import collect
     from distill.errors import ConfigError
+    from distill.folders import check_output_folder
     from eval.evaluate import EvalSettings, evaluate, load_clips
     from eval.report import write_report
     from eval.timing import device_name
     from students.pretrained import load_student
     from teachers.pretrained import demo_teacher_path, file_sha256, load_teacher
-
-    from distill.folders import check_output_folder
 
     check_output_folder(args.out, "--out")
     if args.max_utterances < 0 or args.max_seconds < 0 or args.rtf_runs < 1 or args.rtf_seconds < 0:
@@ -83,9 +91,11 @@ def run_eval(args, students: list[str]) -> dict:
     features = FeatureConfig(**payload["features"])
     if 0 < args.rtf_seconds * features.sample_rate < features.n_fft:
         raise ConfigError(f"--rtf-seconds {args.rtf_seconds} is shorter than one STFT window "
-                          f"({features.n_fft / features.sample_rate:.3f} s); pass a longer clip or 0 (the whole first clip)")
+                          f"({features.n_fft / features.sample_rate:.3f} s); "
+                          "pass a longer clip or 0 (the whole first clip)")
     teacher_sha = file_sha256(teacher_path)
-    loaded, student_info = {}, {}
+    loaded: dict[str, IAFStudent] = {}
+    student_info: dict[str, dict] = {}
     for path in students:
         student, spayload = load_student(path, features=features, device=device)
         name = _student_name(Path(path), loaded)
@@ -95,7 +105,8 @@ def run_eval(args, students: list[str]) -> dict:
                         name, source.get("path"), source["sha256"][:12], teacher_path)
         loaded[name] = student
         student_info[name] = {"path": str(path), "step": spayload["step"], "teacher_path": source.get("path"),
-                              "teacher_sha256": source.get("sha256"), "teacher_matches": source.get("sha256") == teacher_sha}
+                              "teacher_sha256": source.get("sha256"),
+                              "teacher_matches": source.get("sha256") == teacher_sha}
     speaker_map = payload.get("extra", {}).get("speakers") if teacher.speaker is not None else None
     source = payload.get("config", {}).get("data", {}).get("speakers", "") if speaker_map else ""
     clips = load_clips(args.data, args.split, features, args.max_utterances, args.max_seconds,
@@ -202,9 +213,8 @@ def add_demo(sub) -> None:
 
 def _demo(args) -> int:
     from distill.commands import run_data_stage, run_training
-    from students.task import DistillTask, StudentConfig
-
     from distill.errors import ConfigError
+    from students.task import DistillTask, StudentConfig
 
     if args.minutes <= 0 or (args.steps is not None and args.steps < 1):
         raise ConfigError("--minutes must be > 0 and --steps >= 1 (e.g. --minutes 10, or --steps 500)")
@@ -225,8 +235,9 @@ def _demo(args) -> int:
     # --steps N: N more steps; --minutes: the clock decides (a resumed run's saved train.steps must not;
     # 20,000 more is the preset's length, far beyond what a CPU budget reaches)
     overrides.append(f"train.steps={done + (args.steps or 20_000)}")
-    run_training(argparse.Namespace(config=None, default_config="configs/student/clarinet_tiny.yaml", out=str(student_dir),
-                                    resume=resume, init=None, steps=None, overrides=overrides), StudentConfig, DistillTask)
+    run_training(argparse.Namespace(config=None, default_config="configs/student/clarinet_tiny.yaml",
+                                    out=str(student_dir), resume=resume, init=None, steps=None, overrides=overrides),
+                 StudentConfig, DistillTask)
     print("== 3/3 evaluate teacher and student on the test split", flush=True)
     eval_args = argparse.Namespace(**{**vars(args), "teacher": None, "data": "demo", "split": "test",
                                       "out": str(out / "report")})

@@ -10,9 +10,11 @@ gets a real-time factor, timed on one clip at batch 1 (see `eval.timing.real_tim
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -56,7 +58,8 @@ class EvalSettings:
     teacher_batch: int = 16  # utterances the teacher samples together
     teacher_sampler: str = "incremental"  # "graph" (CUDA graphs on a GPU) or "fast" (the C loop on a CPU)
     temperature: float = 1.0  # the teacher's
-    student_temperature: float = 1.0  # the students' noise scale (1: a student distilled at loss.teacher_temperature T imitates the teacher at T)
+    # the students' noise scale (1: a student distilled at loss.teacher_temperature T imitates the teacher at T)
+    student_temperature: float = 1.0
     seed: int = 0
     rtf_seconds: float = 1.0  # length of the timing clip (0 = the whole first clip)
     rtf_runs: int = 5
@@ -130,7 +133,7 @@ def teacher_nll(teacher: WaveNetTeacher, clips: list[Clip], audios: list[torch.T
     """The teacher's mean NLL of each audio given its clip's mel (teacher-forced), nats/sample as a density
     (a MoL teacher's bin NLL less log(1 / bin width): comparable across heads, students and Gaussians)."""
     out = []
-    for clip, audio in zip(clips, audios):
+    for clip, audio in zip(clips, audios, strict=True):
         mel = teacher.pad_mels(clip.mel).to(device)
         x = audio[: clip.reference.numel()].float().clamp(-1, 1)[None].to(device)
         out.append(float(-teacher.log_density(x, mel, speakers_of([clip], device)).mean()))
@@ -152,11 +155,11 @@ def score_systems(clips: list[Clip], systems: dict[str, list[torch.Tensor]], fea
     logmel = LogMel(features)
     table = {}
     for name, audios in systems.items():
-        pairs = [(c.reference, a) for c, a in zip(clips, audios)]
+        pairs = [(c.reference, a) for c, a in zip(clips, audios, strict=True)]
         pesq = {mode: pesq_scores(pairs, features.sample_rate, mode) for mode in pesq_modes}
-        rows = []
-        for i, (clip, audio) in enumerate(zip(clips, audios)):
-            row = {"id": clip.id, "seconds": clip.reference.numel() / features.sample_rate}
+        rows: list[dict[str, Any]] = []
+        for i, (clip, audio) in enumerate(zip(clips, audios, strict=True)):
+            row: dict[str, Any] = {"id": clip.id, "seconds": clip.reference.numel() / features.sample_rate}
             for mode in pesq_modes:
                 row[f"pesq_{mode}"] = pesq[mode][i].score
                 if pesq[mode][i].reason:
@@ -166,7 +169,7 @@ def score_systems(clips: list[Clip], systems: dict[str, list[torch.Tensor]], fea
             if nll is not None:
                 row["teacher_nll"] = nll[name][i]
             rows.append(row)
-        entry = {}
+        entry: dict[str, Any] = {}
         for mode in pesq_modes:
             scored = [r[f"pesq_{mode}"] for r in rows if not math.isnan(r[f"pesq_{mode}"])]
             entry[f"pesq_{mode}"] = sum(scored) / len(scored) if scored else math.nan
@@ -212,8 +215,9 @@ def evaluate(
     run(TEACHER, lambda cs: teacher_synthesis(teacher, cs, features, device, settings.teacher_batch,
                                               settings.temperature, False, settings.teacher_sampler))
     for name, student in students.items():
-        run(name, lambda cs, s=student: student_synthesis(s, cs, features, device, settings.student_temperature,
-                                                          settings.autocast_dtype, settings.student_compile),
+        run(name, functools.partial(student_synthesis, student, features=features, device=device,
+                                    temperature=settings.student_temperature,
+                                    autocast_dtype=settings.autocast_dtype, compile=settings.student_compile),
             settings.autocast_dtype + (" compiled" if settings.student_compile else ""),
             # a compiled student meets the probe's shape for the first time: compiling, and under
             # reduce-overhead recording its CUDA graphs, take the first two calls

@@ -52,9 +52,9 @@ def pesq_scores(
     jobs = []
     for ref, deg in pairs:
         n = min(ref.shape[-1], deg.shape[-1])
-        ref = resample(torch.as_tensor(ref[..., :n]).float(), sample_rate, rate).numpy().astype(np.float64)
-        deg = resample(torch.as_tensor(deg[..., :n]).float(), sample_rate, rate).numpy().astype(np.float64)
-        jobs.append((ref, deg, rate, mode))
+        ref_at_rate = resample(torch.as_tensor(ref[..., :n]).float(), sample_rate, rate).numpy().astype(np.float64)
+        deg_at_rate = resample(torch.as_tensor(deg[..., :n]).float(), sample_rate, rate).numpy().astype(np.float64)
+        jobs.append((ref_at_rate, deg_at_rate, rate, mode))
     if not jobs:
         return []
     workers = min(len(jobs), workers or os.cpu_count() or 1)

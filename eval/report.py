@@ -67,7 +67,8 @@ def summary_rows(report: dict) -> list[list[str]]:
         cells += [_fmt(entry["mel_l1"]), _fmt(entry["stft_distance"]), _fmt(entry["teacher_nll"])]
         rtf = entry.get("rtf")
         if rtf:
-            cells += [_fmt(rtf["rtf"], 4), f"{_fmt(rtf['rtf_min'], 4)}-{_fmt(rtf['rtf_max'], 4)}", _fmt(rtf["x_real_time"], 1)]
+            cells += [_fmt(rtf["rtf"], 4), f"{_fmt(rtf['rtf_min'], 4)}-{_fmt(rtf['rtf_max'], 4)}",
+                      _fmt(rtf["x_real_time"], 1)]
         else:
             cells += ["-", "-", "-"]
         speedup = entry.get("speedup_over_teacher")
@@ -77,7 +78,8 @@ def summary_rows(report: dict) -> list[list[str]]:
 
 
 def utterance_columns(report: dict) -> list[str]:
-    return ["utterance", "seconds"] + [f"{name} PESQ {report['settings']['pesq_modes'][0]}" for name in report["systems"]]
+    return ["utterance", "seconds"] + [f"{name} PESQ {report['settings']['pesq_modes'][0]}"
+                                       for name in report["systems"]]
 
 
 def utterance_rows(report: dict) -> list[list[str]]:
@@ -121,14 +123,16 @@ def notes(report: dict) -> str:
 
 
 def _markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return lines
 
 
 def to_markdown(report: dict) -> str:
     s = report["settings"]
-    lines = [f"# Evaluation: {s['data']} / {s['split']}, {s['utterances']} utterance(s), {s['audio_seconds']:.1f} s", ""]
+    lines = [f"# Evaluation: {s['data']} / {s['split']}, {s['utterances']} utterance(s), "
+             f"{s['audio_seconds']:.1f} s", ""]
     lines += _markdown_table(summary_columns(report), summary_rows(report))
     lines += ["", notes(report), "", "## Per utterance", ""]
     lines += _markdown_table(utterance_columns(report), utterance_rows(report))
@@ -140,7 +144,8 @@ def _settings_lines(report: dict) -> list[tuple[str, str]]:
     s = report["settings"]
     lines = [("teacher", f"{s['teacher']['path']} (step {s['teacher']['step']}, sha256 {s['teacher']['sha256'][:12]})")]
     for name, info in s["students"].items():
-        origin = "distilled from this teacher" if info["teacher_matches"] else f"distilled from another teacher ({info['teacher_path']})"
+        origin = ("distilled from this teacher" if info["teacher_matches"]
+                  else f"distilled from another teacher ({info['teacher_path']})")
         lines.append((name, f"{info['path']} (step {info['step']}, {origin})"))
     lines += [(k, str(s[k])) for k in ("data", "split", "utterances", "max_seconds", "seed", "temperature", "device",
                                          "device_name", "threads")]
@@ -237,7 +242,8 @@ def write_report(out: Path, report: dict, clips: list[Clip], systems: dict[str, 
     logger.close()
     paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
     # strict JSON: NaN (a PESQ that could not be scored; its reason is beside it) is written as null
-    paths["json"].write_text(json.dumps(_strict(report), indent=2, default=_json_default, allow_nan=False), encoding="utf-8")
+    paths["json"].write_text(json.dumps(_strict(report), indent=2, default=_json_default, allow_nan=False),
+                             encoding="utf-8")
     paths["md"].write_text(to_markdown(report), encoding="utf-8")
     paths["html"].write_text(to_html(report, media), encoding="utf-8")
     return paths

@@ -10,7 +10,8 @@ from distill.commands import add_training_arguments, run_training
 def add_distill(sub) -> None:
     p = sub.add_parser("distill", help="distil a parallel IAF student from a frozen autoregressive teacher")
     add_training_arguments(p, default_config="configs/student/clarinet_tiny.yaml", out_required=False)
-    p.add_argument("--teacher", default=None, help="teacher checkpoint or run folder (default: the shipped demo teacher)")
+    p.add_argument("--teacher", default=None,
+                   help="teacher checkpoint or run folder (default: the shipped demo teacher)")
     p.set_defaults(func=_distill)
 
 
@@ -34,11 +35,10 @@ def add_export(sub) -> None:
 def _export(args) -> int:
     import numpy as np
 
+    from distill.folders import check_output_file
     from students.export import OnnxStudent, export_onnx, noise
     from students.iaf import synthesize
     from students.pretrained import load_student
-
-    from distill.folders import check_output_file
 
     check_output_file(args.out, "--out")
     student, payload = load_student(args.student)
@@ -56,7 +56,8 @@ def _export(args) -> int:
 
 
 def add_vocode(sub) -> None:
-    p = sub.add_parser("vocode", help="mel files (a TTS model's) or audio files -> one WAV each, by a student or a teacher")
+    p = sub.add_parser("vocode",
+                       help="mel files (a TTS model's) or audio files -> one WAV each, by a student or a teacher")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="mel files (.npy/.pt, (n_mels, frames) or (frames, n_mels)), audio files (copy synthesis), "
                         "folders or globs")

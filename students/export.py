@@ -69,7 +69,7 @@ def export_onnx(student: IAFStudent, out: str | Path, frames: int = 32) -> Path:
     with torch.no_grad():
         program = torch.onnx.export(SynthesisGraph(student), (z, mel), input_names=["z", "mel"], output_names=["audio"],
                                     dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, verbose=False)
-    program.save(str(tmp))
+    program.save(str(tmp))  # type: ignore[union-attr]  # torch.onnx.export(dynamo=True) returns a program
     if student.preemphasis:
         onnx = _need("onnx")
         model = onnx.load(str(tmp))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -32,9 +33,8 @@ from distill.checkpoint import remember_args
 from distill.distributions import Gaussian, Logistic
 from distill.errors import ConfigError
 from distill.lpc import MelLPC, lp_predict, lp_synthesis, synthesis_block
-from distill.pitch import MelPitch
 from distill.nn import MelConditioned, MelUpsampler, WaveNetStack, shift_right
-
+from distill.pitch import MelPitch
 
 SOURCE_CHANNELS = 4  # distill.pitch.MelPitch.source: pulse, sin, cos, voicing
 
@@ -80,17 +80,20 @@ class IAFStudent(MelConditioned, nn.Module):
     ):
         super().__init__()
         if distribution not in ("gaussian", "logistic"):
-            raise ConfigError(f"student distribution must be 'gaussian' (ClariNet) or 'logistic' (Parallel WaveNet), got {distribution!r}")
+            raise ConfigError("student distribution must be 'gaussian' (ClariNet) or 'logistic' (Parallel WaveNet), "
+                              f"got {distribution!r}")
         flows = list(flows or [10] * 6)
         if not flows or min(flows) < 1:
             raise ConfigError(f"student flows must list >= 1 layers per flow, got {flows}")
         if not 0 < initial_scale <= 1:
             raise ConfigError(f"student initial_scale must be in (0, 1], got {initial_scale}")
-        self.dist = Gaussian(log_scale_min=-math.inf) if distribution == "gaussian" else Logistic(log_scale_min=-math.inf)
+        self.dist = (Gaussian(log_scale_min=-math.inf) if distribution == "gaussian"
+                     else Logistic(log_scale_min=-math.inf))
         self.mel_context = mel_context
         self.hop_length = hop_length
         self.preemphasis = preemphasis  # the teacher's: the flows produce its model domain
-        self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context, mel_silence)
+        self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context,
+                                      mel_silence)
         self.lpc = None
         if linear_prediction:  # the teacher's MelLPC arguments
             if linear_prediction.get("interpolate"):
@@ -107,19 +110,21 @@ class IAFStudent(MelConditioned, nn.Module):
         # a multi-speaker student: its teacher's speakers, embedded and appended to the conditioning
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
         cond_channels = n_mels + (speaker_dim if num_speakers > 0 else 0) + (SOURCE_CHANNELS if self.pitch else 0)
-        self.flows = nn.ModuleList(
+        # typed for mypy as the list of flows it holds (nn.ModuleList is not generic: its items are nn.Module)
+        self.flows = cast("list[WaveNetStack]", nn.ModuleList(
             WaveNetStack(1, 2, layers, min(cycle, layers), kernel_size, residual_channels, gate_channels,
                          skip_channels, cond_channels)
             for layers in flows
-        )
+        ))
         # Start near identity with a small total scale: each flow's last conv is zero, its log-scale
         # bias log(initial_scale) / K, so s_tot = initial_scale and mu_tot = 0 at initialisation.
         for flow in self.flows:
-            last = flow.head[-1]
+            last = cast(nn.Conv1d, flow.head[-1])
+            bias = cast(torch.Tensor, last.bias)  # a conv with a bias (torch types it Tensor | None)
             nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
+            nn.init.zeros_(bias)
             with torch.no_grad():
-                last.bias[1] = math.log(initial_scale) / len(self.flows)
+                bias[1] = math.log(initial_scale) / len(self.flows)
 
     def sample_noise(self, shape: tuple[int, ...], device=None, dtype=None) -> torch.Tensor:
         """z ~ N(0, 1) (gaussian) or Logistic(0, 1) (logistic), shape (B, T)."""
@@ -134,7 +139,7 @@ class IAFStudent(MelConditioned, nn.Module):
         out = self.flow(z, self.conditioning(mel, speaker, mel_cond))
         if self.lpc is None:
             return out
-        return self.through_predictor(out, self.predictor(mel) if lpc is None else lpc)
+        return self.through_predictor(out, self.lpc.of_padded(mel, self.mel_context) if lpc is None else lpc)
 
     def conditioning(self, mel: torch.Tensor, speaker: torch.Tensor | None = None,
                      mel_cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -191,7 +196,7 @@ class IAFStudent(MelConditioned, nn.Module):
         instead of the utterance (tested: chunked == whole at every seam)."""
         x = z
         length = z.shape[-1]
-        for flow, field in zip(self.flows, self.receptive_fields()):
+        for flow, field in zip(self.flows, self.receptive_fields(), strict=True):
             shifted = shift_right(x)[:, None, :]
             out = torch.empty(z.shape[0], 2, length, device=z.device, dtype=z.dtype)
             for start in range(0, length, chunk):
@@ -278,6 +283,6 @@ def synthesize(
             chunk = auto_chunk(student, z.shape[0], z.device.type)
         x = compiled_flows(student)(z, cond, chunk) if compile else _flows_x(student, z, cond, chunk)
     if student.lpc is not None:  # the flows gave the excitation; the filter runs in z's dtype, not bf16
-        x = student.excite(x, student.predictor(mel))
+        x = student.excite(x, student.lpc.of_padded(mel, student.mel_context))  # student.predictor(mel)
     # de-emphasis over the whole length (exact across chunk seams), in float32 outside autocast
     return student.to_audio(x).clamp(-1, 1)  # a new tensor: never a CUDA graph's output buffer

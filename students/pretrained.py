@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from distill.checkpoint import load_model
 from distill.audio import silence_value
+from distill.checkpoint import load_model
 from distill.config import FeatureConfig, to_dict
 from students.iaf import IAFStudent
 

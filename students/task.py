@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
 from distill.audio import LogMel, silence_value
-from distill.data import speaker_batch
 from distill.config import DataConfig, FeatureConfig, TrainConfig
+from distill.data import speaker_batch
 from distill.distributed import unwrap
 from distill.distributions import Gaussian
 from distill.errors import ConfigError
@@ -126,8 +126,9 @@ class DistillTask(Task):
         }
         if not self.teacher.dist.distillable:
             raise ConfigError(
-                f"teacher {self.teacher_path.name} has a '{self.teacher.dist.name}' output (a categorical over classes, "
-                "no gradient with respect to the sample): density distillation needs a gaussian or mol teacher"
+                f"teacher {self.teacher_path.name} has a '{self.teacher.dist.name}' output "
+                "(a categorical over classes, no gradient with respect to the sample): "
+                "density distillation needs a gaussian or mol teacher"
             )
         if self.teacher.mel_context != config.data.mel_context:
             raise ConfigError(
@@ -140,25 +141,30 @@ class DistillTask(Task):
         self.speakers = payload.get("extra", {}).get("speakers") if self.teacher.speaker is not None else None
         if self.teacher.speaker is not None:
             if self.speakers is None:
-                raise ConfigError(f"teacher {self.teacher_path.name} is multi-speaker but its checkpoint has no speaker "
-                                  "map (trained before data.speakers existed); retrain it with data.speakers set")
+                raise ConfigError(f"teacher {self.teacher_path.name} is multi-speaker but its checkpoint has no "
+                                  "speaker map (trained before data.speakers existed); "
+                                  "retrain it with data.speakers set")
             if not config.data.speakers:
-                raise ConfigError(f"teacher {self.teacher_path.name} is multi-speaker ({', '.join(list(self.speakers)[:8])}"
-                                  "); set data.speakers (folder or column) so the corpus names each utterance's speaker")
+                raise ConfigError(f"teacher {self.teacher_path.name} is multi-speaker "
+                                  f"({', '.join(list(self.speakers)[:8])}); set data.speakers (folder or column) "
+                                  "so the corpus names each utterance's speaker")
         elif config.data.speakers:
-            raise ConfigError(f"data.speakers={config.data.speakers} but teacher {self.teacher_path.name} has no speaker "
-                              "input; distil a single-speaker teacher with data.speakers unset")
+            raise ConfigError(f"data.speakers={config.data.speakers} but teacher {self.teacher_path.name} has no "
+                              "speaker input; distil a single-speaker teacher with data.speakers unset")
         method = config.loss.kl_method
         gaussian_pair = isinstance(self.teacher.dist, Gaussian) and config.model.distribution == "gaussian"
         if method == "closed_form" and not gaussian_pair:
-            raise ConfigError("loss.kl_method=closed_form needs a Gaussian teacher and a Gaussian student; use monte_carlo")
+            raise ConfigError(
+                "loss.kl_method=closed_form needs a Gaussian teacher and a Gaussian student; use monte_carlo"
+            )
         self.closed_form = gaussian_pair if method == "auto" else method == "closed_form"
         if (not config.model.upsampler_from_teacher and not config.model.train_upsampler
                 and payload["model_args"].get("upsample") == "transposed"):  # stretch starts as a moving average
             raise ConfigError("model.upsampler_from_teacher=false with model.train_upsampler=false would freeze a "
                               "randomly initialised (transposed) mel upsampler; set one of them to true")
         if config.loss.weights["loss/kl_reg"] > 0 and not gaussian_pair:
-            raise ConfigError("loss/kl_reg (ClariNet's log-scale regulariser) needs Gaussian teacher and student; set its weight to 0")
+            raise ConfigError("loss/kl_reg (ClariNet's log-scale regulariser) needs Gaussian teacher and student; "
+                              "set its weight to 0")
         self.logmel = LogMel(config.features)
 
     # ------------------------------------------------------------------ model and data
@@ -169,6 +175,7 @@ class DistillTask(Task):
                                 speakers.num_embeddings if speakers is not None else 0,
                                 speakers.embedding_dim if speakers is not None else 16)
         if speakers is not None:  # start from the teacher's speaker embeddings (trained from there)
+            assert student.speaker is not None  # built with the teacher's speaker count
             student.speaker.load_state_dict(speakers.state_dict())
         if m.upsampler_from_teacher:
             student.upsampler.load_state_dict(self.teacher.upsampler.state_dict())
@@ -198,7 +205,7 @@ class DistillTask(Task):
     def flops_per_sample(self, model) -> float:
         """Student forward + backward (6 FLOPs per MAC); the frozen teacher's forward on the student's
         sample and its backward to that input (4 per MAC; no weight gradients)."""
-        flows = unwrap(model).flows
+        flows = cast(IAFStudent, unwrap(model)).flows
         return 6 * sum(f.macs_per_sample() for f in flows) + 4 * self.teacher.stack.macs_per_sample()
 
     # ------------------------------------------------------------------ the objective
@@ -229,7 +236,8 @@ class DistillTask(Task):
         # The student's own scale, unclamped: a clamp here would cut the entropy gradient that keeps
         # s_tot from collapsing (the teacher's distribution applies its own floor).
         est = monte_carlo_kl(student.dist, out.params, self.teacher.dist, teacher_params, self.config.loss.mc_samples)
-        return {"kl": est.kl, "entropy": est.entropy, "cross_entropy": est.cross_entropy, "reg": torch.zeros_like(est.kl)}
+        return {"kl": est.kl, "entropy": est.entropy, "cross_entropy": est.cross_entropy,
+                "reg": torch.zeros_like(est.kl)}
 
     def training_step(self, model, batch, step):
         student = unwrap(model)
@@ -245,7 +253,8 @@ class DistillTask(Task):
         out = model(z, mel, speaker, mel_cond=mel_cond, lpc=lpc)
         with torch.autocast(device_type=audio.device.type, enabled=False):
             # float32 from here: bf16 rounding of mu would add (d mu)^2 / 2 s^2 to a KL whose scales reach e^-7
-            teacher_params = self.teacher_law(out.x, mel, speaker, mel_cond, lpc)  # teacher-forced on the student's sample
+            # teacher-forced on the student's sample
+            teacher_params = self.teacher_law(out.x, mel, speaker, mel_cond, lpc)
             # a crop cut from inside an utterance: its first steps have a law the teacher never learned
             # (its linear predictor lacks their history; the teacher's own loss leaves them out too)
             terms = self.kl_terms(student, out, teacher_params, self.teacher.crop_warmup())
@@ -265,8 +274,10 @@ class DistillTask(Task):
             # Parallel WaveNet: push away from the teacher given another item's mel (gamma = the weight)
             other = torch.roll(torch.arange(audio.shape[0], device=audio.device), 1)
             with torch.autocast(device_type=audio.device.type, enabled=False):
-                mismatched = self.kl_terms(student, out, self.teacher_law(out.x, mel[other], speaker[other] if speaker is not None else None),
-                                           self.teacher.crop_warmup())["kl"].mean()
+                mismatched = self.kl_terms(
+                    student, out, self.teacher_law(out.x, mel[other], speaker[other] if speaker is not None else None),
+                    self.teacher.crop_warmup(),
+                )["kl"].mean()
             values["loss/contrastive"] = -mismatched
         total = sum(weights[k] * v for k, v in values.items() if k in weights)
         for k, log_s in enumerate(out.flow_log_scales):

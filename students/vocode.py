@@ -103,7 +103,7 @@ def vocode_files(vocoder: Vocoder, specs: list[str], out: str | Path, batch: int
         for run in _consecutive(group):
             audios = vocoder([m for _, m, _ in run], temperature=temperature,
                              seed=None if seed is None else seed + run[0][0], mode=mode, speaker=speaker)
-            for (_, _, target), audio in zip(run, audios):
+            for (_, _, target), audio in zip(run, audios, strict=True):
                 out.mkdir(parents=True, exist_ok=True)
                 partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
                 save_wav(partial, audio, vocoder.sample_rate)

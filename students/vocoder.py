@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -64,9 +65,10 @@ class Vocoder:
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
-             dtype: str = "float32") -> "Vocoder":
+             dtype: str = "float32") -> Vocoder:
         """A student or teacher checkpoint file or run folder (which one is read from the checkpoint);
         None: the shipped demo teacher."""
+        model: IAFStudent | WaveNetTeacher
         if path is None:
             model, payload = load_teacher(None, device=device)
             return cls(model, payload, device, dtype)
@@ -158,6 +160,7 @@ class Vocoder:
     def _known_speakers(self) -> str:
         if self.speakers:
             return ", ".join(sorted(self.speakers))
+        assert self.model.speaker is not None  # asked only of a multi-speaker model
         return f"ids 0..{self.model.speaker.num_embeddings - 1}"
 
     @torch.inference_mode()
@@ -166,7 +169,7 @@ class Vocoder:
         frames = max(m.shape[-1] for m in mels)
         batch = self.model.pad_mels(mels).to(self.device)
         hop = self.hop_length
-        if self.kind == "student":
+        if isinstance(self.model, IAFStudent):  # self.kind == "student"
             z = None
             if seed is not None:
                 z = torch.zeros(len(mels), frames * hop)
@@ -177,12 +180,13 @@ class Vocoder:
                 z = z.to(self.device)
             audio = synthesize(self.model, batch, temperature, z=z, autocast_dtype=DTYPES[self.dtype], speaker=speaker)
         else:
+            teacher = cast(WaveNetTeacher, self.model)  # not a student
             if method == "auto":
-                method = fastest_method(self.model, self.device)
+                method = fastest_method(teacher, self.device)
             devices = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices, enabled=seed is not None):
                 if seed is not None:
                     torch.manual_seed(seed)
-                audio = generate(self.model, batch, method, temperature=temperature, mode=mode, speaker=speaker)
+                audio = generate(teacher, batch, method, temperature=temperature, mode=mode, speaker=speaker)
         audio = audio.float().cpu()
         return [audio[i, : m.shape[-1] * hop] for i, m in enumerate(mels)]

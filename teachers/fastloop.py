@@ -40,7 +40,8 @@ def _build() -> ctypes.CDLL | None:
     global _error
     import shlex
 
-    compiler = shlex.split(os.environ["CC"]) if os.environ.get("CC") else [shutil.which("cc") or shutil.which("gcc") or ""]
+    compiler = (shlex.split(os.environ["CC"]) if os.environ.get("CC")
+                else [shutil.which("cc") or shutil.which("gcc") or ""])
     if not compiler[0]:
         _error = "no C compiler found (install gcc, or set CC)"
         return None
@@ -77,7 +78,7 @@ def _cpu_signature() -> str:
 
     try:
         info = Path("/proc/cpuinfo").read_text()
-        lines = [l for l in info.splitlines() if l.startswith(("model name", "flags", "Features", "CPU part"))]
+        lines = [line for line in info.splitlines() if line.startswith(("model name", "flags", "Features", "CPU part"))]
         return platform.machine() + "|" + "|".join(sorted(set(lines)))
     except OSError:
         return platform.machine() + "|" + platform.processor()
@@ -108,7 +109,8 @@ def unsupported(teacher) -> str | None:
     if stack.input.in_channels != 1:
         return "fast sampling needs a one-channel teacher input"
     layers = stack.layers
-    if any(l.kernel_size != layers[0].kernel_size or l.gate_channels != layers[0].gate_channels for l in layers):
+    if any(layer.kernel_size != layers[0].kernel_size or layer.gate_channels != layers[0].gate_channels
+           for layer in layers):
         return "fast sampling needs the same kernel size and gate width in every layer"
     return None
 
@@ -150,7 +152,8 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
         "w_in": flat(stepper.w_in[0]), "b_in": flat(stepper.b_in),
         "w_tap": flat(torch.stack(stepper.w_tap)), "w_res": flat(torch.stack(stepper.w_res)),
         "b_res": flat(torch.stack(stepper.b_res)), "w_skip": flat(stepper.w_skip), "b_skip": flat(stepper.b_skip),
-        "w_h1": flat(stepper.h1[0]), "b_h1": flat(stepper.h1[1]), "w_h2": flat(stepper.h2[0]), "b_h2": flat(stepper.h2[1]),
+        "w_h1": flat(stepper.h1[0]), "b_h1": flat(stepper.h1[1]),
+        "w_h2": flat(stepper.h2[0]), "b_h2": flat(stepper.h2[1]),
     }
     span_max = max(stepper.spans)
     rings = torch.zeros(layers, span_max, batch, residual)
@@ -181,6 +184,7 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
     work = torch.zeros(batch * (residual + kernel * residual + 2 * gate + layers * gate + skip + hidden + n_params))
     w_cond = stepper.w_cond.float() if stepper.has_cond else None
     conv_bias = stepper.conv_bias.float()
+    assert _lib is not None  # built: unsupported() said so
     for t0 in range(0, length, chunk):
         n = min(chunk, length - t0)
         if w_cond is not None:
@@ -206,6 +210,6 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
             ctypes.c_float(getattr(dist, "log_scale_min", 0.0)), _ptr(work), KINDS[dist.name], n_params, per_step,
             getattr(dist, "num_bins", 0), _ptr(table), _ptr(coeffs), order, loc.start, loc.stop - loc.start,
         )
-    if return_params:
+    if params is not None:  # return_params
         return audio, params.permute(1, 2, 0).contiguous()
     return audio

@@ -32,7 +32,7 @@ from teachers.wavenet import WaveNetTeacher
 BLOCK = 64  # steps per block (per graph replay)
 CACHED = 4  # samplers kept per teacher (each holds its buffers and, on CUDA, its graph)
 
-_samplers: "weakref.WeakKeyDictionary[WaveNetTeacher, dict]" = weakref.WeakKeyDictionary()
+_samplers: weakref.WeakKeyDictionary[WaveNetTeacher, dict] = weakref.WeakKeyDictionary()
 
 
 class BlockSampler:
@@ -89,23 +89,23 @@ class BlockSampler:
     def _block(self) -> None:
         """N steps with constant indices: the captured unit."""
         w, n = self.w, self.n
-        for hist, span in zip(self.hist, self.spans):
+        for hist, span in zip(self.hist, self.spans, strict=True):
             if span:
                 hist[:span].copy_(hist[n : n + span].clone())
         layers = len(self.spans)
         for i in range(n):
             h = torch.addmm(w.b_in, self.prev, w.w_in, out=self._input_row(0, i))
             zs = []
-            for l in range(layers):
-                hist, span = self.hist[l], self.spans[l]
-                taps = [hist[span + i - back] for back in w.taps[l]]
-                a = torch.addmm(self.cond_buf[i, l], torch.cat(taps + [h], dim=1) if taps else h, w.w_tap[l])
-                filt, gate = a.split(w.gate[l], dim=1)
+            for li in range(layers):
+                hist, span = self.hist[li], self.spans[li]
+                taps = [hist[span + i - back] for back in w.taps[li]]
+                a = torch.addmm(self.cond_buf[i, li], torch.cat(taps + [h], dim=1) if taps else h, w.w_tap[li])
+                filt, gate = a.split(w.gate[li], dim=1)
                 z = torch.tanh(filt) * torch.sigmoid(gate)
                 zs.append(z)
-                if l + 1 < layers:  # the last layer's residual output is never used
-                    res = torch.addmm(w.b_res[l], z, w.w_res[l])
-                    h = torch.add(res, h, alpha=SQRT_HALF, out=self._input_row(l + 1, i))
+                if li + 1 < layers:  # the last layer's residual output is never used
+                    res = torch.addmm(w.b_res[li], z, w.w_res[li])
+                    h = torch.add(res, h, alpha=SQRT_HALF, out=self._input_row(li + 1, i))
             skips = torch.addmm(w.b_skip, torch.cat(zs, dim=1), w.w_skip)
             hidden = torch.addmm(w.h1[1], torch.relu(skips), w.h1[0])
             params = torch.addmm(w.h2[1], torch.relu(hidden), w.h2[0])[:, :, None]  # (B, P, 1)
@@ -126,6 +126,7 @@ class BlockSampler:
     def _load(self, t0: int) -> int:
         """Fill the conditioning and prompt buffers for steps t0 .. t0 + N - 1; returns the valid count."""
         w, n = self.w, self.n
+        assert self.cond is not None  # set by `run`
         m = min(n, self.cond.shape[-1] - t0)
         bias = w.conv_bias[None, :, None, :]
         if w.has_cond:
@@ -135,6 +136,7 @@ class BlockSampler:
             self.cond_buf[:m].copy_(bias.expand(m, -1, self.batch, -1))
         self.cond_buf[m:].copy_(bias.expand(n - m, -1, self.batch, -1))
         if self.order:
+            assert self.lpc is not None  # given to `run` exactly when the teacher has linear prediction
             self.lpc_buf.zero_()
             self.lpc_buf[:m].copy_(self.lpc[:, :, t0 : t0 + m].permute(2, 0, 1))
         self.forced_mask.zero_()
@@ -168,7 +170,8 @@ class BlockSampler:
     def run(self, cond: torch.Tensor, prompt: torch.Tensor | None = None, progress=None,
             lpc: torch.Tensor | None = None) -> torch.Tensor:
         """cond: (batch, C, T) the teacher's conditioning; prompt: (batch, P) known samples (model domain);
-        lpc: (batch, 1 + p, T) the linear predictor (`teacher.predictor`) (exactly when the teacher has them) -> (batch, T)."""
+        lpc: (batch, 1 + p, T) the linear predictor (`teacher.predictor`) (exactly when the teacher has them)
+        -> (batch, T)."""
         if cond.shape[0] != self.batch or cond.device != self.device:
             raise ValueError(f"this sampler was built for batch {self.batch} on {self.device}, "
                              f"got {cond.shape[0]} on {cond.device}")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from distill.checkpoint import FORMAT, VERSION, atomic_save, checkpoint_file, load_checkpoint, load_model
 from distill.audio import silence_value
+from distill.checkpoint import FORMAT, VERSION, atomic_save, checkpoint_file, load_checkpoint, load_model
 from distill.config import FeatureConfig, to_dict
 from distill.errors import CheckpointError
 from teachers.wavenet import WaveNetTeacher
@@ -45,7 +45,9 @@ def load_teacher(
     differ from the teacher's are an error naming both values."""
     path = Path(path) if path is not None else demo_teacher_path()
     if path == demo_teacher_path() and not path.is_file():
-        raise CheckpointError(f"{path}: the shipped demo teacher is missing from this installation; reinstall wavedistill")
+        raise CheckpointError(
+            f"{path}: the shipped demo teacher is missing from this installation; reinstall wavedistill"
+        )
     if isinstance(features, FeatureConfig):
         features = to_dict(features)
     model, payload = load_model(path, "teacher", WaveNetTeacher, features, device)

@@ -17,7 +17,6 @@ import torch
 from tqdm import tqdm
 
 from distill.errors import ConfigError
-
 from distill.nn import shift_right
 from teachers.wavenet import WaveNetTeacher
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +108,8 @@ class TeacherTask(Task):
                               "folder (one folder per speaker) or column (a speaker column in metadata.csv)")
         if self.speakers is not None and declared not in (0, len(self.speakers)):
             raise ConfigError(f"model.num_speakers {declared} differs from the {len(self.speakers)} speakers of the "
-                              f"training split ({', '.join(list(self.speakers)[:8])}); set it to 0 (taken from the corpus)")
+                              f"training split ({', '.join(list(self.speakers)[:8])}); "
+                              "set it to 0 (taken from the corpus)")
 
     def build_model(self) -> WaveNetTeacher:
         return build_teacher(self.config, len(self.speakers) if self.speakers is not None else None)
@@ -126,7 +127,8 @@ class TeacherTask(Task):
         return {"loss": nll, "loss/nll": nll, "train/bits_per_sample": nll / math.log(2)}
 
     def flops_per_sample(self, model) -> float:
-        return 6 * unwrap(model).stack.macs_per_sample()  # forward 2 FLOPs per MAC, backward twice that
+        # forward 2 FLOPs per MAC, backward twice that
+        return 6 * cast(WaveNetTeacher, unwrap(model)).stack.macs_per_sample()
 
     def validate(self, model, valid_data, logger: RunLogger, step: int) -> dict[str, float]:
         cfg, feats = self.config, self.config.features
@@ -135,7 +137,7 @@ class TeacherTask(Task):
         for i in range(min(cfg.valid.max_utterances, len(valid_data))):
             item = valid_data[i]
             audio = item["audio"][None].to(device)
-            mel = unwrap(model).pad_mels(item["mel"]).to(device)
+            mel = cast(WaveNetTeacher, unwrap(model)).pad_mels(item["mel"]).to(device)
             speaker = speaker_batch(item, device)
             # float32 even when training runs under bf16 autocast: the NLL logged is the one that
             # sampling and distillation (float32 teachers) see
@@ -149,7 +151,7 @@ class TeacherTask(Task):
         if frames > 0 and logger.enabled:
             item = valid_data[0]
             frames = min(frames, item["mel"].shape[-1])
-            mel = unwrap(model).pad_mels(item["mel"][:, :frames]).to(device)
+            mel = cast(WaveNetTeacher, unwrap(model)).pad_mels(item["mel"][:, :frames]).to(device)
             with torch.autocast(device_type=device.type, enabled=False):
                 method = fastest_method(model, device)  # a monitoring sample: the fastest sampler
                 audio = generate(model.float(), mel.float(), method, temperature=cfg.valid.temperature,
@@ -157,8 +159,8 @@ class TeacherTask(Task):
             reference = item["audio"][: frames * feats.hop_length]
             logger.audio("valid/sample", audio, feats.sample_rate, step)
             logger.audio("valid/reference", reference, feats.sample_rate, step)
-            fig = mel_figure([self.logmel(reference), self.logmel(audio)], ["reference", f"teacher sample, step {step}"],
-                             feats.hop_length, feats.sample_rate)
+            fig = mel_figure([self.logmel(reference), self.logmel(audio)],
+                             ["reference", f"teacher sample, step {step}"], feats.hop_length, feats.sample_rate)
             logger.figure("valid/mel", fig, step)
             results["sample_mel_l1"] = float(F.l1_loss(self.logmel(audio), self.logmel(reference)))
         return results

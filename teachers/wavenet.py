@@ -14,6 +14,7 @@ g(t) location_net, log scale = log g(t) + log scale_net, with c(t) and g(t) comp
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -57,7 +58,8 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         if linear_prediction:  # the MelLPC arguments (order, sample_rate, n_fft, f_min, f_max, ...)
             self.dist.location_slice()  # a head without a location (mu-law) is a one-line error here
             self.lpc = MelLPC.build(linear_prediction, hop_length, n_mels, preemphasis)
-        self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context, mel_silence)
+        self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context,
+                                      mel_silence)
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
         self.stack = WaveNetStack(
             1, self.dist.num_params, layers, cycle, kernel_size, residual_channels, gate_channels, skip_channels,
@@ -66,13 +68,14 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         if self.lpc is not None:
             # start as the LP-only model (the network's law N(0, 1) in units of the expected residual)
             # instead of a random law several residuals wide
-            last = self.stack.head[-1]
+            last = cast(nn.Conv1d, self.stack.head[-1])
+            bias = cast(torch.Tensor, last.bias)  # a conv with a bias (torch types it Tensor | None)
             nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
+            nn.init.zeros_(bias)
             loc = self.dist.location_slice()
             if loc.stop - loc.start > 1:  # a mixture: identical components would get identical gradients forever
                 with torch.no_grad():
-                    last.bias[loc] = torch.linspace(-1.0, 1.0, loc.stop - loc.start)
+                    bias[loc] = torch.linspace(-1.0, 1.0, loc.stop - loc.start)
 
     def receptive_field(self) -> int:
         """Past samples that the network's output at t depends on: y_{t-R} .. y_{t-1}. (With linear
@@ -115,7 +118,8 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         """y: (B, T) in the model domain, mel: (B, n_mels, T / hop + 2c) -> params (B, P, T) of p(y_t | y_<t, c).
         mel_cond, lpc: `upsampler(mel)` and `predictor(mel)` when the caller has them already (distillation
         computes them once for teacher and student)."""
-        return self.forward_cond(y, self.conditioning(mel, speaker, mel_cond), self.predictor(mel) if lpc is None else lpc)
+        return self.forward_cond(y, self.conditioning(mel, speaker, mel_cond),
+                                 self.predictor(mel) if lpc is None else lpc)
 
     def log_prob(self, x: torch.Tensor, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, T) audio -> (B, T) log p(x_t | x_<t, c) per sample, nats (= log p(y_t | y_<t, c))."""

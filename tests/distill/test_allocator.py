@@ -16,7 +16,8 @@ def run(mode: str | None) -> str:
     env = {k: v for k, v in os.environ.items() if k != "WAVEDISTILL_MALLOC"}
     if mode:
         env["WAVEDISTILL_MALLOC"] = mode
-    return subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True, timeout=60).stdout.strip()
+    return subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True,
+                          timeout=60).stdout.strip()
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")

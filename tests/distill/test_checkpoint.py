@@ -26,8 +26,9 @@ from distill.errors import CheckpointError
 
 
 def payload(step: int = 1, **extra) -> dict:
-    return {"format": ck.FORMAT, "version": ck.VERSION, "task": "teacher", "step": step, "model": {"w": torch.ones(3) * step},
-            "model_class": "teachers.wavenet:WaveNetTeacher", "model_args": {}, "features": {}, **extra}
+    return {"format": ck.FORMAT, "version": ck.VERSION, "task": "teacher", "step": step,
+            "model": {"w": torch.ones(3) * step}, "model_class": "teachers.wavenet:WaveNetTeacher", "model_args": {},
+            "features": {}, **extra}
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):

@@ -23,7 +23,8 @@ def test_unknown_key_names_the_key_the_file_and_a_suggestion(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(DataStageConfig, path)
     message = str(info.value)
-    assert str(path) in message and "'data.segmnt_length'" in message and "did you mean 'data.segment_length'" in message
+    assert (str(path) in message and "'data.segmnt_length'" in message
+            and "did you mean 'data.segment_length'" in message)
 
 
 def test_wrong_types_name_the_key(tmp_path):
@@ -55,7 +56,8 @@ def test_overrides_and_extends(tmp_path):
     write(tmp_path, "features:\n  n_mels: 64\ndata:\n  segment_length: 4096\n", "base.yaml")
     child = write(tmp_path, "extends: base.yaml\ndata:\n  mel_context: 4\n", "child.yaml")
     cfg = load_config(DataStageConfig, child, ["data.segment_length=2048", "features.f_max=7600"])
-    assert (cfg.features.n_mels, cfg.data.segment_length, cfg.data.mel_context, cfg.features.f_max) == (64, 2048, 4, 7600.0)
+    assert ((cfg.features.n_mels, cfg.data.segment_length, cfg.data.mel_context, cfg.features.f_max)
+            == (64, 2048, 4, 7600.0))
     with pytest.raises(ConfigError, match="expected key.sub=value"):
         load_config(DataStageConfig, child, ["data.segment_length"])
     with pytest.raises(ConfigError, match="'segment_length' is a value, not a section"):

@@ -183,5 +183,6 @@ def test_tempering_a_law_gives_the_law_its_sampler_draws_from_at_that_temperatur
     assert torch.allclose(tempered[:, 0], params[:, 0]) and torch.allclose(tempered[:, 1], params[:, 1] + math.log(0.5))
     assert float(draws.std()) == pytest.approx(0.5 * math.exp(-1.0), rel=0.01)
     # the draws' average log-density under the tempered law is minus its entropy
-    assert float(dist.log_prob(tempered, draws).mean()) == pytest.approx(-float(dist.entropy(tempered).mean()), abs=0.01)
+    assert float(dist.log_prob(tempered, draws).mean()) == pytest.approx(-float(dist.entropy(tempered).mean()),
+                                                                         abs=0.01)
     assert dist.temper(params, 1.0) is params

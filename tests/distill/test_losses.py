@@ -13,8 +13,10 @@ from distill.losses import gaussian_kl, log_scale_regulariser, monte_carlo_kl, p
 
 def pairs(n=5, seed=0):
     g = torch.Generator().manual_seed(seed)
-    mu_q, mu_p = torch.randn(1, n, generator=g, dtype=torch.float64) * 0.1, torch.randn(1, n, generator=g, dtype=torch.float64) * 0.1
-    ls_q, ls_p = -3 + torch.rand(1, n, generator=g, dtype=torch.float64), -3 + torch.rand(1, n, generator=g, dtype=torch.float64)
+    mu_q, mu_p = (torch.randn(1, n, generator=g, dtype=torch.float64) * 0.1,
+                  torch.randn(1, n, generator=g, dtype=torch.float64) * 0.1)
+    ls_q, ls_p = (-3 + torch.rand(1, n, generator=g, dtype=torch.float64),
+                  -3 + torch.rand(1, n, generator=g, dtype=torch.float64))
     return mu_q, ls_q, mu_p, ls_p
 
 

@@ -53,7 +53,8 @@ def test_the_lpc_of_an_all_pole_process_is_recovered_from_its_mel_alone(preemph)
     assert rows.shape == (1, 5, mel.shape[-1] * 256)
     middle = rows[0, :, 4096:-4096]
     if preemph == 0:  # the envelope of an order-4 process is order 4: the true coefficients
-        assert torch.allclose(middle[1:].mean(-1), torch.tensor(coeffs, dtype=torch.float32), atol=0.05), middle[1:].mean(-1)
+        mean = middle[1:].mean(-1)
+        assert torch.allclose(mean, torch.tensor(coeffs, dtype=torch.float32), atol=0.05), mean
     y = preemphasis(x, preemph)[None]
     residual = (y - lp_predict(y, rows[:, 1:]))[0, 4096:-4096]
     # the predictor whitens: the residual is close to the innovation (std 0.01), far below the signal's

@@ -60,7 +60,8 @@ def test_the_band_limited_pulse_is_the_sum_of_its_harmonics_with_unit_rms():
     phase = torch.rand(1000, generator=g, dtype=torch.float64) * 2 * math.pi
     phase[:3] = torch.tensor([0.0, 2 * math.pi, 1e-9])  # the Dirichlet kernel's removable singularity
     k = torch.randint(1, 60, (1000,), generator=g).double()
-    explicit = torch.stack([sum(torch.cos(j * p) for j in range(1, int(kk) + 1)) for p, kk in zip(phase, k)])
+    explicit = torch.stack([sum(torch.cos(j * p) for j in range(1, int(kk) + 1))
+                            for p, kk in zip(phase, k, strict=True)])
     assert torch.allclose(band_limited_pulse(phase, k), explicit / torch.sqrt(k / 2), atol=1e-6)
     period = torch.arange(4096, dtype=torch.float64) / 4096 * 2 * math.pi
     assert float(band_limited_pulse(period, torch.full_like(period, 31)).pow(2).mean()) == pytest.approx(1.0, rel=1e-6)

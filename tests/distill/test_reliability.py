@@ -36,7 +36,8 @@ def toy(corpus, **train) -> ToyConfig:
 
 
 def cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True, timeout=600, **kw)
+    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True, timeout=600,
+                          **kw)
 
 
 def test_a_second_run_in_a_held_folder_is_one_line_naming_the_holder(synth_corpus, tmp_path):
@@ -46,8 +47,8 @@ def test_a_second_run_in_a_held_folder_is_one_line_naming_the_holder(synth_corpu
         "print('held', flush=True); time.sleep(60)"), str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        second = cli("train-teacher", "--config", "configs/teacher/gaussian_tiny.yaml", "--out", str(run), "--steps", "1",
-                     f"data.corpus={synth_corpus}", *TINY)
+        second = cli("train-teacher", "--config", "configs/teacher/gaussian_tiny.yaml", "--out", str(run),
+                     "--steps", "1", f"data.corpus={synth_corpus}", *TINY)
         assert second.returncode == 2
         assert f"pid {holder.pid}" in second.stderr and "another run is using this folder" in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1 and not (run / "checkpoints").exists()

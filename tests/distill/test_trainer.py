@@ -52,7 +52,7 @@ def test_resume_is_bit_identical(synth_corpus, tmp_path):
     assert_same_tensors(a["model"], b["model"])
     assert_same_tensors(a["ema"]["model"], b["ema"]["model"])
     assert a["scheduler"] == b["scheduler"]
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert_same_tensors(sa, sb)
     # and the run did something: the weights moved away from their initial values
     first = load_checkpoint(halves / "checkpoints" / "step_00000004.pt")
@@ -121,7 +121,8 @@ def test_a_skipped_step_leaves_weights_ema_and_optimiser_untouched(synth_corpus,
     before, after = (load_checkpoint(run / "checkpoints" / f"step_0000000{n}.pt") for n in (4, 5))
     assert_same_tensors(before["model"], after["model"])
     assert_same_tensors(before["ema"]["model"], after["ema"]["model"])
-    for sa, sb in zip(before["optimizer"]["state"].values(), after["optimizer"]["state"].values()):
+    for sa, sb in zip(before["optimizer"]["state"].values(), after["optimizer"]["state"].values(),
+                      strict=True):
         assert_same_tensors(sa, sb)
     assert not torch.equal(after["model"]["proj.weight"], state(run)["model"]["proj.weight"])  # step 6 applied
 
@@ -221,10 +222,12 @@ def test_ddp_two_cpu_processes_match_one_process_with_the_global_batch(synth_cor
         # Adam normalises tiny gradients, so summation-order rounding shows up at ~1e-6 after 6 steps;
         # different data or unsynchronised gradients would differ by ~1e-3 (the weights move ~1e-2).
         assert torch.allclose(a["model"][key], b["model"][key], atol=2e-5, rtol=0), key
-    moved = (b["model"]["proj.weight"] - load_checkpoint(single / "checkpoints" / "step_00000003.pt")["model"]["proj.weight"])
+    moved = (b["model"]["proj.weight"]
+             - load_checkpoint(single / "checkpoints" / "step_00000003.pt")["model"]["proj.weight"])
     assert moved.abs().max() > 1e-3
     # only rank 0 wrote: one config, one metrics file, one set of checkpoints
-    assert sorted(p.name for p in (ddp_run / "checkpoints").iterdir()) == ["latest.pt", "step_00000003.pt", "step_00000006.pt"]
+    assert sorted(p.name for p in (ddp_run / "checkpoints").iterdir()) == [
+        "latest.pt", "step_00000003.pt", "step_00000006.pt"]
     records = [json.loads(line) for line in (ddp_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
 
@@ -256,7 +259,8 @@ def test_resume_applies_an_overridden_lr_and_trims_the_interrupted_log(synth_cor
     # a run that logged step 6 but died before its step-6 checkpoint: point latest.pt back at step 4
     (run / "checkpoints" / "latest.pt").unlink()
     os.link(run / "checkpoints" / "step_00000004.pt", run / "checkpoints" / "latest.pt")
-    Trainer(ToyTask(toy_config(synth_corpus, steps=8, checkpoint_every=4, log_every=2, lr=1e-5)), run, resume=True).fit()
+    Trainer(ToyTask(toy_config(synth_corpus, steps=8, checkpoint_every=4, log_every=2, lr=1e-5)), run,
+            resume=True).fit()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8]  # step 6 once, from the resumed run
     assert [r for r in records if "loss" in r][-1]["train/lr"] == pytest.approx(1e-5)

@@ -28,8 +28,8 @@ def test_timing_excludes_warm_up():
 
 def test_quick_bench_reports_training_and_both_sampling_methods(tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "-m", "distill.cli", "bench", "--quick", "--device", "cpu", "--out", str(out)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "distill.cli", "bench", "--quick", "--device", "cpu",
+                             "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())["rows"]
     whats = [r["what"] for r in rows]
@@ -49,10 +49,12 @@ def test_quick_bench_reports_training_and_both_sampling_methods(tmp_path):
         elif "malloc" in r["what"]:  # timed in a child process
             assert r["median_s"] > 0 and r["runs"] == 5
         else:
-            assert r["samples_per_s"] > 0 and r["runs"] >= 5 and r["threads"] >= 1 and r["dtype"] in ("float32", "bfloat16 autocast")
+            assert (r["samples_per_s"] > 0 and r["runs"] >= 5 and r["threads"] >= 1
+                    and r["dtype"] in ("float32", "bfloat16 autocast"))
     assert all(r["ratio"] > 0 for r in rows if r["what"] == "incremental / naive speed-up")  # reported, not judged
     assert [r["what"] for r in rows if "malloc" in r["what"]] == [
-        "tiny student synthesis, default malloc", "tiny student synthesis, tuned malloc", "tuned / default malloc speed-up"]
+        "tiny student synthesis, default malloc", "tiny student synthesis, tuned malloc",
+        "tuned / default malloc speed-up"]
     bf16 = [r for r in rows if r["dtype"] == "bfloat16 autocast"]
     assert len(bf16) == (2 if cpu_has_bf16() else 0)  # bf16 rows only where the CPU has native bf16
     assert out.with_suffix(".md").read_text().startswith("| what |")

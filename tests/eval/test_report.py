@@ -32,7 +32,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def report_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eval")
     # an LP teacher, so that the preset's student (which takes its predictor) goes through eval end to end
-    teacher = save_teacher(root / "teacher.pt", "gaussian", overrides=("valid.temperature=0.8", "model.linear_prediction.order=8"))
+    teacher = save_teacher(root / "teacher.pt", "gaussian",
+                           overrides=("valid.temperature=0.8", "model.linear_prediction.order=8"))
     result = cli("distill", "--teacher", teacher, "--out", str(root / "student_run"), "--steps", "2", *SMALL)
     assert result.returncode == 0, result.stderr
     result = cli("eval", "--teacher", teacher, "--student", str(root / "student_run"), "--max-utterances", "2",
@@ -65,7 +66,8 @@ def test_the_report_holds_every_system_with_scores_and_timings(report_dir):
     for name in ("griffin_lim", "teacher", "student_run"):
         entry = systems[name]
         assert 1.0 <= entry["pesq_wb"] < 4.5 and entry["mel_l1"] > 0 and math.isfinite(entry["teacher_nll"])
-        assert entry["rtf"]["runs"] == 5 and entry["rtf"]["rtf"] > 0 and entry["rtf"]["audio_seconds"] == 0.24  # whole hops
+        assert (entry["rtf"]["runs"] == 5 and entry["rtf"]["rtf"] > 0
+                and entry["rtf"]["audio_seconds"] == 0.24)  # whole hops
         assert len(entry["utterances"]) == 2
     assert systems["student_run"]["speedup_over_teacher"] > 1  # parallel beats autoregressive
     settings = report["settings"]

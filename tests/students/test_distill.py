@@ -74,7 +74,8 @@ def test_monte_carlo_distillation_from_a_mixture_of_logistics_teacher(tmp_path):
     assert not task.closed_form
     Trainer(task, tmp_path / "run").fit()
     record = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-2]
-    assert {"loss/kl", "loss/power", "distill/entropy", "distill/cross_entropy", "student/flow0_mean_log_s"} <= set(record)
+    assert {"loss/kl", "loss/power", "distill/entropy", "distill/cross_entropy",
+            "student/flow0_mean_log_s"} <= set(record)
     assert record["distill/cross_entropy"] - record["distill/entropy"] == pytest.approx(record["loss/kl"], rel=1e-6)
     # logistic entropy log s + 2 at the initial s_tot, before the flows have moved far
     assert record["distill/entropy"] == pytest.approx(math.log(task.config.model.initial_scale) + 2, abs=0.3)
@@ -96,8 +97,8 @@ def test_incompatible_loss_choices_are_config_errors():
 
 
 def test_distill_command_runs_from_the_shipped_teacher(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "distill.cli", "distill", "--out", str(tmp_path / "d"), "--steps", "2",
-                             *SMALL], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "distill.cli", "distill", "--out", str(tmp_path / "d"),
+                             "--steps", "2", *SMALL], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert load_checkpoint(tmp_path / "d")["task"] == "student"
 
@@ -160,7 +161,8 @@ def test_gradients_flow_through_the_students_sample_into_the_teachers_view(monke
 def test_contrastive_term_pushes_away_from_the_teacher_given_another_mel(monkeypatch):
     from distill.losses import gaussian_kl
 
-    task = DistillTask(config("loss.weights.loss/contrastive=0.3", "loss.weights.loss/kl_reg=0", "loss.weights.loss/stft=0"))
+    task = DistillTask(config("loss.weights.loss/contrastive=0.3", "loss.weights.loss/kl_reg=0",
+                              "loss.weights.loss/stft=0"))
     student, batch, values, out = _step_with_known_noise(task, monkeypatch)
     swapped = task.teacher.dist.temper(task.teacher(out.x, batch["mel"][[1, 0]]), task.config.loss.teacher_temperature)
     k = task.teacher.crop_warmup()

@@ -56,5 +56,5 @@ def test_onnx_output_equals_pytorch_for_the_same_noise_at_any_batch_and_length(e
 
 
 def test_noise_has_the_students_law():
-    g, l = noise("gaussian", (200_000,)), noise("logistic", (200_000,))
-    assert abs(g.std() - 1) < 0.01 and abs(l.std() - np.pi / np.sqrt(3)) < 0.02
+    g, lg = noise("gaussian", (200_000,)), noise("logistic", (200_000,))
+    assert abs(g.std() - 1) < 0.01 and abs(lg.std() - np.pi / np.sqrt(3)) < 0.02

@@ -9,7 +9,6 @@ import torch
 
 from students.iaf import IAFStudent, synthesize
 
-
 LP = {"order": 3, "n_fft": 64, "win_length": 64}  # a predictor for the tiny students' 5 mels and hop 4
 
 
@@ -29,7 +28,13 @@ def tiny_student(distribution="gaussian", flows=(3, 2), kernel_size=2, randomise
 
 def inputs(frames=6, batch=1, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, frames * 4, generator=g, dtype=torch.float64), torch.randn(batch, 5, frames + 4, generator=g, dtype=torch.float64)
+    return (torch.randn(batch, frames * 4, generator=g, dtype=torch.float64),
+            torch.randn(batch, 5, frames + 4, generator=g, dtype=torch.float64))
+
+
+def output_of(student, mel, name):
+    """z (T,) -> the student's output `name` (T,) for one mel: the function whose Jacobian a test takes."""
+    return lambda z_: getattr(student(z_[None], mel), name)[0]
 
 
 def test_initialisation_gives_a_small_total_scale_and_zero_mean():
@@ -65,7 +70,7 @@ def test_the_per_step_law_depends_on_strictly_earlier_noise_only():
     student = tiny_student()
     z, mel = inputs()
     for name in ("mu_tot", "log_s_tot"):
-        jac = torch.autograd.functional.jacobian(lambda z_: getattr(student(z_[None], mel), name)[0], z[0])
+        jac = torch.autograd.functional.jacobian(output_of(student, mel, name), z[0])
         assert torch.equal(torch.triu(jac), torch.zeros_like(jac))  # d mu_t / d z_s = 0 for s >= t
 
 
@@ -75,7 +80,8 @@ def test_log_prob_is_the_change_of_variables():
     out = student(z, mel)
     jac = torch.autograd.functional.jacobian(lambda z_: student(z_[None], mel).x[0], z[0])
     log_pz = (-z - 2 * torch.nn.functional.softplus(-z)).sum()
-    assert student.log_prob(out, z).sum().item() == pytest.approx((log_pz - torch.linalg.slogdet(jac)[1]).item(), abs=1e-9)
+    assert student.log_prob(out, z).sum().item() == pytest.approx((log_pz - torch.linalg.slogdet(jac)[1]).item(),
+                                                                  abs=1e-9)
 
 
 def test_parallel_synthesis_needs_no_teacher():
@@ -104,7 +110,7 @@ def test_the_stacked_conditioning_projection_equals_one_projection_per_layer():
     _, mel = inputs(batch=2)
     cond = student.upsampler(mel)
     for flow in student.flows:
-        for layer, proj in zip(flow.layers, flow.project_cond(cond)):
+        for layer, proj in zip(flow.layers, flow.project_cond(cond), strict=True):
             assert torch.allclose(proj, layer.cond(cond), atol=1e-12)
 
 
@@ -182,7 +188,7 @@ def test_a_linear_prediction_student_keeps_a_triangular_jacobian_whose_diagonal_
     assert torch.allclose(torch.diagonal(jac), out.log_s_tot[0].exp(), atol=1e-12)
     assert float(torch.linalg.slogdet(jac)[1]) == pytest.approx(out.log_s_tot.sum().item(), rel=1e-6)  # LU's rounding
     for name in ("mu_tot", "log_s_tot"):
-        jac = torch.autograd.functional.jacobian(lambda z_: getattr(student(z_[None], mel), name)[0], z[0])
+        jac = torch.autograd.functional.jacobian(output_of(student, mel, name), z[0])
         assert torch.equal(torch.triu(jac), torch.zeros_like(jac))
     # the envelope is the filter's, not the flows': far from the flows' output alone
     flows_only = student.flow(z, student.upsampler(mel)).x

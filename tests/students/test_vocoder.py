@@ -19,8 +19,8 @@ from distill.audio import LogMel, save_wav
 from distill.checkpoint import FORMAT, VERSION, atomic_save
 from distill.config import FeatureConfig, to_dict
 from distill.errors import ConfigError, MelError
-from students.iaf import IAFStudent
 from distill.melfiles import read_mel
+from students.iaf import IAFStudent
 from students.vocoder import Vocoder
 from teachers.wavenet import WaveNetTeacher
 from tests.conftest import harmonic
@@ -109,7 +109,8 @@ def test_every_bad_mel_is_one_line_saying_what_is_wrong(models):
     voc = Vocoder.load(models["student"])
     good = _mel(0.2, 100.0, 4)
     cases = {"40 mel channels": torch.zeros(40, 10), "no frames": torch.zeros(N_MELS, 0),
-             "NaN or Inf": good.clone().index_fill_(1, torch.tensor([2]), math.nan), "2-D": torch.zeros(2, 2, N_MELS, 5)}
+             "NaN or Inf": good.clone().index_fill_(1, torch.tensor([2]), math.nan),
+             "2-D": torch.zeros(2, 2, N_MELS, 5)}
     for reason, mel in cases.items():
         with pytest.raises(MelError, match=reason) as err:
             voc(mel)
@@ -230,7 +231,8 @@ def test_the_model_owns_its_context_frames_and_their_silence_value(tmp_path):
     padded = teacher.pad_mels([a, b])
     assert padded.shape == (2, N_MELS, 5 + 6)
     silence = math.log(1e-4)
-    assert torch.equal(padded[1, :, 3:5], b) and (padded[1, :, 5:] == silence).all() and (padded[:, :, :3] == silence).all()
+    assert (torch.equal(padded[1, :, 3:5], b) and (padded[1, :, 5:] == silence).all()
+            and (padded[:, :, :3] == silence).all())
     assert torch.equal(teacher.pad_mels(a), padded[:1])
     # a checkpoint written before models recorded the value takes it from its feature settings
     args = {k: v for k, v in teacher.constructor_args.items() if k != "mel_silence"}

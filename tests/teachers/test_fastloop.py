@@ -44,7 +44,8 @@ def test_every_sample_is_the_draw_its_own_parameters_and_noise_imply(temperature
 @pytest.mark.parametrize("distribution, args", HEADS[1:], ids=[h[0] for h in HEADS[1:]])
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 0.0])
 def test_mixture_and_mulaw_draws_are_the_distributions_own_function_of_the_uniforms(distribution, args, temperature):
-    model, _, cond, _ = teacher_and_cond(kernel_size=3, batch=3, layers=5, cycle=4, distribution=distribution, args=args)
+    model, _, cond, _ = teacher_and_cond(kernel_size=3, batch=3, layers=5, cycle=4, distribution=distribution,
+                                         args=args)
     dist = model.dist
     u = torch.rand(3, dist.uniforms_per_step, cond.shape[-1])
     audio = fast_generate(model, cond, temperature=temperature, noise=u, chunk=50)

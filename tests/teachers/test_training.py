@@ -28,7 +28,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("teacher") / "run"
-    first = cli("train-teacher", "--config", "configs/teacher/gaussian_tiny.yaml", "--out", str(run), "--steps", "4", *TINY)
+    first = cli("train-teacher", "--config", "configs/teacher/gaussian_tiny.yaml", "--out", str(run), "--steps", "4",
+                *TINY)
     assert first.returncode == 0, first.stderr
     resumed = cli("train-teacher", "--out", str(run), "--resume", "--steps", "6")
     assert resumed.returncode == 0, resumed.stderr
