@@ -96,6 +96,36 @@ def class_path(obj: Any) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+def checkpoint_payload(task: str, step: int, model_state: dict, model_class: str, model_args: dict,
+                       features: dict, config: dict, extra: dict, versions: dict | None = None,
+                       ema: dict | None = None, training: dict | None = None) -> dict:
+    """A checkpoint's dict (module doc), built in one place: what every checkpoint holds, plus `training`
+    (batches_consumed, nonfinite_skipped, optimizer, scheduler, scaler, rng, world_size: what --resume
+    needs) for a training checkpoint; an exported model has none of it. versions: the ones it was made
+    with (default: the running wavedistill and torch)."""
+    if versions is None:
+        import distill
+
+        versions = {"wavedistill": distill.__version__, "torch": str(torch.__version__)}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "task": task,
+        "step": step,
+        **({k: training[k] for k in ("batches_consumed", "nonfinite_skipped")} if training else {}),
+        "model": model_state,
+        "ema": ema,
+        **({k: v for k, v in training.items() if k not in ("batches_consumed", "nonfinite_skipped")}
+           if training else {}),
+        "config": config,
+        "model_class": model_class,
+        "model_args": model_args,
+        "features": features,
+        "extra": extra,
+        "versions": versions,
+    }
+
+
 def build_model(payload: dict) -> torch.nn.Module:
     """Rebuild the model a checkpoint describes (class + constructor arguments) and load its weights."""
     module_name, _, qualname = payload["model_class"].partition(":")

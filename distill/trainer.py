@@ -34,13 +34,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import distill
 from distill import distributed
 from distill.checkpoint import (
-    FORMAT,
     RESUME_KEYS,
-    VERSION,
     CheckpointManager,
+    checkpoint_payload,
     class_path,
     load_checkpoint,
     load_state,
@@ -238,27 +236,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _payload(self, rng_states: list) -> dict:
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "task": self.task.name,
-            "step": self.step,
-            "batches_consumed": self.batches_consumed,
-            "nonfinite_skipped": self.nonfinite_skipped,
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng_states,
-            "config": to_dict(self.task.config),
-            "model_class": class_path(self.model),
-            "model_args": getattr(self.model, "constructor_args", {}),
-            "features": self.task.features(),
-            "extra": self.task.checkpoint_extra(),
-            "versions": {"wavedistill": distill.__version__, "torch": str(torch.__version__)},
-            "world_size": self.dist.world_size,
-        }
+        return checkpoint_payload(
+            self.task.name, self.step, self.model.state_dict(), class_path(self.model),
+            getattr(self.model, "constructor_args", {}), self.task.features(), to_dict(self.task.config),
+            self.task.checkpoint_extra(), ema=self.ema.state_dict() if self.ema is not None else None,
+            training={"batches_consumed": self.batches_consumed, "nonfinite_skipped": self.nonfinite_skipped,
+                      "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                      "scaler": self.scaler.state_dict(), "rng": rng_states, "world_size": self.dist.world_size},
+        )
 
     def save_checkpoint(self) -> Path | None:
         """Collective: every rank contributes its RNG state; the main process writes."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from distill.audio import silence_value
-from distill.checkpoint import FORMAT, VERSION, atomic_save, checkpoint_file, load_checkpoint, load_model
+from distill.checkpoint import atomic_save, checkpoint_file, checkpoint_payload, load_checkpoint, load_model
 from distill.config import FeatureConfig, to_dict
 from distill.errors import CheckpointError
 from teachers.wavenet import WaveNetTeacher
@@ -70,24 +70,13 @@ def export_teacher(source: str | Path, out: str | Path, temperature: float | Non
     weights = payload["ema"]["model"] if payload.get("ema") else payload["model"]
     batch = payload["config"]["train"]["batch_size"] * payload.get("world_size", 1)
     segment = payload["config"]["data"]["segment_length"]
-    slim = {
-        "format": FORMAT,
-        "version": VERSION,
-        "task": "teacher",
-        "step": payload["step"],
-        "model": {k: v.float().contiguous() for k, v in weights.items()},
-        "ema": None,
-        "model_class": payload["model_class"],
-        "model_args": payload["model_args"],
-        "features": payload["features"],
-        "config": payload["config"],
-        "extra": {
-            **payload.get("extra", {}),
-            "weights": "ema" if payload.get("ema") else "model",
-            "samples_seen": payload["batches_consumed"] * batch * segment,
-        },
-        "versions": payload.get("versions", {}),
-    }
+    slim = checkpoint_payload(
+        "teacher", payload["step"], {k: v.float().contiguous() for k, v in weights.items()},
+        payload["model_class"], payload["model_args"], payload["features"], payload["config"],
+        {**payload.get("extra", {}), "weights": "ema" if payload.get("ema") else "model",
+         "samples_seen": payload["batches_consumed"] * batch * segment},
+        versions=payload.get("versions", {}),
+    )
     atomic_save(slim, out)
     return {"path": str(out), "step": slim["step"], "bytes": Path(out).stat().st_size,
             "temperature": slim["config"].get("valid", {}).get("temperature")}
