@@ -112,11 +112,9 @@ def checkpoint_payload(task: str, step: int, model_state: dict, model_class: str
         "version": VERSION,
         "task": task,
         "step": step,
-        **({k: training[k] for k in ("batches_consumed", "nonfinite_skipped")} if training else {}),
         "model": model_state,
         "ema": ema,
-        **({k: v for k, v in training.items() if k not in ("batches_consumed", "nonfinite_skipped")}
-           if training else {}),
+        **(training or {}),
         "config": config,
         "model_class": model_class,
         "model_args": model_args,
