@@ -57,6 +57,14 @@ def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seco
     p.add_argument("--speaker", default=None,
                    help="multi-speaker models: synthesise every clip as this speaker (default: each clip's own, "
                         "named by the corpus as in the teacher's training data)")
+    p.add_argument("--systems", default="reference,griffin_lim,teacher,student",
+                   help="comma list of the systems to synthesise and score, from reference, griffin_lim, teacher "
+                        "and student (every --student); leaving out teacher skips its slow sampling (and the "
+                        "speed-ups against it)")
+    p.add_argument("--metrics", default="all",
+                   help="library metrics beside PESQ, log-mel L1 and MR-STFT: all (default), none, or a comma list "
+                        "of dnsmos, stoi, f0, mcd; each needs the eval extra (pip install 'wavedistill[eval]') "
+                        "and is skipped with a warning where its package is missing")
     p.add_argument("--out", default=out, help="folder for report.json/md/html, wavs/, images/, tensorboard/")
 
 
@@ -69,7 +77,8 @@ def run_eval(args, students: list[str]) -> dict:
     from distill.env import collect
     from distill.errors import ConfigError
     from distill.folders import check_output_folder
-    from eval.evaluate import EvalSettings, evaluate, load_clips
+    from eval.evaluate import SYSTEMS, EvalSettings, evaluate, load_clips
+    from eval.metrics import resolve_metrics
     from eval.report import write_report
     from eval.timing import device_name
     from students.pretrained import load_student
@@ -78,6 +87,14 @@ def run_eval(args, students: list[str]) -> dict:
     check_output_folder(args.out, "--out")
     if args.max_utterances < 0 or args.max_seconds < 0 or args.rtf_runs < 1 or args.rtf_seconds < 0:
         raise ConfigError("--max-utterances, --max-seconds and --rtf-seconds must be >= 0 and --rtf-runs >= 1")
+    chosen = tuple(n.strip() for n in args.systems.split(",") if n.strip())
+    unknown = [n for n in chosen if n not in SYSTEMS]
+    if unknown or not chosen:
+        raise ConfigError(f"--systems {args.systems!r}: choose from {', '.join(SYSTEMS)} "
+                          "(comma separated, e.g. --systems reference,griffin_lim,student)")
+    metrics, skipped = resolve_metrics(args.metrics)
+    for line in skipped.values():
+        log.warning(line)
     device = pick_device(args.device)
     if args.teacher_sampler == "auto":
         args.teacher_sampler = "graph" if device.type == "cuda" else "incremental"
@@ -121,6 +138,7 @@ def run_eval(args, students: list[str]) -> dict:
         temperature=args.temperature, student_temperature=student_temperature, seed=args.seed,
         rtf_seconds=args.rtf_seconds, rtf_runs=args.rtf_runs,
         autocast_dtype=args.student_dtype, student_compile=args.student_compile,
+        systems=chosen, metrics=tuple(m.name for m in metrics),
     )
     log.info("evaluating %d utterance(s) (%.1f s) on %s", len(clips),
              sum(c.reference.numel() for c in clips) / features.sample_rate, device)
@@ -139,6 +157,7 @@ def run_eval(args, students: list[str]) -> dict:
             "teacher_sampler": args.teacher_sampler,
             "temperature": args.temperature, "student_temperature": student_temperature, "seed": args.seed,
             "rtf_seconds": args.rtf_seconds, "rtf_runs": args.rtf_runs, "rtf_warmup": settings.rtf_warmup,
+            "systems": list(chosen), "metrics": list(settings.metrics), "metrics_skipped": skipped,
             "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
             "features": payload["features"],
         },
@@ -185,10 +204,23 @@ def _student_name(path: Path, taken: dict) -> str:
 
 
 def print_summary(report: dict) -> None:
-    from eval.report import _markdown_table, notes, summary_columns, summary_rows
+    from eval.report import (
+        _markdown_table,
+        metric_columns,
+        metric_note,
+        metric_rows,
+        notes,
+        summary_columns,
+        summary_rows,
+    )
 
     print("\n".join(_markdown_table(summary_columns(report), summary_rows(report))))
     print(notes(report))
+    if metric_columns(report):
+        print()
+        print("\n".join(_markdown_table(metric_columns(report), metric_rows(report))))
+    if metric_note(report):
+        print(metric_note(report))
     print(f"report: {Path(report['paths']['html']).resolve()}")
 
 

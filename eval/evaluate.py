@@ -1,11 +1,14 @@
 """Copy synthesis and scoring: mel(reference) -> each vocoder -> audio, scored against the reference.
 
 Systems: the reference itself (the PESQ ceiling), Griffin-Lim from the same mels (the floor a neural
-vocoder must beat), the teacher (incremental autoregressive sampling) and each student (one parallel
-pass). Every system is scored the same way: PESQ (wideband; narrowband on request), log-mel L1,
-multi-resolution STFT distance, and the teacher's NLL of its audio (for a student, an estimate of the
-cross-entropy H(P_S, P_T), the part of KL(P_S || P_T) the teacher sees). Each synthesising system also
-gets a real-time factor, timed on one clip at batch 1 (see `eval.timing.real_time_factor`).
+vocoder must beat), the teacher (autoregressive sampling) and each student (one parallel pass); any
+of them can be left out (`EvalSettings.systems`). Every system is scored the same way: PESQ
+(wideband; narrowband on request), log-mel L1, multi-resolution STFT distance, the teacher's NLL of
+its audio (for a student, an estimate of the cross-entropy H(P_S, P_T), the part of KL(P_S || P_T)
+the teacher sees), and the library metrics that are installed (`eval.metrics.LIBRARY_METRICS`:
+DNSMOS, STOI, F0 and voicing, MCD). Each synthesising system also gets a real-time factor, timed on
+one clip at batch 1 (see `eval.timing.real_time_factor`); the teacher is timed with its reference
+sampler (incremental) and its fastest one, and every speed-up is quoted against both.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ from distill.corpus import resolve_corpus
 from distill.data import UtteranceStore
 from distill.errors import CorpusError
 from eval.baselines import griffin_lim
-from eval.metrics import mel_l1, pesq_scores, stft_distance
+from eval.metrics import LIBRARY_METRICS, library_scores, mel_l1, pesq_scores, stft_distance
 from eval.timing import real_time_factor
 from students.iaf import IAFStudent, synthesize
-from teachers.sampling import generate
+from teachers.sampling import fastest_method, generate
 from teachers.wavenet import WaveNetTeacher
 
-REFERENCE, GRIFFIN_LIM, TEACHER = "reference", "griffin_lim", "teacher"
+REFERENCE, GRIFFIN_LIM, TEACHER, STUDENT = "reference", "griffin_lim", "teacher", "student"
+SYSTEMS = (REFERENCE, GRIFFIN_LIM, TEACHER, STUDENT)  # what --systems chooses from ("student": every student)
 
 
 @dataclass
@@ -66,6 +70,8 @@ class EvalSettings:
     rtf_warmup: int = 1
     autocast_dtype: str = "float32"  # students: float32 or bfloat16 (autocast)
     student_compile: bool = False  # students' flows through torch.compile (`students.iaf.compiled_flows`)
+    systems: tuple = SYSTEMS  # the systems synthesised and scored (the reference is always the reference)
+    metrics: tuple = ()  # names in eval.metrics.LIBRARY_METRICS to compute (installed ones)
 
 
 def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances: int, max_seconds: float,
@@ -150,13 +156,18 @@ def timing_clip(clip: Clip, features: FeatureConfig, seconds: float) -> Clip:
 
 
 def score_systems(clips: list[Clip], systems: dict[str, list[torch.Tensor]], features: FeatureConfig,
-                  pesq_modes: tuple = ("wb",), nll: dict[str, list[float]] | None = None) -> dict:
-    """Per-utterance and mean scores per system. Means skip NaN PESQ values and say how many were scored."""
+                  pesq_modes: tuple = ("wb",), nll: dict[str, list[float]] | None = None,
+                  metrics: tuple = ()) -> dict:
+    """Per-utterance and mean scores per system. Means skip NaN values (PESQ's say how many were
+    scored). metrics: names of `eval.metrics.LIBRARY_METRICS` to add."""
     logmel = LogMel(features)
+    library = [LIBRARY_METRICS[m] for m in metrics]
+    library_keys = tuple(k for m in library for k in m.keys)
     table = {}
     for name, audios in systems.items():
         pairs = [(c.reference, a) for c, a in zip(clips, audios, strict=True)]
         pesq = {mode: pesq_scores(pairs, features.sample_rate, mode) for mode in pesq_modes}
+        extra = library_scores(library, pairs, features.sample_rate)
         rows: list[dict[str, Any]] = []
         for i, (clip, audio) in enumerate(zip(clips, audios, strict=True)):
             row: dict[str, Any] = {"id": clip.id, "seconds": clip.reference.numel() / features.sample_rate}
@@ -168,6 +179,7 @@ def score_systems(clips: list[Clip], systems: dict[str, list[torch.Tensor]], fea
             row["stft_distance"] = stft_distance(clip.reference, audio)
             if nll is not None:
                 row["teacher_nll"] = nll[name][i]
+            row.update(extra[i])
             rows.append(row)
         entry: dict[str, Any] = {}
         for mode in pesq_modes:
@@ -176,6 +188,9 @@ def score_systems(clips: list[Clip], systems: dict[str, list[torch.Tensor]], fea
             entry[f"pesq_{mode}_scored"] = len(scored)
         for key in ("mel_l1", "stft_distance") + (("teacher_nll",) if nll is not None else ()):
             entry[key] = sum(r[key] for r in rows) / len(rows)
+        for key in library_keys:
+            values = [r[key] for r in rows if not math.isnan(r[key])]
+            entry[key] = sum(values) / len(values) if values else math.nan
         entry["utterances"] = rows
         table[name] = entry
     return table
@@ -191,13 +206,19 @@ def evaluate(
     progress: bool = False,
     log: Callable[[str], None] = lambda message: None,
 ) -> tuple[dict, dict[str, list[torch.Tensor]]]:
-    """Synthesise, time and score every system. Returns (systems table, audio per system)."""
+    """Synthesise, time and score every system of `settings.systems`. Returns (systems table, audio per system)."""
+    chosen = set(settings.systems)
     systems: dict[str, list[torch.Tensor]] = {REFERENCE: [c.reference for c in clips]}
-    names = [GRIFFIN_LIM, TEACHER, *students]
+    names = [n for n in (GRIFFIN_LIM, TEACHER) if n in chosen] + (list(students) if STUDENT in chosen else [])
     bar = tqdm(total=len(names) + 2, desc="evaluating", disable=not progress)
     probe = timing_clip(clips[0], features, settings.rtf_seconds)
     probe_seconds = probe.reference.numel() / features.sample_rate
     rtf: dict[str, dict] = {}
+
+    def timing(name: str, synth: Callable[[list[Clip]], list[torch.Tensor]], dtype: str, warmup: int) -> dict:
+        log(f"{name}: timing {settings.rtf_runs} run(s) of a {probe_seconds:.2f} s clip after {warmup} warm-up")
+        return real_time_factor(lambda: synth([probe]), probe_seconds, device, dtype=dtype,
+                                repeats=settings.rtf_runs, warmup=warmup)
 
     def run(name: str, synth: Callable[[list[Clip]], list[torch.Tensor]], dtype: str = "float32",
             warmup: int = settings.rtf_warmup) -> None:
@@ -205,16 +226,27 @@ def evaluate(
         log(f"{name}: synthesising {len(clips)} utterance(s)")
         torch.manual_seed(settings.seed)
         systems[name] = synth(clips)
-        log(f"{name}: timing {settings.rtf_runs} run(s) of a {probe_seconds:.2f} s clip after {warmup} warm-up")
-        rtf[name] = real_time_factor(lambda: synth([probe]), probe_seconds, device, dtype=dtype,
-                                     repeats=settings.rtf_runs, warmup=warmup)
+        rtf[name] = timing(name, synth, dtype, warmup)
         bar.update()
 
-    run(GRIFFIN_LIM, lambda cs: [griffin_lim(c.mel, features) for c in cs])
-    rtf[GRIFFIN_LIM]["device"], rtf[GRIFFIN_LIM]["device_name"] = "cpu", "cpu (torchaudio Griffin-Lim)"
-    run(TEACHER, lambda cs: teacher_synthesis(teacher, cs, features, device, settings.teacher_batch,
-                                              settings.temperature, False, settings.teacher_sampler))
+    def teacher_synth(method: str) -> Callable[[list[Clip]], list[torch.Tensor]]:
+        return lambda cs: teacher_synthesis(teacher, cs, features, device, settings.teacher_batch,
+                                            settings.temperature, False, method)
+
+    if GRIFFIN_LIM in chosen:
+        run(GRIFFIN_LIM, lambda cs: [griffin_lim(c.mel, features) for c in cs])
+        rtf[GRIFFIN_LIM]["device"], rtf[GRIFFIN_LIM]["device_name"] = "cpu", "cpu (torchaudio Griffin-Lim)"
+    teacher_rtf: dict[str, dict] = {}  # the teacher's RTF per sampler: the one evaluated, the reference, the fastest
+    if TEACHER in chosen:
+        run(TEACHER, teacher_synth(settings.teacher_sampler))
+        teacher_rtf[settings.teacher_sampler] = rtf[TEACHER]
+        for method in ("incremental", fastest_method(teacher, device)):
+            if method not in teacher_rtf:
+                teacher_rtf[method] = timing(f"{TEACHER} ({method} sampler)", teacher_synth(method), "float32",
+                                             settings.rtf_warmup)
     for name, student in students.items():
+        if STUDENT not in chosen:
+            break
         run(name, functools.partial(student_synthesis, student, features=features, device=device,
                                     temperature=settings.student_temperature,
                                     autocast_dtype=settings.autocast_dtype, compile=settings.student_compile),
@@ -225,12 +257,20 @@ def evaluate(
     bar.set_postfix_str("teacher NLL")
     nll = {name: teacher_nll(teacher, clips, audios, features, device) for name, audios in systems.items()}
     bar.update()
-    bar.set_postfix_str("PESQ")
-    table = score_systems(clips, systems, features, settings.pesq_modes, nll)
+    bar.set_postfix_str("scoring")
+    if settings.metrics:
+        log(f"scoring: PESQ and {', '.join(settings.metrics)}")
+    table = score_systems(clips, systems, features, settings.pesq_modes, nll, tuple(settings.metrics))
+    if REFERENCE not in chosen:
+        del table[REFERENCE]
     bar.update()
     bar.close()
     for name, entry in table.items():
         entry["rtf"] = rtf.get(name)
-        if name in rtf and name != TEACHER and TEACHER in rtf:
+        if name == TEACHER:
+            entry["rtf_by_sampler"] = teacher_rtf
+        elif name in rtf and teacher_rtf:
             entry["speedup_over_teacher"] = rtf[TEACHER]["median_s"] / rtf[name]["median_s"]
+            entry["speedup_over_teacher_by_sampler"] = {m: t["median_s"] / rtf[name]["median_s"]
+                                                        for m, t in teacher_rtf.items()}
     return table, systems

@@ -20,8 +20,17 @@ from distill.config import FeatureConfig
 from distill.logger import RunLogger
 from distill.plots import mel_figure, save_figure
 from eval.evaluate import REFERENCE, Clip
+from eval.metrics import LIBRARY_METRICS
 
-SCALARS = ("pesq_wb", "pesq_nb", "mel_l1", "stft_distance", "teacher_nll")
+SCALARS = ("pesq_wb", "pesq_nb", "mel_l1", "stft_distance", "teacher_nll",
+           *(key for metric in LIBRARY_METRICS.values() for key in metric.keys))
+# the library metrics' columns: (report key, heading, digits), in the order of their table
+METRIC_COLUMNS = (
+    ("dnsmos_ovrl", "DNSMOS OVRL", 3), ("dnsmos_sig", "DNSMOS SIG", 3), ("dnsmos_bak", "DNSMOS BAK", 3),
+    ("dnsmos_p808", "DNSMOS P.808", 3), ("stoi", "STOI", 3), ("estoi", "ESTOI", 3),
+    ("f0_rmse_cents", "F0 RMSE (cents)", 1), ("vuv_f1", "V/UV F1", 3), ("periodicity_error", "periodicity err.", 3),
+    ("mcd", "MCD (dB)", 2),
+)
 TB_AUDIO_CLIPS = 3  # utterances whose audio and spectrograms go to TensorBoard
 
 
@@ -49,11 +58,16 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _samplers(report: dict) -> list[str]:
+    """The teacher samplers that were timed (every speed-up is quoted against each)."""
+    return list((report["systems"].get("teacher") or {}).get("rtf_by_sampler") or {})
+
+
 def summary_columns(report: dict) -> list[str]:
     modes = report["settings"]["pesq_modes"]
     return (["system"] + [f"PESQ {m}" for m in modes]
-            + ["log-mel L1", "MR-STFT dist.", "teacher NLL (nats)", "RTF (median)", "RTF min-max", "x real time",
-               "speed-up vs teacher"])
+            + ["log-mel L1", "MR-STFT dist.", "teacher NLL (nats)", "RTF (median)", "RTF min-max", "x real time"]
+            + [f"speed-up vs teacher ({m})" for m in _samplers(report)])
 
 
 def summary_rows(report: dict) -> list[list[str]]:
@@ -71,10 +85,32 @@ def summary_rows(report: dict) -> list[list[str]]:
                       _fmt(rtf["x_real_time"], 1)]
         else:
             cells += ["-", "-", "-"]
-        speedup = entry.get("speedup_over_teacher")
-        cells.append(f"{speedup:.1f}x" if speedup is not None and math.isfinite(speedup) else "-")
+        speedups = entry.get("speedup_over_teacher_by_sampler") or {}
+        for sampler in _samplers(report):
+            speedup = speedups.get(sampler)
+            cells.append(f"{speedup:.1f}x" if speedup is not None and math.isfinite(speedup) else "-")
         rows.append(cells)
     return rows
+
+
+def _metric_keys(report: dict) -> list[tuple[str, str, int]]:
+    entries = list(report["systems"].values())
+    return [c for c in METRIC_COLUMNS if entries and c[0] in entries[0]]
+
+
+def metric_columns(report: dict) -> list[str]:
+    """The library metrics' table (DNSMOS, STOI, F0, MCD): only the columns that were computed."""
+    keys = _metric_keys(report)
+    return ["system"] + [heading for _, heading, _ in keys] if keys else []
+
+
+def metric_rows(report: dict) -> list[list[str]]:
+    keys = _metric_keys(report)
+    if not keys:
+        return []
+    # NaN (undefined, e.g. STOI of a clip too short for it) is null in report.json: both read "NaN"
+    return [[name] + [_fmt(math.nan if entry[key] is None else entry[key], digits) for key, _, digits in keys]
+            for name, entry in report["systems"].items()]
 
 
 def utterance_columns(report: dict) -> list[str]:
@@ -122,6 +158,24 @@ def notes(report: dict) -> str:
     return " ".join(n for n in (pesq_note(report), timing_note(report)) if n)
 
 
+def metric_note(report: dict) -> str:
+    """The line under the metrics table: what each is, where it comes from, and what was skipped."""
+    s = report["settings"]
+    skipped = list((s.get("metrics_skipped") or {}).values())
+    if not s.get("metrics") and not skipped:
+        return ""
+    parts = []
+    if s.get("metrics"):
+        parts.append("At 16 kHz. DNSMOS P.835 / P.808 from speechmos (non-intrusive: the reference is scored "
+                     "too; higher is better); STOI and ESTOI from pystoi (1 = the reference); F0 RMSE in cents "
+                     "over the frames voiced in both, voiced/unvoiced F1 against the reference's voicing and the "
+                     "RMS periodicity difference, from pyworld (DIO + StoneMask, D4C; lower is better, F1 higher); "
+                     "mel-cepstral distortion from mel_cepstral_distance (aligned, no DTW; lower is better). "
+                     "Means skip utterances where a metric is undefined.")
+    parts += skipped
+    return " ".join(parts)
+
+
 def _markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(columns) + " |",
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
@@ -134,7 +188,12 @@ def to_markdown(report: dict) -> str:
     lines = [f"# Evaluation: {s['data']} / {s['split']}, {s['utterances']} utterance(s), "
              f"{s['audio_seconds']:.1f} s", ""]
     lines += _markdown_table(summary_columns(report), summary_rows(report))
-    lines += ["", notes(report), "", "## Per utterance", ""]
+    lines += ["", notes(report), ""]
+    if metric_columns(report):
+        lines += ["## Objective metrics", ""] + _markdown_table(metric_columns(report), metric_rows(report)) + [""]
+    if metric_note(report):
+        lines += [metric_note(report), ""]
+    lines += ["## Per utterance", ""]
     lines += _markdown_table(utterance_columns(report), utterance_rows(report))
     lines += ["", "## Settings", ""] + [f"- {k}: {v}" for k, v in _settings_lines(report)]
     return "\n".join(lines) + "\n"
@@ -183,6 +242,9 @@ def to_html(report: dict, media: dict[str, dict[str, dict[str, str]]]) -> str:
         f"{s['audio_seconds']:.1f} s</h1>",
         _html_table(summary_columns(report), summary_rows(report), "summary"),
         f"<p class='note'>{html.escape(notes(report))}</p>",
+        *(["<h2>Objective metrics</h2>", _html_table(metric_columns(report), metric_rows(report), "metrics")]
+          if metric_columns(report) else []),
+        *([f"<p class='note'>{html.escape(metric_note(report))}</p>"] if metric_note(report) else []),
         "<h2>Per utterance</h2>",
         _html_table(utterance_columns(report), utterance_rows(report), "utterances"),
     ]
@@ -237,6 +299,8 @@ def write_report(out: Path, report: dict, clips: list[Clip], systems: dict[str, 
             values[f"eval/{name}/x_real_time"] = entry["rtf"]["x_real_time"]
         if entry.get("speedup_over_teacher") is not None:
             values[f"eval/{name}/speedup_over_teacher"] = entry["speedup_over_teacher"]
+        for sampler, speedup in (entry.get("speedup_over_teacher_by_sampler") or {}).items():
+            values[f"eval/{name}/speedup_over_teacher_{sampler}"] = speedup
         logger.scalars(values, 0)
     logger.text("eval/summary", to_markdown(report), 0)
     logger.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,3 +65,122 @@ def test_griffin_lim_baseline_is_aligned_and_plausible(speech):
     shifted = [stft_distance(speech, torch.roll(audio, s)) for s in (-128, 0, 128)]
     assert shifted[1] < min(shifted[0], shifted[2])  # best lined up without a shift
     assert 1.3 < pesq_scores([(speech, audio)], 16000)[0].score < 2.5
+
+
+# ------------------------------------------------------------------------------------------------
+# The library metrics (the eval extra): best values for identical signals, monotone damage, and the
+# same numbers as the library called directly.
+
+def _needs(*modules: str) -> None:
+    for module in modules:
+        pytest.importorskip(module)
+
+
+def _noisy(x: np.ndarray, level: float, seed: int = 0) -> np.ndarray:
+    return x + level * np.random.default_rng(seed).standard_normal(x.size)
+
+
+@pytest.fixture(scope="module")
+def speech64(speech) -> np.ndarray:
+    return speech.numpy().astype(np.float64)
+
+
+def test_stoi_is_one_for_the_reference_falls_with_noise_and_equals_pystoi(speech64):
+    _needs("pystoi")
+    from pystoi import stoi
+
+    from eval.metrics import stoi_scores
+
+    assert stoi_scores(speech64, speech64) == {"stoi": pytest.approx(1.0), "estoi": pytest.approx(1.0)}
+    scores = [stoi_scores(speech64, _noisy(speech64, level)) for level in (0.01, 0.05, 0.2)]
+    for key in ("stoi", "estoi"):
+        assert 1 > scores[0][key] > scores[1][key] > scores[2][key]
+    assert scores[1]["estoi"] == stoi(speech64, _noisy(speech64, 0.05), 16000, extended=True)
+    short = speech64[:4000]  # 0.25 s: pystoi warns and returns 1e-5; the report says it is undefined
+    assert math.isnan(stoi_scores(short, short)["stoi"])
+
+
+def test_mcd_is_zero_for_identical_signals_grows_with_noise_and_equals_the_package(speech64, tmp_path):
+    _needs("mel_cepstral_distance")
+    import soundfile as sf
+    from mel_cepstral_distance import compare_audio_files
+
+    from eval.metrics import mcd
+
+    assert mcd(speech64, speech64)["mcd"] == 0.0
+    values = [mcd(speech64, _noisy(speech64, level))["mcd"] for level in (0.003, 0.03, 0.1)]
+    assert 0 < values[0] < values[1] < values[2]
+    noisy = _noisy(speech64, 0.03)
+    for name, x in (("a", speech64), ("b", noisy)):
+        sf.write(tmp_path / f"{name}.wav", x, 16000, subtype="PCM_24")
+    direct, _ = compare_audio_files(tmp_path / "a.wav", tmp_path / "b.wav", aligning="pad", remove_silence="no")
+    assert values[1] == pytest.approx(direct, rel=1e-9)
+
+
+def test_f0_metrics_are_perfect_for_identical_signals_and_grow_with_a_pitch_shift(speech64):
+    _needs("pyworld")
+    import pyworld
+
+    from eval.metrics import F0_CEIL, F0_FLOOR, f0_scores
+
+    assert f0_scores(speech64, speech64) == {"f0_rmse_cents": 0.0, "vuv_f1": 1.0, "periodicity_error": 0.0}
+    # the utterance resynthesised by WORLD with its F0 raised by 0, 25, 100, 300 cents: same timing and envelope
+    f0, envelope, aperiodicity = pyworld.wav2world(speech64, 16000)
+    shifted = [pyworld.synthesize(f0 * 2 ** (c / 1200), envelope, aperiodicity, 16000)[: speech64.size]
+               for c in (0, 25, 100, 300)]
+    scores = [f0_scores(shifted[0], y) for y in shifted[1:]]
+    errors = [s["f0_rmse_cents"] for s in scores]
+    assert errors[0] < errors[1] < errors[2] and 250 < errors[2] < 350
+    assert scores[0]["periodicity_error"] < scores[2]["periodicity_error"]
+    # the F0 error is pyworld's: the same from DIO + StoneMask called directly
+    tracks = []
+    for x in (shifted[0], shifted[2]):
+        raw, times = pyworld.dio(x, 16000, f0_floor=F0_FLOOR, f0_ceil=F0_CEIL, frame_period=10.0)
+        tracks.append(pyworld.stonemask(x, raw, times, 16000))
+    both = (tracks[0] > 0) & (tracks[1] > 0)
+    direct = np.sqrt(np.mean((1200 * np.log2(tracks[1][both] / tracks[0][both])) ** 2))
+    assert errors[1] == pytest.approx(direct, rel=1e-9)
+
+
+def test_voicing_f1_counts_unvoiced_frames_against_the_reference():
+    _needs("pyworld")
+    from eval.metrics import f0_scores
+    from tests.conftest import harmonic
+
+    voiced = harmonic(1.0, 150, seed=0).astype(np.float64)
+    half = voiced.copy()
+    half[8000:] = 0.003 * np.random.default_rng(1).standard_normal(8000)  # the second half unvoiced
+    scores = f0_scores(voiced, half)
+    assert 0.5 < scores["vuv_f1"] < 0.8  # about half the reference's voiced frames are missed
+    assert scores["f0_rmse_cents"] < 20  # where both are voiced they agree
+
+
+def test_dnsmos_equals_speechmos_called_directly_and_falls_with_noise(speech64):
+    _needs("speechmos", "librosa", "onnxruntime")
+    from speechmos import dnsmos as direct
+
+    from eval.metrics import dnsmos
+
+    ours = dnsmos(speech64, speech64)
+    theirs = direct.run(speech64, 16000)
+    assert ours["dnsmos_ovrl"] == theirs["ovrl_mos"] and ours["dnsmos_p808"] == pytest.approx(theirs["p808_mos"])
+    assert ours["dnsmos_sig"] == theirs["sig_mos"] and ours["dnsmos_bak"] == theirs["bak_mos"]
+    noisy = [dnsmos(speech64, _noisy(speech64, level)) for level in (0.01, 0.05, 0.2)]
+    assert ours["dnsmos_ovrl"] > noisy[0]["dnsmos_ovrl"] > noisy[1]["dnsmos_ovrl"] > noisy[2]["dnsmos_ovrl"]
+    assert ours["dnsmos_p808"] > noisy[2]["dnsmos_p808"] + 0.3  # P.808 is not monotone at the smallest levels
+
+
+def test_metric_selection_names_unknown_and_missing_packages(monkeypatch):
+    import importlib.util
+
+    from distill.errors import ConfigError
+    from eval.metrics import LIBRARY_METRICS, resolve_metrics
+
+    assert resolve_metrics("none") == ([], {})
+    with pytest.raises(ConfigError, match="unknown metric.*pesq2.*dnsmos, stoi, f0, mcd"):
+        resolve_metrics("stoi,pesq2")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "pystoi" else real(name))
+    run, skipped = resolve_metrics("stoi,mcd")
+    assert [m.name for m in run] == (["mcd"] if not LIBRARY_METRICS["mcd"].missing() else [])
+    assert skipped["stoi"] == "stoi skipped: pystoi not installed (pip install 'wavedistill[eval]')"

@@ -19,7 +19,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from eval.report import summary_rows
+from eval.metrics import LIBRARY_METRICS
+from eval.report import metric_rows, summary_rows
 from eval.timing import real_time_factor
 from tests.students.test_distill import SMALL, save_teacher
 
@@ -70,6 +71,17 @@ def test_the_report_holds_every_system_with_scores_and_timings(report_dir):
                 and entry["rtf"]["audio_seconds"] == 0.24)  # whole hops
         assert len(entry["utterances"]) == 2
     assert systems["student_run"]["speedup_over_teacher"] > 1  # parallel beats autoregressive
+    # the teacher timed with its reference sampler and its fastest; every speed-up quoted against each
+    samplers = set(systems["teacher"]["rtf_by_sampler"])
+    assert "incremental" in samplers and samplers <= {"incremental", "fast"}
+    assert set(systems["student_run"]["speedup_over_teacher_by_sampler"]) == samplers
+    for metric in LIBRARY_METRICS.values():  # every installed library metric, for every system
+        if not metric.missing():
+            assert all(key in e and key in e["utterances"][0] for key in metric.keys for e in systems.values())
+    if not LIBRARY_METRICS["mcd"].missing():
+        assert systems["reference"]["mcd"] == 0.0 and systems["teacher"]["mcd"] > 0
+    if not LIBRARY_METRICS["stoi"].missing():  # 0.5 s clips: too little speech for STOI, undefined, not 1e-5
+        assert systems["reference"]["stoi"] is None and "NaN" in (report_dir / "report.md").read_text()
     settings = report["settings"]
     assert settings["utterances"] == 2 and settings["students"]["student_run"]["teacher_matches"]
     assert settings["temperature"] == 0.8  # no --temperature: the teacher's own synthesis temperature
@@ -83,12 +95,14 @@ def test_markdown_html_json_and_tensorboard_agree(report_dir):
     report = json.loads((report_dir / "report.json").read_text())
     markdown = (report_dir / "report.md").read_text()
     page = (report_dir / "report.html").read_text()
-    for row in summary_rows(report):  # re-rendered from the JSON: the same cells as the written tables
+    for row in summary_rows(report) + metric_rows(report):  # re-rendered from the JSON: the written tables' cells
         assert "| " + " | ".join(row) + " |" in markdown
         assert "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" in page
     events = EventAccumulator(str(report_dir / "tensorboard"), size_guidance={"scalars": 0}).Reload()
     for name, entry in report["systems"].items():
-        for key in ("pesq_wb", "mel_l1", "stft_distance", "teacher_nll"):
+        for key in ("pesq_wb", "mel_l1", "stft_distance", "teacher_nll", "stoi", "dnsmos_ovrl", "mcd"):
+            if key not in entry or entry[key] is None:  # a metric not installed, or NaN (null in strict JSON)
+                continue
             logged = events.Scalars(f"eval/{name}/{key}")[-1].value
             assert logged == pytest.approx(entry[key], rel=1e-5, abs=1e-6)
         if entry["rtf"]:
@@ -140,6 +154,24 @@ def test_the_fast_teacher_sampler_and_a_compiled_student(report_dir, tmp_path):
     assert settings["student_compile"] is True and systems["student_run"]["rtf"]["dtype"] == "float32 compiled"
     assert math.isfinite(systems["student_run"]["pesq_wb"])
     assert "teacher sampler: fast; students in float32, compiled" in (tmp_path / "fast" / "report.md").read_text()
+
+
+def test_systems_and_metrics_can_be_chosen(report_dir, tmp_path):
+    teacher = str(report_dir.parent / "teacher.pt")
+    result = cli("eval", "--teacher", teacher, "--student", str(report_dir.parent / "student_run"),
+                 "--max-utterances", "1", "--max-seconds", "0.5", "--rtf-seconds", "0.25", "--rtf-runs", "1",
+                 "--systems", "griffin_lim,student", "--metrics", "mcd", "--out", str(tmp_path / "some"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "some" / "report.json").read_text())
+    assert list(report["systems"]) == ["griffin_lim", "student_run"]  # no teacher sampling, no reference row
+    assert report["settings"]["systems"] == ["griffin_lim", "student"] and report["settings"]["metrics"] == ["mcd"]
+    student = report["systems"]["student_run"]
+    assert "mcd" in student and "stoi" not in student and "speedup_over_teacher" not in student
+    assert "speed-up vs teacher" not in result.stdout and "| MCD (dB) |" in result.stdout
+    bad = cli("eval", "--teacher", teacher, "--systems", "teacher,wavenet", "--out", str(tmp_path / "bad"))
+    assert bad.returncode != 0 and "--systems 'teacher,wavenet': choose from reference, griffin_lim" in bad.stderr
+    bad = cli("eval", "--teacher", teacher, "--metrics", "visqol", "--out", str(tmp_path / "bad2"))
+    assert bad.returncode != 0 and "unknown metric(s) visqol" in bad.stderr
 
 
 def test_system_and_utterance_names_get_distinct_safe_file_names():
