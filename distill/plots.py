@@ -44,3 +44,27 @@ def to_image(fig) -> np.ndarray:
     image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     plt.close(fig)
     return image
+
+
+def curves_figure(panels: dict[str, dict[str, tuple[list[float], list[float]]]],
+                  lines: dict[str, dict[str, float]] | None = None, xlabel: str = "step", width: float = 10.0):
+    """One small panel per quantity: panels[title][label] = (x, y) curves, lines[title][label] = a
+    horizontal reference (e.g. the teacher's score); a grid of up to three columns."""
+    titles = list(panels)
+    cols = min(3, max(1, len(titles)))
+    rows = max(1, -(-len(titles) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(width, 2.6 * rows), squeeze=False, constrained_layout=True)
+    for ax in axes.flat[len(titles):]:
+        ax.set_visible(False)
+    for ax, title in zip(axes.flat, titles, strict=False):
+        for label, (x, y) in panels[title].items():
+            ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=3, label=label)
+        for i, (label, value) in enumerate((lines or {}).get(title, {}).items()):
+            if value is not None and np.isfinite(value):
+                ax.axhline(value, color=f"C{len(panels[title]) + i}", linestyle="--", linewidth=1, label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        if len(panels[title]) + len((lines or {}).get(title, {})) > 1:
+            ax.legend(fontsize=7)
+    return fig

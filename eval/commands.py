@@ -25,6 +25,10 @@ def add_eval(sub) -> None:
     p.add_argument("--data", default="demo",
                    help="'demo', an LJSpeech folder or any folder of audio files (use --split all)")
     p.add_argument("--split", default="test", choices=["train", "valid", "test", "all"])
+    p.add_argument("--checkpoints", default="",
+                   help="quality over training: 'all' (every step checkpoint each --student run folder keeps; "
+                        "train.keep_last sets how many) or steps, e.g. 1000,2000; each becomes a row and the report "
+                        "plots every metric against the step (default: each run's latest checkpoint)")
     add_eval_arguments(p, max_utterances=10, max_seconds=0.0, out="runs/eval")
     p.set_defaults(func=_eval)
 
@@ -113,9 +117,9 @@ def run_eval(args, students: list[str]) -> dict:
     teacher_sha = file_sha256(teacher_path)
     loaded: dict[str, IAFStudent] = {}
     student_info: dict[str, dict] = {}
-    for path in students:
+    for path, series in _expand_checkpoints(students, getattr(args, "checkpoints", "")):
         student, spayload = load_student(path, features=features, device=device)
-        name = _student_name(Path(path), loaded)
+        name = _student_name(Path(series or path), loaded, spayload["step"] if series else None)
         source = spayload.get("extra", {}).get("teacher", {})
         if source.get("sha256") and source["sha256"] != teacher_sha:
             log.warning("%s was distilled from %s (sha256 %s...), not from the teacher evaluated here (%s)",
@@ -123,7 +127,8 @@ def run_eval(args, students: list[str]) -> dict:
         loaded[name] = student
         student_info[name] = {"path": str(path), "step": spayload["step"], "teacher_path": source.get("path"),
                               "teacher_sha256": source.get("sha256"),
-                              "teacher_matches": source.get("sha256") == teacher_sha}
+                              "teacher_matches": source.get("sha256") == teacher_sha,
+                              "run": str(_run_folder(Path(path)) or ""), "series": str(series or "")}
     speaker_map = payload.get("extra", {}).get("speakers") if teacher.speaker is not None else None
     source = payload.get("config", {}).get("data", {}).get("speakers", "") if speaker_map else ""
     clips = load_clips(args.data, args.split, features, args.max_utterances, args.max_seconds,
@@ -146,7 +151,8 @@ def run_eval(args, students: list[str]) -> dict:
                               log=log.info)
     report = {
         "settings": {
-            "teacher": {"path": str(teacher_path), "step": payload["step"], "sha256": teacher_sha},
+            "teacher": {"path": str(teacher_path), "step": payload["step"], "sha256": teacher_sha,
+                        "run": str(_run_folder(teacher_path) or "")},
             "students": student_info,
             "data": args.data, "split": args.split, "utterances": len(clips),
             "utterance_ids": [c.id for c in clips],
@@ -192,11 +198,47 @@ def _assign_speakers(clips: list, speaker_map: dict, speaker: str | None, studen
         clip.speaker = speaker_map[clip.speaker_name]
 
 
-def _student_name(path: Path, taken: dict) -> str:
-    """The run folder's (or checkpoint file's) name, prefixed 'student ' unless it says so already;
-    unique among the students."""
+def _run_folder(path: Path) -> Path | None:
+    """The run folder a student argument belongs to (itself, or the folder of its checkpoints/)."""
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else None
+
+
+def _expand_checkpoints(students: list[str], checkpoints: str) -> list[tuple[str, str | None]]:
+    """(checkpoint path, the run folder when it is one of several checkpoints of it) per student system.
+    checkpoints: "" (each run's latest), "all" (every step checkpoint a run folder keeps) or a comma list
+    of steps."""
+    from distill.checkpoint import CheckpointManager
+    from distill.errors import ConfigError
+
+    if not checkpoints:
+        return [(path, None) for path in students]
+    wanted = None if checkpoints == "all" else checkpoints.split(",")
+    if wanted is not None and not all(w.strip().isdigit() for w in wanted):
+        raise ConfigError(f"--checkpoints {checkpoints!r}: give 'all' or steps separated by commas, e.g. 1000,2000")
+    out: list[tuple[str, str | None]] = []
+    for path in students:
+        if not Path(path).is_dir():
+            raise ConfigError(f"--checkpoints needs run folders: {path} is not one (pass the run folder, "
+                              "e.g. --student runs/distill)")
+        files = {int(f.stem.split("_")[1]): f for f in CheckpointManager(path).step_files()}
+        steps = sorted(files) if wanted is None else [int(w) for w in wanted]
+        missing = [s for s in steps if s not in files]
+        if missing or not steps:
+            kept = ", ".join(map(str, sorted(files))) or "none"
+            raise ConfigError(f"{path}: no step checkpoint for step(s) {', '.join(map(str, missing)) or '-'}; "
+                              f"it keeps {kept} (train.keep_last sets how many are kept)")
+        out += [(str(files[s]), path) for s in steps]
+    return out
+
+
+def _student_name(path: Path, taken: dict, step: int | None = None) -> str:
+    """The run folder's (or checkpoint file's) name, prefixed 'student ' unless it says so already,
+    with ' @ step' for one of several checkpoints of a run; unique among the students."""
     stem = path.name if path.is_dir() else (path.parent.parent.name if path.parent.name == "checkpoints" else path.stem)
     base = stem if stem.lower().startswith("student") else f"student {stem}"
+    base += f" @ {step}" if step is not None else ""
     name, n = base, 2
     while name in taken:
         name, n = f"{base} ({n})", n + 1

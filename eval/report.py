@@ -18,7 +18,7 @@ import torch
 from distill.audio import LogMel, save_wav
 from distill.config import FeatureConfig
 from distill.logger import RunLogger
-from distill.plots import mel_figure, save_figure
+from distill.plots import curves_figure, mel_figure, save_figure
 from eval.evaluate import REFERENCE, Clip
 from eval.metrics import LIBRARY_METRICS
 
@@ -164,14 +164,17 @@ def metric_note(report: dict) -> str:
     skipped = list((s.get("metrics_skipped") or {}).values())
     if not s.get("metrics") and not skipped:
         return ""
+    about = {
+        "dnsmos": "DNSMOS P.835 / P.808 from speechmos (non-intrusive: the reference is scored too; higher is better)",
+        "stoi": "STOI and ESTOI from pystoi (1 = the reference)",
+        "f0": "F0 RMSE in cents over the frames voiced in both, voiced/unvoiced F1 against the reference's voicing "
+              "and the RMS periodicity difference, from pyworld (DIO + StoneMask, D4C; lower is better, F1 higher)",
+        "mcd": "mel-cepstral distortion from mel_cepstral_distance (aligned, no DTW; lower is better)",
+    }
     parts = []
     if s.get("metrics"):
-        parts.append("At 16 kHz. DNSMOS P.835 / P.808 from speechmos (non-intrusive: the reference is scored "
-                     "too; higher is better); STOI and ESTOI from pystoi (1 = the reference); F0 RMSE in cents "
-                     "over the frames voiced in both, voiced/unvoiced F1 against the reference's voicing and the "
-                     "RMS periodicity difference, from pyworld (DIO + StoneMask, D4C; lower is better, F1 higher); "
-                     "mel-cepstral distortion from mel_cepstral_distance (aligned, no DTW; lower is better). "
-                     "Means skip utterances where a metric is undefined.")
+        parts.append("At 16 kHz. " + "; ".join(about[m] for m in s["metrics"] if m in about)
+                     + ". Means skip utterances where a metric is undefined.")
     parts += skipped
     return " ".join(parts)
 
@@ -212,6 +215,63 @@ def _settings_lines(report: dict) -> list[tuple[str, str]]:
     return lines
 
 
+CURVE_KEYS = (("pesq_wb", "PESQ wb"), ("pesq_nb", "PESQ nb"), ("mel_l1", "log-mel L1"),
+              ("stft_distance", "MR-STFT dist."), ("teacher_nll", "teacher NLL (nats)"))
+
+
+def over_training(report: dict) -> dict[str, dict]:
+    """Quality over training: for each run evaluated at several checkpoints (`--checkpoints`),
+    {"name": its rows' common name, "steps": [...], "systems": [...], key: [values]} for every metric."""
+    series: dict[str, dict] = {}
+    for name, info in report["settings"]["students"].items():
+        if info.get("series") and name in report["systems"]:
+            entry = series.setdefault(info["series"], {"name": name.rsplit(" @ ", 1)[0], "steps": [], "systems": []})
+            entry["steps"].append(info["step"])
+            entry["systems"].append(name)
+    keys = [(k, h) for k, h in CURVE_KEYS + tuple((k, h) for k, h, _ in METRIC_COLUMNS)
+            if any(k in e for e in report["systems"].values())]
+    for entry in series.values():
+        order = sorted(range(len(entry["steps"])), key=entry["steps"].__getitem__)
+        entry["steps"] = [entry["steps"][i] for i in order]
+        entry["systems"] = [entry["systems"][i] for i in order]
+        entry["keys"] = keys
+        for key, _ in keys:
+            entry[key] = [_number(report["systems"][n].get(key)) for n in entry["systems"]]
+    return {run: e for run, e in series.items() if len(e["steps"]) > 1}
+
+
+def _number(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def over_training_figure(report: dict, entry: dict):
+    """Every metric of one run against the checkpoint's step, the teacher and Griffin-Lim as lines."""
+    panels, lines = {}, {}
+    for key, heading in entry["keys"]:
+        panels[heading] = {entry["name"]: (entry["steps"], entry[key])}
+        lines[heading] = {n: _number(report["systems"][n].get(key)) for n in ("teacher", "griffin_lim")
+                          if n in report["systems"]}
+    return curves_figure(panels, lines)
+
+
+def training_curves(run: Path) -> dict[str, tuple[list[float], list[float]]]:
+    """The loss terms and validation scalars a run logged (`metrics.jsonl`), by tag: (steps, values);
+    a step logged twice (a run resumed from an earlier checkpoint) keeps its last value."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    by_tag: dict[str, dict[int, float]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+        for tag, value in record.items():
+            if (tag.startswith(("loss/", "valid/")) or tag == "loss") and isinstance(value, (int, float)):
+                by_tag.setdefault(tag, {})[int(record["step"])] = float(value)
+    return {tag: (sorted(v), [v[k] for k in sorted(v)]) for tag, v in sorted(by_tag.items())}
+
+
 def _html_table(columns: list[str], rows: list[list[str]], cls: str = "") -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -229,11 +289,14 @@ figure img { width: 100%; display: block; }
 figure audio { width: 100%; margin-top: 4px; }
 figcaption { font-weight: 600; margin-bottom: 4px; }
 .note { color: #555; max-width: 70em; }
+img.curves { max-width: 1000px; width: 100%; }
 """
 
 
-def to_html(report: dict, media: dict[str, dict[str, dict[str, str]]]) -> str:
-    """media[clip id][system] = {"image": relative path, "audio": relative path}."""
+def to_html(report: dict, media: dict[str, dict[str, dict[str, str]]],
+            figures: list[tuple[str, str]] | None = None) -> str:
+    """media[clip id][system] = {"image": relative path, "audio": relative path}; figures: (heading,
+    relative image path) of the curves (quality over training, training curves)."""
     s = report["settings"]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>wavedistill evaluation</title>",
@@ -245,6 +308,8 @@ def to_html(report: dict, media: dict[str, dict[str, dict[str, str]]]) -> str:
         *(["<h2>Objective metrics</h2>", _html_table(metric_columns(report), metric_rows(report), "metrics")]
           if metric_columns(report) else []),
         *([f"<p class='note'>{html.escape(metric_note(report))}</p>"] if metric_note(report) else []),
+        *(f"<h2>{html.escape(heading)}</h2><img class='curves' src='{html.escape(image)}' "
+          f"alt='{html.escape(heading)}'>" for heading, image in figures or []),
         "<h2>Per utterance</h2>",
         _html_table(utterance_columns(report), utterance_rows(report), "utterances"),
     ]
@@ -292,6 +357,24 @@ def write_report(out: Path, report: dict, clips: list[Clip], systems: dict[str, 
                 logger.audio(f"audio/{clip.id}/{name}", audios[i], features.sample_rate, 0)
             logger.figure(f"mel/{clip.id}", mel_figure(list(mels.values()), list(mels), features.hop_length,
                                                        features.sample_rate, (low, high)), 0)
+    figures: list[tuple[str, str]] = []  # (heading, image path) for the page's curves
+    for run, entry in over_training(report).items():
+        image = f"images/over_training_{_safe(Path(run).name)}.png"
+        save_figure(over_training_figure(report, entry), out / image)
+        logger.figure(f"over_training/{entry['name']}", over_training_figure(report, entry), 0)
+        for i, step in enumerate(entry["steps"]):
+            logger.scalars({f"over_training/{entry['name']}/{k}": entry[k][i] for k, _ in entry["keys"]}, step)
+        figures.append((f"Quality over training: {entry['name']} ({run})", image))
+    runs = {info["run"]: name.rsplit(" @ ", 1)[0] for name, info in report["settings"]["students"].items()
+            if info.get("run")}
+    if report["settings"]["teacher"].get("run"):
+        runs[report["settings"]["teacher"]["run"]] = "teacher"
+    for run, name in runs.items():
+        curves = training_curves(Path(run))
+        if curves:
+            image = f"images/training_{_safe(Path(run).name)}.png"
+            save_figure(curves_figure({tag: {name: xy} for tag, xy in curves.items()}), out / image)
+            figures.append((f"Training curves: {name} ({run}/metrics.jsonl)", image))
     for name, entry in report["systems"].items():
         values = {f"eval/{name}/{k}": entry[k] for k in SCALARS if k in entry}
         if entry.get("rtf"):
@@ -309,7 +392,7 @@ def write_report(out: Path, report: dict, clips: list[Clip], systems: dict[str, 
     paths["json"].write_text(json.dumps(_strict(report), indent=2, default=_json_default, allow_nan=False),
                              encoding="utf-8")
     paths["md"].write_text(to_markdown(report), encoding="utf-8")
-    paths["html"].write_text(to_html(report, media), encoding="utf-8")
+    paths["html"].write_text(to_html(report, media, figures), encoding="utf-8")
     return paths
 
 

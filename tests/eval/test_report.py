@@ -174,6 +174,41 @@ def test_systems_and_metrics_can_be_chosen(report_dir, tmp_path):
     assert bad.returncode != 0 and "unknown metric(s) visqol" in bad.stderr
 
 
+def test_quality_over_training_scores_each_checkpoint_and_plots_the_curves(report_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    teacher, run = str(report_dir.parent / "teacher.pt"), tmp_path / "student_b"
+    result = cli("distill", "--teacher", teacher, "--out", str(run), "--steps", "4", *SMALL,
+                 "train.checkpoint_every=2", "train.log_every=1", "train.valid_every=2")
+    assert result.returncode == 0, result.stderr
+    args = ["eval", "--teacher", teacher, "--student", str(run), "--max-utterances", "1", "--max-seconds", "0.5",
+            "--rtf-seconds", "0.25", "--rtf-runs", "1", "--systems", "reference,student", "--metrics", "mcd"]
+    result = cli(*args, "--checkpoints", "all", "--out", str(tmp_path / "curves"))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "curves"
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["systems"]) == ["reference", "student_b @ 2", "student_b @ 4"]
+    assert [report["settings"]["students"][n]["step"] for n in ("student_b @ 2", "student_b @ 4")] == [2, 4]
+    page = (out / "report.html").read_text()
+    for image in ("images/over_training_student_b.png", "images/training_student_b.png"):
+        assert f"src='{image}'" in page and (out / image).read_bytes()[:4] == b"\x89PNG"
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    logged = events.Scalars("over_training/student_b/mcd")
+    assert [e.step for e in logged] == [2, 4]
+    assert [e.value for e in logged] == pytest.approx([report["systems"][f"student_b @ {k}"]["mcd"] for k in (2, 4)])
+    bad = cli(*args, "--checkpoints", "2,3", "--out", str(tmp_path / "bad"))
+    assert bad.returncode != 0 and "no step checkpoint for step(s) 3; it keeps 2, 4" in bad.stderr
+
+
+def test_training_curves_keep_the_last_value_of_a_step_logged_twice(tmp_path):
+    from eval.report import training_curves
+
+    lines = [{"step": 1, "loss/kl": 3.0, "train/lr": 1e-3}, {"step": 2, "loss/kl": 2.0},
+             {"step": 2, "loss/kl": 2.5, "valid/loss/kl": 1.5}]  # resumed from step 1: step 2 logged again
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + '\n{"step": 3, "lo')
+    assert training_curves(tmp_path) == {"loss/kl": ([1, 2], [3.0, 2.5]), "valid/loss/kl": ([2], [1.5])}
+
+
 def test_system_and_utterance_names_get_distinct_safe_file_names():
     from eval.report import _file_names
 
