@@ -319,3 +319,83 @@ def _demo(args) -> int:
     print_summary(report)
     return 0
 
+
+
+# --------------------------------------------------------------------------------------------
+# wavedistill listen / listen-results
+
+
+def add_listen(sub) -> None:
+    p = sub.add_parser("listen", help="write a blind listening test (MUSHRA, A/B, MOS) from an evaluation report")
+    p.add_argument("report", help="the --out folder of `wavedistill eval` (or runs/demo/report)")
+    p.add_argument("--tests", default="mushra,ab,mos", help="comma list of mushra, ab, mos")
+    p.add_argument("--ab", default="", help="the A/B pair, e.g. 'student distill,teacher' (default: the last "
+                                            "student against the teacher)")
+    p.add_argument("--max-utterances", type=int, default=0, help="use the first N utterances (0 = all)")
+    p.add_argument("--title", default="Listening test")
+    p.add_argument("--out", default=None, help="folder for index.html (default: REPORT/listen)")
+    p.add_argument("--serve", action="store_true",
+                   help="serve the folder on 127.0.0.1 and write posted results into its results/ until Ctrl-C")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_listen)
+
+
+def _listen(args) -> int:
+    from distill.errors import ConfigError
+    from eval.listen import build_spec, make_server, write_page
+
+    report = Path(args.report)
+    if args.max_utterances < 0:
+        raise ConfigError("--max-utterances must be >= 0")
+    spec = build_spec(report, tuple(t.strip() for t in args.tests.split(",") if t.strip()), args.ab,
+                      args.max_utterances)
+    out = Path(args.out) if args.out else report / "listen"
+    page = write_page(spec, out, args.title)
+    count = len(spec.utterances)
+    print(f"{page} ({page.stat().st_size / 1e6:.1f} MB, every clip embedded): {', '.join(spec.tests)} on {count} "
+          f"utterance(s), systems {', '.join(spec.systems)}" + (f"; A/B {' vs '.join(spec.ab_pair)}" if spec.ab_pair
+                                                               else ""))
+    if not args.serve:
+        print("send the page to the raters; they export their ratings as JSON; then: wavedistill listen-results FILES")
+        return 0
+    try:
+        server = make_server(out, args.port)
+    except OSError as err:
+        raise ConfigError(f"--port {args.port}: cannot listen on 127.0.0.1 ({err.strerror}); "
+                          "pick another port") from None
+    print(f"serving http://127.0.0.1:{server.server_address[1]}/index.html ; results go to {out / 'results'}; "
+          "Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def add_listen_results(sub) -> None:
+    p = sub.add_parser("listen-results", help="aggregate listening-test ratings: means, 95%% CIs, post-screening")
+    p.add_argument("files", nargs="+", help="results JSON files (the page's export or --serve's results/*.json)")
+    p.add_argument("--out", default=None, help="folder for results.md/json/png (default: beside the first file)")
+    p.set_defaults(func=_listen_results)
+
+
+def _listen_results(args) -> int:
+    import json
+
+    from distill.plots import save_figure
+    from eval.listen import aggregate, load_results, results_figure, to_markdown
+    from eval.report import _strict
+
+    results = load_results(args.files)
+    agg = aggregate(results)
+    out = Path(args.out) if args.out else Path(args.files[0]).parent
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(_strict(agg), indent=1, allow_nan=False), encoding="utf-8")
+    markdown = to_markdown(agg)
+    (out / "results.md").write_text(markdown, encoding="utf-8")
+    save_figure(results_figure(agg), out / "results.png")
+    print(markdown)
+    print(f"written: {out / 'results.md'}, results.json, results.png")
+    return 0

@@ -342,6 +342,7 @@ def write_report(out: Path, report: dict, clips: list[Clip], systems: dict[str, 
         stem = clip_files[clip.id]
         for name, audios in systems.items():
             save_wav(out / "wavs" / f"{stem}_{system_files[name]}.wav", audios[i], features.sample_rate)
+            report.setdefault("wavs", {}).setdefault(clip.id, {})[name] = f"wavs/{stem}_{system_files[name]}.wav"
         if image_clips and i >= image_clips:
             continue
         low = float(clip.mel.min())
