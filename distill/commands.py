@@ -39,27 +39,46 @@ def training_config(args: argparse.Namespace, config_cls: type):
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
+    return run_config(config_cls, args.out, args.config or getattr(args, "default_config", None), overrides,
+                      args.resume, explicit=bool(args.config))
+
+
+def run_config(config_cls: type, out: str | Path, config: str | Path | None, overrides: list[str], resume: bool,
+               explicit: bool = True):
+    """A run's config: `config` with `overrides`, or, resuming, the run's own config.yaml with them."""
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"argument {bad[0]!r} is not an override; write key.sub=value (e.g. train.lr=3e-4)")
-    saved = Path(args.out) / "config.yaml"
-    if args.resume and saved.is_file():
-        if args.config:
-            log.info("resuming: using %s (the run's own config), not --config %s", saved, args.config)
+    saved = Path(out) / "config.yaml"
+    if resume and saved.is_file():
+        if config and explicit:
+            log.info("resuming: using %s (the run's own config), not --config %s", saved, config)
         return load_config(config_cls, saved, overrides)
-    return load_config(config_cls, args.config or getattr(args, "default_config", None), overrides)
+    return load_config(config_cls, config, overrides)
 
 
-def run_training(args: argparse.Namespace, config_cls: type, make_task: Callable) -> int:
+def train(config_cls: type, make_task: Callable, out: str | Path, config: str | Path | None = None,
+          overrides: list[str] | None = None, resume: bool = False, init: str | None = None,
+          explicit: bool = False) -> Path | None:
+    """Train (or, with `resume`, continue) the run in `out`: what `train-teacher` and `distill` do,
+    callable from Python. Returns the last checkpoint. explicit: `config` was asked for by name (a
+    resumed run uses its own config.yaml and says so)."""
     from distill.folders import check_output_folder
     from distill.trainer import Trainer
 
-    check_output_folder(args.out, "--out")  # before any work: a file, a path under a file, a read-only folder
-    cfg = training_config(args, config_cls)
-    trainer = Trainer(make_task(cfg), args.out, resume=args.resume, init_from=args.init)
+    check_output_folder(out, "--out")  # before any work: a file, a path under a file, a read-only folder
+    cfg = run_config(config_cls, out, config, list(overrides or []), resume, explicit)
+    trainer = Trainer(make_task(cfg), out, resume=resume, init_from=init)
     last = trainer.fit()
     if last is not None and trainer.dist.is_main:  # under torchrun, one line, not one per rank
         log.info("last checkpoint: %s", last)
+    return last
+
+
+def run_training(args: argparse.Namespace, config_cls: type, make_task: Callable) -> int:
+    overrides = list(args.overrides) + ([f"train.steps={args.steps}"] if args.steps is not None else [])
+    train(config_cls, make_task, args.out, args.config or getattr(args, "default_config", None), overrides,
+          args.resume, args.init, explicit=bool(args.config))
     return 0
 
 
@@ -112,16 +131,23 @@ def add_data(sub) -> None:
 
 
 def run_data_stage(args, corpus: str | None) -> dict:
+    return prepare_data(corpus, args.out, args.split, args.config, list(args.overrides))
+
+
+def prepare_data(corpus: str | None, out: str | Path | None = None, split: str = "splits",
+                 config: str | None = None, overrides: list[str] | None = None) -> dict:
+    """`wavedistill data`, callable from Python: read and check a corpus's splits (`split`: "splits"
+    for train, valid and test, or one of them), print and return the summary (written into `out`)."""
     from distill.folders import check_output_folder
     from distill.prepare import format_summary, prepare
 
-    if args.out:
-        check_output_folder(args.out, "--out")
-    cfg = load_config(DataStageConfig, args.config, list(args.overrides))
+    if out:
+        check_output_folder(out, "--out")
+    cfg = load_config(DataStageConfig, config, list(overrides or []))
     if corpus:  # a path, taken as it is (not parsed as YAML like an override)
         cfg.data.corpus = corpus
-    splits = ["train", "valid", "test"] if args.split == "splits" else [args.split]
-    summary = prepare(cfg, splits, args.out)
+    splits = ["train", "valid", "test"] if split == "splits" else [split]
+    summary = prepare(cfg, splits, str(out) if out else None)
     print(format_summary(summary))
     return summary
 

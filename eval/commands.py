@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from students.iaf import IAFStudent
+    pass
 
 log = logging.getLogger("wavedistill")
 
@@ -72,177 +71,22 @@ def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seco
     p.add_argument("--out", default=out, help="folder for report.json/md/html, wavs/, images/, tensorboard/")
 
 
-def run_eval(args, students: list[str]) -> dict:
-    """Load, synthesise, score and write the report. Returns the report dict (plus `paths`)."""
-    import torch
+def request_from_args(args, students: list[str]):
+    """The `EvalRequest` the eval (and demo) flags describe; nothing is checked or resolved here."""
+    from eval.evaluate import EvalRequest
 
-    from distill.config import FeatureConfig
-    from distill.distributed import pick_device
-    from distill.env import collect
-    from distill.errors import ConfigError
-    from distill.folders import check_output_folder
-    from eval.evaluate import SYSTEMS, EvalSettings, evaluate, load_clips
-    from eval.metrics import resolve_metrics
-    from eval.report import write_report
-    from eval.timing import device_name
-    from students.pretrained import load_student
-    from teachers.pretrained import demo_teacher_path, file_sha256, load_teacher
-
-    check_output_folder(args.out, "--out")
-    if args.max_utterances < 0 or args.max_seconds < 0 or args.rtf_runs < 1 or args.rtf_seconds < 0:
-        raise ConfigError("--max-utterances, --max-seconds and --rtf-seconds must be >= 0 and --rtf-runs >= 1")
-    chosen = tuple(n.strip() for n in args.systems.split(",") if n.strip())
-    unknown = [n for n in chosen if n not in SYSTEMS]
-    if unknown or not chosen:
-        raise ConfigError(f"--systems {args.systems!r}: choose from {', '.join(SYSTEMS)} "
-                          "(comma separated, e.g. --systems reference,griffin_lim,student)")
-    metrics, skipped = resolve_metrics(args.metrics)
-    for line in skipped.values():
-        log.warning(line)
-    device = pick_device(args.device)
-    if args.teacher_sampler == "auto":
-        args.teacher_sampler = "graph" if device.type == "cuda" else "incremental"
-    if args.teacher_sampler == "fast" and device.type != "cpu":
-        raise ConfigError(f"--teacher-sampler fast is the CPU loop; with --device {device} use --teacher-sampler graph")
-    teacher_path = Path(args.teacher) if args.teacher else demo_teacher_path()
-    teacher, payload = load_teacher(teacher_path, device=device)
-    student_temperature = 1.0 if args.temperature is None else args.temperature
-    if args.temperature is None:  # the temperature its trainer documented for it
-        args.temperature = float(payload.get("config", {}).get("valid", {}).get("temperature", 1.0))
-    features = FeatureConfig(**payload["features"])
-    if 0 < args.rtf_seconds * features.sample_rate < features.n_fft:
-        raise ConfigError(f"--rtf-seconds {args.rtf_seconds} is shorter than one STFT window "
-                          f"({features.n_fft / features.sample_rate:.3f} s); "
-                          "pass a longer clip or 0 (the whole first clip)")
-    teacher_sha = file_sha256(teacher_path)
-    loaded: dict[str, IAFStudent] = {}
-    student_info: dict[str, dict] = {}
-    for path, series in _expand_checkpoints(students, getattr(args, "checkpoints", "")):
-        student, spayload = load_student(path, features=features, device=device)
-        name = _student_name(Path(series or path), loaded, spayload["step"] if series else None)
-        source = spayload.get("extra", {}).get("teacher", {})
-        if source.get("sha256") and source["sha256"] != teacher_sha:
-            log.warning("%s was distilled from %s (sha256 %s...), not from the teacher evaluated here (%s)",
-                        name, source.get("path"), source["sha256"][:12], teacher_path)
-        loaded[name] = student
-        student_info[name] = {"path": str(path), "step": spayload["step"], "teacher_path": source.get("path"),
-                              "teacher_sha256": source.get("sha256"),
-                              "teacher_matches": source.get("sha256") == teacher_sha,
-                              "run": str(_run_folder(Path(path)) or ""), "series": str(series or "")}
-    speaker_map = payload.get("extra", {}).get("speakers") if teacher.speaker is not None else None
-    source = payload.get("config", {}).get("data", {}).get("speakers", "") if speaker_map else ""
-    clips = load_clips(args.data, args.split, features, args.max_utterances, args.max_seconds,
-                       "" if getattr(args, "speaker", None) else source)
-    if speaker_map is not None:
-        _assign_speakers(clips, speaker_map, getattr(args, "speaker", None), loaded, student_info)
-    elif getattr(args, "speaker", None):
-        raise ConfigError(f"--speaker {args.speaker}: the teacher {teacher_path.name} has no speaker input")
-    settings = EvalSettings(
-        pesq_modes=("wb", "nb") if args.pesq_nb else ("wb",), teacher_batch=args.teacher_batch,
-        teacher_sampler=args.teacher_sampler,
-        temperature=args.temperature, student_temperature=student_temperature, seed=args.seed,
-        rtf_seconds=args.rtf_seconds, rtf_runs=args.rtf_runs,
-        autocast_dtype=args.student_dtype, student_compile=args.student_compile,
-        systems=chosen, metrics=tuple(m.name for m in metrics),
+    return EvalRequest(
+        teacher=getattr(args, "teacher", None) or "", students=tuple(students),
+        checkpoints=getattr(args, "checkpoints", ""), data=getattr(args, "data", "demo"),
+        split=getattr(args, "split", "test"), max_utterances=args.max_utterances, max_seconds=args.max_seconds,
+        speaker=getattr(args, "speaker", None), device=args.device,
+        systems=tuple(n.strip() for n in args.systems.split(",") if n.strip()),
+        metrics=tuple(n.strip() for n in args.metrics.split(",") if n.strip()),
+        pesq_modes=("wb", "nb") if args.pesq_nb else ("wb",), teacher_sampler=args.teacher_sampler,
+        teacher_batch=args.teacher_batch, temperature=args.temperature, student_dtype=args.student_dtype,
+        student_compile=args.student_compile, seed=args.seed, rtf_seconds=args.rtf_seconds, rtf_runs=args.rtf_runs,
+        out=args.out,
     )
-    log.info("evaluating %d utterance(s) (%.1f s) on %s", len(clips),
-             sum(c.reference.numel() for c in clips) / features.sample_rate, device)
-    table, systems = evaluate(teacher, loaded, clips, features, device, settings, progress=sys.stderr.isatty(),
-                              log=log.info)
-    report = {
-        "settings": {
-            "teacher": {"path": str(teacher_path), "step": payload["step"], "sha256": teacher_sha,
-                        "run": str(_run_folder(teacher_path) or "")},
-            "students": student_info,
-            "data": args.data, "split": args.split, "utterances": len(clips),
-            "utterance_ids": [c.id for c in clips],
-            "audio_seconds": sum(c.reference.numel() for c in clips) / features.sample_rate,
-            "max_utterances": args.max_utterances, "max_seconds": args.max_seconds,
-            "pesq_modes": list(settings.pesq_modes), "student_dtype": args.student_dtype,
-            "student_compile": args.student_compile,
-            "teacher_sampler": args.teacher_sampler,
-            "temperature": args.temperature, "student_temperature": student_temperature, "seed": args.seed,
-            "rtf_seconds": args.rtf_seconds, "rtf_runs": args.rtf_runs, "rtf_warmup": settings.rtf_warmup,
-            "systems": list(chosen), "metrics": list(settings.metrics), "metrics_skipped": skipped,
-            "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
-            "features": payload["features"],
-        },
-        "versions": {k: v for k, v in collect().info.items() if isinstance(v, (str, int, float, bool)) or v is None},
-        "systems": table,
-    }
-    report["paths"] = {k: str(v) for k, v in write_report(Path(args.out), report, clips, systems, features).items()}
-    return report
-
-
-def _assign_speakers(clips: list, speaker_map: dict, speaker: str | None, students: dict, info: dict) -> None:
-    """Each clip's speaker id for a multi-speaker teacher: --speaker for all, else the clip's own (from the
-    corpus, named the way the teacher's training data named them); students must share the teacher's map."""
-    from distill.errors import ConfigError
-
-    for name, student in students.items():
-        if student.speaker is None or student.speaker.num_embeddings != len(speaker_map):
-            raise ConfigError(f"student {name} ({info[name]['path']}) does not have the teacher's "
-                              f"{len(speaker_map)} speakers; evaluate it with the teacher it was distilled from")
-    known = ", ".join(sorted(speaker_map))
-    if speaker is not None:
-        if speaker not in speaker_map:
-            raise ConfigError(f"unknown speaker {speaker!r}; known: {known}")
-        for clip in clips:
-            clip.speaker = speaker_map[speaker]
-        return
-    unknown = sorted({c.speaker_name for c in clips if c.speaker_name not in speaker_map})
-    if unknown:
-        raise ConfigError(f"the evaluation split's speakers {', '.join(map(repr, unknown[:5]))} are not the teacher's "
-                          f"({known}); pass --speaker NAME to synthesise every clip with one of them")
-    for clip in clips:
-        clip.speaker = speaker_map[clip.speaker_name]
-
-
-def _run_folder(path: Path) -> Path | None:
-    """The run folder a student argument belongs to (itself, or the folder of its checkpoints/)."""
-    if path.is_dir():
-        return path
-    return path.parent.parent if path.parent.name == "checkpoints" else None
-
-
-def _expand_checkpoints(students: list[str], checkpoints: str) -> list[tuple[str, str | None]]:
-    """(checkpoint path, the run folder when it is one of several checkpoints of it) per student system.
-    checkpoints: "" (each run's latest), "all" (every step checkpoint a run folder keeps) or a comma list
-    of steps."""
-    from distill.checkpoint import CheckpointManager
-    from distill.errors import ConfigError
-
-    if not checkpoints:
-        return [(path, None) for path in students]
-    wanted = None if checkpoints == "all" else checkpoints.split(",")
-    if wanted is not None and not all(w.strip().isdigit() for w in wanted):
-        raise ConfigError(f"--checkpoints {checkpoints!r}: give 'all' or steps separated by commas, e.g. 1000,2000")
-    out: list[tuple[str, str | None]] = []
-    for path in students:
-        if not Path(path).is_dir():
-            raise ConfigError(f"--checkpoints needs run folders: {path} is not one (pass the run folder, "
-                              "e.g. --student runs/distill)")
-        files = {int(f.stem.split("_")[1]): f for f in CheckpointManager(path).step_files()}
-        steps = sorted(files) if wanted is None else [int(w) for w in wanted]
-        missing = [s for s in steps if s not in files]
-        if missing or not steps:
-            kept = ", ".join(map(str, sorted(files))) or "none"
-            raise ConfigError(f"{path}: no step checkpoint for step(s) {', '.join(map(str, missing)) or '-'}; "
-                              f"it keeps {kept} (train.keep_last sets how many are kept)")
-        out += [(str(files[s]), path) for s in steps]
-    return out
-
-
-def _student_name(path: Path, taken: dict, step: int | None = None) -> str:
-    """The run folder's (or checkpoint file's) name, prefixed 'student ' unless it says so already,
-    with ' @ step' for one of several checkpoints of a run; unique among the students."""
-    stem = path.name if path.is_dir() else (path.parent.parent.name if path.parent.name == "checkpoints" else path.stem)
-    base = stem if stem.lower().startswith("student") else f"student {stem}"
-    base += f" @ {step}" if step is not None else ""
-    name, n = base, 2
-    while name in taken:
-        name, n = f"{base} ({n})", n + 1
-    return name
 
 
 def print_summary(report: dict) -> None:
@@ -267,7 +111,9 @@ def print_summary(report: dict) -> None:
 
 
 def _eval(args) -> int:
-    report = run_eval(args, args.student)
+    from eval.pipeline import run
+
+    report = run(request_from_args(args, args.student))
     print_summary(report)
     return 0
 
@@ -286,39 +132,35 @@ def add_demo(sub) -> None:
 
 
 def _demo(args) -> int:
-    from distill.commands import run_data_stage, run_training
+    import dataclasses
+
+    from distill.checkpoint import load_checkpoint
+    from distill.commands import prepare_data, train
     from distill.errors import ConfigError
+    from eval.pipeline import run
     from students.task import DistillTask, StudentConfig
 
     if args.minutes <= 0 or (args.steps is not None and args.steps < 1):
         raise ConfigError("--minutes must be > 0 and --steps >= 1 (e.g. --minutes 10, or --steps 500)")
     out = Path(args.out)
     print("== 1/3 data: the bundled demo corpus", flush=True)
-    run_data_stage(argparse.Namespace(config=None, split="splits", out=str(out / "data"), overrides=[]), "demo")
+    prepare_data("demo", out / "data")
     student_dir = out / "student"
     resume = (student_dir / "checkpoints" / "latest.pt").is_file()
     budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} minutes"
     print(f"== 2/3 distil the tiny ClariNet student from the shipped teacher ({budget}"
           f"{', continuing the previous demo run' if resume else ''}) -> {student_dir}", flush=True)
-    overrides = [f"train.max_minutes={0 if args.steps else args.minutes}", f"train.device={args.device}"]
-    done = 0
-    if resume:
-        from distill.checkpoint import load_checkpoint
-
-        done = load_checkpoint(student_dir)["step"]
+    done = load_checkpoint(student_dir)["step"] if resume else 0
     # --steps N: N more steps; --minutes: the clock decides (a resumed run's saved train.steps must not;
     # 20,000 more is the preset's length, far beyond what a CPU budget reaches)
-    overrides.append(f"train.steps={done + (args.steps or 20_000)}")
-    run_training(argparse.Namespace(config=None, default_config="configs/student/clarinet_tiny.yaml",
-                                    out=str(student_dir), resume=resume, init=None, steps=None, overrides=overrides),
-                 StudentConfig, DistillTask)
+    train(StudentConfig, DistillTask, student_dir, "configs/student/clarinet_tiny.yaml",
+          [f"train.max_minutes={0 if args.steps else args.minutes}", f"train.device={args.device}",
+           f"train.steps={done + (args.steps or 20_000)}"], resume=resume)
     print("== 3/3 evaluate teacher and student on the test split", flush=True)
-    eval_args = argparse.Namespace(**{**vars(args), "teacher": None, "data": "demo", "split": "test",
-                                      "out": str(out / "report")})
-    report = run_eval(eval_args, [str(student_dir)])
+    # the demo's flags are eval's, without --teacher, --data and --split: the shipped teacher, the demo test split
+    report = run(dataclasses.replace(request_from_args(args, [str(student_dir)]), out=str(out / "report")))
     print_summary(report)
     return 0
-
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Systems: the reference itself (the PESQ ceiling), Griffin-Lim from the same mels (the floor a neural
 vocoder must beat), the teacher (autoregressive sampling) and each student (one parallel pass); any
-of them can be left out (`EvalSettings.systems`). Every system is scored the same way: PESQ
+of them can be left out (`EvalRequest.systems`). Every system is scored the same way: PESQ
 (wideband; narrowband on request), log-mel L1, multi-resolution STFT distance, the teacher's NLL of
 its audio (for a student, an estimate of the cross-entropy H(P_S, P_T), the part of KL(P_S || P_T)
 the teacher sees), and the library metrics that are installed (`eval.metrics.LIBRARY_METRICS`:
@@ -26,7 +26,7 @@ from distill.audio import LogMel
 from distill.config import FeatureConfig
 from distill.corpus import resolve_corpus
 from distill.data import UtteranceStore
-from distill.errors import CorpusError
+from distill.errors import ConfigError, CorpusError
 from eval.baselines import griffin_lim
 from eval.metrics import LIBRARY_METRICS, library_scores, mel_l1, pesq_scores, stft_distance
 from eval.timing import real_time_factor
@@ -55,23 +55,51 @@ def speakers_of(clips: list[Clip], device: torch.device) -> torch.Tensor | None:
 
 
 @dataclass
-class EvalSettings:
-    """How `evaluate` synthesises, times and scores (the clips are chosen by `load_clips`)."""
+class EvalRequest:
+    """One evaluation: what to synthesise and score, and how. Built by the CLI from its flags (or by a
+    script), checked once by `validate`, made concrete by `eval.pipeline.run` (the "auto" sampler, the
+    teacher's own temperature, the metrics that are installed), then used as it is: `evaluate` reads
+    it and the report's settings are this resolved request."""
 
-    pesq_modes: tuple = ("wb",)
+    teacher: str = ""  # checkpoint or run folder; "" = the shipped demo teacher
+    students: tuple[str, ...] = ()  # checkpoints or run folders
+    checkpoints: str = ""  # "" (each run's latest), "all" or steps "1000,2000": quality over training
+    data: str = "demo"  # 'demo', an LJSpeech folder or any folder of audio files
+    split: str = "test"
+    max_utterances: int = 10  # 0 = all
+    max_seconds: float = 0.0  # cut each utterance (0 = whole)
+    speaker: str | None = None  # multi-speaker models: synthesise every clip as this speaker
+    device: str = "auto"
+    systems: tuple[str, ...] = SYSTEMS  # what is synthesised and scored (the reference is always the reference)
+    metrics: tuple[str, ...] = ("all",)  # library metrics (eval.metrics.LIBRARY_METRICS), "all" or "none"
+    pesq_modes: tuple[str, ...] = ("wb",)
+    teacher_sampler: str = "auto"  # auto (graph on CUDA, incremental on a CPU), incremental, graph or fast
     teacher_batch: int = 16  # utterances the teacher samples together
-    teacher_sampler: str = "incremental"  # "graph" (CUDA graphs on a GPU) or "fast" (the C loop on a CPU)
-    temperature: float = 1.0  # the teacher's
+    temperature: float | None = None  # the teacher's (None: its own synthesis temperature)
     # the students' noise scale (1: a student distilled at loss.teacher_temperature T imitates the teacher at T)
     student_temperature: float = 1.0
+    student_dtype: str = "float32"  # students: float32 or bfloat16 (autocast)
+    student_compile: bool = False  # students' flows through torch.compile (`students.iaf.compiled_flows`)
     seed: int = 0
     rtf_seconds: float = 1.0  # length of the timing clip (0 = the whole first clip)
     rtf_runs: int = 5
     rtf_warmup: int = 1
-    autocast_dtype: str = "float32"  # students: float32 or bfloat16 (autocast)
-    student_compile: bool = False  # students' flows through torch.compile (`students.iaf.compiled_flows`)
-    systems: tuple = SYSTEMS  # the systems synthesised and scored (the reference is always the reference)
-    metrics: tuple = ()  # names in eval.metrics.LIBRARY_METRICS to compute (installed ones)
+    out: str = "runs/eval"
+
+    def validate(self) -> None:
+        """Every check that needs no file: one line naming the setting and the fix."""
+        if self.max_utterances < 0 or self.max_seconds < 0 or self.rtf_runs < 1 or self.rtf_seconds < 0:
+            raise ConfigError("--max-utterances, --max-seconds and --rtf-seconds must be >= 0 and --rtf-runs >= 1")
+        unknown = [n for n in self.systems if n not in SYSTEMS]
+        if unknown or not self.systems:
+            raise ConfigError(f"--systems {','.join(self.systems)!r}: choose from {', '.join(SYSTEMS)} "
+                              "(comma separated, e.g. --systems reference,griffin_lim,student)")
+        if self.teacher_sampler not in ("auto", "incremental", "graph", "fast"):
+            raise ConfigError(f"--teacher-sampler {self.teacher_sampler!r}: auto, incremental, graph or fast")
+        if self.student_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"--student-dtype {self.student_dtype!r}: float32 or bfloat16")
+        if not set(self.pesq_modes) <= {"wb", "nb"}:
+            raise ConfigError(f"PESQ modes {self.pesq_modes}: wb and/or nb")
 
 
 def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances: int, max_seconds: float,
@@ -202,65 +230,66 @@ def evaluate(
     clips: list[Clip],
     features: FeatureConfig,
     device: torch.device,
-    settings: EvalSettings,
+    request: EvalRequest,
     progress: bool = False,
     log: Callable[[str], None] = lambda message: None,
 ) -> tuple[dict, dict[str, list[torch.Tensor]]]:
-    """Synthesise, time and score every system of `settings.systems`. Returns (systems table, audio per system)."""
-    chosen = set(settings.systems)
+    """Synthesise, time and score every system of `request.systems`. Returns (systems table, audio per system)."""
+    chosen = set(request.systems)
     systems: dict[str, list[torch.Tensor]] = {REFERENCE: [c.reference for c in clips]}
     names = [n for n in (GRIFFIN_LIM, TEACHER) if n in chosen] + (list(students) if STUDENT in chosen else [])
     bar = tqdm(total=len(names) + 2, desc="evaluating", disable=not progress)
-    probe = timing_clip(clips[0], features, settings.rtf_seconds)
+    probe = timing_clip(clips[0], features, request.rtf_seconds)
     probe_seconds = probe.reference.numel() / features.sample_rate
     rtf: dict[str, dict] = {}
 
     def timing(name: str, synth: Callable[[list[Clip]], list[torch.Tensor]], dtype: str, warmup: int) -> dict:
-        log(f"{name}: timing {settings.rtf_runs} run(s) of a {probe_seconds:.2f} s clip after {warmup} warm-up")
+        log(f"{name}: timing {request.rtf_runs} run(s) of a {probe_seconds:.2f} s clip after {warmup} warm-up")
         return real_time_factor(lambda: synth([probe]), probe_seconds, device, dtype=dtype,
-                                repeats=settings.rtf_runs, warmup=warmup)
+                                repeats=request.rtf_runs, warmup=warmup)
 
     def run(name: str, synth: Callable[[list[Clip]], list[torch.Tensor]], dtype: str = "float32",
-            warmup: int = settings.rtf_warmup) -> None:
+            warmup: int = request.rtf_warmup) -> None:
         bar.set_postfix_str(name)
         log(f"{name}: synthesising {len(clips)} utterance(s)")
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(request.seed)
         systems[name] = synth(clips)
         rtf[name] = timing(name, synth, dtype, warmup)
         bar.update()
 
     def teacher_synth(method: str) -> Callable[[list[Clip]], list[torch.Tensor]]:
-        return lambda cs: teacher_synthesis(teacher, cs, features, device, settings.teacher_batch,
-                                            settings.temperature, False, method)
+        return lambda cs: teacher_synthesis(teacher, cs, features, device, request.teacher_batch,
+                                            1.0 if request.temperature is None else request.temperature, False,
+                                            method)
 
     if GRIFFIN_LIM in chosen:
         run(GRIFFIN_LIM, lambda cs: [griffin_lim(c.mel, features) for c in cs])
         rtf[GRIFFIN_LIM]["device"], rtf[GRIFFIN_LIM]["device_name"] = "cpu", "cpu (torchaudio Griffin-Lim)"
     teacher_rtf: dict[str, dict] = {}  # the teacher's RTF per sampler: the one evaluated, the reference, the fastest
     if TEACHER in chosen:
-        run(TEACHER, teacher_synth(settings.teacher_sampler))
-        teacher_rtf[settings.teacher_sampler] = rtf[TEACHER]
+        run(TEACHER, teacher_synth(request.teacher_sampler))
+        teacher_rtf[request.teacher_sampler] = rtf[TEACHER]
         for method in ("incremental", fastest_method(teacher, device)):
             if method not in teacher_rtf:
                 teacher_rtf[method] = timing(f"{TEACHER} ({method} sampler)", teacher_synth(method), "float32",
-                                             settings.rtf_warmup)
+                                             request.rtf_warmup)
     for name, student in students.items():
         if STUDENT not in chosen:
             break
         run(name, functools.partial(student_synthesis, student, features=features, device=device,
-                                    temperature=settings.student_temperature,
-                                    autocast_dtype=settings.autocast_dtype, compile=settings.student_compile),
-            settings.autocast_dtype + (" compiled" if settings.student_compile else ""),
+                                    temperature=request.student_temperature,
+                                    autocast_dtype=request.student_dtype, compile=request.student_compile),
+            request.student_dtype + (" compiled" if request.student_compile else ""),
             # a compiled student meets the probe's shape for the first time: compiling, and under
             # reduce-overhead recording its CUDA graphs, take the first two calls
-            settings.rtf_warmup + (2 if settings.student_compile else 0))
+            request.rtf_warmup + (2 if request.student_compile else 0))
     bar.set_postfix_str("teacher NLL")
     nll = {name: teacher_nll(teacher, clips, audios, features, device) for name, audios in systems.items()}
     bar.update()
     bar.set_postfix_str("scoring")
-    if settings.metrics:
-        log(f"scoring: PESQ and {', '.join(settings.metrics)}")
-    table = score_systems(clips, systems, features, settings.pesq_modes, nll, tuple(settings.metrics))
+    if request.metrics:
+        log(f"scoring: PESQ and {', '.join(request.metrics)}")  # resolved: the installed library metrics
+    table = score_systems(clips, systems, features, request.pesq_modes, nll, tuple(request.metrics))
     if REFERENCE not in chosen:
         del table[REFERENCE]
     bar.update()
