@@ -111,8 +111,13 @@ class Trainer:
         self._stop_signal: int | None = None
         self.lock: RunLock | None = None
 
-    # ------------------------------------------------------------------ set-up
-    def _build(self) -> None:
+    # ------------------------------------------------------------------ the public seam
+    # build() -> train_step() / train_to() -> state(): what fit() does, in parts, for the bench, the tests
+    # and scripts that drive training themselves. `model`, `optimizer`, `loader` exist after build().
+
+    def build(self) -> None:
+        """Make the model (EMA, optimiser, schedule, data), resume from the run's checkpoint when asked,
+        and take the run folder's lock (released by fit(), or by `close()`)."""
         cfg = self.cfg
         check_output_folder(self.run_dir, "the run folder (--out)")
         if self.dist.is_main:  # one run per folder: held until fit() ends (the kernel drops it on any exit)
@@ -193,6 +198,34 @@ class Trainer:
             # or a resumed run's random draws would be shifted by one.
             generator=torch.Generator().manual_seed(cfg.seed + self.dist.rank),
         )
+        self._batches: Any = None  # train_step's own iterator over the loader, made on first use
+        self._window = StepWindow(self.device)
+
+    def train_step(self, batch: Any = None) -> None:
+        """One optimisation step of the training loop on `batch` (default: the loader's next batch), with
+        its clipping, skip-on-non-finite, schedule and EMA; the step counter advances. Nothing waits for
+        the device: the losses are summed on it (`train_to` logs them)."""
+        assert self.train_model is not None and self.loader is not None, "call build() first"
+        if batch is None:
+            if self._batches is None:
+                self._batches = iter(self.loader)
+            batch = next(self._batches)
+            self.batches_consumed += 1
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        self._train_step(self.train_model, to_device(batch, self.device), self._window, clip)
+
+    def state(self) -> dict:
+        """The checkpoint payload of this moment (weights, EMA, optimiser, schedule, data position and this
+        process's RNG state): what `save_checkpoint` writes on a single process."""
+        return self._payload([rng_state()])
+
+    def close(self) -> None:
+        """Release what build() holds (the logger's files, the run folder's lock); fit() does this itself."""
+        if getattr(self, "logger", None) is not None:
+            self.logger.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def _restore(self, payload: dict, path: Path) -> None:
         if payload.get("task") != self.task.name:
@@ -298,20 +331,17 @@ class Trainer:
         try:
             # inside the try: a start that fails after taking the folder's lock (a run already there, a
             # checkpoint that cannot be resumed) still releases it and leaves the process group
-            self._build()
+            self.build()
             if self.dist.is_main and sys.stderr.isatty():
                 bar = tqdm(total=cfg.steps, initial=self.step, desc=self.task.name, dynamic_ncols=True)
-            last = self._loop(bar, cfg.steps if until_step is None else min(until_step, cfg.steps))
+            last = self.train_to(cfg.steps if until_step is None else min(until_step, cfg.steps), bar)
             ok = True
         finally:
             for sig, old in handlers.items():
                 signal.signal(sig, old)
             if bar is not None:
                 bar.close()
-            if getattr(self, "logger", None) is not None:
-                self.logger.close()
-            if self.lock is not None:
-                self.lock.release()
+            self.close()
             self._leave_process_group(ok)
         return last
 
@@ -326,9 +356,11 @@ class Trainer:
         gc.collect()
         distributed.cleanup(self.dist, wait=ok)
 
-    def _loop(self, bar, until_step: int) -> Path | None:
-        """The step itself never waits for the device: finiteness, the skip decision, the counters and
-        the loss sums stay on the device and are read every `log_every` steps and at checkpoints."""
+    def train_to(self, until_step: int, bar=None) -> Path | None:
+        """The training loop from the current step to `until_step` (or the clock, or a signal): steps,
+        logging, validation and checkpoints; returns the last checkpoint written. The step itself never
+        waits for the device: finiteness, the skip decision, the counters and the loss sums stay on the
+        device and are read every `log_every` steps and at checkpoints."""
         cfg = self.cfg
         deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes > 0 else float("inf")
         model = self.train_model

@@ -97,13 +97,13 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
 
 
 def bench_trainer(device: torch.device, quick: bool) -> list[dict]:
-    """The training loop's own step (`distill.trainer.Trainer._train_step`) on the tiny teacher preset:
+    """The training loop's own step (`distill.trainer.Trainer.train_step`) on the tiny teacher preset:
     forward (autocast as `train.amp=auto` picks: bf16 on CUDA), NLL, backward, clipping, the fused AdamW
     update with its on-device skip flag, the EMA and the loss sums; batches from the demo corpus."""
     import dataclasses
     import tempfile
 
-    from distill.trainer import StepWindow, Trainer, to_device
+    from distill.trainer import Trainer
     from teachers.task import TeacherTask
 
     cfg = load_config(TeacherConfig, PRESET)
@@ -113,13 +113,11 @@ def bench_trainer(device: torch.device, quick: bool) -> list[dict]:
     cfg.train = dataclasses.replace(cfg.train, device=str(device))
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(TeacherTask(cfg), run_dir)
-        trainer._build()
-        model, loader = trainer.train_model, trainer.loader
-        assert model is not None and loader is not None  # built
-        batch = to_device(next(iter(loader)), device)
-        window = StepWindow(device)
-        t = timed(lambda: trainer._train_step(model, batch, window, cfg.train.grad_clip), device, 5, warmup=2)
-        trainer.logger.close()
+        trainer.build()
+        assert trainer.loader is not None  # built
+        batch = next(iter(trainer.loader))
+        t = timed(lambda: trainer.train_step(batch), device, 5, warmup=2)
+        trainer.close()
     samples = cfg.train.batch_size * cfg.data.segment_length
     return [{"model": "teacher gaussian_tiny", "device": device_name(device), "threads": torch.get_num_threads(),
              "what": "teacher training, Trainer step (+ clipping, fused AdamW, EMA)", "batch": cfg.train.batch_size,

@@ -150,12 +150,28 @@ def test_sigterm_checkpoints_after_the_step_and_resume_matches(synth_corpus, tmp
     assert_same_tensors(state(straight)["model"], state(run)["model"])
 
 
+def test_the_public_seam_trains_as_fit_does(synth_corpus, tmp_path):
+    """build() / train_step() / state(): three steps by hand give fit()'s weights, step and data position."""
+    Trainer(ToyTask(toy_config(synth_corpus, steps=3)), tmp_path / "fit").fit()
+    trainer = Trainer(ToyTask(toy_config(synth_corpus, steps=3)), tmp_path / "seam")
+    trainer.build()
+    for _ in range(3):
+        trainer.train_step()
+    by_hand = trainer.state()
+    trainer.close()
+    fitted = state(tmp_path / "fit")
+    assert by_hand["step"] == fitted["step"] == 3
+    assert by_hand["batches_consumed"] == fitted["batches_consumed"]
+    assert_same_tensors(by_hand["model"], fitted["model"])
+    assert_same_tensors(by_hand["ema"]["model"], fitted["ema"]["model"])
+
+
 def test_init_from_loads_weights_only(synth_corpus, tmp_path):
     first = tmp_path / "first"
     Trainer(ToyTask(toy_config(synth_corpus, steps=4)), first).fit()
     trainer = Trainer(ToyTask(toy_config(synth_corpus, steps=0)), tmp_path / "second",
                       init_from=first / "checkpoints" / "latest.pt")
-    trainer._build()
+    trainer.build()
     assert trainer.step == 0
     assert torch.equal(trainer.model.proj.weight, state(first)["model"]["proj.weight"])
 
@@ -275,12 +291,12 @@ def test_max_minutes_stops_with_a_checkpoint(synth_corpus, tmp_path):
 def test_fp16_style_scaler_survives_skipped_steps(synth_corpus, tmp_path):
     """With a grad scaler, a skipped step must still close the scaler's step (regression test)."""
     trainer = Trainer(ToyTask(toy_config(synth_corpus, steps=4, checkpoint_every=100), nan_steps=(1,)), tmp_path / "r")
-    trainer._build()
+    trainer.build()
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    trainer._loop(None, 4)
+    trainer.train_to(4)
     assert trainer.step == 4 and trainer.nonfinite_skipped == 1
     assert trainer.scaler.get_scale() == 2.0**15  # the overflow halved the scale
-    trainer.logger.close()
+    trainer.close()
 
 
 def test_fp16_scale_overflows_are_skipped_but_not_counted_as_divergence(synth_corpus, tmp_path):
@@ -288,13 +304,13 @@ def test_fp16_scale_overflows_are_skipped_but_not_counted_as_divergence(synth_co
     the updates (routine under fp16), and the run neither counts them nor stops as diverged."""
     cfg = toy_config(synth_corpus, steps=4, checkpoint_every=100, log_every=2, max_nonfinite_in_row=2)
     trainer = Trainer(ToyTask(cfg), tmp_path / "r")
-    trainer._build()
+    trainer.build()
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=float("inf"))
-    trainer._loop(None, 4)
+    trainer.train_to(4)
     assert trainer.step == 4 and trainer.nonfinite_skipped == 0
     assert_same_tensors(before, trainer.model.state_dict())  # every update was skipped
-    trainer.logger.close()
+    trainer.close()
 
 
 def test_a_compiled_run_trains_like_an_eager_one_and_saves_plain_weights(synth_corpus, tmp_path):
@@ -342,20 +358,16 @@ def test_flops_per_sample_of_the_teacher_and_the_distillation_tasks():
 
 @pytest.mark.cuda
 def test_a_training_step_on_cuda_never_waits_for_the_device(synth_corpus, tmp_path):
-    from distill.trainer import StepWindow, to_device
-
     cfg = toy_config(synth_corpus, steps=100, device="cuda")
     trainer = Trainer(ToyTask(cfg, nan_steps=(3,)), tmp_path / "run")
-    trainer._build()
-    batches = iter(trainer.loader)
-    window = StepWindow(trainer.device)
-    trainer._train_step(trainer.train_model, to_device(next(batches), trainer.device), window, 1.0)  # lazy set-up
+    trainer.build()
+    trainer.train_step()  # lazy set-up
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):  # the second of these has a NaN loss: skipped on the device
-            trainer._train_step(trainer.train_model, to_device(next(batches), trainer.device), window, 1.0)
+            trainer.train_step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert window.nonfinite() == (1, 1) and trainer.step == 4
-    trainer.logger.close()
+    assert trainer._window.nonfinite() == (1, 1) and trainer.step == 4
+    trainer.close()

@@ -45,16 +45,16 @@ def save_teacher(path, distribution: str, args: dict | None = None, overrides: t
 def test_a_step_changes_the_student_and_leaves_the_teacher_bit_identical(tmp_path):
     task = DistillTask(config("loss.weights.loss/stft=1.0"))
     trainer = Trainer(task, tmp_path / "run")
-    trainer._build()
+    trainer.build()
     teacher_before = {k: v.clone() for k, v in task.teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    trainer._loop(None, 1)
+    trainer.train_to(1)
     assert all(torch.equal(v, task.teacher.state_dict()[k]) for k, v in teacher_before.items())
     assert all(p.grad is None for p in task.teacher.parameters())
     changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, student_before[k])]
     assert any(k.startswith("flows.0.") for k in changed) and any(k.startswith("flows.1.") for k in changed)
     assert not any(k.startswith("upsampler.") for k in changed)  # the frozen copy of the teacher's upsampler
-    trainer.logger.close()
+    trainer.close()
 
 
 def test_distillation_lowers_the_kl_markedly_on_the_cpu(tmp_path):
@@ -276,7 +276,7 @@ def test_the_shared_upsampler_and_predictor_are_computed_once_with_the_same_numb
     computes them once for both models; the losses equal a step that computes them separately."""
     task = DistillTask(config("loss.weights.loss/stft=1.0"))
     trainer = Trainer(task, tmp_path / "run")
-    trainer._build()
+    trainer.build()
     student = trainer.model
     assert student.lpc is not None and task.shares_upsampler(student)
     batch = next(iter(trainer.loader))
@@ -293,4 +293,4 @@ def test_the_shared_upsampler_and_predictor_are_computed_once_with_the_same_numb
     assert calls["upsampler"] == 3
     for key in ("loss/kl", "loss/stft", "distill/entropy"):
         assert torch.equal(shared[key], separate[key]), key
-    trainer.logger.close()
+    trainer.close()
