@@ -158,6 +158,20 @@ def test_the_fast_teacher_sampler_and_a_compiled_student(report_dir, tmp_path):
     assert "teacher sampler: fast; students in float32, compiled" in (tmp_path / "fast" / "report.md").read_text()
 
 
+def test_dnsmos_in_the_report_is_speechmos_on_the_written_files(report_dir):
+    if LIBRARY_METRICS["dnsmos"].missing():
+        pytest.skip("speechmos not installed")
+    from speechmos import dnsmos
+
+    report = json.loads((report_dir / "report.json").read_text())
+    for name in ("reference", "student_run"):
+        for utt in report["systems"][name]["utterances"]:
+            audio, rate = sf.read(report_dir / report["wavs"][utt["id"]][name])
+            direct = dnsmos.run(audio, rate)  # the 16-bit file: equal to the float audio scored, to quantisation
+            assert utt["dnsmos_ovrl"] == pytest.approx(direct["ovrl_mos"], abs=0.01)
+            assert utt["dnsmos_p808"] == pytest.approx(direct["p808_mos"], abs=0.01)
+
+
 def test_systems_and_metrics_can_be_chosen(report_dir, tmp_path):
     teacher = str(report_dir.parent / "teacher.pt")
     result = cli("eval", "--teacher", teacher, "--student", str(report_dir.parent / "student_run"),

@@ -126,7 +126,7 @@ def test_eval_synthesises_each_clip_as_its_own_speaker_and_refuses_an_unknown_on
 
 
 def test_eval_speaker_assignment_own_or_asked_for():
-    from eval.commands import _assign_speakers
+    from eval.pipeline import _assign_speakers
     from eval.evaluate import Clip
 
     clips = [Clip("a", torch.zeros(4), torch.zeros(2, 1), speaker_name="alice"),
