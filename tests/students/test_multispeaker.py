@@ -126,8 +126,8 @@ def test_eval_synthesises_each_clip_as_its_own_speaker_and_refuses_an_unknown_on
 
 
 def test_eval_speaker_assignment_own_or_asked_for():
-    from eval.pipeline import _assign_speakers
     from eval.evaluate import Clip
+    from eval.pipeline import _assign_speakers
 
     clips = [Clip("a", torch.zeros(4), torch.zeros(2, 1), speaker_name="alice"),
              Clip("b", torch.zeros(4), torch.zeros(2, 1), speaker_name="bob")]
