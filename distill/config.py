@@ -125,6 +125,10 @@ class TrainConfig:
     lr_min: float = 0.0  # floor of the cosine schedule
     decay_every: int = 200000  # "step" schedule: multiply the LR by decay_gamma every decay_every steps
     decay_gamma: float = 0.5
+    # the last part of the budget at a lower LR (warmup-stable-decay): the steps from (1 - anneal_fraction)
+    # x steps on, or, with max_minutes, also the last anneal_fraction of this invocation's wall time
+    anneal_fraction: float = 0.0  # 0 = off
+    anneal_factor: float = 0.25  # the LR's multiplier while annealing (on top of the schedule)
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping (the norm is still logged)
     ema_decay: float = 0.9999  # 0 disables EMA; the effective decay warms up as min(d, (1+n)/(10+n))
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto = bf16 on CUDA when supported, off on CPU
@@ -150,6 +154,8 @@ class TrainConfig:
             ("lr_min", 0 <= self.lr_min <= self.lr, "in [0, lr]"),
             ("decay_every", self.decay_every >= 1, ">= 1"),
             ("decay_gamma", 0 < self.decay_gamma <= 1, "in (0, 1]"),
+            ("anneal_fraction", 0 <= self.anneal_fraction < 1, "in [0, 1) (0 = off)"),
+            ("anneal_factor", 0 < self.anneal_factor <= 1, "in (0, 1]"),
             ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = no clipping)"),
             ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0 = no EMA)"),
             ("log_every", self.log_every >= 1, ">= 1"),

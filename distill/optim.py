@@ -1,32 +1,57 @@
-"""Optimiser pieces the trainer composes: the LR schedule and the EMA of the weights."""
+"""The builders of what the trainer composes around a model (the role of AudioCraft's
+`solvers/builders.py`): the optimiser, the LR schedule and the EMA of the weights, each from the
+`train` section of a config. The trainer, the bench and scripts that drive training themselves use
+these, so that one config gives one optimiser everywhere."""
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterable
+from typing import cast
 
 import torch
 
 from distill.config import TrainConfig
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of `cfg.lr` at optimiser step `step` (0-based): linear warm-up, then the schedule."""
+def lr_factor(step: int, cfg: TrainConfig, annealing: bool = False) -> float:
+    """Multiplier of `cfg.lr` at optimiser step `step` (0-based): linear warm-up, then the schedule, times
+    `cfg.anneal_factor` in the annealing phase: from step (1 - anneal_fraction) x steps on, or from when
+    the trainer says so (`annealing`: the same fraction of a wall-clock budget, `train.max_minutes`)."""
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
+    if cfg.anneal_fraction > 0 and step >= (1.0 - cfg.anneal_fraction) * cfg.steps:
+        annealing = True
+    anneal = cfg.anneal_factor if annealing else 1.0
     if cfg.schedule == "constant":
-        return 1.0
+        return anneal
     if cfg.schedule == "step":
-        return cfg.decay_gamma ** (step // max(1, cfg.decay_every))
+        return anneal * cfg.decay_gamma ** (step // max(1, cfg.decay_every))
     # cosine from lr at the end of warm-up down to lr_min at cfg.steps
     span = max(1, cfg.steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     floor = cfg.lr_min / cfg.lr if cfg.lr > 0 else 0.0
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return anneal * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW at `cfg.lr` with `cfg.betas` (two numbers: TrainConfig checks) and `cfg.weight_decay`; fused:
+    one kernel for all parameters, and it can skip a non-finite step on the device (found_inf)."""
+    return torch.optim.AdamW(list(params), lr=cfg.lr, betas=cast("tuple[float, float]", tuple(cfg.betas)),
+                             weight_decay=cfg.weight_decay, fused=True)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                    annealing: Callable[[], bool] = lambda: False) -> torch.optim.lr_scheduler.LambdaLR:
+    """The LR multiplier `lr_factor` per optimiser step; `annealing()` says whether the wall-clock
+    budget's annealing phase has begun (the trainer's clock)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, annealing()))
+
+
+def build_ema(model: torch.nn.Module, cfg: TrainConfig) -> EMA | None:
+    """The EMA of `model`'s weights at `cfg.ema_decay`; None when it is 0 (off)."""
+    return EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
 
 class EMA:

@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ from distill.errors import CheckpointError, ConfigError, TrainingDiverged
 from distill.folders import RunLock, check_output_folder
 from distill.hardware import device_name, peak_tflops
 from distill.logger import RunLogger
-from distill.optim import EMA, build_scheduler, lr_factor
+from distill.optim import build_ema, build_optimizer, build_scheduler, lr_factor
 from distill.task import Task
 
 log = logging.getLogger("wavedistill")
@@ -143,15 +143,11 @@ class Trainer:
         self.peak_tflops = cfg.peak_tflops or peak_tflops(device_name(self.device), kind)  # the user's figure wins
         params = self.task.trainable_parameters(self.model)
         self.params = list(params)
-        # fused: one kernel for all parameters, and it can skip a non-finite step on the device (found_inf);
-        # betas: two numbers (TrainConfig checks)
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=cfg.lr, betas=cast("tuple[float, float]", tuple(cfg.betas)), weight_decay=cfg.weight_decay,
-            fused=True,
-        )
-        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.optimizer = build_optimizer(self.params, cfg)
+        self.annealing = False  # the wall-clock budget's annealing phase (train.anneal_fraction), per invocation
+        self.scheduler = build_scheduler(self.optimizer, cfg, lambda: self.annealing)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
-        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.ema = build_ema(self.model, cfg)
 
         resumed_from = None
         found = self.checkpoints.newest_loadable() if self.resume else None
@@ -362,7 +358,9 @@ class Trainer:
         waits for the device: finiteness, the skip decision, the counters and the loss sums stay on the
         device and are read every `log_every` steps and at checkpoints."""
         cfg = self.cfg
-        deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes > 0 else float("inf")
+        started = time.monotonic()
+        deadline = started + cfg.max_minutes * 60 if cfg.max_minutes > 0 else float("inf")
+        anneal_at = started + (1.0 - cfg.anneal_fraction) * (deadline - started)  # = deadline when off
         model = self.train_model
         assert model is not None and self.loader is not None  # dropped only after the last loop
         model.train()
@@ -377,8 +375,11 @@ class Trainer:
             self._train_step(model, batch, window, clip)
             if bar is not None:
                 bar.update(1)
-            asked = self._stop_signal is not None or time.monotonic() > deadline
+            now = time.monotonic()
+            asked = self._stop_signal is not None or now > deadline
             stop = distributed.any_rank(asked, self.dist)
+            if not self.annealing and anneal_at < deadline and distributed.any_rank(now >= anneal_at, self.dist):
+                self._start_annealing()
 
             finished = self.step >= until_step
             logging_now = self.step % cfg.log_every == 0 or finished
@@ -428,6 +429,17 @@ class Trainer:
                             "continue with --resume", self.step)
                 break
         return last_ckpt
+
+    def _start_annealing(self) -> None:
+        """The last `train.anneal_fraction` of the wall-clock budget: the LR drops to anneal_factor x the
+        schedule's from the next step on, for the rest of this invocation (a resumed run starts at the full
+        LR again and anneals at the end of its own budget)."""
+        self.annealing = True
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * lr_factor(self.scheduler.last_epoch, self.cfg, True)
+        if self.dist.is_main:
+            log.info("step %d: the last %.0f%% of the %.3g-minute budget, LR x %.3g (train.anneal_fraction)",
+                     self.step, 100 * self.cfg.anneal_fraction, self.cfg.max_minutes, self.cfg.anneal_factor)
 
     def _train_step(self, model: torch.nn.Module, batch: Any, window: StepWindow, clip: float) -> None:
         """Forward, backward, clipping, the update (skipped on the device when the loss or a gradient is

@@ -17,10 +17,11 @@ import soundfile as sf
 import torch
 
 from distill.audio import load_audio
-from distill.checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint
+from distill.checkpoint import atomic_save, load_checkpoint
 from distill.errors import CheckpointError, ConfigError
 from distill.folders import RunLock, check_output_folder
 from distill.trainer import Trainer
+from tests.models import save_model
 from tests.toy import ToyConfig, ToyTask
 
 TINY = ["model.layers=2", "model.cycle=2", "model.residual_channels=8", "model.gate_channels=8",
@@ -120,9 +121,7 @@ def test_negative_channels_in_model_args_are_one_line(tmp_path):
 
     model = WaveNetTeacher(layers=2, cycle=2, residual_channels=4, gate_channels=4, skip_channels=4)
     args = {**model.constructor_args, "residual_channels": -4}
-    atomic_save({"format": FORMAT, "version": VERSION, "task": "teacher", "step": 1, "model": model.state_dict(),
-                 "ema": None, "model_class": "teachers.wavenet:WaveNetTeacher", "model_args": args, "features": {}},
-                tmp_path / "t.pt")
+    save_model(tmp_path / "t.pt", model, "teacher", model_args=args)
     with pytest.raises(CheckpointError, match="constructor arguments do not fit") as err:
         load_teacher(tmp_path / "t.pt")
     assert "\n" not in str(err.value)

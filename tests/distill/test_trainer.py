@@ -185,6 +185,11 @@ def test_lr_schedules():
     assert lr_factor(100, cfg) == pytest.approx(0.1)
     step = TrainConfig(schedule="step", decay_every=50, decay_gamma=0.5)
     assert [lr_factor(s, step) for s in (0, 49, 50, 149)] == [1.0, 1.0, 0.5, 0.25]
+    # annealing: the last fifth of the steps at a quarter of the schedule's LR, on top of any schedule
+    anneal = TrainConfig(steps=100, warmup_steps=10, anneal_fraction=0.2, anneal_factor=0.25)
+    assert [lr_factor(s, anneal) for s in (0, 9, 79, 80, 99)] == [0.1, 1.0, 1.0, 0.25, 0.25]
+    assert lr_factor(50, anneal, annealing=True) == 0.25  # the trainer's clock says so
+    assert lr_factor(80, dataclasses.replace(cfg, anneal_fraction=0.2)) == pytest.approx(0.25 * lr_factor(80, cfg))
 
 
 def test_ema_moves_towards_the_weights():
@@ -286,6 +291,23 @@ def test_max_minutes_stops_with_a_checkpoint(synth_corpus, tmp_path):
     run = tmp_path / "run"
     Trainer(ToyTask(toy_config(synth_corpus, steps=50, checkpoint_every=100, max_minutes=1e-6)), run).fit()
     assert state(run)["step"] == 1
+
+
+def test_the_last_part_of_a_wall_clock_budget_is_annealed(synth_corpus, tmp_path, monkeypatch):
+    """train.anneal_fraction with train.max_minutes: the LR drops for the last fraction of the wall time."""
+    import distill.trainer
+
+    clock = iter(range(0, 10_000))  # one second per reading of the trainer's clock
+    monkeypatch.setattr(distill.trainer.time, "monotonic", lambda: float(next(clock)))
+    cfg = toy_config(synth_corpus, steps=1000, log_every=1, checkpoint_every=1000, valid_every=1000, lr=1e-3,
+                     max_minutes=0.5, anneal_fraction=0.25, anneal_factor=0.1)  # 30 s: anneal from 22.5 s
+    run = tmp_path / "run"
+    Trainer(ToyTask(cfg), run).fit()
+    lrs = [r["train/lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert 25 <= len(lrs) <= 31  # stopped by the clock
+    high = sum(lr == pytest.approx(1e-3) for lr in lrs)
+    assert lrs[:high] == [pytest.approx(1e-3)] * high and lrs[high:] == [pytest.approx(1e-4)] * (len(lrs) - high)
+    assert 20 <= high <= 24 and len(lrs) - high >= 5  # the last quarter, give or take the step in flight
 
 
 def test_fp16_style_scaler_survives_skipped_steps(synth_corpus, tmp_path):

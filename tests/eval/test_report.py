@@ -22,7 +22,7 @@ import torch
 from eval.metrics import LIBRARY_METRICS
 from eval.report import metric_rows, summary_rows
 from eval.timing import real_time_factor
-from tests.students.test_distill import SMALL, save_teacher
+from tests.models import SMALL, save_teacher
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -10,36 +10,17 @@ import sys
 import pytest
 import torch
 
-from distill.checkpoint import FORMAT, VERSION, atomic_save, class_path, load_checkpoint
-from distill.config import load_config, to_dict
+from distill.checkpoint import load_checkpoint
+from distill.config import load_config
 from distill.errors import ConfigError
 from distill.trainer import Trainer
 from students.task import DistillTask, StudentConfig
 from teachers.pretrained import demo_teacher_path, file_sha256
-
-SMALL = ["model.flows=[3, 3]", "model.residual_channels=16", "model.gate_channels=16", "model.skip_channels=16",
-         "data.segment_length=2048", "train.batch_size=2", "train.log_every=5", "train.valid_every=1000",
-         "train.checkpoint_every=1000", "train.lr=3e-3", "valid.max_utterances=1", "valid.max_seconds=0.25"]
+from tests.models import SMALL, save_teacher
 
 
 def config(*extra: str, preset: str = "configs/student/clarinet_tiny.yaml") -> StudentConfig:
     return load_config(StudentConfig, preset, SMALL + list(extra))
-
-
-def save_teacher(path, distribution: str, args: dict | None = None, overrides: tuple = ()) -> str:
-    from teachers.task import TeacherConfig, build_teacher
-
-    # pre-emphasis 0.85 like the shipped teacher, so that the student presets' features match
-    cfg = load_config(TeacherConfig, "configs/teacher/gaussian_tiny.yaml",
-                      ["model.layers=3", "model.cycle=3", "model.residual_channels=8", "model.gate_channels=8",
-                       "model.skip_channels=8", f"model.distribution={distribution}", "features.preemphasis=0.85",
-                       *overrides])
-    cfg.model.distribution_args = args or {}
-    teacher = build_teacher(cfg)
-    atomic_save({"format": FORMAT, "version": VERSION, "task": "teacher", "step": 1, "model": teacher.state_dict(),
-                 "ema": None, "model_class": class_path(teacher), "model_args": teacher.constructor_args,
-                 "features": to_dict(cfg.features), "config": to_dict(cfg)}, path)
-    return str(path)
 
 
 def test_a_step_changes_the_student_and_leaves_the_teacher_bit_identical(tmp_path):

@@ -16,10 +16,9 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from distill.checkpoint import FORMAT, VERSION, atomic_save  # noqa: E402
 from students.export import OnnxStudent, noise  # noqa: E402
 from students.iaf import synthesize  # noqa: E402
-from tests.students.test_iaf import tiny_student  # noqa: E402
+from tests.models import save_model, tiny_student  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=[0.0, 0.85], ids=["plain", "preemphasis"])
@@ -27,9 +26,7 @@ def exported(tmp_path_factory, request) -> tuple:
     """A student of a plain teacher, and of a pre-emphasised one (its graph ends before the de-emphasis)."""
     folder = tmp_path_factory.mktemp("onnx")
     student = tiny_student(preemphasis=request.param).float()
-    atomic_save({"format": FORMAT, "version": VERSION, "task": "student", "step": 7, "model": student.state_dict(),
-                 "ema": None, "model_class": "students.iaf:IAFStudent", "model_args": student.constructor_args,
-                 "features": {}}, folder / "s.pt")
+    save_model(folder / "s.pt", student, "student", step=7)
     result = subprocess.run([sys.executable, "-m", "distill.cli", "export", "--student", str(folder / "s.pt"),
                              "--out", str(folder / "s.onnx")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

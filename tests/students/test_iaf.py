@@ -7,29 +7,10 @@ import math
 import pytest
 import torch
 
-from students.iaf import IAFStudent, synthesize
-
-LP = {"order": 3, "n_fft": 64, "win_length": 64}  # a predictor for the tiny students' 5 mels and hop 4
-
-
-def tiny_student(distribution="gaussian", flows=(3, 2), kernel_size=2, randomise=True, preemphasis=0.0,
-                 linear_prediction=None):
-    torch.manual_seed(0)
-    student = IAFStudent(distribution, list(flows), cycle=3, kernel_size=kernel_size, residual_channels=8,
-                         gate_channels=8, skip_channels=8, n_mels=5, hop_length=4, mel_context=2,
-                         upsample_scales=[2, 2], preemphasis=preemphasis,
-                         linear_prediction=linear_prediction).double()
-    if randomise:  # the zero-initialised heads would hide most of the dependence structure
-        with torch.no_grad():
-            for flow in student.flows:
-                flow.head[-1].weight.normal_(0, 0.3)
-    return student
-
-
-def inputs(frames=6, batch=1, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, frames * 4, generator=g, dtype=torch.float64),
-            torch.randn(batch, 5, frames + 4, generator=g, dtype=torch.float64))
+from students.iaf import synthesize
+from tests.models import STUDENT_LP as LP
+from tests.models import student_inputs as inputs
+from tests.models import tiny_student
 
 
 def output_of(student, mel, name):
@@ -115,16 +96,14 @@ def test_the_stacked_conditioning_projection_equals_one_projection_per_layer():
 
 
 def test_a_distilled_student_loads_by_run_folder_and_refuses_a_teacher_checkpoint(tmp_path):
-    from distill.checkpoint import FORMAT, VERSION, atomic_save
     from distill.errors import CheckpointError
     from students.pretrained import load_student
     from teachers.pretrained import demo_teacher_path
+    from tests.models import save_model
 
     student = tiny_student().float()
-    payload = {"format": FORMAT, "version": VERSION, "task": "student", "step": 3, "model": student.state_dict(),
-               "ema": None, "model_class": "students.iaf:IAFStudent", "model_args": student.constructor_args,
-               "features": {"sample_rate": 16000}}
-    atomic_save(payload, tmp_path / "run" / "checkpoints" / "latest.pt")
+    save_model(tmp_path / "run" / "checkpoints" / "latest.pt", student, "student", step=3,
+               features={"sample_rate": 16000})
     loaded, saved = load_student(tmp_path / "run")
     assert saved["step"] == 3 and not loaded.training
     z, mel = (t.float() for t in inputs())

@@ -16,7 +16,6 @@ import torch
 import torchaudio
 
 from distill.audio import LogMel, save_wav
-from distill.checkpoint import FORMAT, VERSION, atomic_save
 from distill.config import FeatureConfig, to_dict
 from distill.errors import ConfigError, MelError
 from distill.melfiles import read_mel
@@ -24,6 +23,7 @@ from students.iaf import IAFStudent
 from students.vocoder import Vocoder
 from teachers.wavenet import WaveNetTeacher
 from tests.conftest import harmonic
+from tests.models import save_model
 
 FEATURES = FeatureConfig()  # 16 kHz, hop 256, 80 mels
 HOP, N_MELS = FEATURES.hop_length, FEATURES.n_mels
@@ -31,10 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _save(model, task: str, path: Path, config: dict | None = None) -> Path:
-    atomic_save({"format": FORMAT, "version": VERSION, "task": task, "step": 3, "model": model.state_dict(),
-                 "ema": None, "model_class": f"{type(model).__module__}:{type(model).__name__}",
-                 "model_args": model.constructor_args, "features": to_dict(FEATURES), "config": config or {}}, path)
-    return path
+    return save_model(path, model, task, step=3, features=to_dict(FEATURES), config=config)
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +233,5 @@ def test_the_model_owns_its_context_frames_and_their_silence_value(tmp_path):
     assert torch.equal(teacher.pad_mels(a), padded[:1])
     # a checkpoint written before models recorded the value takes it from its feature settings
     args = {k: v for k, v in teacher.constructor_args.items() if k != "mel_silence"}
-    atomic_save({"format": FORMAT, "version": VERSION, "task": "teacher", "step": 1, "model": teacher.state_dict(),
-                 "ema": None, "model_class": "teachers.wavenet:WaveNetTeacher", "model_args": args,
-                 "features": to_dict(cfg.features), "config": {}}, tmp_path / "old.pt")
+    save_model(tmp_path / "old.pt", teacher, "teacher", features=to_dict(cfg.features), model_args=args)
     assert load_teacher(tmp_path / "old.pt")[0].upsampler.silence == silence

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from teachers.sampling import generate, incremental_forward
-from tests.teachers.test_wavenet import inputs, small_teacher
+from tests.models import small_teacher
+from tests.models import teacher_inputs as inputs
 
 pytestmark = pytest.mark.cuda
 

@@ -7,7 +7,8 @@ import torch
 
 from teachers.fastloop import available, fast_generate
 from teachers.sampling import generate
-from tests.teachers.test_wavenet import HEADS, inputs, small_teacher
+from tests.models import HEADS, small_teacher
+from tests.models import teacher_inputs as inputs
 
 pytestmark = pytest.mark.skipif(not available(), reason="no C compiler for the fast loop")
 

@@ -10,7 +10,8 @@ import torch
 
 from teachers.graphsampler import BlockSampler, _samplers
 from teachers.sampling import generate
-from tests.teachers.test_wavenet import HEADS, inputs, small_teacher
+from tests.models import HEADS, small_teacher
+from tests.models import teacher_inputs as inputs
 
 
 @pytest.mark.parametrize("distribution, args", HEADS, ids=[h[0] for h in HEADS])

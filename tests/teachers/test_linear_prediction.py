@@ -11,7 +11,7 @@ from distill.errors import ConfigError
 from distill.lpc import lp_predict
 from teachers.fastloop import available, fast_generate
 from teachers.sampling import generate, incremental_forward
-from tests.teachers.test_wavenet import small_teacher
+from tests.models import small_teacher
 
 LP = {"order": 4, "sample_rate": 16000, "n_fft": 16, "win_length": 16, "f_min": 0.0, "f_max": 8000.0}
 LP_HEADS = [("gaussian", {}), ("mol", {"num_components": 3, "num_bins": 65536})]

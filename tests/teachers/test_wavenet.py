@@ -13,23 +13,8 @@ from distill.corpus import resolve_corpus
 from distill.errors import ConfigError
 from teachers.sampling import generate, incremental_forward
 from teachers.wavenet import WaveNetTeacher
-
-HEADS = [("gaussian", {}), ("mol", {"num_components": 3, "num_bins": 256}), ("mulaw", {})]
-
-
-def small_teacher(distribution="gaussian", args=None, kernel_size=2, layers=6, cycle=3, dtype=torch.float64, **kw):
-    torch.manual_seed(0)
-    model = WaveNetTeacher(distribution, args or {}, layers=layers, cycle=cycle, kernel_size=kernel_size,
-                           residual_channels=8, gate_channels=8, skip_channels=8, n_mels=5, hop_length=4,
-                           upsample_scales=[2, 2], mel_context=2, **kw)
-    return model.to(dtype).eval()
-
-
-def inputs(model, frames=20, batch=2, dtype=torch.float64, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    mel = torch.randn(batch, 5, frames + 4, generator=g, dtype=dtype)
-    x = 0.3 * torch.randn(batch, frames * 4, generator=g, dtype=dtype)
-    return x, mel
+from tests.models import HEADS, small_teacher
+from tests.models import teacher_inputs as inputs
 
 
 @pytest.mark.parametrize("kernel_size, layers, cycle", [(2, 6, 3), (3, 5, 4)])

@@ -1,0 +1,89 @@
+"""Small models and checkpoints shared by the tests: one builder per model kind, one way to save one.
+
+Every builder seeds torch first, so a test that builds the same model twice gets the same weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from distill.checkpoint import atomic_save, checkpoint_payload, class_path
+from distill.config import load_config, to_dict
+
+# the teachers' output heads, at sizes a test can afford
+HEADS = [("gaussian", {}), ("mol", {"num_components": 3, "num_bins": 256}), ("mulaw", {})]
+# a linear predictor for the tiny students' 5 mels and hop 4
+STUDENT_LP = {"order": 3, "n_fft": 64, "win_length": 64}
+# overrides that shrink a student preset to a few seconds of training
+SMALL = ["model.flows=[3, 3]", "model.residual_channels=16", "model.gate_channels=16", "model.skip_channels=16",
+         "data.segment_length=2048", "train.batch_size=2", "train.log_every=5", "train.valid_every=1000",
+         "train.checkpoint_every=1000", "train.lr=3e-3", "valid.max_utterances=1", "valid.max_seconds=0.25"]
+
+
+def small_teacher(distribution="gaussian", args=None, kernel_size=2, layers=6, cycle=3, dtype=torch.float64, **kw):
+    """A WaveNet teacher with 8 channels, 5 mels and hop 4, in eval mode."""
+    from teachers.wavenet import WaveNetTeacher
+
+    torch.manual_seed(0)
+    model = WaveNetTeacher(distribution, args or {}, layers=layers, cycle=cycle, kernel_size=kernel_size,
+                           residual_channels=8, gate_channels=8, skip_channels=8, n_mels=5, hop_length=4,
+                           upsample_scales=[2, 2], mel_context=2, **kw)
+    return model.to(dtype).eval()
+
+
+def teacher_inputs(model, frames=20, batch=2, dtype=torch.float64, seed=1):
+    """(audio (B, frames * 4), mel (B, 5, frames + 4)) for `small_teacher`."""
+    g = torch.Generator().manual_seed(seed)
+    mel = torch.randn(batch, 5, frames + 4, generator=g, dtype=dtype)
+    x = 0.3 * torch.randn(batch, frames * 4, generator=g, dtype=dtype)
+    return x, mel
+
+
+def tiny_student(distribution="gaussian", flows=(3, 2), kernel_size=2, randomise=True, preemphasis=0.0,
+                 linear_prediction=None):
+    """An IAF student with 8 channels, 5 mels and hop 4, in float64."""
+    from students.iaf import IAFStudent
+
+    torch.manual_seed(0)
+    student = IAFStudent(distribution, list(flows), cycle=3, kernel_size=kernel_size, residual_channels=8,
+                         gate_channels=8, skip_channels=8, n_mels=5, hop_length=4, mel_context=2,
+                         upsample_scales=[2, 2], preemphasis=preemphasis,
+                         linear_prediction=linear_prediction).double()
+    if randomise:  # the zero-initialised heads would hide most of the dependence structure
+        with torch.no_grad():
+            for flow in student.flows:
+                flow.head[-1].weight.normal_(0, 0.3)
+    return student
+
+
+def student_inputs(frames=6, batch=1, seed=1):
+    """(noise z (B, frames * 4), mel (B, 5, frames + 4)) for `tiny_student`."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, frames * 4, generator=g, dtype=torch.float64),
+            torch.randn(batch, 5, frames + 4, generator=g, dtype=torch.float64))
+
+
+def save_model(path, model: torch.nn.Module, task: str, *, step: int = 1, features: dict | None = None,
+               config: dict | None = None, model_args: dict | None = None) -> Path:
+    """Write `model` as a `task` checkpoint the way the trainer does (`checkpoint_payload`); model_args
+    replaces the recorded constructor arguments (an old or a broken checkpoint)."""
+    args = model.constructor_args if model_args is None else model_args
+    payload = checkpoint_payload(task, step, model.state_dict(), class_path(model), args, features or {},
+                                 config or {}, extra={})
+    atomic_save(payload, path)
+    return Path(path)
+
+
+def save_teacher(path, distribution: str, args: dict | None = None, overrides: tuple = ()) -> str:
+    """A 3-layer teacher of the `gaussian_tiny` preset with the shipped teacher's pre-emphasis (0.85), so
+    that the student presets' features match it."""
+    from teachers.task import TeacherConfig, build_teacher
+
+    cfg = load_config(TeacherConfig, "configs/teacher/gaussian_tiny.yaml",
+                      ["model.layers=3", "model.cycle=3", "model.residual_channels=8", "model.gate_channels=8",
+                       "model.skip_channels=8", f"model.distribution={distribution}", "features.preemphasis=0.85",
+                       *overrides])
+    cfg.model.distribution_args = args or {}
+    return str(save_model(path, build_teacher(cfg), "teacher", features=to_dict(cfg.features), config=to_dict(cfg)))
