@@ -10,7 +10,9 @@ Frame/sample alignment — the rule teacher conditioning relies on:
     (unpadded) equals `mel[:, a:b]` of the whole utterance.
 
 `torchaudio.load`/`save` are not used: they need torchcodec and FFmpeg. soundfile reads WAV, FLAC,
-OGG/Vorbis, MP3 (libsndfile >= 1.1) and the other libsndfile formats.
+OGG/Vorbis, MP3 (libsndfile >= 1.1) and the other libsndfile formats. Where soundfile is not installed
+(the GPU machines this project is lent have torch but not soundfile), 16-bit PCM WAV is still read and
+written (the standard library's `wave`), and any other format is one line saying what to install.
 """
 
 from __future__ import annotations
@@ -18,17 +20,46 @@ from __future__ import annotations
 import logging
 import math
 import re
+import wave
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
-import soundfile as sf
 import torch
 import torchaudio
 
 from distill.config import FeatureConfig
-from distill.errors import AudioError
+from distill.errors import AudioError, WavedistillError
 
 log = logging.getLogger("wavedistill")
+
+NO_SOUNDFILE = "needs the soundfile package (pip install soundfile); without it only 16-bit PCM WAV is read"
+
+
+def soundfile_module() -> ModuleType | None:
+    """soundfile, or None where it (or its libsndfile) is not installed."""
+    try:
+        import soundfile
+    except (ImportError, OSError):
+        return None
+    return soundfile
+
+
+def require_soundfile(what: str) -> ModuleType:
+    """soundfile for `what`, or one line saying how to install it."""
+    sf = soundfile_module()
+    if sf is None:
+        raise WavedistillError(f"{what} needs the soundfile package: pip install soundfile")
+    return sf
+
+
+def _read_pcm16_wav(path: Path) -> tuple[np.ndarray, int]:
+    """A 16-bit PCM WAV without soundfile: (T, channels) float32 in [-1, 1), sample rate."""
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2:
+            raise ValueError(f"{8 * w.getsampwidth()}-bit WAV: {NO_SOUNDFILE}")
+        channels, rate, frames = w.getnchannels(), w.getframerate(), w.readframes(w.getnframes())
+    return np.frombuffer(frames, dtype="<i2").reshape(-1, channels).astype(np.float32) / 32768.0, rate
 
 
 def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
@@ -46,9 +77,17 @@ def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
         raise AudioError(path, "is a folder, not an audio file")
     if path.stat().st_size == 0:
         raise AudioError(path, "empty file (0 bytes)")
+    sf = soundfile_module()
+    if sf is None and path.suffix.lower() != ".wav":
+        raise AudioError(path, f"reading {path.suffix or 'this format'} {NO_SOUNDFILE}")
+    errors: tuple[type[BaseException], ...] = (RuntimeError, ValueError, OSError, EOFError, wave.Error)
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as err:
+        if sf is None:
+            data, rate = _read_pcm16_wav(path)
+        else:
+            errors += (sf.LibsndfileError,)
+            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except errors as err:
         text = str(err).split("\n")[0].strip() or type(err).__name__
         text = re.sub(r"^Error opening .*?: ", "", text)  # libsndfile repeats the path
         raise AudioError(path, f"not readable as audio ({text})") from None
@@ -91,7 +130,16 @@ def save_wav(path: str | Path, x: torch.Tensor | np.ndarray, sample_rate: int) -
     x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0).clip(-1.0, 1.0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), x, sample_rate, subtype="PCM_16", format="WAV")
+    sf = soundfile_module()
+    if sf is not None:
+        sf.write(str(path), x, sample_rate, subtype="PCM_16", format="WAV")
+        return
+    pcm = np.round(x * 32767.0).astype("<i2")  # soundfile's PCM_16 scaling
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate))
+        w.writeframes(pcm.tobytes())
 
 
 def num_frames(num_samples: int, hop_length: int) -> int:

@@ -21,8 +21,9 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-import soundfile as sf
+import numpy as np
 
+from distill.audio import soundfile_module
 from distill.errors import CorpusError
 
 log = logging.getLogger("wavedistill")
@@ -50,7 +51,10 @@ def demo_corpus_dir() -> Path:
 
 
 def audio_extensions() -> set[str]:
-    """File extensions soundfile can read here (lower case, with the dot)."""
+    """File extensions soundfile can read here (lower case, with the dot); only .wav without soundfile."""
+    sf = soundfile_module()
+    if sf is None:
+        return {".wav"}
     exts = {"." + name.lower() for name in sf.available_formats()}
     exts |= {".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif"}  # .opus: Ogg Opus, libsndfile >= 1.0.29
     return exts
@@ -197,3 +201,36 @@ def resolve_corpus(
             f"add {split}.txt lists or change data.valid_fraction / data.test_fraction"
         )
     return chosen
+
+
+def harmonic_signal(seconds: float, f0: float, seed: int, sample_rate: int = 16000) -> np.ndarray:
+    """A speech-like synthetic signal: five harmonics of a gliding f0 under a slow amplitude envelope,
+    with a little noise; float32 in about [-0.6, 0.6]. For smoke tests and device checks, not for quality."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    f = f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))
+    phase = 2 * np.pi * np.cumsum(f) / sample_rate
+    x = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 1.3 * t + rng.uniform(0, 6))
+    return (0.25 * x * envelope + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def write_synthetic_corpus(folder: str | Path, count: int, seconds: float, sample_rate: int = 16000,
+                           splits: tuple[int, int] | None = None) -> Path:
+    """`count` harmonic signals (f0 110 Hz + 20 Hz per file) as 16-bit WAV `utt00.wav` ... in `folder`
+    (soundfile not needed); splits (valid, test): also write train/valid/test lists, the last files
+    going to valid and test."""
+    from distill.audio import save_wav
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = [f"utt{i:02d}" for i in range(count)]
+    for i, uid in enumerate(ids):
+        save_wav(folder / f"{uid}.wav", harmonic_signal(seconds, 110 + 20 * i, seed=i, sample_rate=sample_rate),
+                 sample_rate)
+    if splits is not None:
+        valid, test = splits
+        train = count - valid - test
+        for name, part in (("train", ids[:train]), ("valid", ids[train:train + valid]), ("test", ids[train + valid:])):
+            (folder / f"{name}.txt").write_text("".join(f"{uid}\n" for uid in part))
+    return folder

@@ -215,7 +215,7 @@ class DiscretizedMixLogistic(OutputDistribution):
         """The sample that uniforms u (B, K + 1, T) in (0, 1) select: the component by Gumbel-max of
         the first K, the value by the logistic's inverse CDF at the last, then snapped to a bin. At
         temperature 0: the most likely component's location (no draw at all).
-        (`teachers/fastloop.c` implements the same function.)"""
+        (`teachers/sampling/fastloop.c` implements the same function.)"""
         logit_pi, mu, log_s = self.unpack(params)
         k = self.num_components
         if temperature == 0:
@@ -275,7 +275,7 @@ class MuLawCategorical(OutputDistribution):
 
     def draw(self, params, u, temperature=1.0):
         """The class that uniforms u (B, C, T) in (0, 1) select by Gumbel-max of logits / temperature
-        (the most likely class at temperature 0), as its amplitude. (`teachers/fastloop.c` too.)"""
+        (the most likely class at temperature 0), as its amplitude. (`teachers/sampling/fastloop.c` too.)"""
         if temperature == 0:
             return self.decode(params.argmax(dim=1)).to(params.dtype)
         gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-10)))

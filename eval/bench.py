@@ -27,9 +27,9 @@ from distill.hardware import peak_tflops
 from eval.timing import device_name, timed
 from students.iaf import synthesize
 from students.task import StudentConfig, build_student
-from teachers.fastloop import available as fastloop_available
 from teachers.pretrained import demo_teacher_path, load_teacher
 from teachers.sampling import generate
+from teachers.sampling.fastloop import available as fastloop_available
 from teachers.task import TeacherConfig, build_teacher
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -38,7 +38,9 @@ STUDENTS = {"student clarinet_tiny": CONFIGS / "student" / "clarinet_tiny.yaml",
             "student clarinet (paper size)": CONFIGS / "student" / "clarinet.yaml"}
 
 
-def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.float32) -> list[dict]:
+def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.float32,
+                  sampling: bool = True) -> list[dict]:
+    """The tiny teacher's training step and (sampling: True) its samplers."""
     cfg = load_config(TeacherConfig, PRESET)
     torch.manual_seed(0)
     model = build_teacher(cfg).to(device)
@@ -68,6 +70,8 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
     rows.append({**base, "what": "teacher training", "batch": batch, "length": segment,
                  "dtype": str(dtype).split(".")[-1], "samples_per_s": batch * segment / t["median_s"],
                  "flops_per_sample": 6 * macs, **t})
+    if not sampling:
+        return rows
 
     # sampling: incremental vs naive, float32 (AR sampling in bf16 drifts)
     model.eval()
@@ -128,7 +132,7 @@ def bench_trainer(device: torch.device, quick: bool) -> list[dict]:
 def sampler_rows(model, base: dict, device: torch.device, quick: bool, batch: int, rows: list[dict],
                  label: str = "") -> dict[str, float]:
     """Samples/s of the incremental sampler and of this device's faster one (the same recursion as
-    CUDA graph replays, teachers/graphsampler.py, or as one compiled C loop, teachers/fastloop.c), with
+    CUDA graph replays, teachers/sampling/graph.py, or as one compiled C loop, teachers/sampling/fastloop.c), with
     their ratio, appended to `rows`; returns the rates by method."""
     faster = {"cuda": [("graph", "graph (CUDA graphs)")],
               "cpu": [("fast", "fast (C loop)")] if fastloop_available() else []}
@@ -304,7 +308,7 @@ def run_bench(quick: bool = False, devices: list[str] | None = None, cpu_peak_tf
         if device.type == "cpu":
             rows += bench_allocator(quick)
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            rows += [r for r in bench_teacher(device, quick, torch.bfloat16) if r["what"] == "teacher training"]
+            rows += bench_teacher(device, quick, torch.bfloat16, sampling=False)
     add_utilisation(rows, cpu_peak_tflops)
     return {
         "quick": quick,

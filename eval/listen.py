@@ -37,8 +37,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
+from distill.audio import require_soundfile
 from distill.errors import ConfigError
 
 FORMAT = "wavedistill-listen/1"
@@ -73,6 +73,7 @@ def low_anchor(x: np.ndarray, sample_rate: int, cutoff: float = ANCHOR_HZ) -> np
 
 def _wav_bytes(x: np.ndarray, sample_rate: int) -> bytes:
     buffer = io.BytesIO()
+    sf = require_soundfile("the listening page")
     sf.write(buffer, np.clip(x, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
     return buffer.getvalue()
 
@@ -113,7 +114,7 @@ def build_spec(report_dir: Path, tests: tuple[str, ...] = TESTS, ab: str = "", m
             file = report_dir / wavs[utt].get(name, "")
             if not file.is_file():
                 raise ConfigError(f"{file}: missing (listed in {path}); run the evaluation again")
-            x, rate = sf.read(file, dtype="float32")
+            x, rate = require_soundfile("the listening page").read(file, dtype="float32")
             audio[utt][name] = _wav_bytes(x, rate)
             if name == REFERENCE and "mushra" in tests:
                 audio[utt][ANCHOR] = _wav_bytes(low_anchor(x, rate), rate)

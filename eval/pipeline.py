@@ -28,6 +28,7 @@ from eval.timing import device_name
 from students.iaf import IAFStudent
 from students.pretrained import load_student
 from teachers.pretrained import demo_teacher_path, file_sha256, load_teacher
+from teachers.sampling import reference_method
 
 log = logging.getLogger("wavedistill")
 
@@ -45,7 +46,7 @@ def run(request: EvalRequest) -> dict:
     device = pick_device(request.device)
     sampler = request.teacher_sampler
     if sampler == "auto":  # the reference sampler for evaluation: CUDA graphs on a GPU, incremental on a CPU
-        sampler = "graph" if device.type == "cuda" else "incremental"
+        sampler = reference_method(device)
     if sampler == "fast" and device.type != "cpu":
         raise ConfigError(f"--teacher-sampler fast is the CPU loop; with --device {device} use --teacher-sampler graph")
     teacher_path = Path(request.teacher) if request.teacher else demo_teacher_path()

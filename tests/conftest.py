@@ -7,27 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
+
+from distill.corpus import harmonic_signal, write_synthetic_corpus
 
 SR = 16000
 
 
 def harmonic(seconds: float, f0: float, seed: int, sr: int = SR) -> np.ndarray:
-    """A speech-like test signal: a few harmonics of a gliding f0 with a slow amplitude envelope."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    f = f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))
-    phase = 2 * np.pi * np.cumsum(f) / sr
-    x = sum(np.sin(k * phase) / k for k in range(1, 6))
-    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 1.3 * t + rng.uniform(0, 6))
-    return (0.25 * x * envelope + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
+    """A speech-like test signal (`distill.corpus.harmonic_signal`)."""
+    return harmonic_signal(seconds, f0, seed, sr)
 
 
 def write_corpus(folder: Path, count: int = 6, seconds: float = 1.0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        sf.write(str(folder / f"utt{i:02d}.wav"), harmonic(seconds, 110 + 20 * i, seed=i), SR, subtype="PCM_16")
-    return folder
+    return write_synthetic_corpus(folder, count, seconds, SR)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from distill.checkpoint import load_checkpoint
 from distill.cli import main
 from distill.commands import training_config
 from distill.config import save_config
-from teachers.fastloop import available as fastloop_available
+from teachers.sampling.fastloop import available as fastloop_available
 from tests.toy import ToyConfig
 
 

@@ -11,7 +11,7 @@ import torch
 
 from eval.bench import cpu_has_bf16
 from eval.timing import timed
-from teachers.fastloop import available as fastloop_available
+from teachers.sampling.fastloop import available as fastloop_available
 
 
 def test_timing_excludes_warm_up():

@@ -141,7 +141,7 @@ def test_chromium_renders_the_report_with_its_spectrograms(report_dir, tmp_path)
 
 
 def test_the_fast_teacher_sampler_and_a_compiled_student(report_dir, tmp_path):
-    from teachers.fastloop import available
+    from teachers.sampling.fastloop import available
 
     if not available():
         pytest.skip("no C compiler for the fast loop")

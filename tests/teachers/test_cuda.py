@@ -36,7 +36,7 @@ def test_sampling_and_bf16_training_step_run_on_cuda():
 
 
 def test_graph_sampler_captures_and_replays_the_incremental_recursion():
-    from teachers.graphsampler import BlockSampler
+    from teachers.sampling.graph import BlockSampler
 
     model = small_teacher(dtype=torch.float64)
     _, mel = inputs(model, frames=37)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from teachers.fastloop import available, fast_generate
 from teachers.sampling import generate
+from teachers.sampling.fastloop import available, fast_generate
 from tests.models import HEADS, small_teacher
 from tests.models import teacher_inputs as inputs
 
@@ -84,8 +84,8 @@ def test_noise_of_the_wrong_shape_is_refused():
 
 
 def test_the_fastest_method_per_device():
-    from teachers.fastloop import unsupported
     from teachers.sampling import fastest_method
+    from teachers.sampling.fastloop import unsupported
 
     model = small_teacher("mol", {"num_components": 2, "num_bins": 256}, dtype=torch.float32)
     assert unsupported(model) is None

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from teachers.graphsampler import BlockSampler, _samplers
 from teachers.sampling import generate
+from teachers.sampling.graph import BlockSampler, _samplers
 from tests.models import HEADS, small_teacher
 from tests.models import teacher_inputs as inputs
 

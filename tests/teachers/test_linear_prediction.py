@@ -9,8 +9,8 @@ import torch
 from distill.audio import deemphasis
 from distill.errors import ConfigError
 from distill.lpc import lp_predict
-from teachers.fastloop import available, fast_generate
 from teachers.sampling import generate, incremental_forward
+from teachers.sampling.fastloop import available, fast_generate
 from tests.models import small_teacher
 
 LP = {"order": 4, "sample_rate": 16000, "n_fft": 16, "win_length": 16, "f_min": 0.0, "f_max": 8000.0}

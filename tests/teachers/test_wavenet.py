@@ -12,6 +12,7 @@ from distill.config import FeatureConfig
 from distill.corpus import resolve_corpus
 from distill.errors import ConfigError
 from teachers.sampling import generate, incremental_forward
+from teachers.sampling.stepper import StackStepper
 from teachers.wavenet import WaveNetTeacher
 from tests.models import HEADS, small_teacher
 from tests.models import teacher_inputs as inputs
@@ -161,7 +162,7 @@ def test_incremental_crosses_conditioning_chunks():
     model = small_teacher(kernel_size=3)
     x, mel = inputs(model, frames=30)
     cond = model.conditioning(mel)
-    stepper = model.stack.stepper(cond, chunk=7)  # 120 steps: 17 chunk boundaries
+    stepper = StackStepper(model.stack, cond, chunk=7)  # 120 steps: 17 chunk boundaries
     prev = torch.zeros(2, 1, dtype=torch.float64)
     outs = []
     for t in range(x.shape[1]):
@@ -201,3 +202,18 @@ def test_a_mol_teachers_log_density_is_its_bin_probability_over_the_bin_width():
     assert torch.allclose(gap, torch.full_like(gap, -math.log(2 / 256)))
     gaussian = small_teacher("gaussian")
     assert torch.equal(gaussian.log_density(x, mel), gaussian.log_prob(x, mel))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "magic"}, "method must be one of 'incremental', 'graph', 'fast', 'naive'"),
+    ({"mode": "greedy"}, "mode must be 'sample' or 'mean'"),
+    ({"temperature": -0.5}, "temperature must be >= 0"),
+    ({"prompt": torch.zeros(1, 10)}, r"prompt must be \(batch=2, P\) with P < 80 samples"),
+    ({"prompt": torch.zeros(2, 80)}, r"prompt must be \(batch=2, P\) with P < 80 samples"),
+])
+def test_generate_checks_method_mode_temperature_and_prompt_before_sampling(kwargs, message):
+    model = small_teacher().train()
+    _, mel = inputs(model)
+    with pytest.raises(ValueError, match=message):
+        generate(model, mel, **kwargs)
+    assert model.training  # its mode is given back when a check fails too

@@ -1,6 +1,6 @@
 """Fast CPU sampling of WaveNet teachers: the whole per-sample loop in C (`fastloop.c`).
 
-The PyTorch incremental sampler (`distill.nn.StackStepper`) spends its time dispatching ~150 small
+The PyTorch incremental sampler (`teachers.sampling.stepper.StackStepper`) spends its time dispatching ~150 small
 tensor ops per sample; this runs the same recursion in one compiled loop per chunk of 1,024 steps.
 The C file is compiled once with the system compiler (`cc -O3 -march=native`) into a per-user cache
 (`$XDG_CACHE_HOME/wavedistill`, or `~/.cache/wavedistill`) and loaded with ctypes. Where there is no
@@ -20,11 +20,14 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from distill.errors import ConfigError
+from teachers.sampling import check_request
+from teachers.sampling.stepper import StackStepper
 
 SOURCE = Path(__file__).with_name("fastloop.c")
 _lib = None
@@ -70,7 +73,20 @@ def _build() -> ctypes.CDLL | None:
         _error = f"building or loading {SOURCE.name} failed: {err}"
         return None
     lib.wavenet_steps.restype = ctypes.c_int
+    lib.wavenet_steps.argtypes = ARGTYPES
     return lib
+
+
+# `wavenet_steps`' parameters in fastloop.c's order: ctypes converts and checks every argument
+_i, _p, _f = ctypes.c_int, ctypes.c_void_p, ctypes.c_float
+ARGTYPES: list[type[ctypes._SimpleCData[Any]]] = [
+    _i, _i, _i, _i, _i, _i, _i, _i,  # n, batch, layers, residual, gate, skip, hidden, kernel
+    _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p,  # cond, w_in, b_in, w_tap, w_res, b_res, w_skip, b_skip, w/b h1, h2
+    _p, _i, _p, _p,  # rings, span_max, spans, backs
+    _p, _i, ctypes.c_long, _i,  # audio, total, pos, start
+    _p, _p, _p, _i, _f, _f, _p,  # noise, params, prev, mode, temperature, log_scale_min, work
+    _i, _i, _i, _i, _p, _p, _i, _i, _i,  # dist, num_params, noise_per_step, bins, table, lpc, order, loc, nloc
+]
 
 
 def _cpu_signature() -> str:
@@ -135,12 +151,11 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
     dist = teacher.dist
     per_step = getattr(dist, "uniforms_per_step", 1)
     table = dist.decode(torch.arange(dist.num_classes)).float().contiguous() if dist.name == "mulaw" else None
-    if mode not in ("sample", "mean"):
-        raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
     stack = teacher.stack
     cond = cond.detach().float().cpu()
     batch, _, length = cond.shape
-    stepper = stack.stepper(cond, chunk=chunk)  # its pre-arranged float32 weights
+    check_request("fast", mode, temperature, prompt, batch, length)
+    stepper = StackStepper(stack, cond, chunk=chunk)  # its pre-arranged float32 weights
     layers, kernel = len(stepper.w_tap), stack.layers[0].kernel_size
     residual, gate = stack.input.out_channels, stepper.gate[0]
     skip, hidden = stepper.w_skip.shape[1], stepper.h1[0].shape[1]

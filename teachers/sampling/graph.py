@@ -1,6 +1,6 @@
 """Teacher sampling from static buffers, replayed as a CUDA graph (`generate(method="graph")`).
 
-The recursion of `distill.nn.StackStepper` rewritten so that every tensor it reads or writes is
+The recursion of `teachers.sampling.stepper.StackStepper` rewritten so that every tensor it reads or writes is
 allocated once and every index is a Python constant, which is what a CUDA graph needs:
 
 - per layer a linear history buffer of `span + N` steps (span = (k-1) d) instead of a ring: step i of
@@ -26,7 +26,9 @@ import weakref
 
 import torch
 
-from distill.nn import SQRT_HALF, StackStepper
+from distill.nn import SQRT_HALF
+from teachers.sampling import draw
+from teachers.sampling.stepper import StackStepper
 from teachers.wavenet import WaveNetTeacher
 
 BLOCK = 64  # steps per block (per graph replay)
@@ -112,11 +114,7 @@ class BlockSampler:
             if self.order:
                 lp = self.lpc_buf[i]
                 params = self.dist.affine(params, (lp[:, 1:] * self.past).sum(1, keepdim=True), lp[:, :1])
-            if self.mode == "mean":
-                x = self.dist.mean(params)
-            else:
-                x = self.dist.sample(params, self.temperature)
-            x = torch.where(self.forced_mask[i], self.forced[i], x.clamp(-1, 1))
+            x = torch.where(self.forced_mask[i], self.forced[i], draw(self.dist, params, self.mode, self.temperature))
             self.out[i].copy_(x)
             self.prev.copy_(x)
             if self.order:

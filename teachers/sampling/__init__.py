@@ -1,0 +1,197 @@
+"""Autoregressive sampling from a WaveNet teacher: one `generate()` over four samplers.
+
+- `incremental` (Fast WaveNet): per-layer ring buffers, O(layers) work per sample, batch > 1
+  (`stepper.StackStepper`, whose folded weights every sampler but `naive` reads).
+- `graph`: the incremental recursion from preallocated buffers with constant indices, 64 steps
+  captured as one CUDA graph (replayed per block) on a GPU; eager on a CPU (`graph.py`).
+- `fast`: the incremental recursion as one compiled C loop (CPU; every head; `fastloop.py`).
+- `naive`: recompute the stack over the last receptive-field window for every sample; the
+  reference the incremental path is checked against (and what the benchmark compares with).
+
+All accept `temperature` (scales the spread of each draw) and `mode="mean"` (take each step's
+mean instead of a draw: no sampling hiss in silence, but duller speech). `generate` checks the
+method, mode, temperature and prompt once, then dispatches through `SAMPLERS`.
+
+Two "auto" policies, named here: `fastest_method` (validation samples, vocoding: the fastest sampler
+the device has) and `reference_method` (evaluation: the sampler whose speed a paper quotes as the
+teacher's, CUDA graphs on a GPU and the incremental PyTorch sampler on a CPU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from tqdm import tqdm
+
+from distill.errors import ConfigError
+from distill.nn import shift_right
+from teachers.sampling.stepper import StackStepper
+from teachers.wavenet import WaveNetTeacher
+
+MODES = ("sample", "mean")
+
+
+def draw(dist, params: torch.Tensor, mode: str, temperature: float) -> torch.Tensor:
+    """The one draw of the PyTorch samplers: params (B, P, 1) -> (B, 1), clamped to [-1, 1] in the model
+    domain (a pre-emphasised signal could reach 1 + a, which speech at sane levels does not come near).
+    The C loop implements the same function (`fastloop.c`'s `draw`)."""
+    x = dist.mean(params) if mode == "mean" else dist.sample(params, temperature)
+    return x.clamp(-1, 1)
+
+
+def lp_step(audio: torch.Tensor, lpc: torch.Tensor, t: int) -> torch.Tensor:
+    """The linear prediction of step t from the samples before it: sum_k c_k(t) audio[:, t-k].
+    audio: (B, T) (model domain), lpc: (B, 1 + p, T) `teacher.predictor(mel)` -> (B, 1)."""
+    lo = max(0, t - (lpc.shape[1] - 1))
+    past = audio[:, lo:t].flip(-1)  # y_(t-1), y_(t-2), ...
+    return (lpc[:, 1 : 1 + t - lo, t].to(audio.dtype) * past).sum(1, keepdim=True)
+
+
+def _step_params(teacher: WaveNetTeacher, params: torch.Tensor, audio: torch.Tensor, lpc, t: int) -> torch.Tensor:
+    """The network's parameters of step t (B, P, 1) mapped by the linear predictor (when the teacher has one)."""
+    if lpc is None:
+        return params
+    return teacher.dist.affine(params, lp_step(audio, lpc, t), lpc[:, :1, t].to(params.dtype))
+
+
+@torch.inference_mode()
+def incremental_forward(teacher: WaveNetTeacher, y: torch.Tensor, cond: torch.Tensor,
+                        lpc: torch.Tensor | None = None) -> torch.Tensor:
+    """Teacher-forced parameters computed step by step. y: (B, T), cond: (B, C, T), lpc: (B, 1 + p, T) or
+    None -> (B, P, T).
+
+    Must equal `teacher.forward_cond(y, cond, lpc)`; this is what the incremental path is tested with.
+    """
+    batch, _, length = cond.shape
+    stepper = StackStepper(teacher.stack, cond)
+    prev = torch.zeros(batch, 1, device=cond.device, dtype=cond.dtype)
+    out = []
+    for t in range(length):
+        out.append(_step_params(teacher, stepper.step(prev)[:, :, None], y, lpc, t)[:, :, 0])
+        prev = y[:, t : t + 1]
+    return torch.stack(out, dim=-1)
+
+
+# ---------------------------------------------------------------------------------------- the samplers
+# Each: (teacher, cond (B, C, T), lpc or None, audio (B, T) holding the prompt's `start` samples (model
+# domain), mode, temperature, progress) -> audio (B, T) in the model domain.
+
+def _incremental(teacher, cond, lpc, audio, start, mode, temperature, progress) -> torch.Tensor:
+    stepper = StackStepper(teacher.stack, cond)
+    prev = torch.zeros(audio.shape[0], 1, device=cond.device, dtype=cond.dtype)
+    for t in tqdm(range(audio.shape[1]), desc="incremental sampling", disable=not progress, leave=False):
+        params = stepper.step(prev)
+        if t < start:  # teacher-forced through the prompt
+            prev = audio[:, t : t + 1]
+            continue
+        prev = draw(teacher.dist, _step_params(teacher, params[:, :, None], audio, lpc, t), mode, temperature)
+        audio[:, t] = prev[:, 0]
+    return audio
+
+
+def _naive(teacher, cond, lpc, audio, start, mode, temperature, progress) -> torch.Tensor:
+    field = teacher.receptive_field()
+    for t in tqdm(range(start, audio.shape[1]), desc="naive sampling", disable=not progress, leave=False):
+        lo = max(0, t - field)
+        window = shift_right(audio[:, lo : t + 1])[:, None, :]
+        params = _step_params(teacher, teacher.stack(window, cond[:, :, lo : t + 1])[:, :, -1:], audio, lpc, t)
+        audio[:, t] = draw(teacher.dist, params, mode, temperature)[:, 0]
+    return audio
+
+
+def _fast(teacher, cond, lpc, audio, start, mode, temperature, progress) -> torch.Tensor:
+    from teachers.sampling.fastloop import fast_generate
+
+    if cond.device.type != "cpu":
+        raise ConfigError("method='fast' is the CPU loop; on a GPU use method='graph'")
+    prompt = audio[:, :start] if start else None
+    return fast_generate(teacher, cond, temperature, mode, prompt, lpc=lpc).to(cond.dtype)
+
+
+def _graph(teacher, cond, lpc, audio, start, mode, temperature, progress) -> torch.Tensor:
+    from teachers.sampling.graph import graph_generate
+
+    bar = tqdm(total=audio.shape[1], desc="graph sampling", disable=not progress, leave=False)
+    prompt = audio[:, :start] if start else None
+    out = graph_generate(teacher, cond, temperature, mode, prompt, bar, lpc=lpc)
+    bar.close()
+    return out
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "incremental": _incremental, "graph": _graph, "fast": _fast, "naive": _naive,
+}
+
+
+def fastest_method(teacher: WaveNetTeacher, device: torch.device) -> str:
+    """The fastest sampler for `teacher` on `device`: "graph" on CUDA, "fast" (the C loop) on a CPU
+    where it can be built and covers the teacher, "incremental" otherwise."""
+    from teachers.sampling.fastloop import unsupported
+
+    if device.type == "cuda":
+        return "graph"
+    return "fast" if device.type == "cpu" and unsupported(teacher) is None else "incremental"
+
+
+def reference_method(device: torch.device) -> str:
+    """The sampler an evaluation times the teacher with unless told otherwise: "graph" on CUDA,
+    "incremental" on a CPU (the C loop is timed beside it; `wavedistill eval --teacher-sampler`)."""
+    return "graph" if device.type == "cuda" else "incremental"
+
+
+def check_request(method: str, mode: str, temperature: float, prompt: torch.Tensor | None, batch: int,
+                  length: int) -> None:
+    """One ValueError for a sampler, mode, temperature or prompt that `generate` cannot honour."""
+    if method not in SAMPLERS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, SAMPLERS))}, got {method!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if prompt is not None and (prompt.dim() != 2 or prompt.shape[0] != batch or prompt.shape[1] >= length):
+        raise ValueError(f"prompt must be (batch={batch}, P) with P < {length} samples, got {tuple(prompt.shape)}")
+
+
+@torch.inference_mode()
+def generate(
+    teacher: WaveNetTeacher,
+    mel: torch.Tensor,
+    method: str = "incremental",
+    temperature: float = 1.0,
+    mode: str = "sample",
+    speaker: torch.Tensor | None = None,
+    progress: bool = False,
+    prompt: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """mel: (B, n_mels, F + 2c) -> audio (B, F * hop) drawn from the teacher.
+
+    method: "incremental" (Fast WaveNet in PyTorch; any head, CPU or CUDA), "graph" (the same recursion
+    from static buffers, 64 steps per CUDA graph replay, `teachers.sampling.graph`; any head; the one to
+    use on a GPU, eager on a CPU), "fast" (the same recursion as one compiled C loop,
+    `teachers.sampling.fastloop`; CPU, every head; several times faster on a CPU) or "naive"
+    (recomputes the receptive field for every sample; the reference).
+
+    prompt: (B, P) known audio that the output starts with; sampling continues after it (P < F * hop).
+
+    Every sampler works in the teacher's model domain (pre-emphasised audio when the teacher has
+    `preemphasis`; the prompt is converted) with its linear prediction, and the result is de-emphasised.
+    """
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        cond = teacher.conditioning(mel, speaker)
+        lpc = teacher.predictor(mel)
+        batch, _, length = cond.shape
+        check_request(method, mode, temperature, prompt, batch, length)
+        audio = torch.zeros(batch, length, device=cond.device, dtype=cond.dtype)
+        start = 0
+        if prompt is not None:
+            start = prompt.shape[-1]
+            audio[:, :start] = teacher.to_model_domain(prompt.to(cond.dtype))
+        audio = SAMPLERS[method](teacher, cond, lpc, audio, start, mode, temperature, progress)
+    finally:
+        teacher.train(was_training)
+    if teacher.preemphasis:
+        audio = teacher.to_audio(audio).clamp(-1, 1)
+    return audio
