@@ -134,7 +134,7 @@ def save_wav(path: str | Path, x: torch.Tensor | np.ndarray, sample_rate: int) -
     if sf is not None:
         sf.write(str(path), x, sample_rate, subtype="PCM_16", format="WAV")
         return
-    pcm = np.round(x * 32767.0).astype("<i2")  # soundfile's PCM_16 scaling
+    pcm = np.clip(np.floor(x * 32768.0), -32768, 32767).astype("<i2")  # libsndfile's PCM_16, bit for bit (tested)
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)

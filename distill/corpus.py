@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.audio import soundfile_module
+from distill.audio import save_wav, soundfile_module
 from distill.errors import CorpusError
 
 log = logging.getLogger("wavedistill")
@@ -220,8 +220,6 @@ def write_synthetic_corpus(folder: str | Path, count: int, seconds: float, sampl
     """`count` harmonic signals (f0 110 Hz + 20 Hz per file) as 16-bit WAV `utt00.wav` ... in `folder`
     (soundfile not needed); splits (valid, test): also write train/valid/test lists, the last files
     going to valid and test."""
-    from distill.audio import save_wav
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ids = [f"utt{i:02d}" for i in range(count)]

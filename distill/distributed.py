@@ -88,11 +88,16 @@ _HOST_GROUP = None  # a gloo group for host-side flags next to an NCCL default g
 def any_rank(flag: bool, info: DistInfo) -> bool:
     """True if `flag` (e.g. "this rank received SIGTERM") is True on any rank. Host-side: under NCCL
     it goes through a gloo group, so it never waits for the GPU."""
+    return any_ranks([flag], info)[0]
+
+
+def any_ranks(flags: list[bool], info: DistInfo) -> list[bool]:
+    """`any_rank` of several flags in one host-side all-reduce."""
     if not info.enabled:
-        return flag
-    value = torch.tensor([int(flag)], dtype=torch.int32)
+        return list(flags)
+    value = torch.tensor([int(f) for f in flags], dtype=torch.int32)
     dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
-    return bool(value.item())
+    return [bool(v) for v in value.tolist()]
 
 
 def gather_objects(obj, info: DistInfo) -> list:

@@ -377,8 +377,9 @@ class Trainer:
                 bar.update(1)
             now = time.monotonic()
             asked = self._stop_signal is not None or now > deadline
-            stop = distributed.any_rank(asked, self.dist)
-            if not self.annealing and anneal_at < deadline and distributed.any_rank(now >= anneal_at, self.dist):
+            anneal = not self.annealing and anneal_at < deadline and now >= anneal_at
+            stop, anneal = distributed.any_ranks([asked, anneal], self.dist)  # one host collective per step
+            if anneal and not self.annealing:
                 self._start_annealing()
 
             finished = self.step >= until_step

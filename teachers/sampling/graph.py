@@ -27,7 +27,7 @@ import weakref
 import torch
 
 from distill.nn import SQRT_HALF
-from teachers.sampling import draw
+from teachers.sampling import MODES, draw
 from teachers.sampling.stepper import StackStepper
 from teachers.wavenet import WaveNetTeacher
 
@@ -55,7 +55,7 @@ class BlockSampler:
         block: int = BLOCK,
         graph: bool | None = None,
     ):
-        if mode not in ("sample", "mean"):
+        if mode not in MODES:
             raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
         self.dist, self.temperature, self.mode = teacher.dist, temperature, mode  # not the teacher itself
         self.n, self.batch, self.device = block, batch, torch.device(device)

@@ -133,3 +133,26 @@ def test_bad_feature_settings_are_config_errors():
         FeatureConfig(n_fft=1024, hop_length=255)
     with pytest.raises(ConfigError, match="Nyquist"):
         FeatureConfig(sample_rate=16000, f_max=11025)
+
+
+def test_without_soundfile_16_bit_wav_is_read_and_written_and_other_formats_are_one_line(tmp_path, monkeypatch):
+    import distill.audio
+    import distill.corpus
+    from distill.corpus import audio_extensions
+
+    x = (0.5 * np.sin(np.linspace(0, 200, 4000))).astype(np.float32)
+    save_wav(tmp_path / "with.wav", x, 16000)  # soundfile
+    sf.write(str(tmp_path / "a.flac"), x, 16000)
+    sf.write(str(tmp_path / "x24.wav"), x, 16000, subtype="PCM_24")
+    monkeypatch.setattr(distill.audio, "soundfile_module", lambda: None)
+    monkeypatch.setattr(distill.corpus, "soundfile_module", lambda: None)
+    save_wav(tmp_path / "without.wav", x, 16000)  # the standard library's wave
+    assert (tmp_path / "without.wav").read_bytes()[44:] == (tmp_path / "with.wav").read_bytes()[44:]  # same PCM
+    y = load_audio(tmp_path / "without.wav", 16000)
+    assert torch.equal(y, torch.from_numpy(sf.read(str(tmp_path / "with.wav"), dtype="float32")[0]))
+    for name, message in [("a.flac", "reading .flac needs the soundfile package"),
+                          ("x24.wav", "24-bit WAV: needs the soundfile package")]:
+        with pytest.raises(AudioError, match=message) as err:
+            load_audio(tmp_path / name, 16000)
+        assert "\n" not in str(err.value)
+    assert audio_extensions() == {".wav"}
