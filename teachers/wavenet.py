@@ -65,6 +65,7 @@ class WaveNetTeacher(MelConditioned, nn.Module):
             1, self.dist.num_params, layers, cycle, kernel_size, residual_channels, gate_channels, skip_channels,
             n_mels + (speaker_dim if num_speakers > 0 else 0),
         )
+        self.stack.float32_layers = 2  # under bf16 autocast (see WaveNetStack.float32_layers)
         if self.lpc is not None:
             # start as the LP-only model (the network's law N(0, 1) in units of the expected residual)
             # instead of a random law several residuals wide

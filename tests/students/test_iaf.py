@@ -79,7 +79,8 @@ def test_synthesis_with_given_noise_is_the_flow_of_that_noise_and_bf16_autocast_
     z, mel = inputs(batch=2)
     z, mel = 0.5 * z.float(), mel.float()
     audio = synthesize(student, mel, z=z)
-    assert torch.equal(audio, student(z, mel).x.detach().clamp(-1, 1))
+    # the same numbers to float rounding (on a CPU synthesis runs the stacks through distill.engine)
+    torch.testing.assert_close(audio, student(z, mel).x.detach().clamp(-1, 1), rtol=1e-5, atol=1e-6)
     low = synthesize(student, mel, z=z, autocast_dtype=torch.bfloat16)
     assert low.dtype == torch.float32
     snr = 10 * math.log10(float((audio ** 2).sum() / ((audio - low) ** 2).sum()))

@@ -217,3 +217,44 @@ def test_generate_checks_method_mode_temperature_and_prompt_before_sampling(kwar
     with pytest.raises(ValueError, match=message):
         generate(model, mel, **kwargs)
     assert model.training  # its mode is given back when a check fails too
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("float32_layers", [0, 2])
+def test_the_in_place_inference_pass_gives_the_training_forwards_numbers_bit_for_bit(batch, autocast, float32_layers):
+    """`WaveNetStack.infer_in_place` (what forward runs without autograd off the CPU) repeats forward's
+    operations in place: bit
+    for bit at batch 1; at batch > 1 the gate halves are strided views, whose row ends PyTorch computes
+    with its scalar kernels, so the last bit may differ."""
+    from distill.nn import WaveNetStack
+
+    torch.manual_seed(0)
+    stack = WaveNetStack(1, 2, layers=6, cycle=3, kernel_size=3, residual_channels=8, gate_channels=12,
+                         skip_channels=10, cond_channels=5)
+    stack.float32_layers = float32_layers
+    x, c = torch.randn(batch, 1, 300), torch.randn(batch, 5, 300)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        reference = stack(x, c)
+        with torch.no_grad():
+            fast = stack.infer_in_place(x, c)
+    assert reference.requires_grad and not fast.requires_grad
+    assert fast.dtype == reference.dtype
+    if batch == 1:
+        assert torch.equal(fast, reference)
+    else:
+        torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6 if not autocast else 1e-2)
+
+
+def test_under_bf16_autocast_a_teachers_input_and_first_two_layers_run_in_float32():
+    teacher = small_teacher("gaussian", dtype=torch.float32)
+    assert teacher.stack.float32_layers == 2
+    dtypes = []
+    for layer in teacher.stack.layers:
+        layer.conv.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    y, mel = inputs(teacher, dtype=torch.float32)
+    for grad in (True, False):
+        dtypes.clear()
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+            teacher(y, mel)
+        assert dtypes[:2] == [torch.float32] * 2 and set(dtypes[2:]) == {torch.bfloat16}

@@ -1,0 +1,110 @@
+"""A WaveNet stack's inference on the CPU as matrix products in time-major layout, in reused buffers.
+
+`WaveNetStack.forward` runs convolutions on (B, C, T) tensors and allocates every intermediate; on a
+CPU with glibc's default malloc settings each multi-megabyte buffer goes back to the kernel when it is
+freed and is faulted back on the next call (on the 2-core development machine a plain Python process
+synthesised a paper-size student's second of audio ~2x slower than one with tuned malloc settings,
+`distill.allocator`). Here, per batch item, the stack runs on (T, C) matrices:
+
+    a = c V^T + b            (the conditioning projection and the conv bias, one product)
+    a[s:] += h[:T-s] W_j^T   (tap j of the dilated conv, s = (k-1-j) d samples back: a row offset)
+    z = tanh(a_f) sigmoid(a_g) in place;  o = z W_out^T + b_out;  h += o_res, h *= sqrt(1/2);  skip += o_skip
+
+in buffers that are made once per shape and thread and reused by every layer, flow and call, so a
+call allocates nothing of the size of an activation. Same numbers as `forward` to float rounding
+(the products' summation order differs; tested).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, cast
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from distill.nn import WaveNetStack
+
+SQRT_HALF = 0.7071067811865476
+_local = threading.local()  # buffers per thread: two threads never share one
+
+
+def _buffers(length: int, widths: dict[str, int], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """(length, width) buffers by name, kept from the last call of this thread when the shapes match
+    (one set per thread: a new shape replaces it, so memory stays bounded by the longest pass)."""
+    key = (length, tuple(sorted(widths.items())), dtype)
+    cached = getattr(_local, "buffers", None)
+    if cached is None or cached[0] != key:
+        cached = (key, {name: torch.empty(length, width, dtype=dtype) for name, width in widths.items()})
+        _local.buffers = cached
+    return cached[1]
+
+
+def release_buffers() -> None:
+    """Free this thread's buffers (the next call makes them again)."""
+    _local.buffers = None
+
+
+def supports(stack: WaveNetStack, x: torch.Tensor) -> bool:
+    """Whether `stack_forward` covers this call: a CPU tensor, no float32 layers under autocast, not
+    inside `torch.compile` (which fuses `forward`'s operations itself)."""
+    return (x.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not (stack.float32_layers and torch.is_autocast_enabled("cpu")))
+
+
+@torch.no_grad()
+def stack_forward(stack: WaveNetStack, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    """`stack(x, c)` without autograd: x (B, in, T), c (B, C, T) or None -> (B, out, T), in the autocast
+    dtype when autocast is on (as forward's convolutions would be), else in x's dtype."""
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    with torch.autocast("cpu", enabled=False):
+        return torch.stack([_one(stack, x[b].to(dtype), None if c is None else c[b].to(dtype), dtype)
+                            for b in range(x.shape[0])])
+
+
+def _w(conv: nn.Conv1d, dtype: torch.dtype, tap: int = 0) -> torch.Tensor:
+    """Tap `tap` of a conv's weight as an (in, out) matrix (a transposed view, no copy in float32)."""
+    return conv.weight[:, :, tap].to(dtype).t()
+
+
+def _b(conv: nn.Conv1d, dtype: torch.dtype) -> torch.Tensor:
+    return cast(torch.Tensor, conv.bias).to(dtype)
+
+
+def _one(stack: WaveNetStack, x: torch.Tensor, c: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """One batch item: x (in, T), c (C, T) -> (out, T)."""
+    length = x.shape[-1]
+    first = stack.layers[0]
+    residual, gates, skip = stack.input.out_channels, 2 * first.gate_channels, first.skip_channels
+    head1, head2 = cast(nn.Conv1d, stack.head[1]), cast(nn.Conv1d, stack.head[3])
+    widths = {"h": residual, "a": gates, "o": residual + skip, "skips": skip, "hidden": head1.out_channels,
+              "out": head2.out_channels}
+    if c is not None:
+        widths["c"] = c.shape[0]
+    buf = _buffers(length, widths, dtype)
+    h, a, o, skips = buf["h"], buf["a"], buf["o"], buf["skips"]
+    torch.addmm(_b(stack.input, dtype), x.t(), _w(stack.input, dtype), out=h)
+    if c is not None:
+        buf["c"].copy_(c.t())
+    for i, layer in enumerate(stack.layers):
+        conv, half = layer.conv, layer.gate_channels
+        if layer.cond is not None and c is not None:
+            torch.addmm(_b(conv, dtype), buf["c"], _w(layer.cond, dtype), out=a)
+        else:
+            a.copy_(_b(conv, dtype).expand_as(a))
+        for tap in range(layer.kernel_size):
+            back = (layer.kernel_size - 1 - tap) * layer.dilation
+            if back < length:
+                a[back:].addmm_(h[: length - back], _w(conv, dtype, tap))
+        filt, gate = a[:, :half], a[:, half:]
+        z = filt.mul_(2).sigmoid_().mul_(2).sub_(1).mul_(gate.sigmoid_())
+        torch.addmm(_b(layer.out, dtype), z, _w(layer.out, dtype), out=o)
+        h.add_(o[:, :residual]).mul_(SQRT_HALF)
+        if i == 0:
+            skips.copy_(o[:, residual:])
+        else:
+            skips.add_(o[:, residual:])
+    skips.mul_(stack.skip_scale).relu_()
+    hidden = torch.addmm(_b(head1, dtype), skips, _w(head1, dtype), out=buf["hidden"]).relu_()
+    return torch.addmm(_b(head2, dtype), hidden, _w(head2, dtype), out=buf["out"]).t().clone()
