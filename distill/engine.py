@@ -4,7 +4,7 @@
 CPU with glibc's default malloc settings each multi-megabyte buffer goes back to the kernel when it is
 freed and is faulted back on the next call (on the 2-core development machine a plain Python process
 synthesised a paper-size student's second of audio ~2x slower than one with tuned malloc settings,
-`distill.allocator`). Here, per batch item, the stack runs on (T, C) matrices:
+`distill.allocator`). Here the stack runs on (rows, C) matrices, a row per time step:
 
     a = c V^T + b            (the conditioning projection and the conv bias, one product)
     a[s:] += h[:T-s] W_j^T   (tap j of the dilated conv, s = (k-1-j) d samples back: a row offset)
@@ -56,11 +56,53 @@ def supports(stack: WaveNetStack, x: torch.Tensor) -> bool:
 @torch.no_grad()
 def stack_forward(stack: WaveNetStack, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
     """`stack(x, c)` without autograd: x (B, in, T), c (B, C, T) or None -> (B, out, T), in the autocast
-    dtype when autocast is on (as forward's convolutions would be), else in x's dtype."""
+    dtype when autocast is on (as forward's convolutions would be), else in x's dtype.
+
+    A batch is one matrix of B (P + T) rows: each item's T rows follow P rows of zeros, P the longest
+    look-back of a tap, so that a tap's row offset never reaches the previous item (P = 0 at batch 1)."""
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    batch, length = x.shape[0], x.shape[-1]
+    pad = 0 if batch == 1 else max((layer.kernel_size - 1) * layer.dilation for layer in stack.layers)
+    rows = pad + length
+    first = stack.layers[0]
+    residual, skip = stack.input.out_channels, first.skip_channels
+    head1, head2 = cast(nn.Conv1d, stack.head[1]), cast(nn.Conv1d, stack.head[3])
+    widths = {"x": x.shape[1], "h": residual, "a": 2 * first.gate_channels, "o": residual + skip, "skips": skip,
+              "hidden": head1.out_channels, "out": head2.out_channels}
+    if c is not None:
+        widths["c"] = c.shape[1]
+    buf = _buffers(batch * rows, widths, dtype)
+    items = {name: b.view(batch, rows, b.shape[-1]) for name, b in buf.items()}  # (B, P + T, width) views
     with torch.autocast("cpu", enabled=False):
-        return torch.stack([_one(stack, x[b].to(dtype), None if c is None else c[b].to(dtype), dtype)
-                            for b in range(x.shape[0])])
+        items["x"][:, pad:].copy_(x.transpose(1, 2))
+        h, a, o, skips = buf["h"], buf["a"], buf["o"], buf["skips"]
+        torch.addmm(_b(stack.input, dtype), buf["x"], _w(stack.input, dtype), out=h)
+        h_items = items["h"][:, pad:]  # the rows the residual stream updates; the P rows stay zero
+        items["h"][:, :pad].zero_()
+        if c is not None:
+            items["c"][:, pad:].copy_(c.transpose(1, 2))
+        for i, layer in enumerate(stack.layers):
+            conv, half = layer.conv, layer.gate_channels
+            if layer.cond is not None and c is not None:
+                torch.addmm(_b(conv, dtype), buf["c"], _w(layer.cond, dtype), out=a)
+            else:
+                a.copy_(_b(conv, dtype).expand_as(a))
+            for tap in range(layer.kernel_size):
+                back = (layer.kernel_size - 1 - tap) * layer.dilation
+                if back < a.shape[0]:
+                    a[back:].addmm_(h[: a.shape[0] - back], _w(conv, dtype, tap))
+            filt, gate = a[:, :half], a[:, half:]
+            z = filt.mul_(2).sigmoid_().mul_(2).sub_(1).mul_(gate.sigmoid_())
+            torch.addmm(_b(layer.out, dtype), z, _w(layer.out, dtype), out=o)
+            h_items.add_(items["o"][:, pad:, :residual]).mul_(SQRT_HALF)
+            if i == 0:
+                skips.copy_(o[:, residual:])
+            else:
+                skips.add_(o[:, residual:])
+        skips.mul_(stack.skip_scale).relu_()
+        hidden = torch.addmm(_b(head1, dtype), skips, _w(head1, dtype), out=buf["hidden"]).relu_()
+        torch.addmm(_b(head2, dtype), hidden, _w(head2, dtype), out=buf["out"])
+        return items["out"][:, pad:].transpose(1, 2).contiguous()
 
 
 def _w(conv: nn.Conv1d, dtype: torch.dtype, tap: int = 0) -> torch.Tensor:
@@ -70,41 +112,3 @@ def _w(conv: nn.Conv1d, dtype: torch.dtype, tap: int = 0) -> torch.Tensor:
 
 def _b(conv: nn.Conv1d, dtype: torch.dtype) -> torch.Tensor:
     return cast(torch.Tensor, conv.bias).to(dtype)
-
-
-def _one(stack: WaveNetStack, x: torch.Tensor, c: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """One batch item: x (in, T), c (C, T) -> (out, T)."""
-    length = x.shape[-1]
-    first = stack.layers[0]
-    residual, gates, skip = stack.input.out_channels, 2 * first.gate_channels, first.skip_channels
-    head1, head2 = cast(nn.Conv1d, stack.head[1]), cast(nn.Conv1d, stack.head[3])
-    widths = {"h": residual, "a": gates, "o": residual + skip, "skips": skip, "hidden": head1.out_channels,
-              "out": head2.out_channels}
-    if c is not None:
-        widths["c"] = c.shape[0]
-    buf = _buffers(length, widths, dtype)
-    h, a, o, skips = buf["h"], buf["a"], buf["o"], buf["skips"]
-    torch.addmm(_b(stack.input, dtype), x.t(), _w(stack.input, dtype), out=h)
-    if c is not None:
-        buf["c"].copy_(c.t())
-    for i, layer in enumerate(stack.layers):
-        conv, half = layer.conv, layer.gate_channels
-        if layer.cond is not None and c is not None:
-            torch.addmm(_b(conv, dtype), buf["c"], _w(layer.cond, dtype), out=a)
-        else:
-            a.copy_(_b(conv, dtype).expand_as(a))
-        for tap in range(layer.kernel_size):
-            back = (layer.kernel_size - 1 - tap) * layer.dilation
-            if back < length:
-                a[back:].addmm_(h[: length - back], _w(conv, dtype, tap))
-        filt, gate = a[:, :half], a[:, half:]
-        z = filt.mul_(2).sigmoid_().mul_(2).sub_(1).mul_(gate.sigmoid_())
-        torch.addmm(_b(layer.out, dtype), z, _w(layer.out, dtype), out=o)
-        h.add_(o[:, :residual]).mul_(SQRT_HALF)
-        if i == 0:
-            skips.copy_(o[:, residual:])
-        else:
-            skips.add_(o[:, residual:])
-    skips.mul_(stack.skip_scale).relu_()
-    hidden = torch.addmm(_b(head1, dtype), skips, _w(head1, dtype), out=buf["hidden"]).relu_()
-    return torch.addmm(_b(head2, dtype), hidden, _w(head2, dtype), out=buf["out"]).t().clone()

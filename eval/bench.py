@@ -7,7 +7,8 @@ batch 1, 16 x 1 s), in float32 and, where the device has native bf16, bf16 autoc
 step; the glibc allocator settings' effect (default vs tuned, each in a fresh process); on the CPU,
 and on CUDA when present. Each figure is the median of >= 5 timed runs after warm-up, with the GPU
 synchronised, and carries its device, dtype, batch and thread count, the model FLOPs per sample, the
-achieved GFLOP/s and, where the peak is known (GPU table, or --cpu-peak-tflops), its fraction.
+achieved GFLOP/s and its fraction of the device's peak (GPU: the datasheet table; CPU: this CPU's
+own float32 and bf16 matrix-product peak, measured first, or --cpu-peak-tflops).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
 
     t = timed(train_step, device, repeats, warmup=2)
     rows.append({**base, "what": "teacher training", "batch": batch, "length": segment,
-                 "dtype": str(dtype).split(".")[-1], "samples_per_s": batch * segment / t["median_s"],
+                 "dtype": dtype_label(dtype), "samples_per_s": batch * segment / t["median_s"],
                  "flops_per_sample": 6 * macs, **t})
     if not sampling:
         return rows
@@ -224,9 +225,10 @@ def _student(cfg: StudentConfig):
     return build_student(cfg, linear_prediction=lp)
 
 
-def bench_distillation(device: torch.device, quick: bool) -> list[dict]:
+def bench_distillation(device: torch.device, quick: bool, dtype: torch.dtype = torch.float32) -> list[dict]:
     """One distillation step of the tiny ClariNet student from the shipped teacher (its shape is the tiny
-    teacher preset): student forward, teacher forward on the sample, KL + STFT, backward, Adam."""
+    teacher preset): student forward, teacher forward on the sample, KL + STFT, backward, Adam; under
+    autocast for dtype bfloat16, as the Trainer runs it with train.amp=bf16."""
     from students.task import DistillTask
 
     cfg = load_config(StudentConfig, STUDENTS["student clarinet_tiny"])
@@ -241,7 +243,8 @@ def bench_distillation(device: torch.device, quick: bool) -> list[dict]:
             "mel": (torch.randn(batch, cfg.features.n_mels, segment // hop + 2 * ctx) - 5).to(device)}
 
     def step():
-        loss = task.training_step(student, data, 0)["loss"]
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = task.training_step(student, data, 0)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -250,7 +253,13 @@ def bench_distillation(device: torch.device, quick: bool) -> list[dict]:
     flops = task.flops_per_sample(student)
     return [{"model": "student clarinet_tiny + teacher gaussian_tiny", "device": device_name(device),
              "threads": torch.get_num_threads(), "what": "distillation step", "batch": batch, "length": segment,
-             "dtype": "float32", "samples_per_s": batch * segment / t["median_s"], "flops_per_sample": flops, **t}]
+             "dtype": dtype_label(dtype), "samples_per_s": batch * segment / t["median_s"], "flops_per_sample": flops,
+             **t}]
+
+
+def dtype_label(dtype: torch.dtype) -> str:
+    """A row's dtype: "float32", or "bfloat16 autocast" (the convolutions in bf16 under autocast)."""
+    return "float32" if dtype == torch.float32 else f"{str(dtype).split('.')[-1]} autocast"
 
 
 def _tiny_student_seconds(quick: bool) -> float:
@@ -282,13 +291,57 @@ def bench_allocator(quick: bool) -> list[dict]:
         {**base, "what": "tuned / default malloc speed-up", "ratio": seconds["default"] / seconds["tuned"]}]
 
 
+GEMM_SIZES = (128, 256, 384, 512)  # square products whose operands stay near the caches (a core's L2: 2 MB here)
+
+
+def bench_cpu_peak(quick: bool) -> list[dict]:
+    """This CPU's own attainable peak, measured: the best GFLOP/s of square matrix products (torch.mm,
+    all threads) at sizes whose operands stay in the caches, in float32 and, where the CPU has native
+    bf16 (AVX512-BF16 / AMX), bfloat16. The vCPUs' clock is not exposed, so a datasheet peak cannot be
+    computed; this is the ceiling that the "of peak" column of the CPU rows is measured against."""
+    device = torch.device("cpu")
+    dtypes = [torch.float32] + ([torch.bfloat16] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else [])
+    rows = []
+    for dtype in dtypes:
+        best: dict = {}
+        sizes = GEMM_SIZES[1:3] if quick else GEMM_SIZES
+        for n in sizes:
+            a, b, c = (torch.randn(n, n).to(dtype) for _ in range(3))
+            calls = max(1, int((2e9 if quick else 2e10) / (2 * n**3)))  # 2e10 FLOP: ~0.1 s at 200 GFLOP/s
+
+            def gemms(a=a, b=b, c=c, calls=calls):
+                for _ in range(calls):
+                    torch.mm(a, b, out=c)
+            t = timed(gemms, device, 3 if quick else 5, warmup=1)
+            gflops = 2 * n**3 * calls / t["median_s"] / 1e9
+            if gflops > best.get("gflops_per_s", 0):
+                best = {"what": f"CPU peak: {n} x {n} GEMM (best of sizes {', '.join(map(str, sizes))})",
+                        "gflops_per_s": gflops, **t}
+        rows.append({"model": "torch.mm", "device": device_name(device), "threads": torch.get_num_threads(),
+                     "batch": None, "length": None, "dtype": str(dtype).split(".")[-1], "samples_per_s": None,
+                     "peak_gflops": best["gflops_per_s"], **best})
+    return rows
+
+
+def measured_peaks(rows: list[dict]) -> dict[str, float]:
+    """{"float32": TFLOP/s, "bfloat16": TFLOP/s} from `bench_cpu_peak`'s rows."""
+    return {row["dtype"]: row["peak_gflops"] / 1e3 for row in rows if row.get("peak_gflops")}
+
+
 def add_utilisation(rows: list[dict], cpu_peak_tflops: float | None = None) -> None:
-    """Achieved GFLOP/s (model FLOPs per sample x samples/s) and the fraction of the device's peak."""
+    """Achieved GFLOP/s (model FLOPs per sample x samples/s) and the fraction of the device's peak: the
+    datasheet peak on a GPU; on the CPU `cpu_peak_tflops` when given, else the measured GEMM peak of the
+    row's precision (bfloat16 for bf16 rows)."""
+    cpu_peaks = measured_peaks(rows)
     for row in rows:
         if row.get("flops_per_sample") and row.get("samples_per_s"):
             row["gflops_per_s"] = row["flops_per_sample"] * row["samples_per_s"] / 1e9
-            cpu = row["device"] == device_name(torch.device("cpu"))
-            peak = (cpu_peak_tflops if cpu else None) or peak_tflops(row["device"], row["dtype"])
+            if row["device"] == device_name(torch.device("cpu")):
+                bf16 = "bfloat16" in row["dtype"]
+                peak = cpu_peaks.get("bfloat16" if bf16 else "float32") if cpu_peak_tflops is None or bf16 \
+                    else cpu_peak_tflops
+            else:
+                peak = peak_tflops(row["device"], row["dtype"])
             row["peak_fraction"] = row["gflops_per_s"] / (peak * 1e3) if peak else None
 
 
@@ -297,6 +350,8 @@ def run_bench(quick: bool = False, devices: list[str] | None = None, cpu_peak_tf
     rows = []
     for name in devices:
         device = torch.device(name)
+        if device.type == "cpu":
+            rows += bench_cpu_peak(quick)
         teacher_rows = bench_teacher(device, quick)
         rows += teacher_rows
         teacher_rate = [r for r in teacher_rows
@@ -307,8 +362,9 @@ def run_bench(quick: bool = False, devices: list[str] | None = None, cpu_peak_tf
         rows += bench_distillation(device, quick)
         if device.type == "cpu":
             rows += bench_allocator(quick)
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if cpu_has_bf16() if device.type == "cpu" else torch.cuda.is_bf16_supported():  # native bf16 only
             rows += bench_teacher(device, quick, torch.bfloat16, sampling=False)
+            rows += bench_distillation(device, quick, torch.bfloat16)
     add_utilisation(rows, cpu_peak_tflops)
     return {
         "quick": quick,
@@ -332,7 +388,7 @@ def to_markdown(result: dict) -> str:
         timing = f"{r['median_s']:.4f} ({r['runs']})" if "median_s" in r else ""
         gflops = f"{r['gflops_per_s']:,.1f}" if r.get("gflops_per_s") else ""
         peak = f"{100 * r['peak_fraction']:.1f}%" if r.get("peak_fraction") else ""
-        lines.append(f"| {r['what']} | {r['device']} ({r['threads']} threads) | {r['dtype']} | {r['batch']} | "
+        lines.append(f"| {r['what']} | {r['device']} ({r['threads']} threads) | {r['dtype']} | {r['batch'] or ''} | "
                      f"{r['length'] or ''} | {rate} | {rtf} | {ratio} | {gflops} | {peak} | {timing} |")
     return "\n".join(lines)
 
@@ -343,7 +399,7 @@ def add_bench(sub) -> None:
     p.add_argument("--device", action="append", default=None, help="cpu and/or cuda (default: all present)")
     p.add_argument("--out", default=None, help="write the JSON here (the Markdown goes beside it, .md)")
     p.add_argument("--cpu-peak-tflops", type=float, default=None,
-                   help="the CPU's fp32 peak, for the 'of peak' column (GPU peaks are built in)")
+                   help="the CPU's fp32 peak for the 'of peak' column (default: the measured GEMM peak)")
     p.set_defaults(func=_bench)
 
 
