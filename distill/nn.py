@@ -217,6 +217,7 @@ class WaveNetStack(nn.Module):
         return self.head[3](self.head[1](z).relu_())
 
 
+@torch.compiler.disable  # inductor (torch 2.11) fails to lower its reshapes ("NotImplementedError: View"); runs eager
 def _stretch(x: torch.Tensor, conv: nn.Conv1d, s: int) -> torch.Tensor:
     """`conv(x.repeat_interleave(s))` for a depthwise conv of width 2s+1 and padding s, computed in
     polyphase form: output phase r of step q only sees steps q-1, q, q+1 of x, with weights that are
