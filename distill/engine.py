@@ -10,9 +10,9 @@ synthesised a paper-size student's second of audio ~2x slower than one with tune
     a[s:] += h[:T-s] W_j^T   (tap j of the dilated conv, s = (k-1-j) d samples back: a row offset)
     z = tanh(a_f) sigmoid(a_g) in place;  o = z W_out^T + b_out;  h += o_res, h *= sqrt(1/2);  skip += o_skip
 
-in buffers that are made once per shape and thread and reused by every layer, flow and call, so a
-call allocates nothing of the size of an activation. Same numbers as `forward` to float rounding
-(the products' summation order differs; tested).
+in buffers that are made once per thread (again only for a longer pass or other widths) and reused by
+every layer, flow, chunk and call, so a call allocates nothing of the size of an activation. Same
+numbers as `forward` to float rounding (the products' summation order differs; tested).
 """
 
 from __future__ import annotations
@@ -31,14 +31,16 @@ _local = threading.local()  # buffers per thread: two threads never share one
 
 
 def _buffers(length: int, widths: dict[str, int], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """(length, width) buffers by name, kept from the last call of this thread when the shapes match
-    (one set per thread: a new shape replaces it, so memory stays bounded by the longest pass)."""
-    key = (length, tuple(sorted(widths.items())), dtype)
+    """(length, width) buffers by name: the first `length` rows of this thread's set, which is kept
+    between calls and made again only for new widths or dtype, or more rows (the chunks of one
+    synthesis differ in length by their left context: they all reuse the set of the longest)."""
+    key = (tuple(sorted(widths.items())), dtype)
     cached = getattr(_local, "buffers", None)
-    if cached is None or cached[0] != key:
-        cached = (key, {name: torch.empty(length, width, dtype=dtype) for name, width in widths.items()})
+    if cached is None or cached[0] != key or cached[1] < length:
+        rows = max(length, cached[1] if cached is not None and cached[0] == key else 0)
+        cached = (key, rows, {name: torch.empty(rows, width, dtype=dtype) for name, width in widths.items()})
         _local.buffers = cached
-    return cached[1]
+    return {name: buf[:length] for name, buf in cached[2].items()}
 
 
 def release_buffers() -> None:

@@ -50,17 +50,20 @@ def test_the_engine_reuses_its_buffers_across_calls_and_keeps_them_per_thread():
     x, c = torch.randn(1, 1, 300), torch.randn(1, 5, 300)
     engine.release_buffers()
     first = engine.stack_forward(stack, x, c)
-    buffers = engine._local.buffers[1]
+    buffers = engine._local.buffers[2]
     second = engine.stack_forward(stack, x, c)
-    assert engine._local.buffers[1] is buffers  # same shapes: nothing made again
+    assert engine._local.buffers[2] is buffers  # same shapes: nothing made again
     assert torch.equal(first, second)
     other = []
     thread = threading.Thread(target=lambda: other.append((engine.stack_forward(stack, x, c), engine._local.buffers)))
     thread.start()
     thread.join()
-    assert torch.equal(other[0][0], first) and other[0][1][1] is not buffers
-    engine.stack_forward(stack, x[..., :200], c[..., :200])  # a new length replaces the set
-    assert engine._local.buffers[1]["h"].shape[0] == 200
+    assert torch.equal(other[0][0], first) and other[0][1][2] is not buffers
+    shorter = engine.stack_forward(stack, x[..., :200], c[..., :200])  # a shorter pass uses the first rows
+    assert engine._local.buffers[2] is buffers  # causal: the same outputs as the first 200 of the longer pass
+    torch.testing.assert_close(shorter, first[..., :200])
+    engine.stack_forward(stack, torch.cat([x, x], -1), torch.cat([c, c], -1))  # a longer one makes them again
+    assert engine._local.buffers[1] == 600 and engine._local.buffers[2]["h"].shape[0] == 600
     engine.release_buffers()
 
 
