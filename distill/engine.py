@@ -26,7 +26,6 @@ from torch import nn
 if TYPE_CHECKING:
     from distill.nn import WaveNetStack
 
-SQRT_HALF = 0.7071067811865476
 _local = threading.local()  # buffers per thread: two threads never share one
 
 
@@ -62,6 +61,8 @@ def stack_forward(stack: WaveNetStack, x: torch.Tensor, c: torch.Tensor | None =
 
     A batch is one matrix of B (P + T) rows: each item's T rows follow P rows of zeros, P the longest
     look-back of a tap, so that a tap's row offset never reaches the previous item (P = 0 at batch 1)."""
+    from distill.nn import SQRT_HALF, gated_tanh_  # here: distill.nn imports this module
+
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     batch, length = x.shape[0], x.shape[-1]
     pad = 0 if batch == 1 else max((layer.kernel_size - 1) * layer.dilation for layer in stack.layers)
@@ -94,7 +95,7 @@ def stack_forward(stack: WaveNetStack, x: torch.Tensor, c: torch.Tensor | None =
                 if back < a.shape[0]:
                     a[back:].addmm_(h[: a.shape[0] - back], _w(conv, dtype, tap))
             filt, gate = a[:, :half], a[:, half:]
-            z = filt.mul_(2).sigmoid_().mul_(2).sub_(1).mul_(gate.sigmoid_())
+            z = gated_tanh_(filt, gate)
             torch.addmm(_b(layer.out, dtype), z, _w(layer.out, dtype), out=o)
             h_items.add_(items["o"][:, pad:, :residual]).mul_(SQRT_HALF)
             if i == 0:

@@ -41,6 +41,12 @@ def gated_tanh(filt: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     return (torch.sigmoid(2 * filt) * 2 - 1) * torch.sigmoid(gate)
 
 
+def gated_tanh_(filt: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """`gated_tanh` in place (the same operations in the same order): the result in `filt`, `gate`
+    overwritten. For inference only (autograd needs the inputs)."""
+    return filt.mul_(2).sigmoid_().mul_(2).sub_(1).mul_(gate.sigmoid_())
+
+
 class CausalConv1d(nn.Conv1d):
     """Conv1d that pads (k-1)*d zeros on the left only: output t sees inputs t-(k-1)d .. t."""
 
@@ -88,7 +94,7 @@ class GatedResidualLayer(nn.Module):
         if cond_proj is not None:
             a.add_(cond_proj)
         filt, gate = a.split(self.gate_channels, dim=1)
-        z = filt.mul_(2).sigmoid_().mul_(2).sub_(1).mul_(gate.sigmoid_())  # gated_tanh, in place
+        z = gated_tanh_(filt, gate)
         res, skip = self.out(z).split([x.shape[1], self.skip_channels], dim=1)
         if res.dtype != x.dtype:  # a float32 stream into a bf16 layer: the sum is float32, as in forward
             return (x + res) * SQRT_HALF, skip

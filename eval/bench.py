@@ -300,11 +300,11 @@ def bench_cpu_peak(quick: bool) -> list[dict]:
     bf16 (AVX512-BF16 / AMX), bfloat16. The vCPUs' clock is not exposed, so a datasheet peak cannot be
     computed; this is the ceiling that the "of peak" column of the CPU rows is measured against."""
     device = torch.device("cpu")
-    dtypes = [torch.float32] + ([torch.bfloat16] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else [])
+    dtypes = [torch.float32] + ([torch.bfloat16] if cpu_has_bf16() else [])
+    sizes = GEMM_SIZES[1:3] if quick else GEMM_SIZES
     rows = []
     for dtype in dtypes:
         best: dict = {}
-        sizes = GEMM_SIZES[1:3] if quick else GEMM_SIZES
         for n in sizes:
             a, b, c = (torch.randn(n, n).to(dtype) for _ in range(3))
             calls = max(1, int((2e9 if quick else 2e10) / (2 * n**3)))  # 2e10 FLOP: ~0.1 s at 200 GFLOP/s
@@ -330,18 +330,18 @@ def measured_peaks(rows: list[dict]) -> dict[str, float]:
 
 def add_utilisation(rows: list[dict], cpu_peak_tflops: float | None = None) -> None:
     """Achieved GFLOP/s (model FLOPs per sample x samples/s) and the fraction of the device's peak: the
-    datasheet peak on a GPU; on the CPU `cpu_peak_tflops` when given, else the measured GEMM peak of the
-    row's precision (bfloat16 for bf16 rows)."""
+    datasheet peak on a GPU; on the CPU the measured GEMM peak of the row's precision (`bench_cpu_peak`),
+    except that `cpu_peak_tflops`, when given, replaces the float32 one."""
     cpu_peaks = measured_peaks(rows)
     for row in rows:
         if row.get("flops_per_sample") and row.get("samples_per_s"):
             row["gflops_per_s"] = row["flops_per_sample"] * row["samples_per_s"] / 1e9
-            if row["device"] == device_name(torch.device("cpu")):
-                bf16 = "bfloat16" in row["dtype"]
-                peak = cpu_peaks.get("bfloat16" if bf16 else "float32") if cpu_peak_tflops is None or bf16 \
-                    else cpu_peak_tflops
-            else:
+            if row["device"] != device_name(torch.device("cpu")):
                 peak = peak_tflops(row["device"], row["dtype"])
+            elif "bfloat16" in row["dtype"]:
+                peak = cpu_peaks.get("bfloat16")
+            else:
+                peak = cpu_peaks.get("float32") if cpu_peak_tflops is None else cpu_peak_tflops
             row["peak_fraction"] = row["gflops_per_s"] / (peak * 1e3) if peak else None
 
 

@@ -14,28 +14,25 @@
 #include <stddef.h>
 #include <string.h>
 
-/* y[o0, o0 + n) += x W[:, o0, o0 + n) at batch 1 with the n outputs in registers over all inputs (n a
- * compile-time constant), so each weight is loaded once and y once, not once per input. */
-#define BLOCK_GEMV(n)                                                                              \
-    for (; o0 + (n) <= out; o0 += (n)) {                                                           \
-        float acc[n];                                                                              \
-        for (int o = 0; o < (n); o++) acc[o] = y[o0 + o];                                          \
-        for (int i = 0; i < in; i++) {                                                             \
-            const float xi = x[i];                                                                 \
-            const float *restrict row = w + (size_t)i * out + o0;                                  \
-            for (int o = 0; o < (n); o++) acc[o] += xi * row[o];                                   \
-        }                                                                                          \
-        for (int o = 0; o < (n); o++) y[o0 + o] = acc[o];                                          \
-    }
+#define BLOCK 64 /* outputs kept in registers at batch 1 (128, or adding blocks of 16, measured slower) */
 
 static void axpy_rows(float *restrict y, int ldy, const float *restrict x, int ldx, const float *restrict w,
                       int batch, int in, int out) {
     if (batch == 1) {
-        /* a matrix-vector product in register blocks of 64 outputs (blocks of 128, or adding
-         * blocks of 16, measured slower), then the rest; every output still
-         * sums its inputs in the same order, so the numbers equal the loop below */
+        /* a matrix-vector product: BLOCK outputs at a time stay in registers over all inputs, so each
+         * weight and each y is loaded once (not y once per input); then the rest. Every output still
+         * sums its inputs in the same order, so the numbers equal the loop below. */
         int o0 = 0;
-        BLOCK_GEMV(64)
+        for (; o0 + BLOCK <= out; o0 += BLOCK) {
+            float acc[BLOCK];
+            for (int o = 0; o < BLOCK; o++) acc[o] = y[o0 + o];
+            for (int i = 0; i < in; i++) {
+                const float xi = x[i];
+                const float *restrict row = w + (size_t)i * out + o0;
+                for (int o = 0; o < BLOCK; o++) acc[o] += xi * row[o];
+            }
+            for (int o = 0; o < BLOCK; o++) y[o0 + o] = acc[o];
+        }
         for (int i = 0; i < in && o0 < out; i++) {
             const float xi = x[i];
             const float *restrict row = w + (size_t)i * out;

@@ -91,3 +91,22 @@ def test_the_fastest_method_per_device():
     assert unsupported(model) is None
     assert fastest_method(model, torch.device("cpu")) == "fast"
     assert fastest_method(model, torch.device("cuda")) == "graph"
+
+
+def test_at_batch_1_wide_layers_take_the_register_blocked_products_and_give_the_same_parameters():
+    """At batch 1 the C loop's products keep 64 outputs in registers (`axpy_rows`); widths of 80 gate and
+    70 skip outputs run a block and a remainder. Teacher-forced, its parameters equal the parallel forward."""
+    from teachers.wavenet import WaveNetTeacher
+
+    torch.manual_seed(0)
+    model = WaveNetTeacher("gaussian", {}, layers=4, cycle=2, kernel_size=2, residual_channels=40, gate_channels=40,
+                           skip_channels=70, n_mels=5, hop_length=4, upsample_scales=[2, 2], mel_context=2).eval()
+    with torch.no_grad():
+        model.stack.head[-1].weight.normal_(0, 0.5)
+    x, mel = inputs(model, frames=30, batch=1, dtype=torch.float32)
+    cond = model.conditioning(mel)
+    audio, params = fast_generate(model, cond, prompt=x[:, :-1], return_params=True, chunk=64)
+    reference = model.forward_cond(x, cond)
+    assert params.shape == reference.shape == (1, 2, x.shape[-1])
+    torch.testing.assert_close(params, reference.detach(), atol=2e-5, rtol=1e-5)
+    assert torch.equal(audio[:, :-1], x[:, :-1])
