@@ -5,7 +5,7 @@ with `torch.load(weights_only=True)`: a file that would run code when unpickled 
 
 Keys: format, version, task, step, batches_consumed, nonfinite_skipped, model, ema, optimizer,
 scheduler, scaler, rng (per rank: python, numpy, torch, cuda), config (the full resolved config),
-model_class, model_args (constructor arguments), features (the feature settings), extra (task data,
+model_class, model_args (what rebuilds the model: `model_record`), features (the feature settings), extra (task data,
 e.g. which teacher a student was distilled from), versions.
 
 Writes go to a temp file in the same folder, are fsync'ed, then renamed over the target, so a crash
@@ -29,7 +29,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import torch
 
-from distill.errors import CheckpointError
+from distill.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("wavedistill")
 
@@ -91,6 +91,13 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
+def model_record(model: torch.nn.Module) -> dict:
+    """What a checkpoint keeps as `model_args`: the model's `record()` (a model built from a config,
+    rebuilt by its `from_record`), else the plain arguments `remember_args` kept."""
+    record = getattr(model, "record", None)
+    return record() if callable(record) else getattr(model, "constructor_args", {})
+
+
 def class_path(obj: Any) -> str:
     cls = obj if isinstance(obj, type) else type(obj)
     return f"{cls.__module__}:{cls.__qualname__}"
@@ -143,8 +150,13 @@ def build_model(payload: dict) -> torch.nn.Module:
             f"checkpoint names model class {payload['model_class']!r}, which is not a model class of this wavedistill"
         )
     try:
-        model = cls(**payload["model_args"])
-    except (TypeError, ValueError, RuntimeError) as err:  # RuntimeError: e.g. negative channel counts
+        # a model built from a config rebuilds itself from the checkpoint (`from_record`); a model of plain
+        # arguments (`remember_args`) from them
+        rebuild = getattr(cls, "from_record", None)
+        model = rebuild(payload) if rebuild is not None else cls(**payload["model_args"])
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, RuntimeError, KeyError, ConfigError) as err:  # RuntimeError: negative channels
         raise CheckpointError(
             f"checkpoint's constructor arguments do not fit {payload['model_class']} ({err}); "
             "was it written by another version of wavedistill?"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from torch import nn
 
 from distill import engine
 from distill.audio import pad_mel
+from distill.config import FeatureConfig
 from distill.errors import ConfigError
 
 SQRT_HALF = math.sqrt(0.5)
@@ -329,7 +330,7 @@ class MelConditioned:
 
     upsampler: MelUpsampler
     speaker: nn.Embedding | None
-    constructor_args: dict[str, Any]  # set by distill.checkpoint.remember_args
+    features: FeatureConfig  # the log-mel settings the model reads
 
     def pad_mels(self, mels: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """Utterance mels (no context; see `MelUpsampler.pad`) -> the model's mel input."""

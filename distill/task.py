@@ -32,7 +32,8 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def build_model(self) -> torch.nn.Module:
-        """The trainable model. Decorate its `__init__` with `distill.checkpoint.remember_args`."""
+        """The trainable model: one with `record()` and `from_record(payload)` (see `distill.checkpoint.model_record`),
+        or one whose `__init__` is decorated with `distill.checkpoint.remember_args`."""
 
     def build_datasets(self) -> tuple[Dataset, Any]:
         """(training dataset indexed by `StreamSampler` keys, validation data or None).

@@ -42,6 +42,7 @@ from distill.checkpoint import (
     class_path,
     load_checkpoint,
     load_state,
+    model_record,
     rng_state,
     set_rng_state,
 )
@@ -267,7 +268,7 @@ class Trainer:
     def _payload(self, rng_states: list) -> dict:
         return checkpoint_payload(
             self.task.name, self.step, self.model.state_dict(), class_path(self.model),
-            getattr(self.model, "constructor_args", {}), self.task.features(), to_dict(self.task.config),
+            model_record(self.model), self.task.features(), to_dict(self.task.config),
             self.task.checkpoint_extra(), ema=self.ema.state_dict() if self.ema is not None else None,
             training={"batches_consumed": self.batches_consumed, "nonfinite_skipped": self.nonfinite_skipped,
                       "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

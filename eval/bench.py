@@ -31,7 +31,7 @@ from students.task import StudentConfig, build_student
 from teachers.pretrained import demo_teacher_path, load_teacher
 from teachers.sampling import generate
 from teachers.sampling.fastloop import available as fastloop_available
-from teachers.task import TeacherConfig, build_teacher
+from teachers.task import TeacherConfig, TeacherModelConfig, build_teacher
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESET = CONFIGS / "teacher" / "gaussian_tiny.yaml"
@@ -137,7 +137,7 @@ def sampler_rows(model, base: dict, device: torch.device, quick: bool, batch: in
     their ratio, appended to `rows`; returns the rates by method."""
     faster = {"cuda": [("graph", "graph (CUDA graphs)")],
               "cpu": [("fast", "fast (C loop)")] if fastloop_available() else []}
-    hop, n_mels = model.hop_length, model.constructor_args["n_mels"]
+    hop, n_mels = model.hop_length, model.features.n_mels
     frames = (512 if quick else 2048) // hop
     mel = (torch.randn(batch, n_mels, frames + 2 * model.mel_context) - 5).to(device)
     macs, rates = model.stack.macs_per_sample(), {}
@@ -219,10 +219,10 @@ def bench_students(device: torch.device, quick: bool, teacher_rate: float) -> li
 
 def _student(cfg: StudentConfig):
     """A preset's student, with the shipped teacher's linear predictor when the preset uses one."""
-    lp = None
+    teacher = TeacherModelConfig()  # a plain teacher's conditioning: the stretch upsampler, one speaker
     if cfg.model.linear_prediction:
-        lp = load_teacher(demo_teacher_path(), features=cfg.features)[1]["model_args"]["linear_prediction"]
-    return build_student(cfg, linear_prediction=lp)
+        teacher = load_teacher(demo_teacher_path(), features=cfg.features)[0].config
+    return build_student(cfg, teacher)
 
 
 def bench_distillation(device: torch.device, quick: bool, dtype: torch.dtype = torch.float32) -> list[dict]:

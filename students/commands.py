@@ -46,7 +46,7 @@ def _export(args) -> int:
     # check the file against PyTorch on a fresh input before calling it done
     import torch
 
-    mel = np.random.default_rng(0).normal(-5, 2, (1, student.constructor_args["n_mels"], 20 + 2 * student.mel_context))
+    mel = np.random.default_rng(0).normal(-5, 2, (1, student.features.n_mels, 20 + 2 * student.mel_context))
     z = noise(student, (1, 20 * student.hop_length))
     ours = synthesize(student, torch.from_numpy(mel).float(), z=torch.from_numpy(z)).numpy()
     error = float(np.abs(OnnxStudent(path).synthesize(mel, z) - ours).max())

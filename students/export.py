@@ -58,7 +58,7 @@ def export_onnx(student: IAFStudent, out: str | Path, frames: int = 32) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     student = student.float().cpu().eval()
-    n_mels = student.constructor_args["n_mels"]
+    n_mels = student.features.n_mels
     # example batch 2: torch.export would specialise a dimension of size 1
     mel = torch.randn(2, n_mels, frames + 2 * student.mel_context)
     z = torch.randn(2, frames * student.hop_length)

@@ -20,21 +20,23 @@ parameterisation, so the student, like the teacher, only learns the excitation, 
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, field
+from typing import Literal, cast
 
 import torch
 from torch import nn
 
-from distill.audio import deemphasis
-from distill.checkpoint import remember_args
+from distill.audio import deemphasis, silence_value
+from distill.config import FeatureConfig, from_dict, to_dict
 from distill.distributions import Gaussian, Logistic
 from distill.errors import ConfigError
 from distill.lpc import MelLPC, lp_predict, lp_synthesis, synthesis_block
 from distill.nn import MelConditioned, MelUpsampler, WaveNetStack, shift_right
-from distill.pitch import MelPitch
+from distill.pitch import MelPitch, pitch_arguments
+from teachers.wavenet import TeacherModelConfig, legacy_record, read_record
 
 SOURCE_CHANNELS = 4  # distill.pitch.MelPitch.source: pulse, sin, cos, voicing
 
@@ -54,48 +56,67 @@ class StudentOutput:
         return torch.stack([self.mu_tot, self.log_s_tot], dim=1)
 
 
+@dataclass
+class StudentModelConfig:
+    """A student's hyperparameters, in one place: the `model` section of a student config, the argument of
+    `IAFStudent` and what its checkpoint records (`IAFStudent.record`). The mel upsampler's mode and
+    scales, the speakers and the linear predictor are its teacher's (`TeacherModelConfig`)."""
+
+    distribution: Literal["gaussian", "logistic"] = "gaussian"
+    flows: list[int] = field(default_factory=lambda: [6, 6, 6, 6])
+    cycle: int = 10
+    kernel_size: int = 3
+    residual_channels: int = 32
+    gate_channels: int = 32
+    skip_channels: int = 32
+    initial_scale: float = 0.05
+    # True: the teacher's linear predictor from the mel (LP-WaveNet teachers): the flows learn only the
+    # excitation, in units of the expected residual, and an all-pole filter makes the signal
+    linear_prediction: bool = False
+    # True: a pitch-synchronous source computed from the mel (F0 and voicing, distill.pitch) joins the
+    # flows' conditioning, so they need not learn to place the pitch pulses from the noise's past
+    pitch_source: bool = False
+    upsampler_from_teacher: bool = True  # start from the teacher's upsampler weights (training only)
+    train_upsampler: bool = False  # False: keep that copy frozen (training only)
+
+
 class IAFStudent(MelConditioned, nn.Module):
-    @remember_args
-    def __init__(
-        self,
-        distribution: str = "gaussian",
-        flows: list | None = None,
-        cycle: int = 10,
-        kernel_size: int = 2,
-        residual_channels: int = 64,
-        gate_channels: int = 64,
-        skip_channels: int = 64,
-        n_mels: int = 80,
-        hop_length: int = 256,
-        mel_context: int = 2,
-        upsample: str = "stretch",
-        upsample_scales: list | None = None,
-        initial_scale: float = 0.05,
-        preemphasis: float = 0.0,
-        linear_prediction: dict | None = None,
-        pitch_source: dict | None = None,
-        num_speakers: int = 0,
-        speaker_dim: int = 16,
-        mel_silence: float = math.log(1e-5),
-    ):
+    def __init__(self, config: StudentModelConfig | None = None, teacher: TeacherModelConfig | None = None,
+                 features: FeatureConfig | None = None, mel_context: int = 2, pitch: dict | None = None):
+        """config: the hyperparameters; teacher: its teacher's (the upsampler's mode and scales, the
+        speakers, the linear predictor); features: the log-mel settings (and the pre-emphasis of the
+        teacher's domain, which the flows produce); mel_context: context frames on each side of a crop's
+        mel; pitch: the pitch source's `MelPitch` arguments as a checkpoint recorded them (None: those of
+        `distill.pitch.pitch_arguments(features)`), used with config.pitch_source."""
         super().__init__()
-        if distribution not in ("gaussian", "logistic"):
+        # own copies: a config changed after the model was built does not change what its checkpoint records
+        config = StudentModelConfig() if config is None else copy.deepcopy(config)
+        teacher = TeacherModelConfig() if teacher is None else copy.deepcopy(teacher)
+        features = FeatureConfig() if features is None else copy.deepcopy(features)
+        self.config, self.teacher_config, self.features = config, teacher, features
+        n_mels, hop_length, preemphasis = features.n_mels, features.hop_length, features.preemphasis
+        num_speakers, speaker_dim = teacher.num_speakers, teacher.speaker_dim
+        if config.distribution not in ("gaussian", "logistic"):
             raise ConfigError("student distribution must be 'gaussian' (ClariNet) or 'logistic' (Parallel WaveNet), "
-                              f"got {distribution!r}")
-        flows = list(flows or [10] * 6)
-        if not flows or min(flows) < 1:
-            raise ConfigError(f"student flows must list >= 1 layers per flow, got {flows}")
-        if not 0 < initial_scale <= 1:
-            raise ConfigError(f"student initial_scale must be in (0, 1], got {initial_scale}")
-        self.dist = (Gaussian(log_scale_min=-math.inf) if distribution == "gaussian"
+                              f"got {config.distribution!r}")
+        if not config.flows or min(config.flows) < 1:
+            raise ConfigError(f"student flows must list >= 1 layers per flow, got {config.flows}")
+        if not 0 < config.initial_scale <= 1:
+            raise ConfigError(f"student initial_scale must be in (0, 1], got {config.initial_scale}")
+        linear_prediction = teacher.linear_prediction.predictor_arguments(features)
+        if config.linear_prediction and linear_prediction is None:
+            raise ConfigError("model.linear_prediction: true needs a teacher with linear prediction "
+                              "(model.linear_prediction.order > 0 in its config); set it to false for this teacher")
+        self.pitch_args = (pitch_arguments(features) if pitch is None else dict(pitch)) if config.pitch_source else None
+        self.dist = (Gaussian(log_scale_min=-math.inf) if config.distribution == "gaussian"
                      else Logistic(log_scale_min=-math.inf))
         self.mel_context = mel_context
         self.hop_length = hop_length
         self.preemphasis = preemphasis  # the teacher's: the flows produce its model domain
-        self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context,
-                                      mel_silence)
+        self.upsampler = MelUpsampler(n_mels, hop_length, teacher.upsample_scales, teacher.upsample, mel_context,
+                                      silence_value(features))
         self.lpc = None
-        if linear_prediction:  # the teacher's MelLPC arguments
+        if config.linear_prediction and linear_prediction:  # the teacher's MelLPC arguments
             if linear_prediction.get("interpolate"):
                 raise ConfigError("a linear-prediction student needs coefficients held over each hop; the teacher "
                                   "interpolates them (model.linear_prediction.interpolate: true); distil with "
@@ -106,15 +127,15 @@ class IAFStudent(MelConditioned, nn.Module):
                 raise ConfigError(f"a linear-prediction student needs a hop ({hop_length}) of at least the predictor's "
                                   f"order ({self.lpc.order}); distil with model.linear_prediction: false")
         # a pitch-synchronous source from the mel (distill.pitch), appended to the conditioning
-        self.pitch = MelPitch.build(pitch_source, hop_length, n_mels) if pitch_source else None
+        self.pitch = MelPitch.build(self.pitch_args, hop_length, n_mels) if self.pitch_args is not None else None
         # a multi-speaker student: its teacher's speakers, embedded and appended to the conditioning
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
         cond_channels = n_mels + (speaker_dim if num_speakers > 0 else 0) + (SOURCE_CHANNELS if self.pitch else 0)
         # typed for mypy as the list of flows it holds (nn.ModuleList is not generic: its items are nn.Module)
         self.flows = cast("list[WaveNetStack]", nn.ModuleList(
-            WaveNetStack(1, 2, layers, min(cycle, layers), kernel_size, residual_channels, gate_channels,
-                         skip_channels, cond_channels)
-            for layers in flows
+            WaveNetStack(1, 2, layers, min(config.cycle, layers), config.kernel_size, config.residual_channels,
+                         config.gate_channels, config.skip_channels, cond_channels)
+            for layers in config.flows
         ))
         # Start near identity with a small total scale: each flow's last conv is zero, its log-scale
         # bias log(initial_scale) / K, so s_tot = initial_scale and mu_tot = 0 at initialisation.
@@ -124,7 +145,22 @@ class IAFStudent(MelConditioned, nn.Module):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(bias)
             with torch.no_grad():
-                bias[1] = math.log(initial_scale) / len(self.flows)
+                bias[1] = math.log(config.initial_scale) / len(self.flows)
+
+    def record(self) -> dict:
+        """A checkpoint's `model_args`: the hyperparameters, the teacher's, the mel context and the pitch
+        source's arguments (the checkpoint's own `features` holds the rest of what `from_record` needs)."""
+        return {"model": to_dict(self.config), "teacher": to_dict(self.teacher_config),
+                "mel_context": self.mel_context, "pitch": self.pitch_args}
+
+    @classmethod
+    def from_record(cls, payload: dict) -> IAFStudent:
+        """The student a checkpoint describes (`record`, or the flat constructor arguments of checkpoints
+        written before models took their config), before its weights are loaded."""
+        args, features = read_record(payload, legacy_student_record)
+        return cls(from_dict(StudentModelConfig, args["model"], "the checkpoint's model_args"),
+                   from_dict(TeacherModelConfig, args["teacher"], "the checkpoint's model_args.teacher"),
+                   features, args["mel_context"], args["pitch"])
 
     def sample_noise(self, shape: tuple[int, ...], device=None, dtype=None) -> torch.Tensor:
         """z ~ N(0, 1) (gaussian) or Logistic(0, 1) (logistic), shape (B, T)."""
@@ -196,11 +232,11 @@ class IAFStudent(MelConditioned, nn.Module):
         instead of the utterance (tested: chunked == whole at every seam)."""
         x = z
         length = z.shape[-1]
-        for flow, field in zip(self.flows, self.receptive_fields(), strict=True):
+        for flow, reach in zip(self.flows, self.receptive_fields(), strict=True):
             shifted = shift_right(x)[:, None, :]
             out = torch.empty(z.shape[0], 2, length, device=z.device, dtype=z.dtype)
             for start in range(0, length, chunk):
-                end, left = min(start + chunk, length), max(0, start - field)
+                end, left = min(start + chunk, length), max(0, start - reach)
                 out[..., start:end] = flow(shifted[..., left:end], cond[..., left:end])[..., start - left:].to(z.dtype)
             x = x * torch.exp(out[:, 1]) + out[:, 0]
         return x
@@ -213,6 +249,29 @@ class IAFStudent(MelConditioned, nn.Module):
         """log p_S(x) per sample (B, T): log p_Z(z_t) - log s_tot_t (change of variables)."""
         zeros = torch.zeros_like(z)
         return self.dist.log_prob(torch.stack([zeros, zeros], dim=1), z) - out.log_s_tot
+
+
+TEACHER_KEYS = ("upsample", "upsample_scales", "num_speakers", "speaker_dim")  # a student's copies of its teacher's
+
+
+def legacy_student_record(payload: dict, features: FeatureConfig) -> dict:
+    """`IAFStudent.record` for a student checkpoint written before models took their config: its flat
+    constructor arguments split into its own section and its teacher's (the teacher's other
+    hyperparameters from the record of the teacher it names, if any; they build nothing in the student),
+    its training-only flags from the run's config."""
+    flat = legacy_record(payload["model_args"], features)
+    own = flat["model"]
+    teacher = {key: own.pop(key) for key in TEACHER_KEYS if key in own}
+    if "linear_prediction" in own:  # the teacher's predictor settings
+        teacher["linear_prediction"] = own.pop("linear_prediction")
+    pitch = own.pop("pitch_source", None)
+    own.update(linear_prediction=flat["linear_prediction"] is not None, pitch_source=pitch is not None)
+    run_model = (payload.get("config") or {}).get("model") or {}
+    own.update({key: run_model[key] for key in ("upsampler_from_teacher", "train_upsampler") if key in run_model})
+    named = ((payload.get("extra") or {}).get("teacher") or {}).get("model_args")
+    if isinstance(named, dict):
+        teacher = {**(named if "model" in named else legacy_record(named, features))["model"], **teacher}
+    return {"model": own, "teacher": teacher, "mel_context": flat["mel_context"], "pitch": pitch}
 
 
 CHUNK_ROWS = 65536  # batch x samples per pass that keep a flow's activations near the CPU caches

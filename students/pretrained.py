@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 
-from distill.audio import silence_value
 from distill.checkpoint import load_model
 from distill.config import FeatureConfig, to_dict
 from students.iaf import IAFStudent
@@ -22,6 +21,4 @@ def load_student(
     if isinstance(features, FeatureConfig):
         features = to_dict(features)
     model, payload = load_model(path, "student", IAFStudent, features, device)
-    if "mel_silence" not in payload["model_args"]:  # saved before models owned their silence value
-        model.upsampler.silence = silence_value(FeatureConfig(**payload["features"]))
     return model, payload

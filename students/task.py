@@ -15,7 +15,7 @@ from typing import Literal, cast
 
 import torch
 
-from distill.audio import LogMel, silence_value
+from distill.audio import LogMel
 from distill.config import DataConfig, FeatureConfig, TrainConfig
 from distill.data import speaker_batch
 from distill.distributed import unwrap
@@ -23,35 +23,15 @@ from distill.distributions import Gaussian
 from distill.errors import ConfigError
 from distill.logger import RunLogger
 from distill.losses import gaussian_kl, log_scale_regulariser, monte_carlo_kl, power_loss, stft_loss
-from distill.pitch import pitch_arguments
 from distill.plots import mel_figure
 from distill.task import Task
-from students.iaf import IAFStudent, StudentOutput
+from students.iaf import IAFStudent, StudentModelConfig, StudentOutput
 from teachers.pretrained import demo_teacher_path, file_sha256, load_teacher
+from teachers.wavenet import TeacherModelConfig
+
+__all__ = ["DistillTask", "StudentConfig", "StudentModelConfig", "build_student"]
 
 LOSS_TERMS = ("loss/kl", "loss/kl_reg", "loss/stft", "loss/power", "loss/contrastive")
-
-
-@dataclass
-class StudentModelConfig:
-    """Constructor arguments of `IAFStudent` (mel and upsampler settings come from the teacher)."""
-
-    distribution: Literal["gaussian", "logistic"] = "gaussian"
-    flows: list[int] = field(default_factory=lambda: [6, 6, 6, 6])
-    cycle: int = 10
-    kernel_size: int = 3
-    residual_channels: int = 32
-    gate_channels: int = 32
-    skip_channels: int = 32
-    initial_scale: float = 0.05
-    # True: the teacher's linear predictor from the mel (LP-WaveNet teachers): the flows learn only the
-    # excitation, in units of the expected residual, and an all-pole filter makes the signal
-    linear_prediction: bool = False
-    # True: a pitch-synchronous source computed from the mel (F0 and voicing, distill.pitch) joins the
-    # flows' conditioning, so they need not learn to place the pitch pulses from the noise's past
-    pitch_source: bool = False
-    upsampler_from_teacher: bool = True  # start from the teacher's upsampler weights
-    train_upsampler: bool = False  # False: keep that copy frozen
 
 
 @dataclass
@@ -91,23 +71,10 @@ class StudentConfig:
     valid: StudentValidConfig = field(default_factory=StudentValidConfig)
 
 
-def build_student(cfg: StudentConfig, upsample: str = "stretch", upsample_scales: list | None = None,
-                  linear_prediction: dict | None = None, num_speakers: int = 0, speaker_dim: int = 16) -> IAFStudent:
-    """The student a config describes (the upsampler's mode and scales, the teacher's speakers and, with
-    `model.linear_prediction`, the predictor's arguments come from the teacher)."""
-    m = cfg.model
-    if m.linear_prediction and not linear_prediction:
-        raise ConfigError("model.linear_prediction: true needs a teacher with linear prediction "
-                          "(model.linear_prediction.order > 0 in its config); set it to false for this teacher")
-    return IAFStudent(
-        m.distribution, m.flows, m.cycle, m.kernel_size, m.residual_channels, m.gate_channels, m.skip_channels,
-        n_mels=cfg.features.n_mels, hop_length=cfg.features.hop_length, mel_context=cfg.data.mel_context,
-        upsample=upsample, upsample_scales=upsample_scales, initial_scale=m.initial_scale,
-        preemphasis=cfg.features.preemphasis,
-        linear_prediction=linear_prediction if m.linear_prediction else None,
-        pitch_source=pitch_arguments(cfg.features) if m.pitch_source else None,
-        num_speakers=num_speakers, speaker_dim=speaker_dim, mel_silence=silence_value(cfg.features),
-    )
+def build_student(cfg: StudentConfig, teacher: TeacherModelConfig) -> IAFStudent:
+    """The student a config describes, for a teacher of these hyperparameters (the student takes its
+    upsampler's mode and scales, its speakers and, with `model.linear_prediction`, its predictor)."""
+    return IAFStudent(cfg.model, teacher, cfg.features, cfg.data.mel_context)
 
 
 class DistillTask(Task):
@@ -122,7 +89,7 @@ class DistillTask(Task):
             "sha256": file_sha256(self.teacher_path),
             "step": payload["step"],
             "features": payload["features"],
-            "model_args": payload["model_args"],
+            "model_args": self.teacher.record(),  # in today's form, also for a teacher saved before it
         }
         if not self.teacher.dist.distillable:
             raise ConfigError(
@@ -159,7 +126,7 @@ class DistillTask(Task):
             )
         self.closed_form = gaussian_pair if method == "auto" else method == "closed_form"
         if (not config.model.upsampler_from_teacher and not config.model.train_upsampler
-                and payload["model_args"].get("upsample") == "transposed"):  # stretch starts as a moving average
+                and self.teacher.config.upsample == "transposed"):  # stretch starts as a moving average
             raise ConfigError("model.upsampler_from_teacher=false with model.train_upsampler=false would freeze a "
                               "randomly initialised (transposed) mel upsampler; set one of them to true")
         if config.loss.weights["loss/kl_reg"] > 0 and not gaussian_pair:
@@ -169,11 +136,8 @@ class DistillTask(Task):
 
     # ------------------------------------------------------------------ model and data
     def build_model(self) -> IAFStudent:
-        m, t = self.config.model, self.teacher_info["model_args"]
-        speakers = self.teacher.speaker
-        student = build_student(self.config, t["upsample"], t["upsample_scales"], t.get("linear_prediction"),
-                                speakers.num_embeddings if speakers is not None else 0,
-                                speakers.embedding_dim if speakers is not None else 16)
+        m, speakers = self.config.model, self.teacher.speaker
+        student = build_student(self.config, self.teacher.config)
         if speakers is not None:  # start from the teacher's speaker embeddings (trained from there)
             assert student.speaker is not None  # built with the teacher's speaker count
             student.speaker.load_state_dict(speakers.state_dict())

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from distill.audio import silence_value
 from distill.checkpoint import atomic_save, checkpoint_file, checkpoint_payload, load_checkpoint, load_model
 from distill.config import FeatureConfig, to_dict
 from distill.errors import CheckpointError
@@ -51,8 +50,6 @@ def load_teacher(
     if isinstance(features, FeatureConfig):
         features = to_dict(features)
     model, payload = load_model(path, "teacher", WaveNetTeacher, features, device)
-    if "mel_silence" not in payload["model_args"]:  # saved before models owned their silence value
-        model.upsampler.silence = silence_value(FeatureConfig(**payload["features"]))
     return model, payload
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from dataclasses import dataclass, field, replace
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 
-from distill.audio import LogMel, silence_value
-from distill.config import DataConfig, FeatureConfig, TrainConfig, to_dict
+from distill.audio import LogMel
+from distill.config import DataConfig, FeatureConfig, TrainConfig
 from distill.data import corpus_speakers, speaker_batch
 from distill.distributed import unwrap
 from distill.errors import ConfigError
@@ -18,41 +18,9 @@ from distill.logger import RunLogger
 from distill.plots import mel_figure
 from distill.task import Task
 from teachers.sampling import fastest_method, generate
-from teachers.wavenet import WaveNetTeacher
+from teachers.wavenet import LinearPredictionConfig, TeacherModelConfig, WaveNetTeacher
 
-
-@dataclass
-class LinearPredictionConfig:
-    """Linear prediction from the mel (`distill.lpc.MelLPC`); order 0 = off."""
-
-    order: int = 0  # predictor taps (LPCNet and LP-WaveNet: 16)
-    lag_window_hz: float = 60.0  # Gaussian lag window: smooths the envelope by about this bandwidth
-    white_noise: float = 1e-4  # white-noise correction of lag 0 (a -40 dB floor): conditioning
-    interpolate: bool = False  # False: hold each frame's coefficients over its hop; True: interpolate per sample
-
-    def __post_init__(self) -> None:
-        if self.order < 0:
-            raise ConfigError(f"model.linear_prediction.order must be >= 0 (0 = off), got {self.order}")
-
-
-@dataclass
-class TeacherModelConfig:
-    """Constructor arguments of `WaveNetTeacher` (n_mels, hop_length and mel_context come from
-    the features and data sections)."""
-
-    distribution: Literal["gaussian", "mol", "mulaw"] = "gaussian"
-    distribution_args: dict[str, Any] = field(default_factory=dict)
-    layers: int = 20
-    cycle: int = 10
-    kernel_size: int = 2
-    residual_channels: int = 64
-    gate_channels: int = 64
-    skip_channels: int = 64
-    upsample: Literal["stretch", "transposed", "repeat"] = "stretch"
-    upsample_scales: list[int] = field(default_factory=lambda: [16, 16])
-    num_speakers: int = 0
-    speaker_dim: int = 16
-    linear_prediction: LinearPredictionConfig = field(default_factory=LinearPredictionConfig)
+__all__ = ["LinearPredictionConfig", "TeacherConfig", "TeacherModelConfig", "TeacherTask", "build_teacher"]
 
 
 @dataclass
@@ -74,25 +42,8 @@ class TeacherConfig:
 def build_teacher(cfg: TeacherConfig, num_speakers: int | None = None) -> WaveNetTeacher:
     """The teacher a config describes; num_speakers: the corpus's speaker count (`distill.data.corpus_speakers`),
     overriding model.num_speakers."""
-    feats = cfg.features
-    args = to_dict(cfg.model)
-    if num_speakers is not None:
-        args["num_speakers"] = num_speakers
-    lp = args.pop("linear_prediction")
-    order = lp.pop("order")
-    linear_prediction = None
-    if order > 0:  # the predictor's own copy of the feature settings it inverts
-        linear_prediction = {"order": order, "sample_rate": feats.sample_rate, "n_fft": feats.n_fft,
-                             "win_length": feats.win_length, "f_min": feats.f_min, "f_max": feats.f_max, **lp}
-    return WaveNetTeacher(
-        **args,
-        n_mels=feats.n_mels,
-        hop_length=feats.hop_length,
-        mel_context=cfg.data.mel_context,
-        preemphasis=feats.preemphasis,
-        linear_prediction=linear_prediction,
-        mel_silence=silence_value(feats),
-    )
+    model = cfg.model if num_speakers is None else replace(cfg.model, num_speakers=num_speakers)
+    return WaveNetTeacher(model, cfg.features, cfg.data.mel_context)
 
 
 class TeacherTask(Task):

@@ -13,44 +13,85 @@ g(t) location_net, log scale = log g(t) + log scale_net, with c(t) and g(t) comp
 
 from __future__ import annotations
 
-import math
-from typing import cast
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
 
-from distill.audio import deemphasis, preemphasis
-from distill.checkpoint import remember_args
+from distill.audio import deemphasis, preemphasis, silence_value
+from distill.config import FeatureConfig, from_dict, to_dict
 from distill.distributions import build_distribution
+from distill.errors import CheckpointError, ConfigError
 from distill.lpc import MelLPC, lp_predict
 from distill.nn import MelConditioned, MelUpsampler, WaveNetStack, shift_right
 
 
+@dataclass
+class LinearPredictionConfig:
+    """Linear prediction from the mel (`distill.lpc.MelLPC`); order 0 = off."""
+
+    order: int = 0  # predictor taps (LPCNet and LP-WaveNet: 16)
+    lag_window_hz: float = 60.0  # Gaussian lag window: smooths the envelope by about this bandwidth
+    white_noise: float = 1e-4  # white-noise correction of lag 0 (a -40 dB floor): conditioning
+    interpolate: bool = False  # False: hold each frame's coefficients over its hop; True: interpolate per sample
+
+    def __post_init__(self) -> None:
+        if self.order < 0:
+            raise ConfigError(f"model.linear_prediction.order must be >= 0 (0 = off), got {self.order}")
+
+    def predictor_arguments(self, features: FeatureConfig) -> dict | None:
+        """`MelLPC.build`'s arguments: these settings plus the features the predictor inverts; None when off."""
+        if self.order == 0:
+            return None
+        return {"order": self.order, **predictor_features(features), "lag_window_hz": self.lag_window_hz,
+                "white_noise": self.white_noise, "interpolate": self.interpolate}
+
+
+def predictor_features(features: FeatureConfig) -> dict:
+    """The feature settings a mel's linear predictor inverts (`distill.lpc.MelLPC`)."""
+    return {"sample_rate": features.sample_rate, "n_fft": features.n_fft, "win_length": features.win_length,
+            "f_min": features.f_min, "f_max": features.f_max}
+
+
+@dataclass
+class TeacherModelConfig:
+    """A teacher's hyperparameters, in one place: the `model` section of a teacher config, the argument
+    of `WaveNetTeacher` and what its checkpoint records (`WaveNetTeacher.record`). The mel's settings
+    (n_mels, hop_length, pre-emphasis, the silence floor) are the features' (`FeatureConfig`)."""
+
+    distribution: Literal["gaussian", "mol", "mulaw"] = "gaussian"
+    distribution_args: dict[str, Any] = field(default_factory=dict)
+    layers: int = 20
+    cycle: int = 10
+    kernel_size: int = 2
+    residual_channels: int = 64
+    gate_channels: int = 64
+    skip_channels: int = 64
+    upsample: Literal["stretch", "transposed", "repeat"] = "stretch"
+    upsample_scales: list[int] = field(default_factory=lambda: [16, 16])
+    num_speakers: int = 0  # in a config: 0 = the corpus's speaker count; in a model: its embedding table's rows
+    speaker_dim: int = 16
+    linear_prediction: LinearPredictionConfig = field(default_factory=LinearPredictionConfig)
+
+
 class WaveNetTeacher(MelConditioned, nn.Module):
-    @remember_args
-    def __init__(
-        self,
-        distribution: str = "gaussian",
-        distribution_args: dict | None = None,
-        layers: int = 20,
-        cycle: int = 10,
-        kernel_size: int = 2,
-        residual_channels: int = 64,
-        gate_channels: int = 64,
-        skip_channels: int = 64,
-        n_mels: int = 80,
-        hop_length: int = 256,
-        mel_context: int = 2,
-        upsample: str = "stretch",
-        upsample_scales: list | None = None,
-        num_speakers: int = 0,
-        speaker_dim: int = 16,
-        preemphasis: float = 0.0,
-        linear_prediction: dict | None = None,
-        mel_silence: float = math.log(1e-5),
-    ):
+    def __init__(self, config: TeacherModelConfig | None = None, features: FeatureConfig | None = None,
+                 mel_context: int = 2):
+        """config: the hyperparameters; features: the log-mel settings the teacher reads (and, with
+        pre-emphasis, the domain it models); mel_context: context frames on each side of a crop's mel
+        (`DataConfig.mel_context`)."""
         super().__init__()
-        self.dist = build_distribution(distribution, **(distribution_args or {}))
+        # own copies: a config changed after the model was built does not change what its checkpoint records
+        config = TeacherModelConfig() if config is None else copy.deepcopy(config)
+        features = FeatureConfig() if features is None else copy.deepcopy(features)
+        self.config, self.features = config, features
+        n_mels, hop_length, preemphasis = features.n_mels, features.hop_length, features.preemphasis
+        linear_prediction = config.linear_prediction.predictor_arguments(features)
+        num_speakers, speaker_dim = config.num_speakers, config.speaker_dim
+        self.dist = build_distribution(config.distribution, **config.distribution_args)
         self.hop_length = hop_length
         self.mel_context = mel_context
         self.preemphasis = preemphasis
@@ -58,12 +99,12 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         if linear_prediction:  # the MelLPC arguments (order, sample_rate, n_fft, f_min, f_max, ...)
             self.dist.location_slice()  # a head without a location (mu-law) is a one-line error here
             self.lpc = MelLPC.build(linear_prediction, hop_length, n_mels, preemphasis)
-        self.upsampler = MelUpsampler(n_mels, hop_length, upsample_scales or [16, 16], upsample, mel_context,
-                                      mel_silence)
+        self.upsampler = MelUpsampler(n_mels, hop_length, config.upsample_scales, config.upsample, mel_context,
+                                      silence_value(features))
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
         self.stack = WaveNetStack(
-            1, self.dist.num_params, layers, cycle, kernel_size, residual_channels, gate_channels, skip_channels,
-            n_mels + (speaker_dim if num_speakers > 0 else 0),
+            1, self.dist.num_params, config.layers, config.cycle, config.kernel_size, config.residual_channels,
+            config.gate_channels, config.skip_channels, n_mels + (speaker_dim if num_speakers > 0 else 0),
         )
         self.stack.float32_layers = 2  # under bf16 autocast (see WaveNetStack.float32_layers)
         if self.lpc is not None:
@@ -77,6 +118,19 @@ class WaveNetTeacher(MelConditioned, nn.Module):
             if loc.stop - loc.start > 1:  # a mixture: identical components would get identical gradients forever
                 with torch.no_grad():
                     bias[loc] = torch.linspace(-1.0, 1.0, loc.stop - loc.start)
+
+    def record(self) -> dict:
+        """A checkpoint's `model_args`: the hyperparameters and the mel context (the checkpoint's own
+        `features` holds the rest of what `from_record` needs)."""
+        return {"model": to_dict(self.config), "mel_context": self.mel_context}
+
+    @classmethod
+    def from_record(cls, payload: dict) -> WaveNetTeacher:
+        """The teacher a checkpoint describes (`record`, or the flat constructor arguments of checkpoints
+        written before models took their config), before its weights are loaded."""
+        args, features = read_record(payload, lambda flat, features: legacy_record(flat["model_args"], features))
+        return cls(from_dict(TeacherModelConfig, args["model"], "the checkpoint's model_args"), features,
+                   args["mel_context"])
 
     def receptive_field(self) -> int:
         """Past samples that the network's output at t depends on: y_{t-R} .. y_{t-1}. (With linear
@@ -132,3 +186,42 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         teachers of every head, and students, compare in one unit."""
         y = self.to_model_domain(x)
         return self.dist.log_density(self.forward(y, mel, speaker), y)
+
+
+def read_record(payload: dict, legacy: Callable[[dict, FeatureConfig], dict]) -> tuple[dict, FeatureConfig]:
+    """(a checkpoint's model record, its features); legacy(payload, features) converts the flat constructor
+    arguments of checkpoints written before models took their config."""
+    features = from_dict(FeatureConfig, payload["features"], "the checkpoint's features")
+    args = payload["model_args"]
+    return (args if "model" in args else legacy(payload, features)), features
+
+
+def legacy_record(args: dict, features: FeatureConfig) -> dict:
+    """Flat constructor arguments, as checkpoints kept them before models took their config (up to
+    2026-12-05) -> the `record` of the model they describe: {"model": its config section as plain data,
+    "mel_context": ...}, and the predictor's arguments as "linear_prediction" (None when off). Their
+    copies of the features (n_mels, hop_length, preemphasis, mel_silence, the predictor's sample_rate,
+    n_fft, ...) must equal the checkpoint's features, or it is a one-line CheckpointError. A student's
+    arguments keep their own keys; the caller takes what it needs."""
+    model = dict(args)
+    mel_context = model.pop("mel_context", 2)
+    lp: dict = model.pop("linear_prediction", None) or {}
+    copies = {"n_mels": features.n_mels, "hop_length": features.hop_length, "preemphasis": features.preemphasis,
+              "mel_silence": silence_value(features)}
+    expected = predictor_features(features)
+    differ = [f"{key} {model[key]!r} (features: {value!r})" for key, value in copies.items()
+              if key in model and model[key] != value]
+    differ += [f"linear_prediction.{key} {lp[key]!r} (features: {expected[key]!r})" for key in lp
+               if key in expected and lp[key] != expected[key]]
+    if differ:
+        raise CheckpointError("the checkpoint's model arguments disagree with its features (" + "; ".join(differ)
+                              + "); it was not written by wavedistill's trainer")
+    for key in copies:
+        model.pop(key, None)
+    if model.get("distribution_args", {}) is None:
+        model["distribution_args"] = {}
+    if model.get("upsample_scales", []) is None:
+        del model["upsample_scales"]
+    if lp:
+        model["linear_prediction"] = {key: value for key, value in lp.items() if key not in expected}
+    return {"model": model, "mel_context": mel_context, "linear_prediction": lp or None}

@@ -183,14 +183,14 @@ def test_lp_synthesis_stays_in_full_precision_under_bf16_autocast():
     assert from_bf16.dtype == torch.float32
 
 
-def test_an_unknown_predictor_argument_is_one_config_error_for_teacher_and_student():
+def test_an_unknown_predictor_argument_is_one_config_error_in_a_config_and_in_the_predictor():
+    from distill.config import load_config
     from distill.errors import ConfigError
-    from students.iaf import IAFStudent
-    from teachers.wavenet import WaveNetTeacher
+    from distill.lpc import MelLPC
+    from teachers.task import TeacherConfig
 
+    with pytest.raises(ConfigError, match="unknown key 'model.linear_prediction.lag_window'.*lag_window_hz"):
+        load_config(TeacherConfig, "configs/teacher/gaussian_tiny.yaml", ["model.linear_prediction.lag_window=60"])
     bad = {"order": 4, "lag_window": 60.0}  # lag_window_hz misspelt
-    for build in (lambda: WaveNetTeacher(layers=2, cycle=2, residual_channels=4, gate_channels=4, skip_channels=4,
-                                         linear_prediction=bad),
-                  lambda: IAFStudent(flows=[1], linear_prediction=bad)):
-        with pytest.raises(ConfigError, match="linear_prediction: .*lag_window"):
-            build()
+    with pytest.raises(ConfigError, match="linear_prediction: .*lag_window"):
+        MelLPC.build(bad, 256, 80, 0.0)

@@ -108,11 +108,11 @@ def test_a_student_records_every_pitch_argument():
 def test_a_pitch_source_student_conditions_on_the_source_and_stays_an_iaf():
     """The source is conditioning (a function of the mel, not of z): the per-step law still depends on
     strictly earlier noise only, x = mu_tot + s_tot z, and chunked synthesis is still exact."""
-    from students.iaf import SOURCE_CHANNELS, IAFStudent, synthesize
+    from students.iaf import SOURCE_CHANNELS, IAFStudent, StudentModelConfig, synthesize
 
     torch.manual_seed(0)
-    student = IAFStudent("gaussian", [2, 2], cycle=2, kernel_size=3, residual_channels=8, gate_channels=8,
-                         skip_channels=8, pitch_source=pitch_arguments(FeatureConfig())).double()
+    student = IAFStudent(StudentModelConfig("gaussian", [2, 2], cycle=2, kernel_size=3, residual_channels=8,
+                                            gate_channels=8, skip_channels=8, pitch_source=True)).double()
     with torch.no_grad():
         for flow in student.flows:
             flow.head[-1].weight.normal_(0, 0.3)
@@ -142,10 +142,10 @@ def test_a_pitch_source_student_conditions_on_the_source_and_stays_an_iaf():
 def test_onnx_export_refuses_a_pitch_source_student_in_one_line(tmp_path):
     pytest.importorskip("onnx")
     from students.export import export_onnx
-    from students.iaf import IAFStudent
+    from students.iaf import IAFStudent, StudentModelConfig
 
-    student = IAFStudent("gaussian", [1], residual_channels=4, gate_channels=4, skip_channels=4,
-                         pitch_source=pitch_arguments(FeatureConfig()))
+    student = IAFStudent(StudentModelConfig("gaussian", [1], residual_channels=4, gate_channels=4, skip_channels=4,
+                                            pitch_source=True))
     with pytest.raises(ConfigError, match="pitch source is not supported"):
         export_onnx(student, tmp_path / "s.onnx")
     assert not (tmp_path / "s.onnx").exists()

@@ -117,10 +117,11 @@ def test_a_forged_checkpoint_is_one_line(synth_corpus, tmp_path, drop, message):
 
 def test_negative_channels_in_model_args_are_one_line(tmp_path):
     from teachers.pretrained import load_teacher
-    from teachers.wavenet import WaveNetTeacher
+    from teachers.wavenet import TeacherModelConfig, WaveNetTeacher
 
-    model = WaveNetTeacher(layers=2, cycle=2, residual_channels=4, gate_channels=4, skip_channels=4)
-    args = {**model.constructor_args, "residual_channels": -4}
+    model = WaveNetTeacher(TeacherModelConfig(layers=2, cycle=2, residual_channels=4, gate_channels=4, skip_channels=4))
+    record = model.record()
+    args = {**record, "model": {**record["model"], "residual_channels": -4}}
     save_model(tmp_path / "t.pt", model, "teacher", model_args=args)
     with pytest.raises(CheckpointError, match="constructor arguments do not fit") as err:
         load_teacher(tmp_path / "t.pt")

@@ -246,10 +246,11 @@ def test_a_linear_prediction_student_starts_as_its_lp_only_teacher_and_distils_i
 
 
 def test_linear_prediction_needs_a_teacher_with_a_predictor():
-    with pytest.raises(ConfigError, match="needs a teacher with linear prediction"):
-        from students.task import build_student
+    from students.task import build_student
+    from teachers.wavenet import TeacherModelConfig
 
-        build_student(config("model.linear_prediction=true"))
+    with pytest.raises(ConfigError, match="needs a teacher with linear prediction"):
+        build_student(config("model.linear_prediction=true"), TeacherModelConfig())
 
 
 def test_the_shared_upsampler_and_predictor_are_computed_once_with_the_same_numbers(tmp_path):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from distill.errors import ConfigError
 from students.iaf import synthesize
 from tests.models import STUDENT_LP as LP
 from tests.models import student_inputs as inputs
@@ -103,8 +104,7 @@ def test_a_distilled_student_loads_by_run_folder_and_refuses_a_teacher_checkpoin
     from tests.models import save_model
 
     student = tiny_student().float()
-    save_model(tmp_path / "run" / "checkpoints" / "latest.pt", student, "student", step=3,
-               features={"sample_rate": 16000})
+    save_model(tmp_path / "run" / "checkpoints" / "latest.pt", student, "student", step=3)
     loaded, saved = load_student(tmp_path / "run")
     assert saved["step"] == 3 and not loaded.training
     z, mel = (t.float() for t in inputs())
@@ -185,3 +185,79 @@ def test_a_linear_prediction_student_refuses_interpolated_coefficients():
 
     with pytest.raises(ConfigError, match="held over each hop"):
         tiny_student(linear_prediction={**LP, "interpolate": True})
+
+
+def test_one_config_builds_the_student_and_is_what_its_checkpoint_records(tmp_path):
+    """The student's own section, its teacher's (upsampler, speakers, predictor) and the pitch source's
+    arguments rebuild it from a checkpoint; defaults live in the config alone."""
+    from distill.config import FeatureConfig, to_dict
+    from students.iaf import IAFStudent, StudentModelConfig
+    from students.pretrained import load_student
+    from teachers.wavenet import LinearPredictionConfig, TeacherModelConfig
+    from tests.models import save_model
+
+    assert IAFStudent().record()["model"] == to_dict(StudentModelConfig())
+    config = StudentModelConfig(flows=[1, 2], residual_channels=4, gate_channels=4, skip_channels=4,
+                                initial_scale=0.4, linear_prediction=True, pitch_source=True)
+    teacher = TeacherModelConfig(num_speakers=2, speaker_dim=4, linear_prediction=LinearPredictionConfig(order=16))
+    features = FeatureConfig(preemphasis=0.85)
+    torch.manual_seed(0)
+    student = IAFStudent(config, teacher, features, pitch={**pitch_defaults(features), "f0_min": 70.0})
+    config.flows.append(3)  # changed after the build: neither the model nor its record follows
+    assert len(student.flows) == 2 and student.record()["teacher"] == to_dict(teacher)
+    loaded, _ = load_student(save_model(tmp_path / "s.pt", randomised(student), "student"))
+    assert loaded.record() == student.record() and loaded.pitch_args["f0_min"] == 70.0
+    z, mel, speaker = torch.randn(2, 4 * 256), torch.randn(2, 80, 4 + 4), torch.tensor([1, 0])
+    assert torch.equal(loaded(z, mel, speaker).x, student(z, mel, speaker).x)
+    with pytest.raises(ConfigError, match="needs a teacher with linear prediction"):
+        IAFStudent(config, TeacherModelConfig(), features)
+
+
+def pitch_defaults(features):
+    from distill.pitch import pitch_arguments
+
+    return pitch_arguments(features)
+
+
+def randomised(student):
+    with torch.no_grad():  # the zero-initialised heads would make every student the same
+        for flow in student.flows:
+            flow.head[-1].weight.normal_(0, 0.3)
+    return student
+
+
+# A student's constructor arguments as checkpoints recorded them before models took their config
+# (the layout of a `wavedistill demo` student of 2026-12-04, at a test's size, its pitch floor moved)
+FLAT_STUDENT = {
+    "distribution": "gaussian", "flows": [1, 2], "cycle": 10, "kernel_size": 3, "residual_channels": 4,
+    "gate_channels": 4, "skip_channels": 4, "n_mels": 80, "hop_length": 256, "mel_context": 2, "upsample": "stretch",
+    "upsample_scales": [16, 16], "initial_scale": 0.4, "preemphasis": 0.85,
+    "linear_prediction": {"order": 16, "sample_rate": 16000, "n_fft": 1024, "win_length": 1024, "f_min": 0.0,
+                          "f_max": 8000.0, "lag_window_hz": 60.0, "white_noise": 0.0001, "interpolate": False},
+    "pitch_source": {"sample_rate": 16000, "n_fft": 1024, "win_length": 1024, "f_min": 0.0, "f_max": 8000.0,
+                     "f0_min": 70.0, "f0_max": 500.0, "band_hz": 1500.0, "steps_per_octave": 48, "voicing": [0.5, 0.7]},
+    "num_speakers": 0, "speaker_dim": 16, "mel_silence": -11.512925464970229,
+}
+
+
+def test_a_student_checkpoint_of_flat_constructor_arguments_loads_as_its_config_and_its_teachers(tmp_path):
+    from distill.checkpoint import load_checkpoint
+    from distill.config import FeatureConfig
+    from students.iaf import IAFStudent, StudentModelConfig
+    from students.pretrained import load_student
+    from teachers.pretrained import demo_teacher_path, load_teacher
+    from tests.models import save_model
+
+    shipped = load_checkpoint(demo_teacher_path())  # flat arguments too
+    features = FeatureConfig(**shipped["features"])
+    config = StudentModelConfig(flows=[1, 2], cycle=10, residual_channels=4, gate_channels=4, skip_channels=4,
+                                initial_scale=0.4, linear_prediction=True, pitch_source=True, train_upsampler=True)
+    torch.manual_seed(0)
+    student = randomised(IAFStudent(config, load_teacher(demo_teacher_path())[0].config, features,
+                                    pitch=FLAT_STUDENT["pitch_source"]))
+    save_model(tmp_path / "s.pt", student, "student", model_args=FLAT_STUDENT, features=shipped["features"],
+               config={"model": {"train_upsampler": True}}, extra={"teacher": {"model_args": shipped["model_args"]}})
+    loaded, _ = load_student(tmp_path / "s.pt")
+    assert loaded.record() == student.record()
+    z, mel = torch.randn(1, 4 * 256), torch.randn(1, 80, 4 + 4)
+    assert torch.equal(loaded(z, mel).x, student(z, mel).x)

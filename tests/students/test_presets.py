@@ -31,7 +31,7 @@ def test_the_rate_presets_pair_a_teacher_and_a_student_on_the_data_presets_featu
     assert teacher_cfg.model.residual_channels == 128 and student_cfg.model.flows == [10] * 6  # still paper size
 
     teacher = build_teacher(teacher_cfg).eval()
-    student = build_student(student_cfg, teacher_cfg.model.upsample, teacher_cfg.model.upsample_scales).eval()
+    student = build_student(student_cfg, teacher.config).eval()
     wav = torch.from_numpy(harmonic(0.2, 150.0, 0, sr=f.sample_rate))
     mel = LogMel(f)(wav)
     frames = wav.numel() // f.hop_length

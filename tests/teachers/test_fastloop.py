@@ -96,11 +96,13 @@ def test_the_fastest_method_per_device():
 def test_at_batch_1_wide_layers_take_the_register_blocked_products_and_give_the_same_parameters():
     """At batch 1 the C loop's products keep 64 outputs in registers (`axpy_rows`); widths of 80 gate and
     70 skip outputs run a block and a remainder. Teacher-forced, its parameters equal the parallel forward."""
-    from teachers.wavenet import WaveNetTeacher
+    from teachers.wavenet import TeacherModelConfig, WaveNetTeacher
+    from tests.models import tiny_features
 
     torch.manual_seed(0)
-    model = WaveNetTeacher("gaussian", {}, layers=4, cycle=2, kernel_size=2, residual_channels=40, gate_channels=40,
-                           skip_channels=70, n_mels=5, hop_length=4, upsample_scales=[2, 2], mel_context=2).eval()
+    config = TeacherModelConfig(layers=4, cycle=2, kernel_size=2, residual_channels=40, gate_channels=40,
+                                skip_channels=70, upsample_scales=[2, 2])
+    model = WaveNetTeacher(config, tiny_features()[0], mel_context=2).eval()
     with torch.no_grad():
         model.stack.head[-1].weight.normal_(0, 0.5)
     x, mel = inputs(model, frames=30, batch=1, dtype=torch.float32)

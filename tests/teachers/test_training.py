@@ -87,7 +87,7 @@ def test_the_shipped_demo_teacher_loads_for_the_demo_features():
 
     assert demo_teacher_path().stat().st_size <= 10 * 2**20
     teacher, payload = load_teacher(features=FeatureConfig(preemphasis=0.85))  # default: the shipped one
-    assert payload["model_args"]["distribution"] == "gaussian" and teacher.receptive_field() == 2047
+    assert teacher.config.distribution == "gaussian" and teacher.receptive_field() == 2047
     assert teacher.lpc is not None and teacher.lpc.order == 16 and teacher.preemphasis == 0.85
     assert payload["config"]["valid"]["temperature"] == 0.7  # its documented synthesis temperature
     assert payload["extra"]["samples_seen"] > 0 and payload["step"] > 0

@@ -13,7 +13,7 @@ from distill.corpus import resolve_corpus
 from distill.errors import ConfigError
 from teachers.sampling import generate, incremental_forward
 from teachers.sampling.stepper import StackStepper
-from teachers.wavenet import WaveNetTeacher
+from teachers.wavenet import TeacherModelConfig, WaveNetTeacher
 from tests.models import HEADS, small_teacher
 from tests.models import teacher_inputs as inputs
 
@@ -113,8 +113,8 @@ def test_a_tiny_teacher_overfits_one_clip_well_below_the_unconditional_baseline(
     audio = load_audio(utt.path, 16000)[8000 : 8000 + 4096][None]  # 0.26 s of voiced speech
     mel = pad_mel(LogMel(features)(audio), 2, math.log(1e-5))
     torch.manual_seed(0)
-    model = WaveNetTeacher("gaussian", {}, layers=8, cycle=8, residual_channels=16, gate_channels=16,
-                           skip_channels=16, mel_context=2)
+    model = WaveNetTeacher(TeacherModelConfig(layers=8, cycle=8, residual_channels=16, gate_channels=16,
+                                              skip_channels=16), features, mel_context=2)
     # an i.i.d. Gaussian fitted to the clip: what a model that ignores context and mel achieves
     baseline = 0.5 * math.log(2 * math.pi * math.e * float(audio.var()))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -258,3 +258,63 @@ def test_under_bf16_autocast_a_teachers_input_and_first_two_layers_run_in_float3
         with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
             teacher(y, mel)
         assert dtypes[:2] == [torch.float32] * 2 and set(dtypes[2:]) == {torch.bfloat16}
+
+
+def test_one_config_builds_the_teacher_and_is_what_its_checkpoint_records(tmp_path):
+    from distill.config import to_dict
+    from teachers.pretrained import load_teacher
+    from teachers.wavenet import LinearPredictionConfig
+    from tests.models import save_model
+
+    config = TeacherModelConfig("mol", {"num_components": 2, "num_bins": 256}, layers=3, cycle=3,
+                                residual_channels=8, gate_channels=8, skip_channels=8, num_speakers=2, speaker_dim=4,
+                                linear_prediction=LinearPredictionConfig(order=4))
+    features = FeatureConfig(preemphasis=0.85, log_floor=1e-4)
+    torch.manual_seed(0)
+    model = WaveNetTeacher(config, features, mel_context=3).double().eval()
+    config.layers = 99  # changed after the build: neither the model nor its record follows
+    assert len(model.stack.layers) == 3 and model.record() == {"model": to_dict(model.config), "mel_context": 3}
+    assert model.record()["model"]["linear_prediction"] == to_dict(LinearPredictionConfig(order=4))
+    loaded, payload = load_teacher(save_model(tmp_path / "t.pt", model, "teacher"))
+    assert loaded.record() == model.record() and loaded.features == features
+    assert loaded.upsampler.silence == math.log(1e-4)  # from the features: no copy of its own
+    g = torch.Generator().manual_seed(0)
+    mel, y = torch.randn(2, 80, 4 + 6, generator=g), 0.1 * torch.randn(2, 4 * 256, generator=g)
+    speaker = torch.tensor([0, 1])
+    assert torch.equal(loaded.double().log_prob(y.double(), mel.double(), speaker),
+                       model.log_prob(y.double(), mel.double(), speaker))
+
+
+def test_teacher_checkpoints_of_flat_constructor_arguments_load_as_their_config_with_the_same_numbers():
+    """The shipped teacher (written without mel_silence) and the MoL run's checkpoint (with it) predate
+    the config as constructor argument: they load as the config their run was trained with, and the
+    shipped teacher gives the log density it gave before the change."""
+    from distill.audio import LogMel
+    from distill.checkpoint import load_checkpoint
+    from distill.config import from_dict
+    from teachers.pretrained import demo_teacher_path, load_teacher
+
+    for path in (demo_teacher_path(), demo_teacher_path().parent / "training" / "mol_lp_tiny"):
+        payload = load_checkpoint(path)
+        assert "model" not in payload["model_args"]
+        teacher, _ = load_teacher(path)
+        assert teacher.config == from_dict(TeacherModelConfig, payload["config"]["model"])
+        assert teacher.mel_context == 2 and teacher.features.preemphasis == 0.85
+    teacher, payload = load_teacher(demo_teacher_path())
+    x = load_audio(resolve_corpus("demo", "test")[0].path, 16000)[: 62 * 256][None]
+    mel = teacher.pad_mels(LogMel(FeatureConfig(**payload["features"]))(x[0])[:, :62])
+    with torch.no_grad():  # measured with the code before the change (flat constructor arguments)
+        assert float(teacher.log_prob(x, mel).mean()) == pytest.approx(4.9560723, abs=1e-4)
+
+
+def test_flat_arguments_that_disagree_with_the_features_are_one_checkpoint_error(tmp_path):
+    from distill.errors import CheckpointError
+    from teachers.pretrained import load_teacher
+    from tests.models import save_model
+
+    model = WaveNetTeacher(TeacherModelConfig(layers=2, cycle=2, residual_channels=4, gate_channels=4, skip_channels=4))
+    flat = {**model.record()["model"], "linear_prediction": None, "n_mels": 40, "hop_length": 256, "mel_context": 2}
+    save_model(tmp_path / "t.pt", model, "teacher", model_args=flat)
+    with pytest.raises(CheckpointError, match=r"disagree with its features \(n_mels 40 \(features: 80\)\)") as err:
+        load_teacher(tmp_path / "t.pt")
+    assert "\n" not in str(err.value)
