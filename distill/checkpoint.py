@@ -49,7 +49,7 @@ FEATURE_DEFAULTS = {"preemphasis": 0.0}
 
 
 # --------------------------------------------------------------------------------------------
-# Models remember their constructor arguments
+# What a checkpoint records of its model
 
 
 def remember_args(init):
@@ -132,7 +132,7 @@ def checkpoint_payload(task: str, step: int, model_state: dict, model_class: str
 
 
 def build_model(payload: dict) -> torch.nn.Module:
-    """Rebuild the model a checkpoint describes (class + constructor arguments) and load its weights."""
+    """Rebuild the model a checkpoint describes (class + `model_record`) and load its weights."""
     module_name, _, qualname = payload["model_class"].partition(":")
     if module_name.split(".")[0] not in _TRUSTED_PACKAGES:
         raise CheckpointError(
@@ -156,9 +156,12 @@ def build_model(payload: dict) -> torch.nn.Module:
         model = rebuild(payload) if rebuild is not None else cls(**payload["model_args"])
     except CheckpointError:
         raise
-    except (TypeError, ValueError, RuntimeError, KeyError, ConfigError) as err:  # RuntimeError: negative channels
+    except KeyError as err:
+        raise CheckpointError(f"checkpoint's model record (model_args) has no key {err} that {payload['model_class']} "
+                              "needs; was it written by another version of wavedistill?") from None
+    except (TypeError, ValueError, RuntimeError, AttributeError, ConfigError) as err:  # RuntimeError: negative sizes
         raise CheckpointError(
-            f"checkpoint's constructor arguments do not fit {payload['model_class']} ({err}); "
+            f"checkpoint's model record (model_args) or features do not fit {payload['model_class']} ({err}); "
             "was it written by another version of wavedistill?"
         ) from None
     load_state(model, payload["model"], "model")

@@ -68,6 +68,12 @@ class FeatureConfig:
         if problems:
             raise ConfigError("features: " + "; ".join(problems))
 
+    def analysis(self) -> dict:
+        """The settings of the mel analysis that the mel's linear predictor and pitch source invert
+        (`distill.lpc.MelLPC`, `distill.pitch.MelPitch`), which those modules take as arguments."""
+        return {"sample_rate": self.sample_rate, "n_fft": self.n_fft, "win_length": self.win_length,
+                "f_min": self.f_min, "f_max": self.f_max}
+
 
 @dataclass
 class DataConfig:

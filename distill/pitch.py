@@ -185,6 +185,5 @@ def pitch_arguments(features) -> dict:
 
     args = {name: p.default for name, p in inspect.signature(MelPitch.__init__).parameters.items()
             if name not in ("self", "hop_length", "n_mels")}
-    args.update(sample_rate=features.sample_rate, n_fft=features.n_fft, win_length=features.win_length,
-                f_min=features.f_min, f_max=features.f_max, voicing=list(args["voicing"]))
+    args.update(features.analysis(), voicing=list(args["voicing"]))
     return args

@@ -36,7 +36,7 @@ from distill.errors import ConfigError
 from distill.lpc import MelLPC, lp_predict, lp_synthesis, synthesis_block
 from distill.nn import MelConditioned, MelUpsampler, WaveNetStack, shift_right
 from distill.pitch import MelPitch, pitch_arguments
-from teachers.wavenet import TeacherModelConfig, legacy_record, read_record
+from teachers.wavenet import TeacherModelConfig, analysis_differences, legacy_record, read_record
 
 SOURCE_CHANNELS = 4  # distill.pitch.MelPitch.source: pulse, sin, cos, voicing
 
@@ -83,11 +83,12 @@ class StudentModelConfig:
 class IAFStudent(MelConditioned, nn.Module):
     def __init__(self, config: StudentModelConfig | None = None, teacher: TeacherModelConfig | None = None,
                  features: FeatureConfig | None = None, mel_context: int = 2, pitch: dict | None = None):
-        """config: the hyperparameters; teacher: its teacher's (the upsampler's mode and scales, the
-        speakers, the linear predictor); features: the log-mel settings (and the pre-emphasis of the
-        teacher's domain, which the flows produce); mel_context: context frames on each side of a crop's
-        mel; pitch: the pitch source's `MelPitch` arguments as a checkpoint recorded them (None: those of
-        `distill.pitch.pitch_arguments(features)`), used with config.pitch_source."""
+        """config: the hyperparameters (defaults: `StudentModelConfig`'s); teacher: its teacher's (the
+        upsampler's mode and scales, the speakers, the linear predictor); features: the log-mel settings
+        (and the pre-emphasis of the teacher's domain, which the flows produce); mel_context: context
+        frames on each side of a crop's mel; pitch: the pitch source's `MelPitch` arguments as a
+        checkpoint recorded them (None: `distill.pitch.pitch_arguments(features)`), used with
+        config.pitch_source."""
         super().__init__()
         # own copies: a config changed after the model was built does not change what its checkpoint records
         config = StudentModelConfig() if config is None else copy.deepcopy(config)
@@ -108,6 +109,9 @@ class IAFStudent(MelConditioned, nn.Module):
             raise ConfigError("model.linear_prediction: true needs a teacher with linear prediction "
                               "(model.linear_prediction.order > 0 in its config); set it to false for this teacher")
         self.pitch_args = (pitch_arguments(features) if pitch is None else dict(pitch)) if config.pitch_source else None
+        differ = analysis_differences("pitch", self.pitch_args or {}, features)
+        if differ:
+            raise ConfigError(f"the pitch source's arguments disagree with the features ({'; '.join(differ)})")
         self.dist = (Gaussian(log_scale_min=-math.inf) if config.distribution == "gaussian"
                      else Logistic(log_scale_min=-math.inf))
         self.mel_context = mel_context
@@ -256,9 +260,9 @@ TEACHER_KEYS = ("upsample", "upsample_scales", "num_speakers", "speaker_dim")  #
 
 def legacy_student_record(payload: dict, features: FeatureConfig) -> dict:
     """`IAFStudent.record` for a student checkpoint written before models took their config: its flat
-    constructor arguments split into its own section and its teacher's (the teacher's other
-    hyperparameters from the record of the teacher it names, if any; they build nothing in the student),
-    its training-only flags from the run's config."""
+    constructor arguments split into its own section and its teacher's, its training-only flags from the
+    run's config. The teacher's other hyperparameters come from the record of the teacher it names; a
+    checkpoint that names none records the config's defaults for them (they build nothing in a student)."""
     flat = legacy_record(payload["model_args"], features)
     own = flat["model"]
     teacher = {key: own.pop(key) for key in TEACHER_KEYS if key in own}
@@ -266,11 +270,17 @@ def legacy_student_record(payload: dict, features: FeatureConfig) -> dict:
         teacher["linear_prediction"] = own.pop("linear_prediction")
     pitch = own.pop("pitch_source", None)
     own.update(linear_prediction=flat["linear_prediction"] is not None, pitch_source=pitch is not None)
-    run_model = (payload.get("config") or {}).get("model") or {}
-    own.update({key: run_model[key] for key in ("upsampler_from_teacher", "train_upsampler") if key in run_model})
-    named = ((payload.get("extra") or {}).get("teacher") or {}).get("model_args")
+    if "flows" in own and not own["flows"]:
+        own["flows"] = [10] * 6  # the old constructor's default for none
+    config, extra = payload.get("config"), payload.get("extra")
+    run_model = config.get("model") if isinstance(config, dict) else None
+    if isinstance(run_model, dict):
+        own.update({key: run_model[key] for key in ("upsampler_from_teacher", "train_upsampler") if key in run_model})
+    named = extra.get("teacher") if isinstance(extra, dict) else None
+    named = named.get("model_args") if isinstance(named, dict) else None
     if isinstance(named, dict):
-        teacher = {**(named if "model" in named else legacy_record(named, features))["model"], **teacher}
+        named = named if "model" in named else legacy_record(named, features, "its teacher's model arguments")
+        teacher = {**named["model"], **teacher}
     return {"model": own, "teacher": teacher, "mel_context": flat["mel_context"], "pitch": pitch}
 
 

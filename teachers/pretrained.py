@@ -1,7 +1,8 @@
 """Loading teachers (the shipped demo teacher by default) and exporting a run's teacher.
 
-An exported teacher is a slim checkpoint: the EMA weights as `model`, the model class and constructor
-arguments, the feature settings and the config, and no optimiser state. It loads without its YAML.
+An exported teacher is a slim checkpoint: the EMA weights as `model`, the model class and its record
+(`model_args`: `WaveNetTeacher.record`), the feature settings and the config, and no optimiser state.
+It loads without its YAML.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ g(t) location_net, log scale = log g(t) + log scale_net, with c(t) and g(t) comp
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -46,14 +47,8 @@ class LinearPredictionConfig:
         """`MelLPC.build`'s arguments: these settings plus the features the predictor inverts; None when off."""
         if self.order == 0:
             return None
-        return {"order": self.order, **predictor_features(features), "lag_window_hz": self.lag_window_hz,
+        return {"order": self.order, **features.analysis(), "lag_window_hz": self.lag_window_hz,
                 "white_noise": self.white_noise, "interpolate": self.interpolate}
-
-
-def predictor_features(features: FeatureConfig) -> dict:
-    """The feature settings a mel's linear predictor inverts (`distill.lpc.MelLPC`)."""
-    return {"sample_rate": features.sample_rate, "n_fft": features.n_fft, "win_length": features.win_length,
-            "f_min": features.f_min, "f_max": features.f_max}
 
 
 @dataclass
@@ -196,32 +191,47 @@ def read_record(payload: dict, legacy: Callable[[dict, FeatureConfig], dict]) ->
     return (args if "model" in args else legacy(payload, features)), features
 
 
-def legacy_record(args: dict, features: FeatureConfig) -> dict:
+def analysis_differences(name: str, args: dict, features: FeatureConfig) -> list[str]:
+    """Where a module's copy of the mel analysis settings (`FeatureConfig.analysis`; a predictor's or a
+    pitch source's arguments, named `name`) differs from `features`, one "name.key value (features:
+    value)" each."""
+    expected = features.analysis()
+    return [f"{name}.{key} {args[key]!r} (features: {expected[key]!r})" for key in args
+            if key in expected and args[key] != expected[key]]
+
+
+def legacy_record(args: dict, features: FeatureConfig, where: str = "the checkpoint's model arguments") -> dict:
     """Flat constructor arguments, as checkpoints kept them before models took their config (up to
     2026-12-05) -> the `record` of the model they describe: {"model": its config section as plain data,
     "mel_context": ...}, and the predictor's arguments as "linear_prediction" (None when off). Their
-    copies of the features (n_mels, hop_length, preemphasis, mel_silence, the predictor's sample_rate,
-    n_fft, ...) must equal the checkpoint's features, or it is a one-line CheckpointError. A student's
-    arguments keep their own keys; the caller takes what it needs."""
+    copies of the features (n_mels, hop_length, preemphasis, mel_silence, the analysis settings in the
+    predictor's and a student's pitch source's arguments) must equal the checkpoint's features, or it is
+    a one-line CheckpointError naming `where`. A student's arguments keep their own keys (the caller
+    takes what it needs); values the old constructors replaced by a default (None, an empty list) take
+    that default."""
+    if not isinstance(args, dict) or not all(isinstance(args.get(k) or {}, dict)
+                                             for k in ("linear_prediction", "pitch_source")):
+        raise CheckpointError(f"{where} are not a mapping with mappings for linear_prediction and pitch_source; "
+                              "use a checkpoint written by wavedistill")
     model = dict(args)
     mel_context = model.pop("mel_context", 2)
-    lp: dict = model.pop("linear_prediction", None) or {}
+    lp: dict = dict(model.pop("linear_prediction", None) or {})
+    if lp:  # the old predictor's default order, where the arguments left it out
+        lp.setdefault("order", inspect.signature(MelLPC.__init__).parameters["order"].default)
     copies = {"n_mels": features.n_mels, "hop_length": features.hop_length, "preemphasis": features.preemphasis,
               "mel_silence": silence_value(features)}
-    expected = predictor_features(features)
     differ = [f"{key} {model[key]!r} (features: {value!r})" for key, value in copies.items()
               if key in model and model[key] != value]
-    differ += [f"linear_prediction.{key} {lp[key]!r} (features: {expected[key]!r})" for key in lp
-               if key in expected and lp[key] != expected[key]]
+    differ += analysis_differences("linear_prediction", lp, features)
+    differ += analysis_differences("pitch_source", model.get("pitch_source") or {}, features)
     if differ:
-        raise CheckpointError("the checkpoint's model arguments disagree with its features (" + "; ".join(differ)
+        raise CheckpointError(f"{where} disagree with its features (" + "; ".join(differ)
                               + "); it was not written by wavedistill's trainer")
     for key in copies:
         model.pop(key, None)
-    if model.get("distribution_args", {}) is None:
-        model["distribution_args"] = {}
-    if model.get("upsample_scales", []) is None:
-        del model["upsample_scales"]
+    for key in ("distribution_args", "upsample_scales"):
+        if key in model and not model[key]:
+            del model[key]  # the old constructors' `or` default: the config's
     if lp:
-        model["linear_prediction"] = {key: value for key, value in lp.items() if key not in expected}
+        model["linear_prediction"] = {key: value for key, value in lp.items() if key not in features.analysis()}
     return {"model": model, "mel_context": mel_context, "linear_prediction": lp or None}

@@ -141,7 +141,7 @@ def test_build_model_refuses_functions_and_bad_arguments(tmp_path):
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="not a model class"):
         build_model({**evil, "model_class": "distill.checkpoint:torch"})
-    with pytest.raises(CheckpointError, match="constructor arguments do not fit"):
+    with pytest.raises(CheckpointError, match=r"model record \(model_args\) or features do not fit"):
         build_model({"model_class": "distill.nn:CausalConv1d", "model_args": {"nope": 1}, "model": {}})
 
 

@@ -123,7 +123,7 @@ def test_negative_channels_in_model_args_are_one_line(tmp_path):
     record = model.record()
     args = {**record, "model": {**record["model"], "residual_channels": -4}}
     save_model(tmp_path / "t.pt", model, "teacher", model_args=args)
-    with pytest.raises(CheckpointError, match="constructor arguments do not fit") as err:
+    with pytest.raises(CheckpointError, match=r"model record \(model_args\) or features do not fit") as err:
         load_teacher(tmp_path / "t.pt")
     assert "\n" not in str(err.value)
 

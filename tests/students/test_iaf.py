@@ -261,3 +261,22 @@ def test_a_student_checkpoint_of_flat_constructor_arguments_loads_as_its_config_
     assert loaded.record() == student.record()
     z, mel = torch.randn(1, 4 * 256), torch.randn(1, 80, 4 + 4)
     assert torch.equal(loaded(z, mel).x, student(z, mel).x)
+
+
+def test_flat_student_arguments_keep_the_old_constructors_defaults_and_check_the_pitch_sources_features():
+    from distill.config import FeatureConfig
+    from distill.errors import CheckpointError
+    from students.iaf import legacy_student_record
+
+    features = FeatureConfig(preemphasis=0.85)
+    lp = {k: v for k, v in FLAT_STUDENT["linear_prediction"].items() if k != "order"}  # the old default: 16
+    flat = {**FLAT_STUDENT, "flows": None, "upsample_scales": None, "linear_prediction": lp}
+    # a run config or extra of another shape than the trainer's is ignored, as the old loader did
+    record = legacy_student_record({"model_args": flat, "config": [1], "extra": "x"}, features)
+    assert record["model"]["flows"] == [10] * 6 and "upsample_scales" not in record["teacher"]
+    assert record["teacher"]["linear_prediction"]["order"] == 16 and record["pitch"]["f0_min"] == 70.0
+    pitch = {**FLAT_STUDENT["pitch_source"], "sample_rate": 22050}
+    with pytest.raises(CheckpointError, match=r"pitch_source.sample_rate 22050 \(features: 16000\)"):
+        legacy_student_record({"model_args": {**FLAT_STUDENT, "pitch_source": pitch}}, features)
+    with pytest.raises(CheckpointError, match="not a mapping"):
+        legacy_student_record({"model_args": {**FLAT_STUDENT, "linear_prediction": [1]}}, features)
