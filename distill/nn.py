@@ -176,6 +176,12 @@ class WaveNetStack(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return self.infer(x, c)
+        if time_major(x):
+            return self.forward_time_major(x, c)
+        return self.forward_channels_first(x, c)
+
+    def forward_channels_first(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward` with autograd as convolutions on (B, C, T)."""
         with self.float32(x, 0):
             h = self.input(x)
         skips = 0
@@ -185,6 +191,43 @@ class WaveNetStack(nn.Module):
                 h, s = layer(h, proj)
             skips = skips + s
         return self.head(skips * self.skip_scale)
+
+    def forward_time_major(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward` with autograd as matrix products in time-major layout (B, T, C): each dilated conv is
+        one product per tap, the later taps added into the rows they reach; the 1x1s and the conditioning
+        projection are products too. The same function as the convolutional form (tested to float64
+        rounding, gradients included); on a CPU under bf16 autocast it is the faster of the two (see
+        `time_major`)."""
+        length = x.shape[-1]
+        with self.float32(x, 0):
+            h = F.linear(x.transpose(1, 2), self.input.weight[:, :, 0], self.input.bias)
+        cond = _TimeMajorCond(c, x) if c is not None and self.layers[0].cond is not None else None
+        skips: torch.Tensor | None = None
+        for i, layer in enumerate(self.layers):
+            precise = self.precise(x, i)
+            if precise:
+                h = h.float()
+            with self.float32(x, i):
+                weight = layer.conv.weight  # (2G, R, k): tap k - 1 reads the current step
+                k = layer.kernel_size
+                a = F.linear(h, weight[:, :, k - 1], layer.conv.bias)
+                for tap in range(k - 1):
+                    shift = (k - 1 - tap) * layer.dilation
+                    if shift < length:
+                        a[:, shift:] += F.linear(h[:, : length - shift], weight[:, :, tap])
+                if cond is not None:
+                    a = a + F.linear(cond.get(precise), cast(nn.Conv1d, layer.cond).weight[:, :, 0])
+                filt, gate = a.split(layer.gate_channels, dim=-1)
+                # bf16: tanh * sigmoid (3 kernels, forward and backward, against gated_tanh's 5)
+                z = torch.tanh(filt) * torch.sigmoid(gate) if a.dtype == torch.bfloat16 else gated_tanh(filt, gate)
+                res, s = F.linear(z, layer.out.weight[:, :, 0], layer.out.bias).split(
+                    [h.shape[-1], layer.skip_channels], dim=-1)
+                h = (h + res) * SQRT_HALF
+            skips = s if skips is None else skips + s
+        head1, head2 = cast(nn.Conv1d, self.head[1]), cast(nn.Conv1d, self.head[3])
+        y = F.relu(cast(torch.Tensor, skips) * self.skip_scale)
+        y = F.relu(F.linear(y, head1.weight[:, :, 0], head1.bias))
+        return F.linear(y, head2.weight[:, :, 0], head2.bias).transpose(1, 2).contiguous()
 
     # Under bf16 autocast, the input 1x1 and the first `float32_layers` gated layers run in float32: the
     # previous sample enters the stack there, and rounding it to bf16's 8 bits costs a teacher more than
@@ -226,6 +269,30 @@ class WaveNetStack(nn.Module):
             skips = s.clone() if skips is None else skips.add_(s)
         z = cast(torch.Tensor, skips).mul_(self.skip_scale).relu_()
         return self.head[3](self.head[1](z).relu_())
+
+
+def time_major(x: torch.Tensor) -> bool:
+    """Whether a forward with autograd runs `WaveNetStack.forward_time_major`: on a CPU under bf16 autocast,
+    where matrix products beat mkldnn's bf16 convolutions and the bf16 gate is cheaper as tanh * sigmoid
+    (BENCHMARKS.md), and not while torch.compile traces (inductor gets the convolutional form)."""
+    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not torch.compiler.is_compiling())
+
+
+class _TimeMajorCond:
+    """One stack call's conditioning (B, C, T) in time-major layout, made once per precision: float32 for
+    the float32 layers, the autocast dtype for the rest (autocast would cast it again at every layer)."""
+
+    def __init__(self, c: torch.Tensor, x: torch.Tensor):
+        self.c, self.device = c, x.device.type
+        self.made: dict[torch.dtype, torch.Tensor] = {}
+
+    def get(self, precise: bool) -> torch.Tensor:
+        autocast = torch.is_autocast_enabled(self.device) and not precise
+        dtype = torch.get_autocast_dtype(self.device) if autocast else torch.float32 if precise else self.c.dtype
+        if dtype not in self.made:
+            self.made[dtype] = self.c.transpose(1, 2).to(dtype).contiguous()
+        return self.made[dtype]
 
 
 @torch.compiler.disable  # inductor (torch 2.11) fails to lower its reshapes ("NotImplementedError: View"); runs eager

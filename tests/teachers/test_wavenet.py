@@ -223,10 +223,9 @@ def test_generate_checks_method_mode_temperature_and_prompt_before_sampling(kwar
 @pytest.mark.parametrize("autocast", [False, True])
 @pytest.mark.parametrize("float32_layers", [0, 2])
 def test_the_in_place_inference_pass_gives_the_training_forwards_numbers_bit_for_bit(batch, autocast, float32_layers):
-    """`WaveNetStack.infer_in_place` (what forward runs without autograd off the CPU) repeats forward's
-    operations in place: bit
-    for bit at batch 1; at batch > 1 the gate halves are strided views, whose row ends PyTorch computes
-    with its scalar kernels, so the last bit may differ."""
+    """`WaveNetStack.infer_in_place` (what forward runs without autograd off the CPU) repeats the
+    convolutional forward's operations in place: bit for bit at batch 1; at batch > 1 the gate halves
+    are strided views, whose row ends PyTorch computes with its scalar kernels, so the last bit may differ."""
     from distill.nn import WaveNetStack
 
     torch.manual_seed(0)
@@ -235,7 +234,7 @@ def test_the_in_place_inference_pass_gives_the_training_forwards_numbers_bit_for
     stack.float32_layers = float32_layers
     x, c = torch.randn(batch, 1, 300), torch.randn(batch, 5, 300)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        reference = stack(x, c)
+        reference = stack.forward_channels_first(x, c)
         with torch.no_grad():
             fast = stack.infer_in_place(x, c)
     assert reference.requires_grad and not fast.requires_grad
@@ -246,18 +245,73 @@ def test_the_in_place_inference_pass_gives_the_training_forwards_numbers_bit_for
         torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6 if not autocast else 1e-2)
 
 
-def test_under_bf16_autocast_a_teachers_input_and_first_two_layers_run_in_float32():
+def test_under_bf16_autocast_a_teachers_input_and_first_two_layers_run_in_float32(monkeypatch):
+    """In each form of the forward: without grad, convolutional with grad, and time-major (what a CPU
+    trains with under bf16 autocast): the products with a dilated conv's weights are float32 in the
+    first two layers and bf16 after them."""
+    from torch.overrides import TorchFunctionMode
+
+    import distill.nn
+
     teacher = small_teacher("gaussian", dtype=torch.float32)
     assert teacher.stack.float32_layers == 2
     dtypes = []
     for layer in teacher.stack.layers:
         layer.conv.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    taps = {id(layer.conv.weight) for layer in teacher.stack.layers}
+
+    class TapProducts(TorchFunctionMode):  # the time-major form's products with a dilated conv's current tap
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.nn.functional.linear and len(args) > 2 and id(getattr(args[1], "_base", None)) in taps:
+                dtypes.append(out.dtype)
+            return out
+
     y, mel = inputs(teacher, dtype=torch.float32)
-    for grad in (True, False):
+    for form in ("no grad", "channels first", "time major"):
         dtypes.clear()
-        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+        monkeypatch.setattr(distill.nn, "time_major", lambda x, form=form: form == "time major")
+        with torch.set_grad_enabled(form != "no grad"), torch.autocast("cpu", dtype=torch.bfloat16), TapProducts():
             teacher(y, mel)
-        assert dtypes[:2] == [torch.float32] * 2 and set(dtypes[2:]) == {torch.bfloat16}
+        assert len(dtypes) == len(teacher.stack.layers), form
+        assert dtypes[:2] == [torch.float32] * 2 and set(dtypes[2:]) == {torch.bfloat16}, form
+
+
+@pytest.mark.parametrize(("kernel_size", "cond_channels", "length"), [(2, 5, 300), (3, 5, 300), (2, 0, 300), (2, 5, 6)])
+def test_the_time_major_training_forward_is_the_convolutional_one_values_and_gradients(
+        kernel_size, cond_channels, length):
+    """`forward_time_major` (a CPU's training forward under bf16 autocast) against
+    `forward_channels_first` in float64: outputs and the gradients of input, conditioning and every
+    weight, with taps reaching past the start (length 6 < the dilations)."""
+    from distill.nn import WaveNetStack
+
+    torch.manual_seed(0)
+    stack = WaveNetStack(1, 2, layers=6, cycle=3, kernel_size=kernel_size, residual_channels=8, gate_channels=12,
+                         skip_channels=10, cond_channels=cond_channels).double()
+    with torch.no_grad():
+        stack.head[-1].weight.normal_(0, 0.5)
+    x = torch.randn(2, 1, length, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(2, cond_channels, length, dtype=torch.float64, requires_grad=True) if cond_channels else None
+    wrt = [x, *([c] if c is not None else []), *stack.parameters()]
+    expected, got = stack.forward_channels_first(x, c), stack.forward_time_major(x, c)
+    assert got.shape == expected.shape and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(expected)
+    for a, b in zip(torch.autograd.grad(got, wrt, g), torch.autograd.grad(expected, wrt, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_cpu_trains_time_major_under_bf16_autocast_only_with_the_convolutions_numbers():
+    from distill.nn import WaveNetStack, time_major
+
+    torch.manual_seed(0)
+    stack = WaveNetStack(1, 2, layers=4, cycle=2, residual_channels=16, gate_channels=16, skip_channels=16,
+                         cond_channels=5)
+    x, c = torch.randn(2, 1, 200), torch.randn(2, 5, 200)
+    assert not time_major(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert time_major(x)
+        torch.testing.assert_close(stack(x, c), stack.forward_channels_first(x, c), rtol=0.05, atol=0.05)
 
 
 def test_one_config_builds_the_teacher_and_is_what_its_checkpoint_records(tmp_path):
