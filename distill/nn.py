@@ -273,10 +273,10 @@ class WaveNetStack(nn.Module):
 
 def time_major(x: torch.Tensor) -> bool:
     """Whether a forward with autograd runs `WaveNetStack.forward_time_major`: on a CPU under bf16 autocast,
-    where matrix products beat mkldnn's bf16 convolutions and the bf16 gate is cheaper as tanh * sigmoid
-    (BENCHMARKS.md), and not while torch.compile traces (inductor gets the convolutional form)."""
-    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not torch.compiler.is_compiling())
+    eager or compiled, where matrix products beat mkldnn's bf16 convolutions and the bf16 gate is cheaper
+    as tanh * sigmoid (BENCHMARKS.md; in float32 the convolutions are faster)."""
+    cpu = x.device.type == "cpu"
+    return cpu and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 class _TimeMajorCond:

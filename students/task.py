@@ -71,9 +71,11 @@ class StudentConfig:
     valid: StudentValidConfig = field(default_factory=StudentValidConfig)
 
 
-def build_student(cfg: StudentConfig, teacher: TeacherModelConfig) -> IAFStudent:
+def build_student(cfg: StudentConfig, teacher: TeacherModelConfig | None = None) -> IAFStudent:
     """The student a config describes, for a teacher of these hyperparameters (the student takes its
-    upsampler's mode and scales, its speakers and, with `model.linear_prediction`, its predictor)."""
+    upsampler's mode and scales, its speakers and, with `model.linear_prediction`, its predictor);
+    None: a teacher of `TeacherModelConfig`'s defaults (the stretch upsampler [16, 16], one speaker,
+    no predictor)."""
     return IAFStudent(cfg.model, teacher, cfg.features, cfg.data.mel_context)
 
 

@@ -109,3 +109,21 @@ def test_a_compiled_teacher_trains_like_the_eager_one():
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-5)
     for a, b in zip(compiled_grads, eager_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_compiled_teacher_under_bf16_autocast_trains_time_major_like_the_eager_one():
+    """train.compile=true with train.amp=bf16 on a CPU: the compiled model runs the time-major form too,
+    with the eager one's loss and gradients to bf16 rounding."""
+    teacher = small_teacher("gaussian", layers=2, cycle=2, dtype=torch.float32).train()
+    y, mel = teacher_inputs(teacher, dtype=torch.float32)
+    results = []
+    for model in (teacher, torch.compile(teacher)):
+        teacher.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = -teacher.dist.log_prob(model(y, mel).float(), y).mean()
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in teacher.parameters()]))
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=2e-2, atol=2e-2)
+    for a, b in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-2 * float(b.abs().max()))
