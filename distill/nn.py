@@ -176,9 +176,15 @@ class WaveNetStack(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return self.infer(x, c)
-        if time_major(x):
+        if time_major(x) and not self.hooked():
             return self.forward_time_major(x, c)
         return self.forward_channels_first(x, c)
+
+    def hooked(self) -> bool:
+        """Whether a conv of the stack has forward (pre-)hooks, e.g. torch.nn.utils.weight_norm's, which
+        recomputes the weight in a pre-hook: `forward_time_major` reads the weights without calling the
+        convs, so such a stack keeps the convolutional form."""
+        return any(m._forward_pre_hooks or m._forward_hooks for m in self.modules() if isinstance(m, nn.Conv1d))
 
     def forward_channels_first(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """`forward` with autograd as convolutions on (B, C, T)."""
@@ -197,7 +203,8 @@ class WaveNetStack(nn.Module):
         one product per tap, the later taps added into the rows they reach; the 1x1s and the conditioning
         projection are products too. The same function as the convolutional form (tested to float64
         rounding, gradients included); on a CPU under bf16 autocast it is the faster of the two (see
-        `time_major`)."""
+        `time_major`). Under autocast, the float32 layers project the conditioning in float32 (the
+        convolutional form rounds that projection to bf16 first: a difference within bf16 rounding)."""
         length = x.shape[-1]
         with self.float32(x, 0):
             h = F.linear(x.transpose(1, 2), self.input.weight[:, :, 0], self.input.bias)
@@ -205,8 +212,7 @@ class WaveNetStack(nn.Module):
         skips: torch.Tensor | None = None
         for i, layer in enumerate(self.layers):
             precise = self.precise(x, i)
-            if precise:
-                h = h.float()
+            h, _ = self.precise_inputs(i, h, None)
             with self.float32(x, i):
                 weight = layer.conv.weight  # (2G, R, k): tap k - 1 reads the current step
                 k = layer.kernel_size

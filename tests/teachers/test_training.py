@@ -127,3 +127,14 @@ def test_a_compiled_teacher_under_bf16_autocast_trains_time_major_like_the_eager
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=2e-2, atol=2e-2)
     for a, b in zip(compiled_grads, eager_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-2 * float(b.abs().max()))
+    traced = []  # what dynamo hands the compiler: the time-major form's products, no convolution of a layer
+
+    def backend(graph, example_inputs):
+        traced.extend(str(node.target) for node in graph.graph.nodes)
+        return graph.forward
+
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cond = torch.randn(y.shape[0], teacher.stack.layers[0].cond.in_channels, y.shape[-1])
+        torch.compile(teacher.stack, backend=backend)(y[:, None], cond)
+    assert any("linear" in t for t in traced) and not any("conv1d" in t for t in traced)

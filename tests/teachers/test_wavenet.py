@@ -256,24 +256,34 @@ def test_under_bf16_autocast_a_teachers_input_and_first_two_layers_run_in_float3
     teacher = small_teacher("gaussian", dtype=torch.float32)
     assert teacher.stack.float32_layers == 2
     dtypes = []
-    for layer in teacher.stack.layers:
-        layer.conv.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    hooks = [layer.conv.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+             for layer in teacher.stack.layers]
+    hooks.append(teacher.stack.input.register_forward_hook(lambda module, args, out: inputs_dtype.append(out.dtype)))
     taps = {id(layer.conv.weight) for layer in teacher.stack.layers}
+    inputs_dtype: list = []
 
-    class TapProducts(TorchFunctionMode):  # the time-major form's products with a dilated conv's current tap
+    class TapProducts(TorchFunctionMode):  # the time-major form's products: the input 1x1, a dilated conv's taps
         def __torch_function__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            if func is torch.nn.functional.linear and len(args) > 2 and id(getattr(args[1], "_base", None)) in taps:
+            base = getattr(args[1], "_base", None) if func is torch.nn.functional.linear else None
+            if base is teacher.stack.input.weight:
+                inputs_dtype.append(out.dtype)
+            elif len(args) > 2 and id(base) in taps:  # the current tap (the one with the bias)
                 dtypes.append(out.dtype)
             return out
 
     y, mel = inputs(teacher, dtype=torch.float32)
     for form in ("no grad", "channels first", "time major"):
         dtypes.clear()
+        inputs_dtype.clear()
         monkeypatch.setattr(distill.nn, "time_major", lambda x, form=form: form == "time major")
+        if form == "time major":  # hooked convs keep the convolutional form (`WaveNetStack.hooked`)
+            for hook in hooks:
+                hook.remove()
+            assert not teacher.stack.hooked()
         with torch.set_grad_enabled(form != "no grad"), torch.autocast("cpu", dtype=torch.bfloat16), TapProducts():
             teacher(y, mel)
-        assert len(dtypes) == len(teacher.stack.layers), form
+        assert len(dtypes) == len(teacher.stack.layers) and inputs_dtype == [torch.float32], form
         assert dtypes[:2] == [torch.float32] * 2 and set(dtypes[2:]) == {torch.bfloat16}, form
 
 
@@ -286,8 +296,8 @@ def test_the_time_major_training_forward_is_the_convolutional_one_values_and_gra
     from distill.nn import WaveNetStack
 
     torch.manual_seed(0)
-    stack = WaveNetStack(1, 2, layers=6, cycle=3, kernel_size=kernel_size, residual_channels=8, gate_channels=12,
-                         skip_channels=10, cond_channels=cond_channels).double()
+    stack = WaveNetStack(1, 2, layers=6, cycle=4, kernel_size=kernel_size, residual_channels=8, gate_channels=12,
+                         skip_channels=10, cond_channels=cond_channels).double()  # dilations 1, 2, 4, 8, 1, 2
     with torch.no_grad():
         stack.head[-1].weight.normal_(0, 0.5)
     x = torch.randn(2, 1, length, dtype=torch.float64, requires_grad=True)
@@ -301,17 +311,31 @@ def test_the_time_major_training_forward_is_the_convolutional_one_values_and_gra
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_a_cpu_trains_time_major_under_bf16_autocast_only_with_the_convolutions_numbers():
+def test_a_cpu_trains_time_major_under_bf16_autocast_only_and_never_past_a_convs_hooks():
+    """Time-major under bf16 autocast only; a stack whose convs carry hooks (torch.nn.utils.weight_norm
+    recomputes the weight in a pre-hook, which the time-major form would skip) keeps the convolutions."""
     from distill.nn import WaveNetStack, time_major
 
     torch.manual_seed(0)
     stack = WaveNetStack(1, 2, layers=4, cycle=2, residual_channels=16, gate_channels=16, skip_channels=16,
                          cond_channels=5)
     x, c = torch.randn(2, 1, 200), torch.randn(2, 5, 200)
-    assert not time_major(x)
+    assert not time_major(x) and not stack.hooked()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+        assert not time_major(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert time_major(x)
         torch.testing.assert_close(stack(x, c), stack.forward_channels_first(x, c), rtol=0.05, atol=0.05)
+    with pytest.warns(FutureWarning):
+        torch.nn.utils.weight_norm(stack.layers[1].conv)
+    assert stack.hooked()
+    optimiser = torch.optim.SGD(stack.parameters(), lr=0.01)
+    for _ in range(2):  # the second step would fail ("backward through the graph a second time") time-major
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = stack(x, c).float().square().mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
 
 
 def test_one_config_builds_the_teacher_and_is_what_its_checkpoint_records(tmp_path):
