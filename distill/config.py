@@ -74,6 +74,13 @@ class FeatureConfig:
         return {"sample_rate": self.sample_rate, "n_fft": self.n_fft, "win_length": self.win_length,
                 "f_min": self.f_min, "f_max": self.f_max}
 
+    def analysis_differences(self, name: str, args: dict) -> list[str]:
+        """Where a module's copy of `analysis` (a predictor's or a pitch source's arguments, named `name`)
+        differs from these settings, one "name.key value (features: value)" each."""
+        expected = self.analysis()
+        return [f"{name}.{key} {args[key]!r} (features: {expected[key]!r})" for key in args
+                if key in expected and args[key] != expected[key]]
+
 
 @dataclass
 class DataConfig:

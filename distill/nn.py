@@ -294,8 +294,12 @@ class _TimeMajorCond:
         self.made: dict[torch.dtype, torch.Tensor] = {}
 
     def get(self, precise: bool) -> torch.Tensor:
-        autocast = torch.is_autocast_enabled(self.device) and not precise
-        dtype = torch.get_autocast_dtype(self.device) if autocast else torch.float32 if precise else self.c.dtype
+        if precise:
+            dtype = torch.float32
+        elif torch.is_autocast_enabled(self.device):
+            dtype = torch.get_autocast_dtype(self.device)
+        else:
+            dtype = self.c.dtype
         if dtype not in self.made:
             self.made[dtype] = self.c.transpose(1, 2).to(dtype).contiguous()
         return self.made[dtype]

@@ -36,7 +36,7 @@ from distill.errors import ConfigError
 from distill.lpc import MelLPC, lp_predict, lp_synthesis, synthesis_block
 from distill.nn import MelConditioned, MelUpsampler, WaveNetStack, shift_right
 from distill.pitch import MelPitch, pitch_arguments
-from teachers.wavenet import TeacherModelConfig, analysis_differences, legacy_record, read_record
+from teachers.wavenet import TeacherModelConfig, legacy_record, read_record
 
 SOURCE_CHANNELS = 4  # distill.pitch.MelPitch.source: pulse, sin, cos, voicing
 
@@ -109,7 +109,7 @@ class IAFStudent(MelConditioned, nn.Module):
             raise ConfigError("model.linear_prediction: true needs a teacher with linear prediction "
                               "(model.linear_prediction.order > 0 in its config); set it to false for this teacher")
         self.pitch_args = (pitch_arguments(features) if pitch is None else dict(pitch)) if config.pitch_source else None
-        differ = analysis_differences("pitch", self.pitch_args or {}, features)
+        differ = features.analysis_differences("pitch", self.pitch_args or {})
         if differ:
             raise ConfigError(f"the pitch source's arguments disagree with the features ({'; '.join(differ)})")
         self.dist = (Gaussian(log_scale_min=-math.inf) if config.distribution == "gaussian"

@@ -191,15 +191,6 @@ def read_record(payload: dict, legacy: Callable[[dict, FeatureConfig], dict]) ->
     return (args if "model" in args else legacy(payload, features)), features
 
 
-def analysis_differences(name: str, args: dict, features: FeatureConfig) -> list[str]:
-    """Where a module's copy of the mel analysis settings (`FeatureConfig.analysis`; a predictor's or a
-    pitch source's arguments, named `name`) differs from `features`, one "name.key value (features:
-    value)" each."""
-    expected = features.analysis()
-    return [f"{name}.{key} {args[key]!r} (features: {expected[key]!r})" for key in args
-            if key in expected and args[key] != expected[key]]
-
-
 def legacy_record(args: dict, features: FeatureConfig, where: str = "the checkpoint's model arguments") -> dict:
     """Flat constructor arguments, as checkpoints kept them before models took their config (up to
     2026-12-05) -> the `record` of the model they describe: {"model": its config section as plain data,
@@ -222,8 +213,8 @@ def legacy_record(args: dict, features: FeatureConfig, where: str = "the checkpo
               "mel_silence": silence_value(features)}
     differ = [f"{key} {model[key]!r} (features: {value!r})" for key, value in copies.items()
               if key in model and model[key] != value]
-    differ += analysis_differences("linear_prediction", lp, features)
-    differ += analysis_differences("pitch_source", model.get("pitch_source") or {}, features)
+    differ += features.analysis_differences("linear_prediction", lp)
+    differ += features.analysis_differences("pitch_source", model.get("pitch_source") or {})
     if differ:
         raise CheckpointError(f"{where} disagree with its features (" + "; ".join(differ)
                               + "); it was not written by wavedistill's trainer")

@@ -251,6 +251,9 @@ def test_linear_prediction_needs_a_teacher_with_a_predictor():
 
     with pytest.raises(ConfigError, match="needs a teacher with linear prediction"):
         build_student(config("model.linear_prediction=true"), TeacherModelConfig())
+    with pytest.raises(ConfigError, match="needs a teacher with linear prediction"):  # no teacher: the defaults'
+        build_student(config("model.linear_prediction=true"))
+    assert build_student(config("model.linear_prediction=false")).teacher_config == TeacherModelConfig()
 
 
 def test_the_shared_upsampler_and_predictor_are_computed_once_with_the_same_numbers(tmp_path):

@@ -211,6 +211,9 @@ def test_one_config_builds_the_student_and_is_what_its_checkpoint_records(tmp_pa
     assert torch.equal(loaded(z, mel, speaker).x, student(z, mel, speaker).x)
     with pytest.raises(ConfigError, match="needs a teacher with linear prediction"):
         IAFStudent(config, TeacherModelConfig(), features)
+    disagree = r"pitch source's arguments disagree .*pitch.sample_rate 22050 \(features: 16000\)"
+    with pytest.raises(ConfigError, match=disagree):
+        IAFStudent(config, teacher, features, pitch={**pitch_defaults(features), "sample_rate": 22050})
 
 
 def pitch_defaults(features):
