@@ -173,15 +173,19 @@ def _data(args) -> int:
 
 def add_make_demo_corpus(sub) -> None:
     p = sub.add_parser("make-demo-corpus",
-                       help="remake the bundled demo corpus with flite (needs 'apt-get install flite')")
+                       help="remake the bundled demo corpus: ten flite and festival voices (Debian packages flite, "
+                            "festival, festvox-*; a missing one is named)")
     p.add_argument("--out", default=None, help="folder to write (default: the packaged demo corpus)")
-    p.add_argument("--count", type=int, default=150)
-    p.add_argument("--stretch", type=float, default=0.85, help="flite duration_stretch")
+    p.add_argument("--voices", default=None, metavar="A,B",
+                   help="only these voices (comma-separated; slt is always made); default: all ten")
+    p.add_argument("--force", action="store_true",
+                   help="synthesise the --voices named (all without --voices) again; default: keep audio files "
+                        "that exist")
     p.set_defaults(func=_make_demo_corpus)
 
 
 def _make_demo_corpus(args) -> int:
-    from distill.make_demo_corpus import make_demo_corpus
+    from distill.make_demo_corpus import format_summary, make_demo_corpus
 
-    print(json.dumps(make_demo_corpus(args.out, args.count, args.stretch), indent=2))
+    print(format_summary(make_demo_corpus(args.out, args.voices, args.force)))
     return 0

@@ -1,9 +1,15 @@
-"""Corpora: which utterances exist and which split each belongs to.
+"""Corpora: which utterances exist, which split each belongs to, and who speaks each.
 
 Three kinds, chosen by `resolve_corpus(spec)`:
-- `"demo"`: the bundled demo corpus (flite voice `slt`, 16 kHz FLAC, fixed train/valid/test lists);
-- a folder in LJSpeech layout: `metadata.csv` (`id|text[|normalized text]`) and `wavs/<id>.wav`;
+- `"demo"`: the bundled demo corpus, made by `distill.make_demo_corpus`: ten synthetic voices (flite and
+  festival; eight for training, two held out of train), 16 kHz FLAC, fixed train/valid/test lists;
+- a folder in LJSpeech layout: `metadata.csv` (`id|text[|normalized text[|speaker]]`) and `wavs/<id>.wav`;
 - any other folder: every audio file under it, recursively.
+
+Speaker labels (`Utterance.speaker`): metadata.csv's fourth column where a line has one; in a plain folder,
+the first sub-folder below the corpus root ("" for files directly in it). A label alone changes nothing
+a model sees: only `data.speakers` ("column" or "folder") makes a multi-speaker corpus whose labels become
+speaker ids, and then every utterance must have one (`with_speakers`); evaluation reports per voice by them.
 
 Splits: a corpus folder holding `train.txt` / `valid.txt` / `test.txt` (one utterance id a line)
 uses them; otherwise each id goes to a split by a stable hash of the id, so adding files never
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -61,8 +67,9 @@ def audio_extensions() -> set[str]:
 
 
 def ljspeech(root: Path, speaker_column: bool = False) -> list[Utterance]:
-    """Utterances of an LJSpeech-layout folder (`metadata.csv` + `wavs/`). speaker_column: each line is
-    `id|text|normalized text|speaker` (a line without the fourth column is skipped with a warning)."""
+    """Utterances of an LJSpeech-layout folder (`metadata.csv` + `wavs/`), each labelled with its line's fourth
+    column (`id|text|normalized text|speaker`) where it has one. speaker_column: every line must have it
+    (a line without is skipped with a warning)."""
     meta = root / "metadata.csv"
     utts = []
     seen = set()
@@ -81,13 +88,11 @@ def ljspeech(root: Path, speaker_column: bool = False) -> list[Utterance]:
         if uid in seen:
             log.warning("skipping %s line %d: duplicate id %r", meta, number, uid)
             continue
-        speaker = ""
-        if speaker_column:
-            if len(cols) < 4 or not cols[3].strip():
-                log.warning("skipping %s line %d: data.speakers=column needs 'id|text|normalized text|speaker', got %r",
-                            meta, number, line[:80])
-                continue
-            speaker = cols[3].strip()
+        speaker = cols[3].strip() if len(cols) > 3 else ""
+        if speaker_column and not speaker:
+            log.warning("skipping %s line %d: data.speakers=column needs 'id|text|normalized text|speaker', got %r",
+                        meta, number, line[:80])
+            continue
         text = cols[2].strip() if len(cols) > 2 and cols[2].strip() else cols[1].strip()
         path = _find_audio(root / "wavs", uid)
         if path is None:
@@ -111,7 +116,8 @@ def _find_audio(folder: Path, uid: str) -> Path | None:
 
 
 def audio_folder(root: Path) -> list[Utterance]:
-    """Every audio file under `root`, recursively; the id is the relative path without extension."""
+    """Every audio file under `root`, recursively; the id is the relative path without extension, the speaker
+    label the first folder below `root` ("" for a file directly in it)."""
     exts = audio_extensions()
     # Broken symlinks are kept, so that reading them reports the file instead of silently dropping it.
     paths = sorted(p for p in root.rglob("*") if (p.is_file() or p.is_symlink()) and p.suffix.lower() in exts)
@@ -119,7 +125,11 @@ def audio_folder(root: Path) -> list[Utterance]:
         raise CorpusError(
             f"{root}: no audio files found (looked recursively for {', '.join(sorted(exts))})"
         )
-    return [Utterance(p.relative_to(root).with_suffix("").as_posix(), p) for p in paths]
+    utts = []
+    for p in paths:
+        rel = p.relative_to(root)
+        utts.append(Utterance(rel.with_suffix("").as_posix(), p, speaker=rel.parts[0] if len(rel.parts) > 1 else ""))
+    return utts
 
 
 def hash_split(uid: str, valid_fraction: float, test_fraction: float) -> str:
@@ -133,11 +143,12 @@ def hash_split(uid: str, valid_fraction: float, test_fraction: float) -> str:
 
 
 def with_speakers(utts: list[Utterance], root: Path, source: str) -> list[Utterance]:
-    """Speaker names for a corpus: "folder" takes the first folder below the corpus root (LibriTTS with
-    the corpus at a subset such as train-clean-100: the speaker id; VCTK with the corpus at wav48/:
-    p225, ...), "column" the metadata.csv column (read by `ljspeech`), "" none."""
+    """The utterances of a plain audio folder that a multi-speaker corpus can use: with source "folder",
+    those in a speaker folder (the first folder below the corpus root, which `audio_folder` made their label:
+    LibriTTS with the corpus at a subset such as train-clean-100: the speaker id; VCTK with the corpus at
+    wav48/: p225, ...); with "" (one speaker), all of them."""
     if source == "folder":
-        named = [replace(u, speaker=Path(u.id).parts[0]) for u in utts if len(Path(u.id).parts) > 1]
+        named = [u for u in utts if u.speaker]
         if len(named) < len(utts):
             log.warning("%s: %d file(s) directly in the corpus folder have no speaker folder; skipped",
                         root, len(utts) - len(named))

@@ -216,6 +216,28 @@ def corpus_speakers(data: DataConfig) -> dict[str, int] | None:
     return {name: i for i, name in enumerate(names)}
 
 
+def corpus_voices(data: DataConfig) -> list[str]:
+    """The voice labels of the corpus's training split (`Utterance.speaker`: a metadata speaker column or
+    a speaker folder), sorted; empty for a corpus without labels. A model's checkpoint records them, so
+    that an evaluation can tell the voices it trained on from the ones it never heard. Read whatever
+    data.speakers says: a universal model trains without speaker ids, but its voices are still known."""
+    utts = resolve_corpus(data.corpus, "train", data.valid_fraction, data.test_fraction, data.speakers)
+    return sorted({u.speaker for u in utts if u.speaker})
+
+
+def voice_order(labels: list[str]) -> list[int]:
+    """Indices of `labels` (one voice label per utterance) taken one voice at a time, round robin in the
+    order the voices first appear: the first N cover min(N, voices) voices. Within a voice the order is kept."""
+    by_voice: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_voice.setdefault(label, []).append(i)
+    queues = list(by_voice.values())
+    order: list[int] = []
+    for depth in range(max((len(q) for q in queues), default=0)):
+        order += [q[depth] for q in queues if depth < len(q)]
+    return order
+
+
 def load_split(data: DataConfig, features: FeatureConfig, split: str, min_samples: int,
                speakers: dict[str, int] | None = None) -> UtteranceStore:
     """Resolve, read and check one split of the configured corpus (with `speakers`, the map its
@@ -273,7 +295,8 @@ class SegmentDataset(Dataset):
 
 class UtteranceDataset(Dataset):
     """Whole utterances (validation, evaluation). Returns a dict:
-    id (str), audio (T',) with T' = (T // hop) * hop, and mel (n_mels, T // hop) without context.
+    id (str), audio (T',) with T' = (T // hop) * hop, mel (n_mels, T // hop) without context and voice
+    (str, the utterance's voice label; "" when the corpus has none).
     """
 
     def __init__(self, store: UtteranceStore):
@@ -285,8 +308,8 @@ class UtteranceDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         audio, mel = self.store.get(index)
         hop = self.store.features.hop_length
-        item: dict[str, Any] = {"id": self.store.items[index].utt.id, "audio": audio[: mel.shape[-1] * hop],
-                                "mel": mel}
+        utt = self.store.items[index].utt
+        item: dict[str, Any] = {"id": utt.id, "audio": audio[: mel.shape[-1] * hop], "mel": mel, "voice": utt.speaker}
         if self.store.speakers is not None:
             item["speaker"] = self.store.items[index].speaker
         return item

@@ -23,6 +23,7 @@ from distill import engine
 from distill.audio import pad_mel
 from distill.config import FeatureConfig
 from distill.errors import ConfigError
+from distill.pitch import SOURCE_CHANNELS, MelPitch, pitch_arguments
 
 SQRT_HALF = math.sqrt(0.5)
 
@@ -402,12 +403,28 @@ class MelUpsampler(nn.Module):
 
 
 class MelConditioned:
-    """The conditioning every vocoder model here shares: `upsampler` (a `MelUpsampler`) and `speaker` (an
-    embedding table or None). Callers hand utterance mels to `pad_mels` and the result to the model."""
+    """The conditioning every vocoder model here shares: `upsampler` (a `MelUpsampler`), `speaker` (an
+    embedding table or None) and `pitch` (the mel's pitch-synchronous source, `distill.pitch.MelPitch`,
+    or None). Callers hand utterance mels to `pad_mels` and the result to the model."""
 
     upsampler: MelUpsampler
     speaker: nn.Embedding | None
+    pitch: MelPitch | None
+    pitch_args: dict | None  # the source's `MelPitch` arguments, as the model's checkpoint records them
+    mel_context: int
     features: FeatureConfig  # the log-mel settings the model reads
+
+    def build_pitch(self, enabled: bool, pitch: dict | None) -> int:
+        """Set `pitch` and `pitch_args` for a model with (`enabled`) or without a pitch source; pitch: the
+        `MelPitch` arguments a checkpoint recorded (None: `distill.pitch.pitch_arguments(self.features)`).
+        Returns the conditioning channels the source adds (0 without one)."""
+        self.pitch_args = (pitch_arguments(self.features) if pitch is None else dict(pitch)) if enabled else None
+        differ = self.features.analysis_differences("pitch", self.pitch_args or {})
+        if differ:
+            raise ConfigError(f"the pitch source's arguments disagree with the features ({'; '.join(differ)})")
+        self.pitch = (MelPitch.build(self.pitch_args, self.features.hop_length, self.features.n_mels)
+                      if self.pitch_args is not None else None)
+        return SOURCE_CHANNELS if self.pitch is not None else 0
 
     def pad_mels(self, mels: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """Utterance mels (no context; see `MelUpsampler.pad`) -> the model's mel input."""
@@ -415,9 +432,15 @@ class MelConditioned:
 
     def conditioning(self, mel: torch.Tensor, speaker: torch.Tensor | None = None,
                      mel_cond: torch.Tensor | None = None) -> torch.Tensor:
-        """mel (B, n_mels, F + 2c) [+ speaker ids (B,)] -> (B, cond_channels, F * hop). mel_cond: `upsampler(mel)`
-        when the caller has it already (a frozen upsampler shared by teacher and student): not computed again."""
-        return with_speaker(self.upsampler(mel) if mel_cond is None else mel_cond, self.speaker, speaker)
+        """mel (B, n_mels, F + 2c) [+ speaker ids (B,)] -> (B, cond_channels, F * hop): the upsampled mel,
+        the speaker's embedding (multi-speaker models) and the mel's pitch-synchronous source (models with
+        a pitch source: 4 channels, `distill.pitch.MelPitch.source`), in that order. mel_cond:
+        `upsampler(mel)` when the caller has it already (a frozen upsampler shared by teacher and
+        student): not computed again."""
+        cond = with_speaker(self.upsampler(mel) if mel_cond is None else mel_cond, self.speaker, speaker)
+        if self.pitch is None:
+            return cond
+        return torch.cat([cond, self.pitch.source(mel, self.mel_context).to(cond.dtype)], dim=1)
 
 
 def with_speaker(cond: torch.Tensor, table: nn.Embedding | None, speaker: torch.Tensor | None) -> torch.Tensor:

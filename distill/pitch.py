@@ -40,6 +40,8 @@ from torch import nn
 from distill.audio import mel_filterbank
 from distill.errors import ConfigError
 
+SOURCE_CHANNELS = 4  # MelPitch.source: pulse, sin, cos, voicing
+
 
 def _band_detail(x: torch.Tensor, width: int = 5) -> torch.Tensor:
     """x (..., bands) minus its moving average over `width` bands (edges replicated): the harmonic
@@ -125,16 +127,18 @@ class MelPitch(nn.Module):
         with torch.autocast(device_type=logmel.device.type, enabled=False):
             x = _band_detail(logmel.double().transpose(1, 2)[..., : self.bands])  # (B, F, bands)
             x = x / (x.norm(dim=-1, keepdim=True) + 1e-9)
-            score = x @ self.templates.T  # (B, F, C)
+            # the buffers in float64 whatever dtype the owning model was cast to (model.float() casts them)
+            templates, log2_cands = self.templates.double(), self.log2_cands.double()
+            score = x @ templates.T  # (B, F, C)
             best = score.argmax(-1).clamp(1, score.shape[-1] - 2)
             a, b, c = (score.gather(-1, (best + o)[..., None])[..., 0] for o in (-1, 0, 1))
             denom = a - 2 * b + c
             offset = torch.where(denom < 0, 0.5 * (a - c) / denom.clamp(max=-1e-12), torch.zeros_like(b)).clamp(-1, 1)
-            step = self.log2_cands[1] - self.log2_cands[0]
+            step = log2_cands[1] - log2_cands[0]
             # voicing: the best similarity averaged over 3 frames (edges replicated); the chance maxima
             # of unvoiced frames are isolated, voiced runs are not (F1 0.92 -> 0.935 on the demo splits)
             score = nn.functional.avg_pool1d(nn.functional.pad(b[:, None], (1, 1), mode="replicate"), 3, 1)[:, 0]
-            return 2 ** (self.log2_cands[best] + offset * step), score
+            return 2 ** (log2_cands[best] + offset * step), score
 
     @torch.no_grad()
     def source(self, mel: torch.Tensor, mel_context: int = 0) -> torch.Tensor:

@@ -78,6 +78,11 @@ class Task(abc.ABC):
     def trainable_parameters(self, model: torch.nn.Module):
         return [p for p in model.parameters() if p.requires_grad]
 
+    def initial_weights(self, model: torch.nn.Module, payload: dict) -> dict:
+        """The state dict that initialises `model` from another run's checkpoint `payload` (`--init`): its
+        weights as they are; a task whose models can grow from a smaller one's says how."""
+        return payload["model"]
+
     def checkpoint_extra(self) -> dict:
         """Plain data the task stores in every checkpoint (e.g. which teacher a student came from)."""
         return {}

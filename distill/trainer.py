@@ -136,7 +136,7 @@ class Trainer:
         self.model = self.task.build_model().to(self.device)
         if self.init_from is not None:
             payload = load_checkpoint(self.init_from)
-            load_state(self.model, payload["model"], f"model of {self.init_from}")
+            load_state(self.model, self.task.initial_weights(self.model, payload), f"model of {self.init_from}")
             log.info("initialised weights from %s (step %d)", self.init_from, payload["step"])
         self.task.setup(self.device)
         self.flops_per_sample = self.task.flops_per_sample(self.model)

@@ -35,10 +35,7 @@ from distill.distributions import Gaussian, Logistic
 from distill.errors import ConfigError
 from distill.lpc import MelLPC, lp_predict, lp_synthesis, synthesis_block
 from distill.nn import MelConditioned, MelUpsampler, WaveNetStack, shift_right
-from distill.pitch import MelPitch, pitch_arguments
 from teachers.wavenet import TeacherModelConfig, legacy_record, read_record
-
-SOURCE_CHANNELS = 4  # distill.pitch.MelPitch.source: pulse, sin, cos, voicing
 
 
 @dataclass
@@ -108,10 +105,6 @@ class IAFStudent(MelConditioned, nn.Module):
         if config.linear_prediction and linear_prediction is None:
             raise ConfigError("model.linear_prediction: true needs a teacher with linear prediction "
                               "(model.linear_prediction.order > 0 in its config); set it to false for this teacher")
-        self.pitch_args = (pitch_arguments(features) if pitch is None else dict(pitch)) if config.pitch_source else None
-        differ = features.analysis_differences("pitch", self.pitch_args or {})
-        if differ:
-            raise ConfigError(f"the pitch source's arguments disagree with the features ({'; '.join(differ)})")
         self.dist = (Gaussian(log_scale_min=-math.inf) if config.distribution == "gaussian"
                      else Logistic(log_scale_min=-math.inf))
         self.mel_context = mel_context
@@ -131,10 +124,10 @@ class IAFStudent(MelConditioned, nn.Module):
                 raise ConfigError(f"a linear-prediction student needs a hop ({hop_length}) of at least the predictor's "
                                   f"order ({self.lpc.order}); distil with model.linear_prediction: false")
         # a pitch-synchronous source from the mel (distill.pitch), appended to the conditioning
-        self.pitch = MelPitch.build(self.pitch_args, hop_length, n_mels) if self.pitch_args is not None else None
+        source_channels = self.build_pitch(config.pitch_source, pitch)
         # a multi-speaker student: its teacher's speakers, embedded and appended to the conditioning
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
-        cond_channels = n_mels + (speaker_dim if num_speakers > 0 else 0) + (SOURCE_CHANNELS if self.pitch else 0)
+        cond_channels = n_mels + (speaker_dim if num_speakers > 0 else 0) + source_channels
         # typed for mypy as the list of flows it holds (nn.ModuleList is not generic: its items are nn.Module)
         self.flows = cast("list[WaveNetStack]", nn.ModuleList(
             WaveNetStack(1, 2, layers, min(config.cycle, layers), config.kernel_size, config.residual_channels,
@@ -180,15 +173,6 @@ class IAFStudent(MelConditioned, nn.Module):
         if self.lpc is None:
             return out
         return self.through_predictor(out, self.lpc.of_padded(mel, self.mel_context) if lpc is None else lpc)
-
-    def conditioning(self, mel: torch.Tensor, speaker: torch.Tensor | None = None,
-                     mel_cond: torch.Tensor | None = None) -> torch.Tensor:
-        """`MelConditioned.conditioning`, plus the mel's pitch-synchronous source (4 channels,
-        `distill.pitch.MelPitch.source`) for a student with `pitch_source`."""
-        cond = super().conditioning(mel, speaker, mel_cond)
-        if self.pitch is None:
-            return cond
-        return torch.cat([cond, self.pitch.source(mel, self.mel_context).to(cond.dtype)], dim=1)
 
     def predictor(self, mel: torch.Tensor) -> torch.Tensor | None:
         """mel (B, n_mels, F + 2c) -> (B, 1 + p, F * hop) float32: log gain and coefficients per sample

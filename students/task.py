@@ -17,7 +17,7 @@ import torch
 
 from distill.audio import LogMel
 from distill.config import DataConfig, FeatureConfig, TrainConfig
-from distill.data import speaker_batch
+from distill.data import corpus_voices, speaker_batch
 from distill.distributed import unwrap
 from distill.distributions import Gaussian
 from distill.errors import ConfigError
@@ -106,6 +106,7 @@ class DistillTask(Task):
             )
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        self.voices = corpus_voices(config.data)  # the voices it is distilled on (checkpoint_extra)
         # a multi-speaker teacher: the student learns its speakers, with its map, from a corpus that names them
         self.speakers = payload.get("extra", {}).get("speakers") if self.teacher.speaker is not None else None
         if self.teacher.speaker is not None:
@@ -166,7 +167,8 @@ class DistillTask(Task):
         self.teacher.to(device).eval()
 
     def checkpoint_extra(self) -> dict:
-        return {"teacher": self.teacher_info, **({"speakers": self.speakers} if self.speakers is not None else {})}
+        return {"teacher": self.teacher_info, **({"speakers": self.speakers} if self.speakers is not None else {}),
+                **({"voices": self.voices} if self.voices else {})}
 
     def flops_per_sample(self, model) -> float:
         """Student forward + backward (6 FLOPs per MAC); the frozen teacher's forward on the student's

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from distill.audio import LogMel
 from distill.config import DataConfig, FeatureConfig, TrainConfig
-from distill.data import corpus_speakers, speaker_batch
+from distill.data import corpus_speakers, corpus_voices, speaker_batch, voice_order
 from distill.distributed import unwrap
 from distill.errors import ConfigError
 from distill.logger import RunLogger
@@ -53,6 +53,7 @@ class TeacherTask(Task):
         super().__init__(config)
         self.logmel = LogMel(config.features)
         self.speakers = corpus_speakers(config.data)
+        self.voices = corpus_voices(config.data)  # the voices it trains on (checkpoint_extra, validate)
         declared = config.model.num_speakers
         if self.speakers is None and declared > 0:
             raise ConfigError(f"model.num_speakers {declared} needs speaker ids from the corpus: set data.speakers to "
@@ -65,8 +66,13 @@ class TeacherTask(Task):
     def build_model(self) -> WaveNetTeacher:
         return build_teacher(self.config, len(self.speakers) if self.speakers is not None else None)
 
+    def initial_weights(self, model, payload: dict) -> dict:
+        """A teacher with a pitch source can start from one without (`WaveNetTeacher.with_source_columns`)."""
+        return cast(WaveNetTeacher, model).with_source_columns(payload["model"])
+
     def checkpoint_extra(self) -> dict:
-        return {"speakers": self.speakers} if self.speakers is not None else {}
+        return {**({"speakers": self.speakers} if self.speakers is not None else {}),
+                **({"voices": self.voices} if self.voices else {})}
 
     def training_step(self, model, batch, step):
         teacher = unwrap(model)
@@ -85,7 +91,10 @@ class TeacherTask(Task):
         cfg, feats = self.config, self.config.features
         device = next(model.parameters()).device
         total, count = 0.0, 0
-        for i in range(min(cfg.valid.max_utterances, len(valid_data))):
+        groups: dict[str, list[float]] = {}  # group -> [nats, samples]
+        # a multi-voice split is read one voice at a time, so that the first N cover every voice
+        order = voice_order([item.utt.speaker for item in valid_data.store.items])
+        for i in order[: min(cfg.valid.max_utterances, len(valid_data))]:
             item = valid_data[i]
             audio = item["audio"][None].to(device)
             mel = cast(WaveNetTeacher, unwrap(model)).pad_mels(item["mel"]).to(device)
@@ -96,8 +105,14 @@ class TeacherTask(Task):
                 logp = model.log_prob(audio.float(), mel.float(), speaker)
             total += float(-logp.sum())
             count += audio.numel()
+            if item["voice"] and self.voices:
+                group = groups.setdefault(voice_group(item["voice"], self.voices), [0.0, 0])
+                group[0] += float(-logp.sum())
+                group[1] += audio.numel()
         nll = total / max(count, 1)
         results = {"loss/nll": nll, "bits_per_sample": nll / math.log(2)}
+        # the NLL of the voices it trains on and of the ones it never heard, where the split has both kinds
+        results.update({f"nll_{name}": nats / samples for name, (nats, samples) in groups.items()})
         frames = int(cfg.valid.sample_seconds * feats.sample_rate) // feats.hop_length
         if frames > 0 and logger.enabled:
             item = valid_data[0]
@@ -116,3 +131,7 @@ class TeacherTask(Task):
             results["sample_mel_l1"] = float(F.l1_loss(self.logmel(audio), self.logmel(reference)))
         return results
 
+
+def voice_group(voice: str, trained: list[str]) -> str:
+    """'training_voices' for a voice among `trained`, else 'held_out_voices' (a validation tag's suffix)."""
+    return "training_voices" if voice in trained else "held_out_voices"

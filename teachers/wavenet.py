@@ -28,6 +28,7 @@ from distill.distributions import build_distribution
 from distill.errors import CheckpointError, ConfigError
 from distill.lpc import MelLPC, lp_predict
 from distill.nn import MelConditioned, MelUpsampler, WaveNetStack, shift_right
+from distill.pitch import SOURCE_CHANNELS
 
 
 @dataclass
@@ -70,14 +71,19 @@ class TeacherModelConfig:
     num_speakers: int = 0  # in a config: 0 = the corpus's speaker count; in a model: its embedding table's rows
     speaker_dim: int = 16
     linear_prediction: LinearPredictionConfig = field(default_factory=LinearPredictionConfig)
+    # True: the mel's pitch-synchronous source (F0 and voicing read from the mel, `distill.pitch.MelPitch`:
+    # pulse train, sine, cosine, voicing) joins the conditioning, so that a small teacher need not infer
+    # the excitation's period of a voice it never heard from the mel bands alone
+    pitch_source: bool = False
 
 
 class WaveNetTeacher(MelConditioned, nn.Module):
     def __init__(self, config: TeacherModelConfig | None = None, features: FeatureConfig | None = None,
-                 mel_context: int = 2):
+                 mel_context: int = 2, pitch: dict | None = None):
         """config: the hyperparameters; features: the log-mel settings the teacher reads (and, with
         pre-emphasis, the domain it models); mel_context: context frames on each side of a crop's mel
-        (`DataConfig.mel_context`)."""
+        (`DataConfig.mel_context`); pitch: the pitch source's `MelPitch` arguments as a checkpoint
+        recorded them (None: `distill.pitch.pitch_arguments(features)`), used with config.pitch_source."""
         super().__init__()
         # own copies: a config changed after the model was built does not change what its checkpoint records
         config = TeacherModelConfig() if config is None else copy.deepcopy(config)
@@ -97,9 +103,11 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         self.upsampler = MelUpsampler(n_mels, hop_length, config.upsample_scales, config.upsample, mel_context,
                                       silence_value(features))
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
+        source_channels = self.build_pitch(config.pitch_source, pitch)
         self.stack = WaveNetStack(
             1, self.dist.num_params, config.layers, config.cycle, config.kernel_size, config.residual_channels,
-            config.gate_channels, config.skip_channels, n_mels + (speaker_dim if num_speakers > 0 else 0),
+            config.gate_channels, config.skip_channels,
+            n_mels + (speaker_dim if num_speakers > 0 else 0) + source_channels,
         )
         self.stack.float32_layers = 2  # under bf16 autocast (see WaveNetStack.float32_layers)
         if self.lpc is not None:
@@ -115,9 +123,12 @@ class WaveNetTeacher(MelConditioned, nn.Module):
                     bias[loc] = torch.linspace(-1.0, 1.0, loc.stop - loc.start)
 
     def record(self) -> dict:
-        """A checkpoint's `model_args`: the hyperparameters and the mel context (the checkpoint's own
-        `features` holds the rest of what `from_record` needs)."""
-        return {"model": to_dict(self.config), "mel_context": self.mel_context}
+        """A checkpoint's `model_args`: the hyperparameters, the mel context and, with a pitch source, its
+        arguments (the checkpoint's own `features` holds the rest of what `from_record` needs)."""
+        record = {"model": to_dict(self.config), "mel_context": self.mel_context}
+        if self.pitch_args is not None:  # a teacher without a pitch source records what teachers always did
+            record["pitch"] = self.pitch_args
+        return record
 
     @classmethod
     def from_record(cls, payload: dict) -> WaveNetTeacher:
@@ -125,7 +136,25 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         written before models took their config), before its weights are loaded."""
         args, features = read_record(payload, lambda flat, features: legacy_record(flat["model_args"], features))
         return cls(from_dict(TeacherModelConfig, args["model"], "the checkpoint's model_args"), features,
-                   args["mel_context"])
+                   args["mel_context"], args.get("pitch"))
+
+    def with_source_columns(self, state: dict) -> dict:
+        """The state dict of a teacher like this one but without a pitch source (the shipped demo teacher,
+        a run of the plain LP preset) -> this teacher's: each layer's conditioning 1x1 gets zero weights
+        for the source's channels (the last ones of the conditioning), so this teacher starts as that
+        one, draw for draw; the new channels then learn from there. Other states are returned as they
+        are (a mismatch stays the loader's one-line error)."""
+        if self.pitch is None:
+            return state
+        own = self.state_dict()
+        widened = dict(state)
+        for name, value in own.items():
+            theirs = state.get(name)
+            if (name.endswith(".cond.weight") and theirs is not None and theirs.dim() == 3
+                    and theirs.shape[1] + SOURCE_CHANNELS == value.shape[1] and theirs.shape[0] == value.shape[0]):
+                widened[name] = torch.cat([theirs, theirs.new_zeros(theirs.shape[0], SOURCE_CHANNELS,
+                                                                      theirs.shape[2])], dim=1)
+        return widened
 
     def receptive_field(self) -> int:
         """Past samples that the network's output at t depends on: y_{t-R} .. y_{t-1}. (With linear

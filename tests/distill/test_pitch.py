@@ -108,7 +108,8 @@ def test_a_student_records_every_pitch_argument():
 def test_a_pitch_source_student_conditions_on_the_source_and_stays_an_iaf():
     """The source is conditioning (a function of the mel, not of z): the per-step law still depends on
     strictly earlier noise only, x = mu_tot + s_tot z, and chunked synthesis is still exact."""
-    from students.iaf import SOURCE_CHANNELS, IAFStudent, StudentModelConfig, synthesize
+    from distill.pitch import SOURCE_CHANNELS
+    from students.iaf import IAFStudent, StudentModelConfig, synthesize
 
     torch.manual_seed(0)
     student = IAFStudent(StudentModelConfig("gaussian", [2, 2], cycle=2, kernel_size=3, residual_channels=8,
