@@ -28,13 +28,20 @@ def add_eval(sub) -> None:
                    help="quality over training: 'all' (every step checkpoint each --student run folder keeps; "
                         "train.keep_last sets how many) or steps, e.g. 1000,2000; each becomes a row and the report "
                         "plots every metric against the step (default: each run's latest checkpoint)")
+    p.add_argument("--training-voices", default=None, metavar="A,B,...",
+                   help="the voices the evaluated models trained on, comma separated, in place of what their "
+                        "checkpoints record; the report aggregates every metric per voice and per group: training "
+                        "(these voices), held-out (the others); without it and without records the group is "
+                        "'unknown'")
     add_eval_arguments(p, max_utterances=10, max_seconds=0.0, out="runs/eval")
     p.set_defaults(func=_eval)
 
 
 def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seconds: float, out: str) -> None:
     p.add_argument("--max-utterances", type=int, default=max_utterances,
-                   help="0 = all (the teacher is slow: keep it small)")
+                   help=f"the first N utterances of the split, or of each voice when the split's utterances carry "
+                        f"several voice labels (default {max_utterances}; 0 = all; the teacher is slow: keep it "
+                        "small)")
     p.add_argument("--max-seconds", type=float, default=max_seconds,
                    help="cut each utterance to this length (0 = whole)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
@@ -80,6 +87,7 @@ def request_from_args(args, students: list[str]):
         checkpoints=getattr(args, "checkpoints", ""), data=getattr(args, "data", "demo"),
         split=getattr(args, "split", "test"), max_utterances=args.max_utterances, max_seconds=args.max_seconds,
         speaker=getattr(args, "speaker", None), device=args.device,
+        training_voices=_names(getattr(args, "training_voices", None)),
         systems=tuple(n.strip() for n in args.systems.split(",") if n.strip()),
         metrics=tuple(n.strip() for n in args.metrics.split(",") if n.strip()),
         pesq_modes=("wb", "nb") if args.pesq_nb else ("wb",), teacher_sampler=args.teacher_sampler,
@@ -89,9 +97,16 @@ def request_from_args(args, students: list[str]):
     )
 
 
+def _names(text: str | None) -> tuple[str, ...] | None:
+    """A comma list as a tuple of names ("" gives none; None stays None)."""
+    return None if text is None else tuple(n.strip() for n in text.split(",") if n.strip())
+
+
 def print_summary(report: dict) -> None:
+    """The overall tables, then (a multi-voice evaluation) one line per group of voices per system."""
     from eval.report import (
         _markdown_table,
+        group_lines,
         metric_columns,
         metric_note,
         metric_rows,
@@ -107,6 +122,9 @@ def print_summary(report: dict) -> None:
         print("\n".join(_markdown_table(metric_columns(report), metric_rows(report))))
     if metric_note(report):
         print(metric_note(report))
+    if group_lines(report):
+        print()
+        print("\n".join(group_lines(report)))
     print(f"report: {Path(report['paths']['html']).resolve()}")
 
 
@@ -123,11 +141,12 @@ def _eval(args) -> int:
 
 
 def add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="distil the tiny ClariNet student from the shipped teacher, then evaluate both")
+    p = sub.add_parser("demo", help="distil the tiny ClariNet student from the shipped teacher, then evaluate both "
+                                    "on the first 2 s of 1 test utterance of each voice of the demo corpus")
     p.add_argument("--minutes", type=float, default=10.0,
                    help="distillation budget in wall-clock minutes (default 10: the whole demo ~11 min on 2 CPU cores)")
     p.add_argument("--steps", type=int, default=None, help="stop distillation after this many steps instead (or first)")
-    add_eval_arguments(p, max_utterances=3, max_seconds=2.0, out="runs/demo")
+    add_eval_arguments(p, max_utterances=1, max_seconds=2.0, out="runs/demo")
     p.set_defaults(func=_demo)
 
 

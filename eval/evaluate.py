@@ -9,13 +9,23 @@ the teacher sees), and the library metrics that are installed (`eval.metrics.LIB
 DNSMOS, STOI, F0 and voicing, MCD). Each synthesising system also gets a real-time factor, timed on
 one clip at batch 1 (see `eval.timing.real_time_factor`); the teacher is timed with its reference
 sampler (incremental) and its fastest one, and every speed-up is quoted against both.
+
+Voices. Each clip carries its corpus's voice label (`Clip.voice`; "(unlabelled)" where the corpus names
+none). When the clips carry more than one label, `--max-utterances N` takes the first N utterances of
+each voice (else the first N of the split), and the scores are also aggregated per voice and per group
+of voices (`voice_sections`), the same way as the overall table (`aggregate`). The groups
+(`voice_groups`): "training" = the voices that an evaluated model (the teacher when it synthesises,
+every student) recorded in its checkpoint (`extra["voices"]`, its training split's labels); "held-out"
+= the voices that no evaluated model trained on; "unknown" = every voice when no evaluated model
+records its voices. `--training-voices a,b,c` names the training voices instead of the records.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +34,7 @@ from tqdm import tqdm
 
 from distill.audio import LogMel
 from distill.config import FeatureConfig
-from distill.corpus import resolve_corpus
+from distill.corpus import Utterance, resolve_corpus
 from distill.data import UtteranceStore
 from distill.errors import ConfigError, CorpusError
 from eval.baselines import griffin_lim
@@ -36,6 +46,13 @@ from teachers.wavenet import WaveNetTeacher
 
 REFERENCE, GRIFFIN_LIM, TEACHER, STUDENT = "reference", "griffin_lim", "teacher", "student"
 SYSTEMS = (REFERENCE, GRIFFIN_LIM, TEACHER, STUDENT)  # what --systems chooses from ("student": every student)
+TRAINING, HELD_OUT, UNKNOWN = "training", "held-out", "unknown"  # the voice groups, in the report's order
+GROUPS = (TRAINING, HELD_OUT, UNKNOWN)
+UNLABELLED = "(unlabelled)"  # the voice of a clip whose corpus names none
+VOICE_RULE = ("training = the voices an evaluated model (the teacher when it synthesises, every student) recorded "
+              "in its checkpoint as its training split's; held-out = the voices no evaluated model trained on; "
+              "unknown = every voice when no evaluated model records its voices; --training-voices names the "
+              "training voices instead of the records")
 
 
 @dataclass
@@ -44,7 +61,12 @@ class Clip:
     reference: torch.Tensor  # (F * hop,)
     mel: torch.Tensor  # (n_mels, F), no context
     speaker: int | None = None  # the speaker id a multi-speaker model synthesises it with
-    speaker_name: str = ""  # the corpus's name of its speaker (data.speakers), if any
+    speaker_name: str = ""  # the corpus's voice label ("" where it names none)
+
+    @property
+    def voice(self) -> str:
+        """The voice it is reported under: its label, or UNLABELLED."""
+        return self.speaker_name or UNLABELLED
 
 
 def speakers_of(clips: list[Clip], device: torch.device) -> torch.Tensor | None:
@@ -66,9 +88,10 @@ class EvalRequest:
     checkpoints: str = ""  # "" (each run's latest), "all" or steps "1000,2000": quality over training
     data: str = "demo"  # 'demo', an LJSpeech folder or any folder of audio files
     split: str = "test"
-    max_utterances: int = 10  # 0 = all
+    max_utterances: int = 10  # 0 = all; of each voice when the split has several (`select_utterances`)
     max_seconds: float = 0.0  # cut each utterance (0 = whole)
     speaker: str | None = None  # multi-speaker models: synthesise every clip as this speaker
+    training_voices: tuple[str, ...] | None = None  # the "training" group; None: the checkpoints' records
     device: str = "auto"
     systems: tuple[str, ...] = SYSTEMS  # what is synthesised and scored (the reference is always the reference)
     metrics: tuple[str, ...] = ("all",)  # library metrics (eval.metrics.LIBRARY_METRICS), "all" or "none"
@@ -104,13 +127,12 @@ class EvalRequest:
 
 def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances: int, max_seconds: float,
                speakers: str = "") -> list[Clip]:
-    """Up to `max_utterances` usable utterances of a split (unreadable, silent or too short files are
-    skipped with a warning naming the file), each cut to `max_seconds` (0 = whole) and to whole hops.
-    speakers: where the corpus names its speakers (data.speakers); each clip's `speaker` is then set by
-    the caller from the model's map."""
-    utts = resolve_corpus(corpus, split, speakers=speakers)
-    store = UtteranceStore(utts[:max_utterances] if max_utterances > 0 else utts, features, min_samples=features.n_fft,
-                           source=f"corpus '{corpus}' split '{split}'")
+    """The usable utterances of a split that `select_utterances` takes (unreadable, silent or too short
+    files are skipped with a warning naming the file), each cut to `max_seconds` (0 = whole) and to whole
+    hops. speakers: where the corpus names its speakers (data.speakers); each clip's `speaker` is then set
+    by the caller from the model's map. Every clip keeps its utterance's voice label."""
+    utts = select_utterances(resolve_corpus(corpus, split, speakers=speakers), max_utterances)
+    store = UtteranceStore(utts, features, min_samples=features.n_fft, source=f"corpus '{corpus}' split '{split}'")
     logmel = LogMel(features)
     clips = []
     for i, item in enumerate(store.items):
@@ -128,12 +150,39 @@ def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances:
     return clips
 
 
+def select_utterances(utts: list[Utterance], max_utterances: int) -> list[Utterance]:
+    """What an evaluation takes from a split, in the split's order: every utterance (0); when the split
+    has several voice labels, the first `max_utterances` of each voice (a split listed voice by voice
+    would otherwise give one voice); else the first `max_utterances`."""
+    if max_utterances <= 0:
+        return list(utts)
+    if len({u.speaker for u in utts}) <= 1:
+        return utts[:max_utterances]
+    taken: Counter[str] = Counter()
+    chosen = []
+    for utt in utts:
+        if taken[utt.speaker] < max_utterances:
+            taken[utt.speaker] += 1
+            chosen.append(utt)
+    return chosen
+
+
+def selection_note(max_utterances: int, clips: list[Clip]) -> str:
+    """How the clips were chosen, for the report's settings."""
+    if max_utterances <= 0:
+        return "every utterance of the split"
+    if len({c.voice for c in clips}) > 1:
+        return f"the first {max_utterances} utterance(s) of each voice"
+    return f"the first {max_utterances} utterance(s) of the split"
+
+
 @torch.inference_mode()
 def teacher_synthesis(teacher: WaveNetTeacher, clips: list[Clip], features: FeatureConfig, device: torch.device,
                       batch_size: int = 16, temperature: float = 1.0, progress: bool = False,
                       method: str = "incremental") -> list[torch.Tensor]:
     """AR copy synthesis (`teachers.sampling.generate` method), utterances batched (shorter mels padded
-    with silence)."""
+    with silence, as `pad_mels` pads every mel's edges; a multi-speaker model gets each clip's own speaker
+    id, so one batch may mix voices)."""
     outputs: list[torch.Tensor] = []
     for i in range(0, len(clips), batch_size):
         group = clips[i : i + batch_size]
@@ -183,11 +232,68 @@ def timing_clip(clip: Clip, features: FeatureConfig, seconds: float) -> Clip:
                 clip.speaker_name)
 
 
+def aggregate(rows: list[dict], pesq_modes: tuple = ("wb",), library_keys: tuple = ()) -> dict:
+    """The mean scores of per-utterance rows (`score_systems`'s): PESQ and the library metrics skip NaN
+    (an utterance where they are undefined; PESQ also counts the scored ones, "pesq_<mode>_scored"; no
+    scored utterance gives NaN); log-mel L1, MR-STFT distance and the teacher NLL are defined for every
+    utterance and averaged over all (a NaN among them shows)."""
+    entry: dict[str, Any] = {}
+    for mode in pesq_modes:
+        scored = [r[f"pesq_{mode}"] for r in rows if not math.isnan(r[f"pesq_{mode}"])]
+        entry[f"pesq_{mode}"] = sum(scored) / len(scored) if scored else math.nan
+        entry[f"pesq_{mode}_scored"] = len(scored)
+    for key in ("mel_l1", "stft_distance", "teacher_nll"):
+        if rows and key in rows[0]:
+            entry[key] = sum(r[key] for r in rows) / len(rows)
+    for key in library_keys:
+        values = [r[key] for r in rows if not math.isnan(r[key])]
+        entry[key] = sum(values) / len(values) if values else math.nan
+    return entry
+
+
+def voice_groups(voices: Iterable[str], recorded: dict[str, list[str] | None],
+                 training_voices: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Each voice's group (TRAINING, HELD_OUT or UNKNOWN) by the rule of VOICE_RULE. recorded: per
+    evaluated model, the voices its checkpoint records (None: no record); training_voices: the user's
+    list (--training-voices), which replaces the records."""
+    if training_voices is not None:
+        known: set[str] | None = {v or UNLABELLED for v in training_voices}
+    elif any(r is not None for r in recorded.values()):
+        known = {v or UNLABELLED for r in recorded.values() if r is not None for v in r}
+    else:
+        known = None
+    return {v: UNKNOWN if known is None else TRAINING if v in known else HELD_OUT for v in voices}
+
+
+def voice_sections(table: dict, groups: dict[str, str], pesq_modes: tuple = ("wb",),
+                   library_keys: tuple = ()) -> tuple[dict, dict]:
+    """(report["voices"], report["groups"]): the overall table's means (`aggregate`) per voice and per
+    group of voices, from each system's per-utterance rows (their "voice"). groups: each voice's group
+    (`voice_groups`). voices[v] = {"group", "utterances", "systems": {system: means}};
+    groups[g] = {"voices", "utterances", "systems": {system: means}}; groups and voices in GROUPS order,
+    voices by name within a group."""
+    order = sorted(groups, key=lambda v: (GROUPS.index(groups[v]), v))
+    voices: dict[str, dict] = {}
+    for voice in order:
+        rows = {name: [r for r in entry["utterances"] if r["voice"] == voice] for name, entry in table.items()}
+        voices[voice] = {"group": groups[voice], "utterances": len(next(iter(rows.values()), [])),
+                         "systems": {name: aggregate(r, pesq_modes, library_keys) for name, r in rows.items()}}
+    sections: dict[str, dict] = {}
+    for group in GROUPS:
+        members = [v for v in order if groups[v] == group]
+        if not members:
+            continue
+        rows = {name: [r for r in entry["utterances"] if r["voice"] in members] for name, entry in table.items()}
+        sections[group] = {"voices": members, "utterances": sum(voices[v]["utterances"] for v in members),
+                           "systems": {name: aggregate(r, pesq_modes, library_keys) for name, r in rows.items()}}
+    return voices, sections
+
+
 def score_systems(clips: list[Clip], systems: dict[str, list[torch.Tensor]], features: FeatureConfig,
                   pesq_modes: tuple = ("wb",), nll: dict[str, list[float]] | None = None,
                   metrics: tuple = ()) -> dict:
-    """Per-utterance and mean scores per system. Means skip NaN values (PESQ's say how many were
-    scored). metrics: names of `eval.metrics.LIBRARY_METRICS` to add."""
+    """Per-utterance scores (each row with its clip's voice) and their means (`aggregate`) per system.
+    metrics: names of `eval.metrics.LIBRARY_METRICS` to add."""
     logmel = LogMel(features)
     library = [LIBRARY_METRICS[m] for m in metrics]
     library_keys = tuple(k for m in library for k in m.keys)
@@ -198,7 +304,8 @@ def score_systems(clips: list[Clip], systems: dict[str, list[torch.Tensor]], fea
         extra = library_scores(library, pairs, features.sample_rate)
         rows: list[dict[str, Any]] = []
         for i, (clip, audio) in enumerate(zip(clips, audios, strict=True)):
-            row: dict[str, Any] = {"id": clip.id, "seconds": clip.reference.numel() / features.sample_rate}
+            row: dict[str, Any] = {"id": clip.id, "voice": clip.voice,
+                                   "seconds": clip.reference.numel() / features.sample_rate}
             for mode in pesq_modes:
                 row[f"pesq_{mode}"] = pesq[mode][i].score
                 if pesq[mode][i].reason:
@@ -209,16 +316,7 @@ def score_systems(clips: list[Clip], systems: dict[str, list[torch.Tensor]], fea
                 row["teacher_nll"] = nll[name][i]
             row.update(extra[i])
             rows.append(row)
-        entry: dict[str, Any] = {}
-        for mode in pesq_modes:
-            scored = [r[f"pesq_{mode}"] for r in rows if not math.isnan(r[f"pesq_{mode}"])]
-            entry[f"pesq_{mode}"] = sum(scored) / len(scored) if scored else math.nan
-            entry[f"pesq_{mode}_scored"] = len(scored)
-        for key in ("mel_l1", "stft_distance") + (("teacher_nll",) if nll is not None else ()):
-            entry[key] = sum(r[key] for r in rows) / len(rows)
-        for key in library_keys:
-            values = [r[key] for r in rows if not math.isnan(r[key])]
-            entry[key] = sum(values) / len(values) if values else math.nan
+        entry = aggregate(rows, pesq_modes, library_keys)
         entry["utterances"] = rows
         table[name] = entry
     return table

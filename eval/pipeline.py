@@ -21,7 +21,18 @@ from distill.distributed import pick_device
 from distill.env import collect
 from distill.errors import ConfigError
 from distill.folders import check_output_folder
-from eval.evaluate import EvalRequest, evaluate, load_clips
+from eval.evaluate import (
+    STUDENT,
+    TEACHER,
+    VOICE_RULE,
+    Clip,
+    EvalRequest,
+    evaluate,
+    load_clips,
+    selection_note,
+    voice_groups,
+    voice_sections,
+)
 from eval.metrics import resolve_metrics
 from eval.report import write_report
 from eval.timing import device_name
@@ -76,7 +87,8 @@ def run(request: EvalRequest) -> dict:
         student_info[name] = {"path": str(path), "step": spayload["step"], "teacher_path": source.get("path"),
                               "teacher_sha256": source.get("sha256"),
                               "teacher_matches": source.get("sha256") == teacher_sha,
-                              "run": str(_run_folder(Path(path)) or ""), "series": str(series or "")}
+                              "run": str(_run_folder(Path(path)) or ""), "series": str(series or ""),
+                              "voices": spayload.get("extra", {}).get("voices")}
     speaker_map = payload.get("extra", {}).get("speakers") if teacher.speaker is not None else None
     source = payload.get("config", {}).get("data", {}).get("speakers", "") if speaker_map else ""
     clips = load_clips(request.data, request.split, features, request.max_utterances, request.max_seconds,
@@ -87,14 +99,21 @@ def run(request: EvalRequest) -> dict:
         raise ConfigError(f"--speaker {request.speaker}: the teacher {teacher_path.name} has no speaker input")
     log.info("evaluating %d utterance(s) (%.1f s) on %s", len(clips),
              sum(c.reference.numel() for c in clips) / features.sample_rate, device)
+    teacher_voices = payload.get("extra", {}).get("voices")
+    recorded = {**({TEACHER: teacher_voices} if TEACHER in request.systems else {}),
+                **({name: info["voices"] for name, info in student_info.items()} if STUDENT in request.systems
+                   else {})}
+    groups = _groups(clips, recorded, request.training_voices)
     table, systems = evaluate(teacher, loaded, clips, features, device, request, progress=sys.stderr.isatty(),
                               log=log.info)
     settings = {
         **dataclasses.asdict(request),
         "teacher": {"path": str(teacher_path), "step": payload["step"], "sha256": teacher_sha,
-                    "run": str(_run_folder(teacher_path) or "")},
+                    "run": str(_run_folder(teacher_path) or ""), "voices": teacher_voices},
         "students": student_info,
         "metrics_skipped": skipped,
+        "selection": selection_note(request.max_utterances, clips),
+        "voice_groups": {"rule": VOICE_RULE, "recorded": recorded, "groups": groups},
         "utterances": len(clips), "utterance_ids": [c.id for c in clips],
         "audio_seconds": sum(c.reference.numel() for c in clips) / features.sample_rate,
         "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
@@ -105,8 +124,23 @@ def run(request: EvalRequest) -> dict:
         "versions": {k: v for k, v in collect().info.items() if isinstance(v, (str, int, float, bool)) or v is None},
         "systems": table,
     }
+    if len(groups) > 1:  # a corpus with one voice label (or none) reports as one table
+        library_keys = tuple(k for m in metrics for k in m.keys)
+        report["voices"], report["groups"] = voice_sections(table, groups, request.pesq_modes, library_keys)
     report["paths"] = {k: str(v) for k, v in write_report(Path(request.out), report, clips, systems, features).items()}
     return report
+
+
+def _groups(clips: list[Clip], recorded: dict[str, list[str] | None],
+            training_voices: tuple[str, ...] | None) -> dict[str, str]:
+    """Each evaluated voice's group (`eval.evaluate.voice_groups`); a --training-voices name that no clip
+    carries is warned about (a misspelt name would silently move its voice to the held-out group)."""
+    voices = sorted({c.voice for c in clips})
+    missing = sorted(set(training_voices or ()) - set(voices))
+    if missing and len(voices) > 1:
+        log.warning("--training-voices %s: no evaluated clip has this voice (the clips' voices: %s)",
+                    ",".join(missing), ", ".join(voices))
+    return voice_groups(voices, recorded, training_voices)
 
 
 def _assign_speakers(clips: list, speaker_map: dict, speaker: str | None, students: dict, info: dict) -> None:

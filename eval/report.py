@@ -4,6 +4,11 @@ and the same scalars, audio and spectrograms in TensorBoard.
 
 The Markdown and HTML tables are rendered from one list of formatted rows (`summary_rows`), and
 TensorBoard gets the unrounded values of report.json, so the four agree by construction.
+
+An evaluation whose clips carry several voice labels adds report.json's `voices` and `groups` sections
+(`eval.evaluate.voice_sections`; the groups' rule is `eval.evaluate.VOICE_RULE`, also in the settings):
+a per-group and a per-voice table beside the overall ones, and the scalars `eval/<group>/<system>/<metric>`
+and `eval/voice/<voice>/<system>/<metric>` beside `eval/<system>/<metric>`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from distill.audio import LogMel, save_wav
 from distill.config import FeatureConfig
 from distill.logger import RunLogger
 from distill.plots import curves_figure, mel_figure, save_figure
-from eval.evaluate import REFERENCE, Clip
+from eval.evaluate import GRIFFIN_LIM, REFERENCE, Clip
 from eval.metrics import LIBRARY_METRICS
 
 SCALARS = ("pesq_wb", "pesq_nb", "mel_l1", "stft_distance", "teacher_nll",
@@ -114,8 +119,8 @@ def metric_rows(report: dict) -> list[list[str]]:
 
 
 def utterance_columns(report: dict) -> list[str]:
-    return ["utterance", "seconds"] + [f"{name} PESQ {report['settings']['pesq_modes'][0]}"
-                                       for name in report["systems"]]
+    return (["utterance"] + (["voice"] if report.get("voices") else []) + ["seconds"]
+            + [f"{name} PESQ {report['settings']['pesq_modes'][0]}" for name in report["systems"]])
 
 
 def utterance_rows(report: dict) -> list[list[str]]:
@@ -123,8 +128,83 @@ def utterance_rows(report: dict) -> list[list[str]]:
     systems = list(report["systems"].values())
     rows = []
     for i, utt in enumerate(systems[0]["utterances"]):
-        rows.append([utt["id"], _fmt(utt["seconds"], 2)] + [_fmt(s["utterances"][i][f"pesq_{mode}"]) for s in systems])
+        rows.append([utt["id"]] + ([utt["voice"]] if report.get("voices") else []) + [_fmt(utt["seconds"], 2)]
+                    + [_fmt(s["utterances"][i][f"pesq_{mode}"]) for s in systems])
     return rows
+
+
+def _cell(entry: dict, key: str, digits: int = 3) -> str:
+    """A mean of `entry` formatted ("-": not computed; "NaN": undefined, null in report.json)."""
+    if key not in entry:
+        return "-"
+    return _fmt(_number(entry[key]), digits)
+
+
+def _score_keys(report: dict) -> list[tuple[str, str, int]]:
+    """(key, heading, digits) of every mean of a per-voice or per-group row, in the overall tables' order."""
+    return ([(f"pesq_{m}", f"PESQ {m}", 3) for m in report["settings"]["pesq_modes"]]
+            + [("mel_l1", "log-mel L1", 3), ("stft_distance", "MR-STFT dist.", 3),
+               ("teacher_nll", "teacher NLL (nats)", 3)] + _metric_keys(report))
+
+
+def _score_cells(report: dict, entry: dict, count: int) -> list[str]:
+    cells = []
+    for key, _, digits in _score_keys(report):
+        scored = entry.get(f"{key}_scored", count) if key.startswith("pesq_") else count
+        cells.append(_cell(entry, key, digits) + ("" if scored == count else f" ({scored}/{count} scored)"))
+    return cells
+
+
+def _voice_list(voices: list[str], shown: int = 4) -> str:
+    if len(voices) <= shown:
+        return ", ".join(voices)
+    return f"{', '.join(voices[:shown - 1])} and {len(voices) - shown + 1} more"
+
+
+def group_columns(report: dict) -> list[str]:
+    """The per-group table (empty without a `groups` section): one row per group and system."""
+    if not report.get("groups"):
+        return []
+    return ["group", "voices", "utterances", "system"] + [h for _, h, _ in _score_keys(report)]
+
+
+def group_rows(report: dict) -> list[list[str]]:
+    return [[group, _voice_list(g["voices"]), str(g["utterances"]), name] + _score_cells(report, entry, g["utterances"])
+            for group, g in (report.get("groups") or {}).items() for name, entry in g["systems"].items()]
+
+
+def voice_columns(report: dict) -> list[str]:
+    """The per-voice table (empty without a `voices` section): one row per voice and system."""
+    if not report.get("voices"):
+        return []
+    return ["voice", "group", "utterances", "system"] + [h for _, h, _ in _score_keys(report)]
+
+
+def voice_rows(report: dict) -> list[list[str]]:
+    return [[voice, v["group"], str(v["utterances"]), name] + _score_cells(report, entry, v["utterances"])
+            for voice, v in (report.get("voices") or {}).items() for name, entry in v["systems"].items()]
+
+
+def group_lines(report: dict) -> list[str]:
+    """The console's per-group summary: one line per group and system with PESQ, V/UV F1 and DNSMOS OVRL
+    (those computed), each beside Griffin-Lim's on the same clips (in brackets)."""
+    groups = report.get("groups") or {}
+    if not groups:
+        return []
+    mode = report["settings"]["pesq_modes"][0]
+    keys = [(f"pesq_{mode}", f"PESQ {mode}", 3), ("vuv_f1", "V/UV F1", 3), ("dnsmos_ovrl", "DNSMOS OVRL", 3)]
+    heads = {group: f"{group} ({_voice_list(g['voices'])}; {g['utterances']} utt.)" for group, g in groups.items()}
+    width = max(map(len, heads.values()))
+    names = max(len(name) for g in groups.values() for name in g["systems"])
+    lines = ["per group of voices, Griffin-Lim's on the same clips in brackets:"]
+    for group, g in groups.items():
+        floor = g["systems"].get(GRIFFIN_LIM)
+        for name, entry in g["systems"].items():
+            parts = [f"{heading} {_cell(entry, key, digits)}"
+                     + (f" ({_cell(floor, key, digits)})" if floor is not None and name != GRIFFIN_LIM else "")
+                     for key, heading, digits in keys if key in entry]
+            lines.append(f"{heads[group]:<{width}}  {name:<{names}}  " + "  ".join(parts))
+    return lines
 
 
 def pesq_note(report: dict) -> str:
@@ -196,6 +276,9 @@ def to_markdown(report: dict) -> str:
         lines += ["## Objective metrics", ""] + _markdown_table(metric_columns(report), metric_rows(report)) + [""]
     if metric_note(report):
         lines += [metric_note(report), ""]
+    if group_columns(report):
+        lines += ["## Per group of voices", ""] + _markdown_table(group_columns(report), group_rows(report)) + [""]
+        lines += ["## Per voice", ""] + _markdown_table(voice_columns(report), voice_rows(report)) + [""]
     lines += ["## Per utterance", ""]
     lines += _markdown_table(utterance_columns(report), utterance_rows(report))
     lines += ["", "## Settings", ""] + [f"- {k}: {v}" for k, v in _settings_lines(report)]
@@ -209,10 +292,24 @@ def _settings_lines(report: dict) -> list[tuple[str, str]]:
         origin = ("distilled from this teacher" if info["teacher_matches"]
                   else f"distilled from another teacher ({info['teacher_path']})")
         lines.append((name, f"{info['path']} (step {info['step']}, {origin})"))
-    lines += [(k, str(s[k])) for k in ("data", "split", "utterances", "max_seconds", "seed", "temperature", "device",
-                                         "device_name", "threads")]
+    lines += [(k, str(s[k])) for k in ("data", "split", "utterances", "selection", "max_seconds", "seed",
+                                         "temperature", "device", "device_name", "threads") if k in s]
+    if report.get("groups"):
+        lines.append(("voice groups", voice_groups_note(report)))
     lines += [(k, str(v)) for k, v in report["versions"].items()]
     return lines
+
+
+def voice_groups_note(report: dict) -> str:
+    """The groups' rule, where this evaluation's training voices came from, and each group's voices."""
+    s = report["settings"]
+    if s.get("training_voices") is not None:
+        source = f"--training-voices {','.join(s['training_voices']) or '(none)'}"
+    else:
+        source = "records: " + ("; ".join(f"{model}: {', '.join(v) if v is not None else 'none'}"
+                                          for model, v in s["voice_groups"]["recorded"].items()) or "no model")
+    members = "; ".join(f"{group}: {', '.join(g['voices'])}" for group, g in report["groups"].items())
+    return f"{s['voice_groups']['rule']}. Here ({source}): {members}"
 
 
 CURVE_KEYS = (("pesq_wb", "PESQ wb"), ("pesq_nb", "PESQ nb"), ("mel_l1", "log-mel L1"),
@@ -308,6 +405,9 @@ def to_html(report: dict, media: dict[str, dict[str, dict[str, str]]],
         *(["<h2>Objective metrics</h2>", _html_table(metric_columns(report), metric_rows(report), "metrics")]
           if metric_columns(report) else []),
         *([f"<p class='note'>{html.escape(metric_note(report))}</p>"] if metric_note(report) else []),
+        *(["<h2>Per group of voices</h2>", _html_table(group_columns(report), group_rows(report), "groups"),
+           "<h2>Per voice</h2>", _html_table(voice_columns(report), voice_rows(report), "voices")]
+          if group_columns(report) else []),
         *(f"<h2>{html.escape(heading)}</h2><img class='curves' src='{html.escape(image)}' "
           f"alt='{html.escape(heading)}'>" for heading, image in figures or []),
         "<h2>Per utterance</h2>",
@@ -386,6 +486,11 @@ def write_report(out: Path, report: dict, clips: list[Clip], systems: dict[str, 
         for sampler, speedup in (entry.get("speedup_over_teacher_by_sampler") or {}).items():
             values[f"eval/{name}/speedup_over_teacher_{sampler}"] = speedup
         logger.scalars(values, 0)
+    # per group and per voice: the same quantities under the same names, the group or voice before the system
+    for prefix, section in ([(f"eval/{g}", e) for g, e in (report.get("groups") or {}).items()]
+                            + [(f"eval/voice/{v}", e) for v, e in (report.get("voices") or {}).items()]):
+        for name, entry in section["systems"].items():
+            logger.scalars({f"{prefix}/{name}/{k}": entry[k] for k in SCALARS if k in entry}, 0)
     logger.text("eval/summary", to_markdown(report), 0)
     logger.close()
     paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}

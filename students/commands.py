@@ -61,10 +61,11 @@ def add_vocode(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="mel files (.npy/.pt, (n_mels, frames) or (frames, n_mels)), audio files (copy synthesis), "
                         "folders or globs")
-    which = p.add_mutually_exclusive_group(required=True)
+    which = p.add_mutually_exclusive_group()  # neither: the shipped teacher
     which.add_argument("--student", default=None, help="student checkpoint or run folder (parallel synthesis)")
     which.add_argument("--teacher", nargs="?", const="", default=None,
-                       help="teacher checkpoint or run folder (autoregressive; no value: the shipped demo teacher)")
+                       help="teacher checkpoint or run folder (autoregressive; no value, or neither option: the "
+                            "shipped pretrained teacher)")
     p.add_argument("--out", required=True, help="folder for the WAVs (OUT/<input stem>.wav)")
     p.add_argument("--temperature", type=float, default=None,
                    help="noise scale (default: a teacher's recorded synthesis temperature; 1 for a student)")
