@@ -10,22 +10,15 @@ DNSMOS, STOI, F0 and voicing, MCD). Each synthesising system also gets a real-ti
 one clip at batch 1 (see `eval.timing.real_time_factor`); the teacher is timed with its reference
 sampler (incremental) and its fastest one, and every speed-up is quoted against both.
 
-Voices. Each clip carries its corpus's voice label (`Clip.voice`; "(unlabelled)" where the corpus names
-none). When the clips carry more than one label, `--max-utterances N` takes the first N utterances of
-each voice (else the first N of the split), and the scores are also aggregated per voice and per group
-of voices (`voice_sections`), the same way as the overall table (`aggregate`). The groups
-(`voice_groups`): "training" = the voices that an evaluated model (the teacher when it synthesises,
-every student) recorded in its checkpoint (`extra["voices"]`, its training split's labels); "held-out"
-= the voices that no evaluated model trained on; "unknown" = every voice when no evaluated model
-records its voices. `--training-voices a,b,c` names the training voices instead of the records.
+Voices: `eval.voices` chooses the utterances of each voice and groups the voices (its docstring states
+the rule); `voice_sections` aggregates the scores per voice and per group of voices like `aggregate`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,25 +27,19 @@ from tqdm import tqdm
 
 from distill.audio import LogMel
 from distill.config import FeatureConfig
-from distill.corpus import Utterance, resolve_corpus
+from distill.corpus import resolve_corpus
 from distill.data import UtteranceStore
 from distill.errors import ConfigError, CorpusError
 from eval.baselines import griffin_lim
 from eval.metrics import LIBRARY_METRICS, library_scores, mel_l1, pesq_scores, stft_distance
 from eval.timing import real_time_factor
+from eval.voices import GROUPS, UNLABELLED, select_utterances
 from students.iaf import IAFStudent, synthesize
 from teachers.sampling import fastest_method, generate
 from teachers.wavenet import WaveNetTeacher
 
 REFERENCE, GRIFFIN_LIM, TEACHER, STUDENT = "reference", "griffin_lim", "teacher", "student"
 SYSTEMS = (REFERENCE, GRIFFIN_LIM, TEACHER, STUDENT)  # what --systems chooses from ("student": every student)
-TRAINING, HELD_OUT, UNKNOWN = "training", "held-out", "unknown"  # the voice groups, in the report's order
-GROUPS = (TRAINING, HELD_OUT, UNKNOWN)
-UNLABELLED = "(unlabelled)"  # the voice of a clip whose corpus names none
-VOICE_RULE = ("training = the voices an evaluated model (the teacher when it synthesises, every student) recorded "
-              "in its checkpoint as its training split's; held-out = the voices no evaluated model trained on; "
-              "unknown = every voice when no evaluated model records its voices; --training-voices names the "
-              "training voices instead of the records")
 
 
 @dataclass
@@ -150,32 +137,6 @@ def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances:
     return clips
 
 
-def select_utterances(utts: list[Utterance], max_utterances: int) -> list[Utterance]:
-    """What an evaluation takes from a split, in the split's order: every utterance (0); when the split
-    has several voice labels, the first `max_utterances` of each voice (a split listed voice by voice
-    would otherwise give one voice); else the first `max_utterances`."""
-    if max_utterances <= 0:
-        return list(utts)
-    if len({u.speaker for u in utts}) <= 1:
-        return utts[:max_utterances]
-    taken: Counter[str] = Counter()
-    chosen = []
-    for utt in utts:
-        if taken[utt.speaker] < max_utterances:
-            taken[utt.speaker] += 1
-            chosen.append(utt)
-    return chosen
-
-
-def selection_note(max_utterances: int, clips: list[Clip]) -> str:
-    """How the clips were chosen, for the report's settings."""
-    if max_utterances <= 0:
-        return "every utterance of the split"
-    if len({c.voice for c in clips}) > 1:
-        return f"the first {max_utterances} utterance(s) of each voice"
-    return f"the first {max_utterances} utterance(s) of the split"
-
-
 @torch.inference_mode()
 def teacher_synthesis(teacher: WaveNetTeacher, clips: list[Clip], features: FeatureConfig, device: torch.device,
                       batch_size: int = 16, temperature: float = 1.0, progress: bool = False,
@@ -251,25 +212,11 @@ def aggregate(rows: list[dict], pesq_modes: tuple = ("wb",), library_keys: tuple
     return entry
 
 
-def voice_groups(voices: Iterable[str], recorded: dict[str, list[str] | None],
-                 training_voices: tuple[str, ...] | None = None) -> dict[str, str]:
-    """Each voice's group (TRAINING, HELD_OUT or UNKNOWN) by the rule of VOICE_RULE. recorded: per
-    evaluated model, the voices its checkpoint records (None: no record); training_voices: the user's
-    list (--training-voices), which replaces the records."""
-    if training_voices is not None:
-        known: set[str] | None = {v or UNLABELLED for v in training_voices}
-    elif any(r is not None for r in recorded.values()):
-        known = {v or UNLABELLED for r in recorded.values() if r is not None for v in r}
-    else:
-        known = None
-    return {v: UNKNOWN if known is None else TRAINING if v in known else HELD_OUT for v in voices}
-
-
 def voice_sections(table: dict, groups: dict[str, str], pesq_modes: tuple = ("wb",),
                    library_keys: tuple = ()) -> tuple[dict, dict]:
     """(report["voices"], report["groups"]): the overall table's means (`aggregate`) per voice and per
     group of voices, from each system's per-utterance rows (their "voice"). groups: each voice's group
-    (`voice_groups`). voices[v] = {"group", "utterances", "systems": {system: means}};
+    (`eval.voices.voice_groups`). voices[v] = {"group", "utterances", "systems": {system: means}};
     groups[g] = {"voices", "utterances", "systems": {system: means}}; groups and voices in GROUPS order,
     voices by name within a group."""
     order = sorted(groups, key=lambda v: (GROUPS.index(groups[v]), v))

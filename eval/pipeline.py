@@ -21,21 +21,11 @@ from distill.distributed import pick_device
 from distill.env import collect
 from distill.errors import ConfigError
 from distill.folders import check_output_folder
-from eval.evaluate import (
-    STUDENT,
-    TEACHER,
-    VOICE_RULE,
-    Clip,
-    EvalRequest,
-    evaluate,
-    load_clips,
-    selection_note,
-    voice_groups,
-    voice_sections,
-)
+from eval.evaluate import STUDENT, TEACHER, Clip, EvalRequest, evaluate, load_clips, voice_sections
 from eval.metrics import resolve_metrics
 from eval.report import write_report
 from eval.timing import device_name
+from eval.voices import VOICE_RULE, selection_note, voice_groups
 from students.iaf import IAFStudent
 from students.pretrained import load_student
 from teachers.pretrained import demo_teacher_path, file_sha256, load_teacher
@@ -112,7 +102,7 @@ def run(request: EvalRequest) -> dict:
                     "run": str(_run_folder(teacher_path) or ""), "voices": teacher_voices},
         "students": student_info,
         "metrics_skipped": skipped,
-        "selection": selection_note(request.max_utterances, clips),
+        "selection": selection_note(request.max_utterances, [c.voice for c in clips]),
         "voice_groups": {"rule": VOICE_RULE, "recorded": recorded, "groups": groups},
         "utterances": len(clips), "utterance_ids": [c.id for c in clips],
         "audio_seconds": sum(c.reference.numel() for c in clips) / features.sample_rate,
@@ -133,7 +123,7 @@ def run(request: EvalRequest) -> dict:
 
 def _groups(clips: list[Clip], recorded: dict[str, list[str] | None],
             training_voices: tuple[str, ...] | None) -> dict[str, str]:
-    """Each evaluated voice's group (`eval.evaluate.voice_groups`); a --training-voices name that no clip
+    """Each evaluated voice's group (`eval.voices.voice_groups`); a --training-voices name that no clip
     carries is warned about (a misspelt name would silently move its voice to the held-out group)."""
     voices = sorted({c.voice for c in clips})
     missing = sorted(set(training_voices or ()) - set(voices))

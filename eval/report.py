@@ -6,7 +6,7 @@ The Markdown and HTML tables are rendered from one list of formatted rows (`summ
 TensorBoard gets the unrounded values of report.json, so the four agree by construction.
 
 An evaluation whose clips carry several voice labels adds report.json's `voices` and `groups` sections
-(`eval.evaluate.voice_sections`; the groups' rule is `eval.evaluate.VOICE_RULE`, also in the settings):
+(`eval.evaluate.voice_sections`; the groups' rule is `eval.voices.VOICE_RULE`, also in the settings):
 a per-group and a per-voice table beside the overall ones, and the scalars `eval/<group>/<system>/<metric>`
 and `eval/voice/<voice>/<system>/<metric>` beside `eval/<system>/<metric>`.
 """
@@ -26,6 +26,7 @@ from distill.logger import RunLogger
 from distill.plots import curves_figure, mel_figure, save_figure
 from eval.evaluate import GRIFFIN_LIM, REFERENCE, Clip
 from eval.metrics import LIBRARY_METRICS
+from eval.voices import voice_groups_note
 
 SCALARS = ("pesq_wb", "pesq_nb", "mel_l1", "stft_distance", "teacher_nll",
            *(key for metric in LIBRARY_METRICS.values() for key in metric.keys))
@@ -298,18 +299,6 @@ def _settings_lines(report: dict) -> list[tuple[str, str]]:
         lines.append(("voice groups", voice_groups_note(report)))
     lines += [(k, str(v)) for k, v in report["versions"].items()]
     return lines
-
-
-def voice_groups_note(report: dict) -> str:
-    """The groups' rule, where this evaluation's training voices came from, and each group's voices."""
-    s = report["settings"]
-    if s.get("training_voices") is not None:
-        source = f"--training-voices {','.join(s['training_voices']) or '(none)'}"
-    else:
-        source = "records: " + ("; ".join(f"{model}: {', '.join(v) if v is not None else 'none'}"
-                                          for model, v in s["voice_groups"]["recorded"].items()) or "no model")
-    members = "; ".join(f"{group}: {', '.join(g['voices'])}" for group, g in report["groups"].items())
-    return f"{s['voice_groups']['rule']}. Here ({source}): {members}"
 
 
 CURVE_KEYS = (("pesq_wb", "PESQ wb"), ("pesq_nb", "PESQ nb"), ("mel_l1", "log-mel L1"),

@@ -82,17 +82,23 @@ def test_demo_distils_evaluates_and_prints_the_summary(tmp_path):
     # the C-loop teacher sampler where it builds (the incremental one, the demo's default, is tested on its
     # own; on a 2-core machine without AVX-512 it made this test ~1 min longer)
     sampler = ("--teacher-sampler", "fast") if fastloop_available() else ()
+    # one 0.5 s utterance of each of the corpus's ten voices; PESQ only (the library metrics have their own tests)
     args = ("demo", "--out", str(out), "--steps", "2", "--max-utterances", "1", "--max-seconds", "0.5",
-            "--rtf-seconds", "0.1", *sampler)
+            "--rtf-seconds", "0.1", "--metrics", "none", *sampler)
     result = run(*args)
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "data" / "data_summary.json").read_text())
-    assert {s: v["utterances"] for s, v in summary["splits"].items()} == {"train": 130, "valid": 10, "test": 10}
+    assert {s: v["utterances"] for s, v in summary["splits"].items()} == {"train": 284, "valid": 32, "test": 58}
     assert load_checkpoint(out / "student")["step"] == 2
     report = json.loads((out / "report" / "report.json").read_text())
     assert list(report["systems"]) == ["reference", "griffin_lim", "teacher", "student"]
     assert report["systems"]["reference"]["pesq_wb"] > 4.6 and report["systems"]["student"]["rtf"]["rtf"] > 0
     assert "| student |" in result.stdout and str(out / "report" / "report.html") in result.stdout
+    # every voice of the test split, grouped by the voices the student's checkpoint records
+    groups = {name: entry["group"] for name, entry in report["voices"].items()}
+    assert len(groups) == 10 and groups["slt"] == "training"
+    assert groups["ked_diphone"] == groups["upc_ca_ona_hts"] == "held-out"
+    assert "per group of voices" in result.stdout
     again = run(*args)  # a second demo continues the student where the first stopped
     assert again.returncode == 0, again.stderr
     assert load_checkpoint(out / "student")["step"] == 4

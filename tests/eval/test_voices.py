@@ -16,20 +16,9 @@ from distill.audio import save_wav
 from distill.checkpoint import atomic_save
 from distill.corpus import Utterance, harmonic_signal
 from eval.commands import add_eval, print_summary, request_from_args
-from eval.evaluate import (
-    HELD_OUT,
-    TRAINING,
-    UNKNOWN,
-    UNLABELLED,
-    Clip,
-    EvalRequest,
-    aggregate,
-    select_utterances,
-    teacher_synthesis,
-    voice_groups,
-    voice_sections,
-)
+from eval.evaluate import Clip, EvalRequest, aggregate, teacher_synthesis, voice_sections
 from eval.report import group_lines, group_rows, voice_rows
+from eval.voices import HELD_OUT, TRAINING, UNKNOWN, UNLABELLED, select_utterances, voice_groups
 from teachers.sampling.fastloop import available as fastloop_available
 from tests.models import save_teacher, small_teacher
 
