@@ -70,7 +70,7 @@ class FeatureConfig:
 
     def analysis(self) -> dict:
         """The settings of the mel analysis that the mel's linear predictor and pitch source invert
-        (`distill.lpc.MelLPC`, `distill.pitch.MelPitch`), which those modules take as arguments."""
+        (`distill.nn.lpc.MelLPC`, `distill.nn.pitch.MelPitch`), which those modules take as arguments."""
         return {"sample_rate": self.sample_rate, "n_fft": self.n_fft, "win_length": self.win_length,
                 "f_min": self.f_min, "f_max": self.f_max}
 
@@ -104,7 +104,7 @@ class DataConfig:
     # Folder for an on-disk mel cache keyed by the feature settings; empty = no cache.
     mel_cache: str = ""
     # Folder of external mels (a TTS model's, ground-truth aligned) to train on instead of the audio's own:
-    # <utterance id>.npy or .pt per utterance, checked against the audio's T // hop frames (`distill.melfiles`);
+    # <utterance id>.npy or .pt per utterance, checked against the audio's T // hop frames (`distill.audio.melfiles`);
     # mel_cache is not used with it. Check a folder first: wavedistill data --mels DIR.
     mel_dir: str = ""
     # A file whose peak is below this is reported as silent and skipped.

@@ -18,13 +18,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from distill.allocator import tune_allocator
+from distill.cli.allocator import tune_allocator
 from distill.config import load_config
-from distill.hardware import peak_tflops
+from distill.train.hardware import peak_tflops
 from eval.timing import device_name, timed
 from students.iaf import synthesize
 from students.task import StudentConfig, build_student
@@ -102,13 +103,13 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
 
 
 def bench_trainer(device: torch.device, quick: bool) -> list[dict]:
-    """The training loop's own step (`distill.trainer.Trainer.train_step`) on the tiny teacher preset:
+    """The training loop's own step (`distill.train.trainer.Trainer.train_step`) on the tiny teacher preset:
     forward (autocast as `train.amp=auto` picks: bf16 on CUDA), NLL, backward, clipping, the fused AdamW
     update with its on-device skip flag, the EMA and the loss sums; batches from the demo corpus."""
     import dataclasses
     import tempfile
 
-    from distill.trainer import Trainer
+    from distill.train.trainer import Trainer
     from teachers.task import TeacherTask
 
     cfg = load_config(TeacherConfig, PRESET)
@@ -184,40 +185,53 @@ def bench_students(device: torch.device, quick: bool, teacher_rate: float) -> li
     for name, preset in STUDENTS.items():
         cfg = load_config(StudentConfig, preset)
         torch.manual_seed(0)
-        student = _student(cfg).to(device).eval()
-        hop, ctx, rate = cfg.features.hop_length, cfg.data.mel_context, cfg.features.sample_rate
-        flops = 2 * sum(flow.macs_per_sample() for flow in student.flows)
+        student = preset_student(cfg).to(device).eval()
         shapes = [(1, 1.0, "1 s")] + ([] if quick else [(1, 10.0, "10 s"), (16, 1.0, "16 x 1 s")])
-        for batch, seconds, label in shapes:
-            frames = int((0.25 if quick else seconds) * rate) // hop
-            mel = (torch.randn(batch, cfg.features.n_mels, frames + 2 * ctx) - 5).to(device)
-            for dtype in [None, torch.bfloat16] if bf16 else [None]:
-                compiles = [False]
-                if not quick and (device.type == "cuda" or (dtype is None and label == "1 s")):
-                    compiles.append(True)
-                eager_rate = None
-                for compile_ in compiles:
-                    t = timed(functools.partial(synthesize, student, mel, autocast_dtype=dtype, compile=compile_),
-                              device, 5, warmup=2)
-                    samples = batch * frames * hop
-                    kind = ("float32" if dtype is None else "bfloat16 autocast") + (" compiled" if compile_ else "")
-                    row = {"model": name, "device": device_name(device), "threads": torch.get_num_threads(),
-                           "what": f"{name} synthesis, {label}", "batch": batch, "length": frames * hop,
-                           "dtype": kind, "samples_per_s": samples / t["median_s"],
-                           "rtf": t["median_s"] / (samples / rate), "flops_per_sample": flops, **t}
-                    if label == "1 s":
-                        row["speedup_over_teacher"] = row["samples_per_s"] / teacher_rate
-                    rows.append(row)
-                    if compile_:
-                        rows.append({"model": name, "device": row["device"], "threads": row["threads"],
-                                     "what": f"{name}, {label}: compiled / eager speed-up", "batch": batch,
-                                     "length": None, "dtype": kind, "samples_per_s": None,
-                                     "ratio": row["samples_per_s"] / eager_rate})
-                    eager_rate = row["samples_per_s"]
+        rows += student_rows(name, student, device, quick, shapes, [None, torch.bfloat16] if bf16 else [None],
+                             lambda label, dtype: not quick and (device.type == "cuda"
+                                                                 or (dtype is None and label == "1 s")),
+                             teacher_rate)
     return rows
 
 
-def _student(cfg: StudentConfig):
+def student_rows(name: str, student, device: torch.device, quick: bool, shapes: list[tuple[int, float, str]],
+                 dtypes: list[torch.dtype | None], compiled: Callable[[str, torch.dtype | None], bool],
+                 teacher_rate: float | None = None) -> list[dict]:
+    """A student's parallel synthesis of random mels: a row per (batch, seconds, label) shape, autocast dtype
+    (None: float32) and eager / torch.compile (`compiled(label, dtype)`: also compiled), 5 timed runs after 2
+    warm-ups (a quarter of each length with `quick`); a compiled / eager ratio row after each compiled one, the
+    speed-up over `teacher_rate` samples/s on the "1 s" rows."""
+    cfg_features, ctx = student.features, student.mel_context
+    hop, rate = cfg_features.hop_length, cfg_features.sample_rate
+    flops = 2 * sum(flow.macs_per_sample() for flow in student.flows)
+    rows = []
+    for batch, seconds, label in shapes:
+        frames = int((0.25 if quick else seconds) * rate) // hop
+        mel = (torch.randn(batch, cfg_features.n_mels, frames + 2 * ctx) - 5).to(device)
+        for dtype in dtypes:
+            eager_rate = None
+            for compile_ in [False, True] if compiled(label, dtype) else [False]:
+                t = timed(functools.partial(synthesize, student, mel, autocast_dtype=dtype, compile=compile_),
+                          device, 5, warmup=2)
+                samples = batch * frames * hop
+                kind = ("float32" if dtype is None else "bfloat16 autocast") + (" compiled" if compile_ else "")
+                row = {"model": name, "device": device_name(device), "threads": torch.get_num_threads(),
+                       "what": f"{name} synthesis, {label}", "batch": batch, "length": frames * hop,
+                       "dtype": kind, "samples_per_s": samples / t["median_s"],
+                       "rtf": t["median_s"] / (samples / rate), "flops_per_sample": flops, **t}
+                if label == "1 s" and teacher_rate:
+                    row["speedup_over_teacher"] = row["samples_per_s"] / teacher_rate
+                rows.append(row)
+                if compile_:
+                    rows.append({"model": name, "device": row["device"], "threads": row["threads"],
+                                 "what": f"{name}, {label}: compiled / eager speed-up", "batch": batch,
+                                 "length": None, "dtype": kind, "samples_per_s": None,
+                                 "ratio": row["samples_per_s"] / eager_rate})
+                eager_rate = row["samples_per_s"]
+    return rows
+
+
+def preset_student(cfg: StudentConfig):
     """A preset's student, with the shipped teacher's linear predictor when the preset uses one."""
     teacher = TeacherModelConfig()  # a plain teacher's conditioning: the stretch upsampler, one speaker
     if cfg.model.linear_prediction:
@@ -266,19 +280,19 @@ def _tiny_student_seconds(quick: bool) -> float:
     """Median seconds of the tiny student's 1 s synthesis in this process (its allocator as it is)."""
     cfg = load_config(StudentConfig, STUDENTS["student clarinet_tiny"])
     torch.manual_seed(0)
-    student = _student(cfg).eval()
+    student = preset_student(cfg).eval()
     frames = (4096 if quick else 16000) // cfg.features.hop_length
     mel = torch.randn(1, cfg.features.n_mels, frames + 2 * cfg.data.mel_context) - 5
     return timed(lambda: synthesize(student, mel), torch.device("cpu"), 5, warmup=2)["median_s"]
 
 
 def bench_allocator(quick: bool) -> list[dict]:
-    """The tiny student's synthesis with glibc's default malloc vs `distill.allocator` settings, each in a
+    """The tiny student's synthesis with glibc's default malloc vs `distill.cli.allocator` settings, each in a
     fresh process (the settings cannot be undone inside one), back to back."""
     seconds = {}
     for mode in ("default", "tuned"):
         env = {**os.environ, "WAVEDISTILL_MALLOC": mode}
-        code = (f"from distill.allocator import tune_allocator; tune_allocator(); import eval.bench as b; "
+        code = (f"from distill.cli.allocator import tune_allocator; tune_allocator(); import eval.bench as b; "
                 f"print(b._tiny_student_seconds({quick}))")
         result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:

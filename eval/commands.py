@@ -153,9 +153,9 @@ def add_demo(sub) -> None:
 def _demo(args) -> int:
     import dataclasses
 
-    from distill.checkpoint import load_checkpoint
-    from distill.commands import prepare_data, train
+    from distill.cli.commands import prepare_data, train
     from distill.errors import ConfigError
+    from distill.train.checkpoint import load_checkpoint
     from eval.pipeline import run
     from students.task import DistillTask, StudentConfig
 
@@ -245,7 +245,7 @@ def add_listen_results(sub) -> None:
 def _listen_results(args) -> int:
     import json
 
-    from distill.plots import save_figure
+    from distill.audio.plots import save_figure
     from eval.listen import aggregate, load_results, results_figure, to_markdown
     from eval.report import _strict
 

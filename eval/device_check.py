@@ -1,9 +1,8 @@
 """`python -m eval.device_check OUT`: the prepared check for a machine with one NVIDIA GPU.
 
-Made for the machines this project is lent now and then (one H100 or H200, Python with torch but no
-pesq and no soundfile, no network, about 15 minutes of device time per session), so that the first
-minutes on one go to measuring. Run from the repository root; it takes at most about 8 minutes and
-writes everything under OUT:
+For a GPU machine with Python and torch but possibly without pesq, soundfile or a network (e.g. one
+H100 or H200 for a short time), so that its first minutes go to measuring. Run from the repository root;
+it takes at most about 8 minutes and writes everything under OUT:
 
 1. `env.json`: Python, torch, CUDA, the GPU, and which optional packages are present;
 2. `install.log`: `pip install --no-deps -e .` (the project without its dependencies);
@@ -33,8 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # the test files that hold `cuda` tests (a CPU test checks that the list is complete); the other test
-# files need soundfile, which the lent GPU machines do not have
-CUDA_TESTS = ["tests/teachers/test_cuda.py", "tests/distill/test_trainer.py"]
+# files need soundfile, which a GPU machine with torch alone does not have
+CUDA_TESTS = ["tests/teachers/test_cuda.py", "tests/distill/train/test_trainer.py"]
 OPTIONAL = ["soundfile", "pesq", "speechmos", "pystoi", "pyworld", "onnxruntime", "tensorboard"]
 
 
@@ -75,15 +74,12 @@ def _run(command: list[str], log: Path, timeout: float) -> dict:
 
 def _bench(device_name: str, quick: bool) -> list[dict]:
     """The GPU subset of the bench (module doc, 4)."""
-    import functools
 
     import torch
 
     from distill.config import load_config
     from eval import bench
     from eval.timing import device_name as name_of
-    from eval.timing import timed
-    from students.iaf import synthesize
     from students.task import StudentConfig
     from teachers.task import TeacherConfig, build_teacher
 
@@ -97,20 +93,9 @@ def _bench(device_name: str, quick: bool) -> list[dict]:
     bench.sampler_rows(teacher, base, device, quick, 1, rows)
     cfg = load_config(StudentConfig, bench.STUDENTS["student clarinet (paper size)"])
     torch.manual_seed(0)
-    student = bench._student(cfg).to(device).eval()
-    rate, hop = cfg.features.sample_rate, cfg.features.hop_length
-    frames = int((0.25 if quick else 1.0) * rate) // hop
-    mel = (torch.randn(1, cfg.features.n_mels, frames + 2 * cfg.data.mel_context) - 5).to(device)
-    dtype = torch.bfloat16 if bf16 else None
-    for compile_ in (False, True) if device.type == "cuda" else (False,):  # compiling on a CPU takes minutes
-        t = timed(functools.partial(synthesize, student, mel, autocast_dtype=dtype, compile=compile_), device, 5,
-                  warmup=2)
-        samples = frames * hop
-        rows.append({"model": "student clarinet (paper size)", "device": name_of(device),
-                     "threads": torch.get_num_threads(), "what": "student clarinet (paper size) synthesis, 1 s",
-                     "batch": 1, "length": samples,
-                     "dtype": ("bfloat16 autocast" if dtype else "float32") + (" compiled" if compile_ else ""),
-                     "samples_per_s": samples / t["median_s"], "rtf": t["median_s"] / (samples / rate), **t})
+    student = bench.preset_student(cfg).to(device).eval()
+    rows += bench.student_rows("student clarinet (paper size)", student, device, quick, [(1, 1.0, "1 s")],
+                               [torch.bfloat16 if bf16 else None], lambda label, dtype: device.type == "cuda")
     rows += bench.bench_distillation(device, quick)
     bench.add_utilisation(rows)
     return rows
@@ -171,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     _step(summary, "bench", bench)
 
     def train() -> dict:
-        from distill.corpus import write_synthetic_corpus
+        from distill.data.corpus import write_synthetic_corpus
 
         corpus = write_synthetic_corpus(out / "corpus", count=12 if args.dry_run else 48,
                                         seconds=1.0 if args.dry_run else 3.0, splits=(2, 2))
@@ -186,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         # `train-teacher` through its Python entry point, in a child process: no installed console script or
         # entry-point metadata needed (the install step may have failed), and a crash stays in train.log
         code = ("import logging, sys; logging.basicConfig(level=logging.INFO, format='%(message)s'); "
-                "from distill.commands import train; from teachers.task import TeacherConfig, TeacherTask; "
+                "from distill.cli.commands import train; from teachers.task import TeacherConfig, TeacherTask; "
                 "train(TeacherConfig, TeacherTask, sys.argv[1], sys.argv[2], sys.argv[3:])")
         config = str(ROOT / "configs" / "teacher" / "gaussian_tiny.yaml")
         result = _run([sys.executable, "-c", code, str(out / "train"), config, *overrides], out / "train.log",

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from distill.audio import LogMel
+from distill.audio.mel import LogMel
 from distill.config import FeatureConfig
-from distill.corpus import resolve_corpus
-from distill.data import UtteranceStore
+from distill.data.corpus import resolve_corpus
+from distill.data.datasets import UtteranceStore
 from distill.errors import ConfigError, CorpusError
 from eval.baselines import griffin_lim
 from eval.metrics import LIBRARY_METRICS, library_scores, mel_l1, pesq_scores, stft_distance
@@ -120,7 +120,6 @@ def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances:
     by the caller from the model's map. Every clip keeps its utterance's voice label."""
     utts = select_utterances(resolve_corpus(corpus, split, speakers=speakers), max_utterances)
     store = UtteranceStore(utts, features, min_samples=features.n_fft, source=f"corpus '{corpus}' split '{split}'")
-    logmel = LogMel(features)
     clips = []
     for i, item in enumerate(store.items):
         audio = store.get(i)[0]
@@ -130,7 +129,7 @@ def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances:
         if frames * features.hop_length < features.n_fft:
             continue
         audio = audio[: frames * features.hop_length]
-        clips.append(Clip(item.utt.id, audio, logmel(audio), speaker_name=item.utt.speaker))
+        clips.append(Clip(item.utt.id, audio, store.logmel(audio), speaker_name=item.utt.speaker))
     if not clips:
         raise CorpusError(f"corpus '{corpus}' split '{split}': no utterance long enough to evaluate "
                           f"(need {features.n_fft} samples after --max-seconds)")

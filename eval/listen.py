@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.audio import require_soundfile
+from distill.audio.io import require_soundfile
 from distill.errors import ConfigError
 
 FORMAT = "wavedistill-listen/1"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from distill.audio import resample
+from distill.audio.io import resample
 
 PESQ_RATES = {"wb": 16000, "nb": 8000}
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from distill.checkpoint import CheckpointManager
+from distill.cli.env import collect
 from distill.config import FeatureConfig
-from distill.distributed import pick_device
-from distill.env import collect
 from distill.errors import ConfigError
-from distill.folders import check_output_folder
+from distill.train.checkpoint import CheckpointManager
+from distill.train.distributed import pick_device
+from distill.train.folders import check_output_folder
 from eval.evaluate import STUDENT, TEACHER, Clip, EvalRequest, evaluate, load_clips, voice_sections
 from eval.metrics import resolve_metrics
 from eval.report import write_report

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from distill.audio import LogMel, save_wav
+from distill.audio.io import save_wav
+from distill.audio.mel import LogMel
+from distill.audio.plots import curves_figure, mel_figure, save_figure
 from distill.config import FeatureConfig
-from distill.logger import RunLogger
-from distill.plots import curves_figure, mel_figure, save_figure
+from distill.train.logger import RunLogger
 from eval.evaluate import GRIFFIN_LIM, REFERENCE, Clip
-from eval.metrics import LIBRARY_METRICS
+from eval.metrics import LIBRARY_METRICS, METRIC_RATE
 from eval.voices import voice_groups_note
 
 SCALARS = ("pesq_wb", "pesq_nb", "mel_l1", "stft_distance", "teacher_nll",
@@ -254,7 +255,8 @@ def metric_note(report: dict) -> str:
     }
     parts = []
     if s.get("metrics"):
-        parts.append("At 16 kHz. " + "; ".join(about[m] for m in s["metrics"] if m in about)
+        parts.append(f"At {METRIC_RATE // 1000} kHz (other rates resampled). "
+                     + "; ".join(about[m] for m in s["metrics"] if m in about)
                      + ". Means skip utterances where a metric is undefined.")
     parts += skipped
     return " ".join(parts)

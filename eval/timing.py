@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from distill.hardware import device_name
+from distill.train.hardware import device_name
 
 
 def sync(device: torch.device) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from distill.corpus import Utterance
+from distill.data.corpus import Utterance
 
 TRAINING, HELD_OUT, UNKNOWN = "training", "held-out", "unknown"  # the voice groups, in the report's order
 GROUPS = (TRAINING, HELD_OUT, UNKNOWN)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.commands import add_training_arguments, run_training
+from distill.cli.commands import add_training_arguments, run_training
 
 
 def add_distill(sub) -> None:
@@ -35,7 +35,7 @@ def add_export(sub) -> None:
 def _export(args) -> int:
     import numpy as np
 
-    from distill.folders import check_output_file
+    from distill.train.folders import check_output_file
     from students.export import OnnxStudent, export_onnx, noise
     from students.iaf import synthesize
     from students.pretrained import load_student
@@ -86,11 +86,11 @@ def _vocode(args) -> int:
 
     import torch
 
-    from students.vocode import vocode_files
+    from students.vocode_files import vocode_files
     from students.vocoder import Vocoder
 
     log = logging.getLogger("wavedistill")
-    from distill.folders import check_output_folder
+    from distill.train.folders import check_output_folder
 
     check_output_folder(args.out, "--out")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

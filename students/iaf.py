@@ -12,7 +12,7 @@ p_S(x_t | z_<t) = D(mu_tot_t, s_tot_t) for every t, and log p_S(x) = sum_t [log 
 
 With `linear_prediction` (the LP-WaveNet teacher's predictor, computed from the mel), the flows
 produce an excitation e in units of the expected residual and the student's output is the all-pole
-synthesis y_t = sum_k c_k(t) y_(t-k) + g(t) e_t (`distill.lpc.lp_synthesis`). y_<t is a function of
+synthesis y_t = sum_k c_k(t) y_(t-k) + g(t) e_t (`distill.nn.lpc.lp_synthesis`). y_<t is a function of
 z_<t, so each step is still one law: location sum_k c_k y_(t-k) + g mu_tot, log scale log g + log s_tot
 (the Jacobian dy/dz stays lower triangular, its diagonal g s_tot): exactly the teacher's
 parameterisation, so the student, like the teacher, only learns the excitation, not the envelope.
@@ -29,13 +29,16 @@ from typing import Literal, cast
 import torch
 from torch import nn
 
-from distill.audio import deemphasis, silence_value
+from distill.audio.mel import deemphasis, silence_value
 from distill.config import FeatureConfig, from_dict, to_dict
-from distill.distributions import Gaussian, Logistic
 from distill.errors import ConfigError
-from distill.lpc import MelLPC, lp_predict, lp_synthesis, synthesis_block
-from distill.nn import MelConditioned, MelUpsampler, WaveNetStack, shift_right
-from teachers.wavenet import TeacherModelConfig, legacy_record, read_record
+from distill.nn.conditioning import MelConditioned, MelUpsampler
+from distill.nn.distributions import Gaussian, Logistic
+from distill.nn.layers import shift_right
+from distill.nn.lpc import MelLPC, lp_predict, lp_synthesis, synthesis_block
+from distill.nn.records import legacy_record, read_record
+from distill.nn.wavenet import WaveNetStack
+from teachers.wavenet import TeacherModelConfig
 
 
 @dataclass
@@ -49,7 +52,7 @@ class StudentOutput:
 
     @property
     def params(self) -> torch.Tensor:
-        """(B, 2, T) in the layout of `distill.distributions` (mu, log scale)."""
+        """(B, 2, T) in the layout of `distill.nn.distributions` (mu, log scale)."""
         return torch.stack([self.mu_tot, self.log_s_tot], dim=1)
 
 
@@ -70,7 +73,7 @@ class StudentModelConfig:
     # True: the teacher's linear predictor from the mel (LP-WaveNet teachers): the flows learn only the
     # excitation, in units of the expected residual, and an all-pole filter makes the signal
     linear_prediction: bool = False
-    # True: a pitch-synchronous source computed from the mel (F0 and voicing, distill.pitch) joins the
+    # True: a pitch-synchronous source computed from the mel (F0 and voicing, distill.nn.pitch) joins the
     # flows' conditioning, so they need not learn to place the pitch pulses from the noise's past
     pitch_source: bool = False
     upsampler_from_teacher: bool = True  # start from the teacher's upsampler weights (training only)
@@ -84,7 +87,7 @@ class IAFStudent(MelConditioned, nn.Module):
         upsampler's mode and scales, the speakers, the linear predictor); features: the log-mel settings
         (and the pre-emphasis of the teacher's domain, which the flows produce); mel_context: context
         frames on each side of a crop's mel; pitch: the pitch source's `MelPitch` arguments as a
-        checkpoint recorded them (None: `distill.pitch.pitch_arguments(features)`), used with
+        checkpoint recorded them (None: `distill.nn.pitch.pitch_arguments(features)`), used with
         config.pitch_source."""
         super().__init__()
         # own copies: a config changed after the model was built does not change what its checkpoint records
@@ -123,7 +126,7 @@ class IAFStudent(MelConditioned, nn.Module):
             if self.lp_block < self.lpc.order:
                 raise ConfigError(f"a linear-prediction student needs a hop ({hop_length}) of at least the predictor's "
                                   f"order ({self.lpc.order}); distil with model.linear_prediction: false")
-        # a pitch-synchronous source from the mel (distill.pitch), appended to the conditioning
+        # a pitch-synchronous source from the mel (distill.nn.pitch), appended to the conditioning
         source_channels = self.build_pitch(config.pitch_source, pitch)
         # a multi-speaker student: its teacher's speakers, embedded and appended to the conditioning
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
@@ -176,7 +179,7 @@ class IAFStudent(MelConditioned, nn.Module):
 
     def predictor(self, mel: torch.Tensor) -> torch.Tensor | None:
         """mel (B, n_mels, F + 2c) -> (B, 1 + p, F * hop) float32: log gain and coefficients per sample
-        (`distill.lpc.MelLPC`, the teacher's), or None for a student without linear prediction."""
+        (`distill.nn.lpc.MelLPC`, the teacher's), or None for a student without linear prediction."""
         return None if self.lpc is None else self.lpc.of_padded(mel, self.mel_context)
 
     def excite(self, e: torch.Tensor, lpc: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from distill.checkpoint import load_model
 from distill.config import FeatureConfig, to_dict
+from distill.train.checkpoint import load_model
 from students.iaf import IAFStudent
 
 

@@ -15,16 +15,16 @@ from typing import Literal, cast
 
 import torch
 
-from distill.audio import LogMel
+from distill.audio.mel import LogMel
+from distill.audio.plots import mel_figure
 from distill.config import DataConfig, FeatureConfig, TrainConfig
-from distill.data import corpus_voices, speaker_batch
-from distill.distributed import unwrap
-from distill.distributions import Gaussian
+from distill.data.datasets import corpus_voices, speaker_batch
 from distill.errors import ConfigError
-from distill.logger import RunLogger
-from distill.losses import gaussian_kl, log_scale_regulariser, monte_carlo_kl, power_loss, stft_loss
-from distill.plots import mel_figure
-from distill.task import Task
+from distill.nn.distributions import Gaussian
+from distill.nn.losses import gaussian_kl, log_scale_regulariser, monte_carlo_kl, power_loss, stft_loss
+from distill.train.distributed import unwrap
+from distill.train.logger import RunLogger
+from distill.train.task import Task
 from students.iaf import IAFStudent, StudentModelConfig, StudentOutput
 from teachers.pretrained import demo_teacher_path, file_sha256, load_teacher
 from teachers.wavenet import TeacherModelConfig

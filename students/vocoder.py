@@ -8,7 +8,7 @@
     audios = voc([mel_a, mel_b], seed=0)                      # unequal lengths: a list, each its own length
 
 The object owns the model's input contract: mels come without context frames, in the model's
-convention (`distill.audio.LogMel`: natural log of the Slaney mel magnitude, frame i describing samples
+convention (`distill.audio.mel.LogMel`: natural log of the Slaney mel magnitude, frame i describing samples
 [i*hop, (i+1)*hop)); the `mel_context` frames of digital silence the conditioning network reads beyond
 each edge are added here, so no caller pads. Every mel is checked (n_mels, finite, not empty) with a
 one-line `MelError` naming what is wrong.
@@ -23,11 +23,11 @@ from typing import cast
 import numpy as np
 import torch
 
-from distill.audio import LogMel
-from distill.checkpoint import load_checkpoint
+from distill.audio.mel import LogMel
+from distill.audio.melfiles import check_values
 from distill.config import FeatureConfig, from_dict
 from distill.errors import CheckpointError, ConfigError, MelError
-from distill.melfiles import check_values
+from distill.train.checkpoint import load_checkpoint
 from students.iaf import IAFStudent, synthesize
 from students.pretrained import load_student
 from teachers.pretrained import load_teacher

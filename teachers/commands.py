@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from distill.commands import add_training_arguments, run_training
+from distill.cli.commands import add_training_arguments, run_training
 
 
 def add_train_teacher(sub) -> None:
@@ -30,7 +30,7 @@ def add_export_teacher(sub) -> None:
 def _export_teacher(args) -> int:
     import json
 
-    from distill.folders import check_output_file
+    from distill.train.folders import check_output_file
     from teachers.pretrained import export_teacher
 
     check_output_file(args.out, "--out")

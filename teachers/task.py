@@ -9,14 +9,14 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
-from distill.audio import LogMel
+from distill.audio.mel import LogMel
+from distill.audio.plots import mel_figure
 from distill.config import DataConfig, FeatureConfig, TrainConfig
-from distill.data import corpus_speakers, corpus_voices, speaker_batch, voice_order
-from distill.distributed import unwrap
+from distill.data.datasets import corpus_speakers, corpus_voices, speaker_batch, voice_order
 from distill.errors import ConfigError
-from distill.logger import RunLogger
-from distill.plots import mel_figure
-from distill.task import Task
+from distill.train.distributed import unwrap
+from distill.train.logger import RunLogger
+from distill.train.task import Task
 from teachers.sampling import fastest_method, generate
 from teachers.wavenet import LinearPredictionConfig, TeacherModelConfig, WaveNetTeacher
 
@@ -40,8 +40,8 @@ class TeacherConfig:
 
 
 def build_teacher(cfg: TeacherConfig, num_speakers: int | None = None) -> WaveNetTeacher:
-    """The teacher a config describes; num_speakers: the corpus's speaker count (`distill.data.corpus_speakers`),
-    overriding model.num_speakers."""
+    """The teacher a config describes; num_speakers: the corpus's speaker count
+    (`distill.data.datasets.corpus_speakers`), overriding model.num_speakers."""
     model = cfg.model if num_speakers is None else replace(cfg.model, num_speakers=num_speakers)
     return WaveNetTeacher(model, cfg.features, cfg.data.mel_context)
 

@@ -3,37 +3,38 @@
 y: (B, T) the signal the teacher models, in its *model domain*: the audio x itself, or with
 `preemphasis` a, y_t = x_t - a x_(t-1) (`to_model_domain` / `to_audio` convert; the map has a unit
 Jacobian, so log p(x) = log p(y) and NLLs compare across settings). mel: (B, n_mels, T / hop +
-2 * mel_context) log-mel frames of x (with the context frames of `distill.data.SegmentDataset`).
+2 * mel_context) log-mel frames of x (with the context frames of `distill.data.datasets.SegmentDataset`).
 The stack sees the input shifted right by one sample, so the parameters at t depend on y_<t only
 (tested by perturbation and by gradients). With `linear_prediction`, the network's law is in units
 of the expected residual g(t) and is mapped to the signal's: location = sum_k c_k(t) y_(t-k) +
 g(t) location_net, log scale = log g(t) + log scale_net, with c(t) and g(t) computed from the mel
-(`distill.lpc.MelLPC`); still causal, still differentiable in y.
+(`distill.nn.lpc.MelLPC`); still causal, still differentiable in y.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import torch
 from torch import nn
 
-from distill.audio import deemphasis, preemphasis, silence_value
+from distill.audio.mel import deemphasis, preemphasis, silence_value
 from distill.config import FeatureConfig, from_dict, to_dict
-from distill.distributions import build_distribution
-from distill.errors import CheckpointError, ConfigError
-from distill.lpc import MelLPC, lp_predict
-from distill.nn import MelConditioned, MelUpsampler, WaveNetStack, shift_right
-from distill.pitch import SOURCE_CHANNELS
+from distill.errors import ConfigError
+from distill.nn.conditioning import MelConditioned, MelUpsampler
+from distill.nn.distributions import build_distribution
+from distill.nn.layers import shift_right
+from distill.nn.lpc import MelLPC, lp_predict
+from distill.nn.pitch import SOURCE_CHANNELS
+from distill.nn.records import legacy_record, read_record
+from distill.nn.wavenet import WaveNetStack
 
 
 @dataclass
 class LinearPredictionConfig:
-    """Linear prediction from the mel (`distill.lpc.MelLPC`); order 0 = off."""
+    """Linear prediction from the mel (`distill.nn.lpc.MelLPC`); order 0 = off."""
 
     order: int = 0  # predictor taps (LPCNet and LP-WaveNet: 16)
     lag_window_hz: float = 60.0  # Gaussian lag window: smooths the envelope by about this bandwidth
@@ -71,7 +72,7 @@ class TeacherModelConfig:
     num_speakers: int = 0  # in a config: 0 = the corpus's speaker count; in a model: its embedding table's rows
     speaker_dim: int = 16
     linear_prediction: LinearPredictionConfig = field(default_factory=LinearPredictionConfig)
-    # True: the mel's pitch-synchronous source (F0 and voicing read from the mel, `distill.pitch.MelPitch`:
+    # True: the mel's pitch-synchronous source (F0 and voicing read from the mel, `distill.nn.pitch.MelPitch`:
     # pulse train, sine, cosine, voicing) joins the conditioning, so that a small teacher need not infer
     # the excitation's period of a voice it never heard from the mel bands alone
     pitch_source: bool = False
@@ -83,7 +84,7 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         """config: the hyperparameters; features: the log-mel settings the teacher reads (and, with
         pre-emphasis, the domain it models); mel_context: context frames on each side of a crop's mel
         (`DataConfig.mel_context`); pitch: the pitch source's `MelPitch` arguments as a checkpoint
-        recorded them (None: `distill.pitch.pitch_arguments(features)`), used with config.pitch_source."""
+        recorded them (None: `distill.nn.pitch.pitch_arguments(features)`), used with config.pitch_source."""
         super().__init__()
         # own copies: a config changed after the model was built does not change what its checkpoint records
         config = TeacherModelConfig() if config is None else copy.deepcopy(config)
@@ -163,7 +164,7 @@ class WaveNetTeacher(MelConditioned, nn.Module):
 
     def predictor(self, mel: torch.Tensor) -> torch.Tensor | None:
         """mel (B, n_mels, F + 2c) -> the linear predictor of every sample (B, 1 + p, F * hop) float32
-        (row 0 the log gain, rows 1.. the coefficients; `distill.lpc.MelLPC`), or None for a teacher
+        (row 0 the log gain, rows 1.. the coefficients; `distill.nn.lpc.MelLPC`), or None for a teacher
         without linear prediction."""
         return None if self.lpc is None else self.lpc.of_padded(mel, self.mel_context)
 
@@ -210,48 +211,3 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         teachers of every head, and students, compare in one unit."""
         y = self.to_model_domain(x)
         return self.dist.log_density(self.forward(y, mel, speaker), y)
-
-
-def read_record(payload: dict, legacy: Callable[[dict, FeatureConfig], dict]) -> tuple[dict, FeatureConfig]:
-    """(a checkpoint's model record, its features); legacy(payload, features) converts the flat constructor
-    arguments of checkpoints written before models took their config."""
-    features = from_dict(FeatureConfig, payload["features"], "the checkpoint's features")
-    args = payload["model_args"]
-    return (args if "model" in args else legacy(payload, features)), features
-
-
-def legacy_record(args: dict, features: FeatureConfig, where: str = "the checkpoint's model arguments") -> dict:
-    """Flat constructor arguments, as checkpoints kept them before models took their config (up to
-    2026-12-05) -> the `record` of the model they describe: {"model": its config section as plain data,
-    "mel_context": ...}, and the predictor's arguments as "linear_prediction" (None when off). Their
-    copies of the features (n_mels, hop_length, preemphasis, mel_silence, the analysis settings in the
-    predictor's and a student's pitch source's arguments) must equal the checkpoint's features, or it is
-    a one-line CheckpointError naming `where`. A student's arguments keep their own keys (the caller
-    takes what it needs); values the old constructors replaced by a default (None, an empty list) take
-    that default."""
-    if not isinstance(args, dict) or not all(isinstance(args.get(k) or {}, dict)
-                                             for k in ("linear_prediction", "pitch_source")):
-        raise CheckpointError(f"{where} are not a mapping with mappings for linear_prediction and pitch_source; "
-                              "use a checkpoint written by wavedistill")
-    model = dict(args)
-    mel_context = model.pop("mel_context", 2)
-    lp: dict = dict(model.pop("linear_prediction", None) or {})
-    if lp:  # the old predictor's default order, where the arguments left it out
-        lp.setdefault("order", inspect.signature(MelLPC.__init__).parameters["order"].default)
-    copies = {"n_mels": features.n_mels, "hop_length": features.hop_length, "preemphasis": features.preemphasis,
-              "mel_silence": silence_value(features)}
-    differ = [f"{key} {model[key]!r} (features: {value!r})" for key, value in copies.items()
-              if key in model and model[key] != value]
-    differ += features.analysis_differences("linear_prediction", lp)
-    differ += features.analysis_differences("pitch_source", model.get("pitch_source") or {})
-    if differ:
-        raise CheckpointError(f"{where} disagree with its features (" + "; ".join(differ)
-                              + "); it was not written by wavedistill's trainer")
-    for key in copies:
-        model.pop(key, None)
-    for key in ("distribution_args", "upsample_scales"):
-        if key in model and not model[key]:
-            del model[key]  # the old constructors' `or` default: the config's
-    if lp:
-        model["linear_prediction"] = {key: value for key, value in lp.items() if key not in features.analysis()}
-    return {"model": model, "mel_context": mel_context, "linear_prediction": lp or None}

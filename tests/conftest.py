@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.corpus import harmonic_signal, write_synthetic_corpus
+from distill.data.corpus import harmonic_signal, write_synthetic_corpus
 
 SR = 16000
 
 
 def harmonic(seconds: float, f0: float, seed: int, sr: int = SR) -> np.ndarray:
-    """A speech-like test signal (`distill.corpus.harmonic_signal`)."""
+    """A speech-like test signal (`distill.data.corpus.harmonic_signal`)."""
     return harmonic_signal(seconds, f0, seed, sr)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from distill.checkpoint import atomic_save, checkpoint_payload, class_path, model_record
 from distill.config import FeatureConfig, load_config, to_dict
+from distill.train.checkpoint import atomic_save, checkpoint_payload, class_path, model_record
 
 # the teachers' output heads, at sizes a test can afford
 HEADS = [("gaussian", {}), ("mol", {"num_components": 3, "num_bins": 256}), ("mulaw", {})]

@@ -26,12 +26,28 @@ def wheel(tmp_path_factory) -> Path:
     return found
 
 
+def site_dirs() -> list[str]:
+    """The site-packages folders this interpreter imports from (a virtual environment's own and, where it
+    has them, its base's)."""
+    return [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+
+
+def make_venv(folder: Path) -> Path:
+    """A fresh virtual environment that sees this interpreter's installed packages (torch and the other
+    dependencies) through a .pth file of plain paths. `venv --system-site-packages` would not do: inside a
+    virtual environment it gives the *base* interpreter's packages, which may lack torch. Plain paths are
+    not site folders, so the .pth files there (this checkout's editable install) are not run."""
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=300)
+    (own,) = (folder / "lib").glob("python3*/site-packages")
+    (own / "_wavedistill_test_parent.pth").write_text("\n".join(site_dirs()) + "\n")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def installed(wheel, tmp_path_factory) -> Path:
     """A fresh virtual environment with the wheel installed (not editable); torch and the other
     dependencies come from this interpreter's site-packages."""
-    venv = tmp_path_factory.mktemp("venv")
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    venv = make_venv(tmp_path_factory.mktemp("venv"))
     result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -49,7 +65,7 @@ def test_the_wheel_carries_every_preset_the_demo_corpus_the_teacher_and_the_c_so
     names = set(zipfile.ZipFile(wheel).namelist())
     presets = {str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")}
     assert presets and presets <= names
-    corpus = {str(p.relative_to(ROOT)) for p in (ROOT / "distill" / "demo_corpus").rglob("*") if p.is_file()
+    corpus = {str(p.relative_to(ROOT)) for p in (ROOT / "distill" / "data" / "demo_corpus").rglob("*") if p.is_file()
               and p.suffix in (".txt", ".csv", ".flac")}
     assert corpus and corpus <= names
     assert {"teachers/pretrained/demo_gaussian_lp_tiny.pt", "teachers/sampling/fastloop.c"} <= names
@@ -70,3 +86,16 @@ def test_the_demo_runs_from_an_empty_folder_after_a_non_editable_install(install
     result = _run_in_empty_folder(installed, tmp_path / "work", "demo", "--steps", "2", timeout=1800)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "work" / "runs" / "demo" / "report" / "report.html").is_file()
+
+
+def test_the_test_venv_imports_torch_from_where_this_interpreter_does(tmp_path):
+    import torch
+
+    venv = make_venv(tmp_path / "venv")
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch; print(torch.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert where.returncode == 0, where.stderr
+    assert where.stdout.strip() == torch.__file__
+    project = subprocess.run([str(venv / "bin" / "python"), "-c", "import distill"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+    assert project.returncode != 0, "the checkout's editable install leaked into the fresh environment"

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from distill.checkpoint import remember_args
 from distill.config import DataConfig, FeatureConfig, TrainConfig
-from distill.task import Task
+from distill.train.checkpoint import remember_args
+from distill.train.task import Task
 
 
 class ToyVocoder(torch.nn.Module):

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from distill.errors import ConfigError
-from distill.nn import shift_right
+from distill.nn.layers import shift_right
 from teachers.sampling.stepper import StackStepper
 from teachers.wavenet import WaveNetTeacher
 

@@ -8,7 +8,7 @@ compiler, `available()` is False and `generate(method="fast")` says so in one li
 
 Every output head: Gaussian, logistic, mixture of logistics, mu-law. Same numbers as the PyTorch
 paths to float32 rounding (tested: teacher-forced parameters against the parallel forward pass; every
-sample against the draw its own parameters and noise imply, by `distill.distributions`' own functions).
+sample against the draw its own parameters and noise imply, by `distill.nn.distributions`' own functions).
 """
 
 from __future__ import annotations

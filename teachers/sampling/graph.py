@@ -26,7 +26,7 @@ import weakref
 
 import torch
 
-from distill.nn import SQRT_HALF
+from distill.nn.layers import SQRT_HALF
 from teachers.sampling import MODES, draw
 from teachers.sampling.stepper import StackStepper
 from teachers.wavenet import WaveNetTeacher

@@ -14,7 +14,8 @@ from typing import cast
 import torch
 from torch import nn
 
-from distill.nn import SQRT_HALF, WaveNetStack
+from distill.nn.layers import SQRT_HALF
+from distill.nn.wavenet import WaveNetStack
 
 
 class StackStepper:

@@ -1,5 +1,5 @@
-"""The prepared GPU check: its dry run on the CPU, with soundfile and pesq unimportable as on the lent
-GPU machines, runs every step and writes what the GPU run would."""
+"""The prepared GPU check: its dry run on the CPU, with soundfile and pesq unimportable as on a GPU
+machine with torch alone, runs every step and writes what the GPU run would."""
 
 from __future__ import annotations
 

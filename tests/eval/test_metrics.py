@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from distill.audio import LogMel, load_audio
+from distill.audio.io import load_audio
+from distill.audio.mel import LogMel
 from distill.config import FeatureConfig
-from distill.corpus import resolve_corpus
+from distill.data.corpus import resolve_corpus
 from eval.baselines import griffin_lim
 from eval.metrics import mel_l1, pesq_scores, stft_distance
 

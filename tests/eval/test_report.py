@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from distill.corpus import demo_corpus_dir
+from distill.data.corpus import demo_corpus_dir
 from eval.metrics import LIBRARY_METRICS
 from eval.report import group_rows, metric_rows, summary_rows, voice_rows
 from eval.timing import real_time_factor

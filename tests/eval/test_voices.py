@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.audio import save_wav
-from distill.checkpoint import atomic_save
-from distill.corpus import Utterance, harmonic_signal
+from distill.audio.io import save_wav
+from distill.data.corpus import Utterance, harmonic_signal
+from distill.train.checkpoint import atomic_save
 from eval.commands import add_eval, print_summary, request_from_args
 from eval.evaluate import Clip, EvalRequest, aggregate, teacher_synthesis, voice_sections
 from eval.report import group_lines, group_rows, voice_rows

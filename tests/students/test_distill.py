@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from distill.checkpoint import load_checkpoint
 from distill.config import load_config
 from distill.errors import ConfigError
-from distill.trainer import Trainer
+from distill.train.checkpoint import load_checkpoint
+from distill.train.trainer import Trainer
 from students.task import DistillTask, StudentConfig
 from teachers.pretrained import demo_teacher_path, file_sha256
 from tests.models import SMALL, save_teacher
@@ -102,7 +102,7 @@ def _step_with_known_noise(task, monkeypatch):
 def test_the_kl_is_student_against_teacher_at_the_same_step(monkeypatch):
     """Checked against the teacher evaluated step by step (p(x_t | x_<t) by construction) and the
     KL written out by hand: an off-by-one or a reversed KL would not match."""
-    from distill.losses import gaussian_kl
+    from distill.nn.losses import gaussian_kl
     from teachers.sampling import incremental_forward
 
     task = DistillTask(config())
@@ -140,7 +140,7 @@ def test_gradients_flow_through_the_students_sample_into_the_teachers_view(monke
 
 
 def test_contrastive_term_pushes_away_from_the_teacher_given_another_mel(monkeypatch):
-    from distill.losses import gaussian_kl
+    from distill.nn.losses import gaussian_kl
 
     task = DistillTask(config("loss.weights.loss/contrastive=0.3", "loss.weights.loss/kl_reg=0",
                               "loss.weights.loss/stft=0"))
@@ -203,7 +203,7 @@ def test_a_random_frozen_upsampler_is_a_config_error(tmp_path):
 
 
 def test_a_preemphasised_lp_teacher_distils_in_its_domain_and_the_student_deemphasises(tmp_path, monkeypatch):
-    from distill.audio import deemphasis
+    from distill.audio.mel import deemphasis
     from distill.errors import CheckpointError
     from students.iaf import synthesize
 

@@ -80,7 +80,7 @@ def test_synthesis_with_given_noise_is_the_flow_of_that_noise_and_bf16_autocast_
     z, mel = inputs(batch=2)
     z, mel = 0.5 * z.float(), mel.float()
     audio = synthesize(student, mel, z=z)
-    # the same numbers to float rounding (on a CPU synthesis runs the stacks through distill.engine)
+    # the same numbers to float rounding (on a CPU synthesis runs the stacks through distill.nn.engine)
     torch.testing.assert_close(audio, student(z, mel).x.detach().clamp(-1, 1), rtol=1e-5, atol=1e-6)
     low = synthesize(student, mel, z=z, autocast_dtype=torch.bfloat16)
     assert low.dtype == torch.float32
@@ -174,7 +174,7 @@ def test_a_linear_prediction_student_keeps_a_triangular_jacobian_whose_diagonal_
     flows_only = student.flow(z, student.upsampler(mel)).x
     assert not torch.allclose(out.x, flows_only, atol=1e-3)
     # synthesis is that same signal, de-emphasised
-    from distill.audio import deemphasis
+    from distill.audio.mel import deemphasis
 
     audio = synthesize(student, mel, z=z, chunk=0)
     assert torch.allclose(audio, deemphasis(out.x, 0.85).clamp(-1, 1), atol=1e-12)
@@ -217,7 +217,7 @@ def test_one_config_builds_the_student_and_is_what_its_checkpoint_records(tmp_pa
 
 
 def pitch_defaults(features):
-    from distill.pitch import pitch_arguments
+    from distill.nn.pitch import pitch_arguments
 
     return pitch_arguments(features)
 
@@ -244,8 +244,8 @@ FLAT_STUDENT = {
 
 
 def test_a_student_checkpoint_of_flat_constructor_arguments_loads_as_its_config_and_its_teachers(tmp_path):
-    from distill.checkpoint import load_checkpoint
     from distill.config import FeatureConfig
+    from distill.train.checkpoint import load_checkpoint
     from students.iaf import IAFStudent, StudentModelConfig
     from students.pretrained import load_student
     from teachers.pretrained import demo_teacher_path, load_teacher

@@ -12,11 +12,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from distill.checkpoint import load_checkpoint
 from distill.config import DataConfig
-from distill.corpus import resolve_corpus
-from distill.data import corpus_speakers
+from distill.data.corpus import resolve_corpus
+from distill.data.datasets import corpus_speakers
 from distill.errors import ConfigError, CorpusError
+from distill.train.checkpoint import load_checkpoint
 from students.vocoder import Vocoder
 from tests.conftest import SR, harmonic
 

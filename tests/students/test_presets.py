@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.audio import LogMel
+from distill.audio.mel import LogMel
 from distill.config import DataStageConfig, load_config, to_dict
 from students.task import StudentConfig, build_student
 from teachers.task import TeacherConfig, build_teacher

@@ -15,10 +15,11 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from distill.audio import LogMel, save_wav
+from distill.audio.io import save_wav
+from distill.audio.mel import LogMel
+from distill.audio.melfiles import read_mel
 from distill.config import FeatureConfig, to_dict
 from distill.errors import ConfigError, MelError
-from distill.melfiles import read_mel
 from students.iaf import IAFStudent, StudentModelConfig
 from students.vocoder import Vocoder
 from teachers.wavenet import TeacherModelConfig, WaveNetTeacher

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.audio import deemphasis
+from distill.audio.mel import deemphasis
 from distill.errors import ConfigError
-from distill.lpc import lp_predict
+from distill.nn.lpc import lp_predict
 from teachers.sampling import generate, incremental_forward
 from teachers.sampling.fastloop import available, fast_generate
 from tests.models import small_teacher

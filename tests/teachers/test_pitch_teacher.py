@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from distill.config import FeatureConfig, to_dict
-from distill.pitch import SOURCE_CHANNELS, MelPitch
+from distill.nn.pitch import SOURCE_CHANNELS, MelPitch
 from teachers.sampling import generate, incremental_forward
 from teachers.sampling.fastloop import available, fast_generate
 from teachers.wavenet import LinearPredictionConfig, TeacherModelConfig, WaveNetTeacher
@@ -35,7 +35,7 @@ def pitch_teacher(pitch_source=True, lp_order=4, kernel_size=3, dtype=torch.floa
 def voiced_mel(frames=24, batch=2, dtype=torch.float64) -> torch.Tensor:
     """Log-mels (B, 40, frames + 4) of pulse trains at 120 and 210 Hz (the second item half voiced), with
     silent context frames."""
-    from distill.audio import LogMel
+    from distill.audio.mel import LogMel
 
     t = torch.arange(frames * HOP, dtype=torch.float64) / FEATURES.sample_rate
     mels = []

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from distill.checkpoint import load_checkpoint
 from distill.config import FeatureConfig
 from distill.errors import CheckpointError
+from distill.train.checkpoint import load_checkpoint
 from teachers.pretrained import export_teacher, load_teacher
 from tests.models import small_teacher, teacher_inputs
 
@@ -71,7 +71,7 @@ def test_loading_a_teacher_for_other_features_names_both_values(teacher_run, tmp
 
 
 def test_a_student_or_foreign_checkpoint_is_not_a_teacher(tmp_path):
-    from distill.checkpoint import FORMAT, VERSION, atomic_save
+    from distill.train.checkpoint import FORMAT, VERSION, atomic_save
 
     atomic_save({"format": FORMAT, "version": VERSION, "task": "student", "step": 1, "model": {},
                  "model_class": "students.iaf:IAFStudent", "model_args": {}, "features": {}}, tmp_path / "s.pt")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from distill.audio import LogMel, load_audio, pad_mel
+from distill.audio.io import load_audio
+from distill.audio.mel import LogMel, pad_mel
 from distill.config import FeatureConfig
-from distill.corpus import resolve_corpus
+from distill.data.corpus import resolve_corpus
 from distill.errors import ConfigError
 from teachers.sampling import generate, incremental_forward
 from teachers.sampling.stepper import StackStepper
@@ -134,7 +136,7 @@ def test_a_tiny_teacher_overfits_one_clip_well_below_the_unconditional_baseline(
                                                ("transposed", [5, 6, 10], 300), ("stretch", [5, 3], 15),
                                                ("repeat", [4], 4)])
 def test_mel_upsampler_covers_exactly_the_central_frames_and_is_centred(mode, scales, hop):
-    from distill.nn import MelUpsampler
+    from distill.nn.conditioning import MelUpsampler
 
     torch.manual_seed(0)
     up = MelUpsampler(1, hop, scales, mode, context=3).double()
@@ -173,7 +175,7 @@ def test_incremental_crosses_conditioning_chunks():
 
 @pytest.mark.parametrize("s", [1, 2, 5, 16])
 def test_polyphase_stretch_equals_repeat_then_convolve(s):
-    from distill.nn import _stretch
+    from distill.nn.conditioning import _stretch
 
     torch.manual_seed(s)
     conv = torch.nn.Conv1d(3, 3, 2 * s + 1, padding=s, groups=3).double()
@@ -185,7 +187,7 @@ def test_polyphase_stretch_equals_repeat_then_convolve(s):
 def test_macs_per_sample_matches_torchs_flop_counter(kernel_size):
     from torch.utils.flop_counter import FlopCounterMode
 
-    from distill.nn import WaveNetStack
+    from distill.nn.wavenet import WaveNetStack
 
     stack = WaveNetStack(1, 2, layers=5, cycle=3, kernel_size=kernel_size, residual_channels=8, gate_channels=12,
                          skip_channels=6, cond_channels=5)
@@ -226,7 +228,7 @@ def test_the_in_place_inference_pass_gives_the_training_forwards_numbers_bit_for
     """`WaveNetStack.infer_in_place` (what forward runs without autograd off the CPU) repeats the
     convolutional forward's operations in place: bit for bit at batch 1; at batch > 1 the gate halves
     are strided views, whose row ends PyTorch computes with its scalar kernels, so the last bit may differ."""
-    from distill.nn import WaveNetStack
+    from distill.nn.wavenet import WaveNetStack
 
     torch.manual_seed(0)
     stack = WaveNetStack(1, 2, layers=6, cycle=3, kernel_size=3, residual_channels=8, gate_channels=12,
@@ -251,7 +253,7 @@ def test_under_bf16_autocast_a_teachers_input_and_first_two_layers_run_in_float3
     first two layers and bf16 after them."""
     from torch.overrides import TorchFunctionMode
 
-    import distill.nn
+    import distill.nn.wavenet
 
     teacher = small_teacher("gaussian", dtype=torch.float32)
     assert teacher.stack.float32_layers == 2
@@ -276,7 +278,7 @@ def test_under_bf16_autocast_a_teachers_input_and_first_two_layers_run_in_float3
     for form in ("no grad", "channels first", "time major"):
         dtypes.clear()
         inputs_dtype.clear()
-        monkeypatch.setattr(distill.nn, "time_major", lambda x, form=form: form == "time major")
+        monkeypatch.setattr(distill.nn.wavenet, "time_major", lambda x, form=form: form == "time major")
         if form == "time major":  # hooked convs keep the convolutional form (`WaveNetStack.hooked`)
             for hook in hooks:
                 hook.remove()
@@ -293,7 +295,7 @@ def test_the_time_major_training_forward_is_the_convolutional_one_values_and_gra
     """`forward_time_major` (a CPU's training forward under bf16 autocast) against
     `forward_channels_first` in float64: outputs and the gradients of input, conditioning and every
     weight, with taps reaching past the start (length 6 < the dilations)."""
-    from distill.nn import WaveNetStack
+    from distill.nn.wavenet import WaveNetStack
 
     torch.manual_seed(0)
     stack = WaveNetStack(1, 2, layers=6, cycle=4, kernel_size=kernel_size, residual_channels=8, gate_channels=12,
@@ -314,7 +316,8 @@ def test_the_time_major_training_forward_is_the_convolutional_one_values_and_gra
 def test_a_cpu_trains_time_major_under_bf16_autocast_only_and_never_past_a_convs_hooks():
     """Time-major under bf16 autocast only; a stack whose convs carry hooks (torch.nn.utils.weight_norm
     recomputes the weight in a pre-hook, which the time-major form would skip) keeps the convolutions."""
-    from distill.nn import WaveNetStack, time_major
+    from distill.nn.layers import time_major
+    from distill.nn.wavenet import WaveNetStack
 
     torch.manual_seed(0)
     stack = WaveNetStack(1, 2, layers=4, cycle=2, residual_channels=16, gate_channels=16, skip_channels=16,
@@ -367,9 +370,9 @@ def test_teacher_checkpoints_of_flat_constructor_arguments_load_as_their_config_
     """The shipped teacher (written without mel_silence) and the MoL run's checkpoint (with it) predate
     the config as constructor argument: they load as the config their run was trained with, and the
     shipped teacher gives the log density it gave before the change."""
-    from distill.audio import LogMel
-    from distill.checkpoint import load_checkpoint
+    from distill.audio.mel import LogMel
     from distill.config import from_dict
+    from distill.train.checkpoint import load_checkpoint
     from teachers.pretrained import demo_teacher_path, load_teacher
 
     for path in (demo_teacher_path(), demo_teacher_path().parent / "training" / "mol_lp_tiny"):
@@ -396,3 +399,21 @@ def test_flat_arguments_that_disagree_with_the_features_are_one_checkpoint_error
     with pytest.raises(CheckpointError, match=r"disagree with its features \(n_mels 40 \(features: 80\)\)") as err:
         load_teacher(tmp_path / "t.pt")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("preset", sorted((Path(__file__).resolve().parents[2] / "configs" / "teacher").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_teacher_preset_builds_a_teacher_that_scores_audio(preset):
+    from distill.config import load_config
+    from teachers.task import TeacherConfig, build_teacher
+
+    cfg = load_config(TeacherConfig, preset)
+    torch.manual_seed(0)
+    teacher = build_teacher(cfg).eval()
+    hop, ctx = cfg.features.hop_length, cfg.data.mel_context
+    assert teacher.receptive_field() > cfg.model.layers
+    x = 0.1 * torch.randn(1, 4 * hop)
+    mel = torch.randn(1, cfg.features.n_mels, 4 + 2 * ctx) - 5
+    with torch.no_grad():
+        nll = -teacher.log_density(x, mel)
+    assert nll.shape == (1, 4 * hop) and torch.isfinite(nll).all()

@@ -1,0 +1,80 @@
+"""Loading teachers (the shipped demo teacher by default) and exporting a run's teacher.
+
+An exported teacher is a slim checkpoint: the EMA weights as `model`, the model class and its record
+(`model_args`: `WaveNetTeacher.record`), the feature settings and the config, and no optimiser state.
+It loads without its YAML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from distill.config import FeatureConfig, to_dict
+from distill.errors import CheckpointError
+from distill.train.checkpoint import atomic_save, checkpoint_file, checkpoint_payload, load_checkpoint, load_model
+from teachers.wavenet import WaveNetTeacher
+
+DEMO_TEACHER_NAME = "demo_gaussian_lp_tiny.pt"
+
+
+def demo_teacher_path() -> Path:
+    """The pretrained Gaussian teacher for the demo corpus, shipped inside the package."""
+    return Path(str(resources.files("teachers") / "pretrained" / DEMO_TEACHER_NAME))
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a checkpoint file (of a run folder's latest checkpoint)."""
+    digest = hashlib.sha256()
+    with open(checkpoint_file(path), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_teacher(
+    path: str | Path | None = None,
+    features: FeatureConfig | dict | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[WaveNetTeacher, dict]:
+    """(teacher in eval mode with its EMA weights, checkpoint payload). `path` may be a checkpoint
+    file or a run folder; None means the shipped demo teacher. With `features`, settings that
+    differ from the teacher's are an error naming both values."""
+    path = Path(path) if path is not None else demo_teacher_path()
+    if path == demo_teacher_path() and not path.is_file():
+        raise CheckpointError(
+            f"{path}: the shipped demo teacher is missing from this installation; reinstall wavedistill"
+        )
+    if isinstance(features, FeatureConfig):
+        features = to_dict(features)
+    model, payload = load_model(path, "teacher", WaveNetTeacher, features, device)
+    return model, payload
+
+
+def export_teacher(source: str | Path, out: str | Path, temperature: float | None = None) -> dict:
+    """Write the slim, self-describing form of a teacher run's latest (or given) checkpoint.
+    temperature: record it as the teacher's synthesis temperature (config valid.temperature)."""
+    payload = load_checkpoint(source)
+    if payload.get("task") != "teacher":
+        raise CheckpointError(f"{source}: is a '{payload.get('task')}' checkpoint, not a teacher")
+    if temperature is not None:
+        if not temperature >= 0:
+            raise CheckpointError(f"--temperature must be >= 0, got {temperature}")
+        config = payload["config"]
+        payload["config"] = {**config, "valid": {**config.get("valid", {}), "temperature": float(temperature)}}
+    weights = payload["ema"]["model"] if payload.get("ema") else payload["model"]
+    batch = payload["config"]["train"]["batch_size"] * payload.get("world_size", 1)
+    segment = payload["config"]["data"]["segment_length"]
+    slim = checkpoint_payload(
+        "teacher", payload["step"], {k: v.float().contiguous() for k, v in weights.items()},
+        payload["model_class"], payload["model_args"], payload["features"], payload["config"],
+        {**payload.get("extra", {}), "weights": "ema" if payload.get("ema") else "model",
+         "samples_seen": payload["batches_consumed"] * batch * segment},
+        versions=payload.get("versions", {}),
+    )
+    atomic_save(slim, out)
+    return {"path": str(out), "step": slim["step"], "bytes": Path(out).stat().st_size,
+            "temperature": slim["config"].get("valid", {}).get("temperature")}
