@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from distill.cli.commands import add_training_arguments, run_training
+from distill.cli.commands import add_training_arguments, run_training, training_config
+from distill.train.folders import check_output_folder
+
+log = logging.getLogger("wavedistill")
 
 
 def add_distill(sub) -> None:
@@ -16,13 +20,48 @@ def add_distill(sub) -> None:
 
 
 def _distill(args) -> int:
-    from students.task import DistillTask, StudentConfig
+    from students.task import DistillTask, StudentConfig, teacher_settings
 
     if args.teacher:
         args.overrides = list(args.overrides) + [f"teacher={args.teacher}"]
     if args.out is None:
         args.out = str(Path("runs") / f"distill_{Path(args.config or args.default_config).stem}")
+    if not args.resume:  # a resumed run keeps what its config.yaml recorded
+        check_output_folder(args.out, "--out")
+        cfg = training_config(args, StudentConfig)
+        taken = teacher_settings(cfg, user_keys(args))
+        if taken:
+            log.info("taking the teacher's settings: %s", ", ".join(f"{k}={v!r}" for k, v in taken.items()))
+            args.overrides = list(args.overrides) + [f"{k}={yaml_value(v)}" for k, v in taken.items()]
     return run_training(args, StudentConfig, DistillTask)
+
+
+def yaml_value(value) -> str:
+    """A value as an override writes it (YAML: 1e-05 is a string there, 1.0e-05 a float)."""
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def user_keys(args) -> set[str]:
+    """The config keys the user wrote: command-line overrides, and the keys of a --config file of their own
+    (not a shipped preset in configs/; the file itself, not what it extends)."""
+    import yaml
+
+    from distill.config import PROJECT_ROOT
+
+    keys = {o.split("=", 1)[0].strip() for o in args.overrides if "=" in o}
+    if args.config:
+        path = Path(args.config)
+        path = path if path.is_file() or path.is_absolute() else PROJECT_ROOT / path
+        if path.is_file() and (PROJECT_ROOT / "configs").resolve() not in path.resolve().parents:
+            def flatten(data, prefix: str = "") -> set[str]:
+                if not isinstance(data, dict):
+                    return {prefix.rstrip(".")}
+                return set().union(*[flatten(v, f"{prefix}{k}.") for k, v in data.items()]) if data else set()
+
+            keys |= flatten(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    return keys
 
 
 def add_export(sub) -> None:

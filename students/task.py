@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 
 from distill.audio.mel import LogMel
 from distill.audio.plots import mel_figure
-from distill.config import DataConfig, FeatureConfig, TrainConfig
+from distill.config import DataConfig, FeatureConfig, TrainConfig, to_dict
 from distill.data.datasets import corpus_voices, speaker_batch
 from distill.errors import ConfigError
 from distill.nn.distributions import Gaussian
@@ -77,6 +77,27 @@ def build_student(cfg: StudentConfig, teacher: TeacherModelConfig | None = None)
     None: a teacher of `TeacherModelConfig`'s defaults (the stretch upsampler [16, 16], one speaker,
     no predictor)."""
     return IAFStudent(cfg.model, teacher, cfg.features, cfg.data.mel_context)
+
+
+def teacher_settings(cfg: StudentConfig, user_keys: set[str]) -> dict[str, Any]:
+    """What a student config takes from its teacher's checkpoint unless the user wrote it: the teacher's
+    feature settings (every `features.*`), its `data.mel_context`, and `model.linear_prediction` turned off
+    for a teacher without a usable predictor. -> {dotted key: the teacher's value} for the keys that differ.
+    A key the user wrote stays as written: where it contradicts the teacher, loading the teacher names both
+    values in one line."""
+    teacher, _ = load_teacher(Path(cfg.teacher) if cfg.teacher else demo_teacher_path())
+    taken: dict[str, Any] = {}
+    own = to_dict(cfg.features)
+    for key, value in to_dict(teacher.features).items():
+        if own.get(key) != value and f"features.{key}" not in user_keys and "features" not in user_keys:
+            taken[f"features.{key}"] = value
+    if teacher.mel_context != cfg.data.mel_context and "data.mel_context" not in user_keys:
+        taken["data.mel_context"] = teacher.mel_context
+    predictor = teacher.config.linear_prediction
+    if cfg.model.linear_prediction and "model.linear_prediction" not in user_keys and (
+            predictor.order == 0 or predictor.interpolate):
+        taken["model.linear_prediction"] = False
+    return taken
 
 
 class DistillTask(Task):

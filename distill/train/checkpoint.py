@@ -14,6 +14,7 @@ leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import inspect
@@ -235,7 +236,15 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            try:
+                torch.save(obj, f)
+            except RuntimeError as err:
+                # a write that fails (a full disk: OSError ENOSPC) inside torch.save's zip writer surfaces as the
+                # writer's own clean-up error ("[enforce fail at inline_container.cc] unexpected pos ...");
+                # the OSError is what happened
+                if isinstance(err.__context__, OSError):
+                    raise err.__context__ from None
+                raise OSError(errno.EIO, f"torch.save failed ({str(err).splitlines()[0]})") from None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,8 @@ from distill.train.trainer import Trainer
 from students.task import DistillTask, StudentConfig
 from teachers.pretrained import demo_teacher_path, file_sha256
 from tests.models import SMALL, save_teacher
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def config(*extra: str, preset: str = "configs/student/clarinet_tiny.yaml") -> StudentConfig:
@@ -82,6 +85,32 @@ def test_distill_command_runs_from_the_shipped_teacher(tmp_path):
                              "--steps", "2", *SMALL], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert load_checkpoint(tmp_path / "d")["task"] == "student"
+
+
+def test_a_student_takes_its_teachers_settings_unless_the_user_wrote_them(tmp_path):
+    # a teacher without pre-emphasis or a predictor, with 3 context frames; the tiny preset has 0.85, an LP
+    # student and 2 frames: the student takes the teacher's, and says so
+    teacher = save_teacher(tmp_path / "t.pt", "gaussian", overrides=("features.preemphasis=0.0", "data.mel_context=3"))
+    result = subprocess.run([sys.executable, "-m", "distill.cli", "distill", "--teacher", teacher, "--out",
+                             str(tmp_path / "d"), "--steps", "1", *SMALL], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "taking the teacher's settings: features.preemphasis=0.0, data.mel_context=3, " \
+           "model.linear_prediction=False" in result.stderr
+    ran = load_checkpoint(tmp_path / "d")["config"]
+    assert ran["features"]["preemphasis"] == 0.0 and ran["data"]["mel_context"] == 3
+    assert ran["model"]["linear_prediction"] is False
+    # a setting the user wrote that contradicts the teacher: one line naming both values, nothing trained
+    own = tmp_path / "mine.yaml"
+    own.write_text(f"extends: {ROOT / 'configs/student/clarinet_tiny.yaml'}\nfeatures:\n  preemphasis: 0.85\n")
+    for how in (["features.preemphasis=0.85"], ["--config", str(own)]):
+        result = subprocess.run([sys.executable, "-m", "distill.cli", "distill", "--teacher", teacher, "--out",
+                                 str(tmp_path / "e"), "--steps", "1", *SMALL, *how],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode != 0
+        error = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert len(error) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "preemphasis: 0.0 in teacher t.pt vs 0.85" in error[0]
+        assert not (tmp_path / "e" / "checkpoints").exists()
 
 
 def _fixed_batch(task, seed=0):
