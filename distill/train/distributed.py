@@ -1,7 +1,9 @@
 """Multi-process training through `torchrun` (DDP); a single process needs none of this.
 
 `torchrun --nproc_per_node N wavedistill ...` sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
-MASTER_PORT; `setup()` reads them. NCCL is used on CUDA, gloo on the CPU (the tests run 2 CPU
+MASTER_PORT; `setup()` reads them. A group that torchrun restarts after a worker died (`--max-restarts`)
+joins through a store prefix of its attempt (`elastic_store`) and resumes from the newest checkpoint
+when the command has `--resume`. NCCL is used on CUDA, gloo on the CPU (the tests run 2 CPU
 processes with gloo).
 """
 
@@ -49,11 +51,29 @@ def setup(device: torch.device) -> DistInfo:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         # Rank 0 validates (teacher sampling can take minutes) while the others wait at a barrier.
-        dist.init_process_group(backend=backend, rank=info.rank, world_size=world, timeout=timedelta(hours=2))
+        timeout = timedelta(hours=2)
+        dist.init_process_group(backend=backend, store=elastic_store(world, timeout), rank=info.rank,
+                                world_size=world, timeout=timeout)
     global _HOST_GROUP
     if _HOST_GROUP is None and dist.get_backend() != "gloo":  # also when a launcher initialised the group
         _HOST_GROUP = dist.new_group(backend="gloo")
     return info
+
+
+def elastic_store(world_size: int, timeout: timedelta) -> dist.Store | None:
+    """Under torchrun's elastic agent, its key-value store with a prefix of this attempt; else None (the
+    environment's `env://` rendezvous).
+
+    torchrun restarts the whole group after a worker dies (`--max-restarts`), and its workers join the
+    agent's store, the same store in every attempt (torch 2.11): without a prefix of their own, the restarted
+    ranks read the addresses the dead attempt's ranks published and gloo fails to connect ("connectFullMesh
+    failed ... Connection refused"), or they wait on its barrier keys until the timeout."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"wavedistill/attempt_{attempt}", store)
 
 
 def pick_device(name: str, info_local_rank: int | None = None) -> torch.device:
