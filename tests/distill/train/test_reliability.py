@@ -227,10 +227,7 @@ def _torchrun_and_resume(corpus, run) -> None:
     assert load_checkpoint(run)["step"] == 3 and "terminate called" not in resumed.stderr
 
 
-def test_a_torchrun_job_and_its_resume_exit_0(synth_corpus, tmp_path):
-    _torchrun_and_resume(synth_corpus, tmp_path / "run")
-
-
+# a torchrun job and its resume exiting 0 once: tests/distill/train/test_torchrun.py
 @pytest.mark.slow  # ~15 minutes on 2 cores: the acceptance run (before the fix ~1 job in 30 aborted)
 def test_fifty_torchrun_jobs_and_their_resumes_in_a_row_exit_0(synth_corpus, tmp_path):
     for attempt in range(50):
