@@ -321,10 +321,17 @@ def to_dict(cfg: Any) -> dict:
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def config_path(path: str | Path) -> Path:
+    """A config file argument as the file it names: the path as given, or a preset of the project when the
+    path is relative and only that exists (configs/teacher/x.yaml works from any folder)."""
+    path = Path(path)
     if not path.is_file() and not path.is_absolute() and (PROJECT_ROOT / path).is_file():
-        path = PROJECT_ROOT / path  # presets such as configs/teacher/x.yaml work from any folder
-    path = path.resolve()
+        return PROJECT_ROOT / path
+    return path
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = config_path(path).resolve()
     if path in seen:
         raise ConfigError(f"{path}: 'extends' forms a cycle: {' -> '.join(str(p) for p in seen + (path,))}")
     if not path.is_file():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from distill.cli.commands import add_training_arguments, run_training, training_config
+from distill.cli.commands import add_training_arguments, fit, training_config
 from distill.train.folders import check_output_folder
 
 log = logging.getLogger("wavedistill")
@@ -26,14 +26,14 @@ def _distill(args) -> int:
         args.overrides = list(args.overrides) + [f"teacher={args.teacher}"]
     if args.out is None:
         args.out = str(Path("runs") / f"distill_{Path(args.config or args.default_config).stem}")
+    check_output_folder(args.out, "--out")  # before any work, the config.yaml of a run to resume included
     if not args.resume:  # a resumed run keeps what its config.yaml recorded
-        check_output_folder(args.out, "--out")
-        cfg = training_config(args, StudentConfig)
-        taken = teacher_settings(cfg, user_keys(args))
+        taken = teacher_settings(training_config(args, StudentConfig), user_keys(args))
         if taken:
             log.info("taking the teacher's settings: %s", ", ".join(f"{k}={v!r}" for k, v in taken.items()))
             args.overrides = list(args.overrides) + [f"{k}={yaml_value(v)}" for k, v in taken.items()]
-    return run_training(args, StudentConfig, DistillTask)
+    fit(training_config(args, StudentConfig), DistillTask, args.out, args.resume, args.init)
+    return 0
 
 
 def yaml_value(value) -> str:
@@ -48,20 +48,21 @@ def user_keys(args) -> set[str]:
     (not a shipped preset in configs/; the file itself, not what it extends)."""
     import yaml
 
-    from distill.config import PROJECT_ROOT
+    from distill.config import PROJECT_ROOT, config_path, parse_override
 
-    keys = {o.split("=", 1)[0].strip() for o in args.overrides if "=" in o}
+    keys = {".".join(parse_override(o)[0]) for o in args.overrides if "=" in o}
     if args.config:
-        path = Path(args.config)
-        path = path if path.is_file() or path.is_absolute() else PROJECT_ROOT / path
+        path = config_path(args.config)
         if path.is_file() and (PROJECT_ROOT / "configs").resolve() not in path.resolve().parents:
-            def flatten(data, prefix: str = "") -> set[str]:
-                if not isinstance(data, dict):
-                    return {prefix.rstrip(".")}
-                return set().union(*[flatten(v, f"{prefix}{k}.") for k, v in data.items()]) if data else set()
-
-            keys |= flatten(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+            keys |= dotted_keys(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     return keys
+
+
+def dotted_keys(data, prefix: str = "") -> set[str]:
+    """The leaf keys of nested mappings, dotted as overrides write them ({"a": {"b": 1}} -> {"a.b"})."""
+    if not isinstance(data, dict):
+        return {prefix.rstrip(".")}
+    return set().union(*[dotted_keys(v, f"{prefix}{k}.") for k, v in data.items()])
 
 
 def add_export(sub) -> None:

@@ -85,7 +85,7 @@ def teacher_settings(cfg: StudentConfig, user_keys: set[str]) -> dict[str, Any]:
     for a teacher without a usable predictor. -> {dotted key: the teacher's value} for the keys that differ.
     A key the user wrote stays as written: where it contradicts the teacher, loading the teacher names both
     values in one line."""
-    teacher, _ = load_teacher(Path(cfg.teacher) if cfg.teacher else demo_teacher_path())
+    teacher, _ = load_teacher(cfg.teacher or None)  # None: the shipped teacher
     taken: dict[str, Any] = {}
     own = to_dict(cfg.features)
     for key, value in to_dict(teacher.features).items():

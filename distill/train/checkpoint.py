@@ -382,8 +382,10 @@ class CheckpointManager:
 
     def named(self, path: Path) -> Path:
         """The step file that `path` is (latest.pt is a hard link to one), else `path`: what a log names."""
-        step_files = [f for f in self.step_files() if f != path and path.exists() and os.path.samefile(f, path)]
-        return step_files[-1] if step_files else path
+        if not path.exists():
+            return path
+        same = [f for f in self.step_files() if f != path and os.path.samefile(f, path)]
+        return same[-1] if same else path
 
     def step_files(self) -> list[Path]:
         if not self.dir.is_dir():

@@ -151,30 +151,32 @@ def test_an_output_folder_that_is_a_file_under_a_file_or_read_only_is_one_line_b
             check_output_folder(locked / "run")
 
 
-def test_a_full_disk_at_a_checkpoint_is_one_line_naming_the_last_good_one(synth_corpus, tmp_path, monkeypatch):
-    run = tmp_path / "run"
-    Trainer(ToyTask(toy(synth_corpus, steps=2, checkpoint_every=2)), run).fit()
+def _a_full_disk_at_step_4_is_one_line(corpus, run, monkeypatch, fill_the_disk) -> None:
+    """A run checkpointed at step 2, resumed to 4 with `fill_the_disk(monkeypatch)` in force: the step-4 write
+    fails in one line naming the last good checkpoint, which still loads, and no temp file is left."""
+    Trainer(ToyTask(toy(corpus, steps=2, checkpoint_every=2)), run).fit()
+    fill_the_disk(monkeypatch)
+    with pytest.raises(CheckpointError, match=r"could not write the checkpoint of step 4 \(No space left on device\); "
+                                              r"the last good one is .*latest.pt"):
+        Trainer(ToyTask(toy(corpus, steps=4, checkpoint_every=2)), run, resume=True).fit()
+    monkeypatch.undo()
+    assert load_checkpoint(run)["step"] == 2
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
 
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_naming_the_last_good_one(synth_corpus, tmp_path, monkeypatch):
     def full(obj, f):
         f.write(b"part")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(CheckpointError, match=r"could not write the checkpoint of step 4 \(No space left on device\); "
-                                              r"the last good one is .*latest.pt"):
-        Trainer(ToyTask(toy(synth_corpus, steps=4, checkpoint_every=2)), run, resume=True).fit()
-    monkeypatch.undo()
-    assert load_checkpoint(run)["step"] == 2
-    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+    _a_full_disk_at_step_4_is_one_line(synth_corpus, tmp_path / "run", monkeypatch,
+                                       lambda mp: mp.setattr(torch, "save", full))
 
 
 def test_a_disk_that_fills_inside_torch_save_is_the_same_one_line(synth_corpus, tmp_path, monkeypatch):
     """The real torch.save on a file whose writes fail part-way (as on a full disk): its zip writer's clean-up
     raises RuntimeError ("[enforce fail at inline_container.cc] unexpected pos ..."), which must not escape."""
     import distill.train.checkpoint as checkpoint
-
-    run = tmp_path / "run"
-    Trainer(ToyTask(toy(synth_corpus, steps=2, checkpoint_every=2)), run).fit()
 
     class FillsUp(io.FileIO):
         room = 4096
@@ -185,13 +187,9 @@ def test_a_disk_that_fills_inside_torch_save_is_the_same_one_line(synth_corpus, 
             FillsUp.room -= len(data)
             return super().write(data)
 
-    monkeypatch.setattr(checkpoint, "open", lambda path, mode: FillsUp(path, mode), raising=False)
-    with pytest.raises(CheckpointError, match=r"could not write the checkpoint of step 4 \(No space left on device\); "
-                                              r"the last good one is .*latest.pt"):
-        Trainer(ToyTask(toy(synth_corpus, steps=4, checkpoint_every=2)), run, resume=True).fit()
-    monkeypatch.undo()
-    assert load_checkpoint(run)["step"] == 2
-    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+    _a_full_disk_at_step_4_is_one_line(
+        synth_corpus, tmp_path / "run", monkeypatch,
+        lambda mp: mp.setattr(checkpoint, "open", lambda path, mode: FillsUp(path, mode), raising=False))
 
 
 def test_float_audio_beyond_full_scale_is_named_once_and_peak_normalised(tmp_path, caplog):
@@ -208,14 +206,12 @@ def test_float_audio_beyond_full_scale_is_named_once_and_peak_normalised(tmp_pat
 
 
 def _torchrun_teacher(corpus, out, steps: int, *extra: str) -> subprocess.CompletedProcess:
-    beside = os.path.join(os.path.dirname(sys.executable), "wavedistill")  # the console script of this Python
-    script = beside if os.path.isfile(beside) else shutil.which("wavedistill")
-    with open(script, "rb") as f:  # torchrun runs the script with Python: a shell shim (pyenv) will not do
-        if not f.read(2) == b"#!" or b"python" not in f.readline():
-            pytest.skip(f"{script} is not a Python console script")
+    from tests.distill.train.test_torchrun import console_script
+
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           script, "train-teacher", "--config", "configs/teacher/gaussian_tiny.yaml", "--out", str(out),
-                           "--steps", str(steps), "train.device=cpu", f"data.corpus={corpus}", *TINY, *extra],
+                           console_script(), "train-teacher", "--config", "configs/teacher/gaussian_tiny.yaml",
+                           "--out", str(out), "--steps", str(steps), "train.device=cpu", f"data.corpus={corpus}",
+                           *TINY, *extra],
                           capture_output=True, text=True, timeout=600)
 
 
