@@ -4,7 +4,8 @@ Teacher training samples/s; teacher sampling samples/s, naive (window recompute)
 batch 1 and 16; student parallel synthesis samples/s and real-time factor (tiny and ClariNet-size;
 1 s at batch 1 with its speed-up over the teacher's incremental sampling of the same 1 s, 10 s at
 batch 1, 16 x 1 s), in float32 and, where the device has native bf16, bf16 autocast; a distillation
-step; the glibc allocator settings' effect (default vs tuned, each in a fresh process); on the CPU,
+step; the glibc allocator settings' effect (default vs tuned, each in a fresh process); the tiny
+student exported to ONNX, onnxruntime beside PyTorch (CPU; not with --quick); on the CPU,
 and on CUDA when present. Each figure is the median of >= 5 timed runs after warm-up, with the GPU
 synchronised, and carries its device, dtype, batch and thread count, the model FLOPs per sample, the
 achieved GFLOP/s and its fraction of the device's peak (GPU: the datasheet table; CPU: this CPU's
@@ -231,6 +232,55 @@ def student_rows(name: str, student, device: torch.device, quick: bool, shapes: 
     return rows
 
 
+def bench_onnx(quick: bool) -> list[dict]:
+    """The tiny student (the demo's shape: the mel's predictor, the all-pole filter, the pitch source)
+    exported to ONNX (`students.export`), its onnxruntime synthesis beside PyTorch's on the CPU; none
+    when the ONNX packages are missing (pip install -e ".[onnx]"). Exporting takes about a minute."""
+    import importlib.util
+    import tempfile
+
+    if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxscript", "onnxruntime")):
+        return []
+    from students.export import export_onnx
+
+    torch.manual_seed(0)
+    student = preset_student(load_config(StudentConfig, STUDENTS["student clarinet_tiny"])).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_onnx(student, Path(folder) / "student.onnx")
+        return onnx_rows("student clarinet_tiny", student, path, quick)
+
+
+def onnx_rows(name: str, student, path: str | Path, quick: bool) -> list[dict]:
+    """Synthesis of 1 s and (not `quick`) 10 s at batch 1 from random mels by PyTorch (float32, eager) and
+    by onnxruntime from the exported file `path` (`OnnxStudent`, de-emphasis included, as many threads as
+    PyTorch's), the same noise for both, 5 timed runs after 2 warm-ups each; an onnxruntime / PyTorch ratio
+    row after each pair."""
+    from students.export import OnnxStudent, noise
+
+    device, threads = torch.device("cpu"), torch.get_num_threads()
+    session = OnnxStudent(path, threads=threads)
+    hop, rate, ctx = student.hop_length, student.features.sample_rate, student.mel_context
+    base = {"model": name, "device": device_name(device), "threads": threads, "batch": 1}
+    rows = []
+    for seconds, label in [(1.0, "1 s")] + ([] if quick else [(10.0, "10 s")]):
+        frames = int((0.25 if quick else seconds) * rate) // hop
+        mel = torch.randn(1, student.features.n_mels, frames + 2 * ctx) - 5
+        z = noise(student, (1, frames * hop))
+        runs: dict[str, Callable[[], object]] = {
+            "PyTorch": functools.partial(synthesize, student, mel, z=torch.from_numpy(z)),
+            "onnxruntime": functools.partial(session.synthesize, mel.numpy(), z)}
+        speed = {}
+        for runtime, run in runs.items():
+            t = timed(run, device, 5, warmup=2)
+            speed[runtime] = frames * hop / t["median_s"]
+            rows.append({**base, "what": f"{name} synthesis, {label}, {runtime}", "length": frames * hop,
+                         "dtype": "float32", "samples_per_s": speed[runtime],
+                         "rtf": t["median_s"] / (frames * hop / rate), **t})
+        rows.append({**base, "what": f"{name}, {label}: onnxruntime / PyTorch speed", "length": None,
+                     "dtype": "float32", "samples_per_s": None, "ratio": speed["onnxruntime"] / speed["PyTorch"]})
+    return rows
+
+
 def preset_student(cfg: StudentConfig):
     """A preset's student, with the shipped teacher's linear predictor when the preset uses one."""
     teacher = TeacherModelConfig()  # a plain teacher's conditioning: the stretch upsampler, one speaker
@@ -376,6 +426,8 @@ def run_bench(quick: bool = False, devices: list[str] | None = None, cpu_peak_tf
         rows += bench_distillation(device, quick)
         if device.type == "cpu":
             rows += bench_allocator(quick)
+            if not quick:  # the export alone takes about a minute
+                rows += bench_onnx(quick)
         if cpu_has_bf16() if device.type == "cpu" else torch.cuda.is_bf16_supported():  # native bf16 only
             rows += bench_teacher(device, quick, torch.bfloat16, sampling=False)
             rows += bench_distillation(device, quick, torch.bfloat16)

@@ -182,11 +182,13 @@ class IAFStudent(MelConditioned, nn.Module):
         (`distill.nn.lpc.MelLPC`, the teacher's), or None for a student without linear prediction."""
         return None if self.lpc is None else self.lpc.of_padded(mel, self.mel_context)
 
-    def excite(self, e: torch.Tensor, lpc: torch.Tensor) -> torch.Tensor:
+    def excite(self, e: torch.Tensor, lpc: torch.Tensor, carry: str = "sequential",
+               levels: int | None = None) -> torch.Tensor:
         """Excitation e (B, T) in units of the expected residual -> the signal y (B, T) in the model
-        domain: all-pole synthesis of g e with the mel's predictor lpc (B, 1 + p, T)."""
+        domain: all-pole synthesis of g e with the mel's predictor lpc (B, 1 + p, T). carry, levels:
+        how the filter's state crosses blocks (`distill.nn.lpc.lp_synthesis`; "doubling" in an export)."""
         gain = torch.exp(lpc[:, 0]).to(e.dtype)
-        return lp_synthesis(gain * e, lpc[:, 1:], self.lp_block)
+        return lp_synthesis(gain * e, lpc[:, 1:], self.lp_block, carry, levels)
 
     def through_predictor(self, out: StudentOutput, lpc: torch.Tensor) -> StudentOutput:
         """The flows' excitation and its law -> the signal and its per-step law (see the module doc)."""

@@ -29,10 +29,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from distill.audio.mel import mel_filterbank
 from distill.errors import ConfigError
+from distill.nn.analysis import Float64Analysis, exact
 from distill.nn.layers import shift_right
 
 
@@ -71,7 +71,7 @@ def lp_predict(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     return pred
 
 
-class MelLPC(nn.Module):
+class MelLPC(Float64Analysis):
     """Per-sample log gain and prediction coefficients from log-mel frames.
 
     forward(logmel: (B, n_mels, F)) -> (B, 1 + order, F * hop_length) float32: row 0 is log g (the
@@ -136,13 +136,14 @@ class MelLPC(nn.Module):
     def frame_analysis(self, logmel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, n_mels, F) -> reflection coefficients (B, F, order), each |k| < 1, and the log gain
         (B, F), float64."""
-        # float64 whatever the module was cast to: Levinson-Durbin on float32 loses the small poles
-        mag = torch.exp(logmel.double()).transpose(1, 2) @ self.inverse.double()  # (B, F, n_freqs)
-        power = mag.clamp(min=0) ** 2 * self.emphasis.double()
-        r = torch.fft.irfft(power, n=self.n_fft)[..., : self.order + 1] * self.lag_window.double()
+        # float64 whatever the model was cast to (Float64Analysis): Levinson-Durbin on float32 loses
+        # the small poles
+        mag = torch.exp(logmel.double()).transpose(1, 2) @ self.inverse  # (B, F, n_freqs)
+        power = mag.clamp(min=0) ** 2 * self.emphasis
+        r = torch.fft.irfft(power, n=self.n_fft)[..., : self.order + 1] * self.lag_window
         # white-noise correction (a floor at -40 dB of the frame's power) keeps the system well
         # conditioned; the tiny absolute term keeps digital silence (r = 0) finite
-        r0 = r[..., :1] * (1 + self.white_noise) + 1e-12
+        r0 = r[..., :1] * exact(1 + self.white_noise, r) + exact(1e-12, r)
         r = torch.cat([r0, r[..., 1:]], dim=-1)
         _, k, err = levinson(r, self.order)
         return k, 0.5 * torch.log(err / self.window_energy)
@@ -180,7 +181,8 @@ def synthesis_block(hop_length: int, order: int, longest: int = 64) -> int:
     return hop_length
 
 
-def lp_synthesis(u: torch.Tensor, coeffs: torch.Tensor, block: int) -> torch.Tensor:
+def lp_synthesis(u: torch.Tensor, coeffs: torch.Tensor, block: int, carry: str = "sequential",
+                 levels: int | None = None) -> torch.Tensor:
     """All-pole synthesis y_t = sum_k c_k(t) y_(t-k) + u_t from a zero state: the inverse of the
     prediction error u = y - lp_predict(y, coeffs). u: (B, T); coeffs: (B, p, T), constant over each
     run of `block` samples from t = 0 (`block` >= p; `MelLPC`'s held coefficients with a block that
@@ -190,32 +192,36 @@ def lp_synthesis(u: torch.Tensor, coeffs: torch.Tensor, block: int) -> torch.Ten
     Parallel over blocks, not a loop over samples: within block b the filter is fixed, so
     y_b = H_b u_b + Z_b s_(b-1), with H_b (L x L) the lower-triangular Toeplitz matrix of the filter's
     first L impulse-response samples, Z_b (L x p) its response to the state s_(b-1) = (y_(bL-1), ...,
-    y_(bL-p)) left by the block before. Only the p-vector states are carried sequentially (one small
-    matrix product per block); everything else is batched matrix products, on a CPU or a GPU.
+    y_(bL-p)) left by the block before. Only the p-vector states are carried from block to block;
+    everything else is batched matrix products, on a CPU or a GPU. carry:
+
+    - "sequential" (the default): one p x p product per block, in a Python loop;
+    - "doubling": the states as the prefix compositions of the blocks' affine maps s -> A_b s + d_b,
+      `levels` rounds of composing each map with the one 2^r blocks before (Hillis-Steele): the same
+      states to rounding (tested), in a graph whose size does not depend on the length, which is what
+      an ONNX export needs (`students.export`). It covers 2 ** levels + 1 blocks (None: as many rounds
+      as this length needs, `doubling_levels`) and costs levels x blocks small matrix products.
     """
     if block < coeffs.shape[1]:
         raise ValueError(f"lp_synthesis: block {block} is shorter than the order {coeffs.shape[1]}")
+    if carry not in ("sequential", "doubling"):
+        raise ValueError(f"lp_synthesis: carry must be 'sequential' or 'doubling', got {carry!r}")
     # never in bf16/fp16, even under autocast (bf16 training on a GPU): a resonant filter's output and
     # the predictor applied to it would be off by whole residuals
     with torch.autocast(u.device.type, enabled=False):
-        return _blockwise_synthesis(u.float() if u.dtype in (torch.bfloat16, torch.float16) else u, coeffs, block)
+        u = u.float() if u.dtype in (torch.bfloat16, torch.float16) else u
+        return _blockwise_synthesis(u, coeffs, block, carry, levels)
 
 
-def _blockwise_synthesis(u: torch.Tensor, coeffs: torch.Tensor, block: int) -> torch.Tensor:
+def _blockwise_synthesis(u: torch.Tensor, coeffs: torch.Tensor, block: int, carry: str,
+                         levels: int | None) -> torch.Tensor:
     batch, length = u.shape
     order = coeffs.shape[1]
     blocks = -(-length // block)
     u = torch.nn.functional.pad(u, (0, blocks * block - length)).view(batch, blocks, block, 1)
     c = coeffs[:, :, ::block].transpose(1, 2).to(u.dtype)  # (B, n, p): each block's filter
     with torch.no_grad():  # functions of the mel only
-        # impulse response h_0 = 1, h_j = sum_k c_k h_(j-k): `history` holds h_(j-1) .. h_(j-p)
-        history = c.new_zeros(batch, blocks, order)
-        history[..., 0] = 1.0
-        steps = [c.new_ones(batch, blocks)]
-        for _ in range(1, block):
-            steps.append((c * history).sum(-1))
-            history = torch.cat([steps[-1][..., None], history[..., :-1]], dim=-1)
-        h = torch.stack(steps, dim=-1)  # (B, n, L)
+        h = impulse_response(c, block)  # (B, n, L)
         lag = torch.arange(block, device=u.device)
         lag = lag[:, None] - lag[None, :]
         toeplitz = h[..., lag.clamp(min=0)] * (lag >= 0).to(h.dtype)  # (B, n, L, L)
@@ -227,8 +233,56 @@ def _blockwise_synthesis(u: torch.Tensor, coeffs: torch.Tensor, block: int) -> t
         tail = zero_input[:, :, -order:].flip(2)  # the next state's dependence on this state (B, n, p, p)
     forced = (toeplitz @ u)  # (B, n, L, 1): each block from a zero state
     carried = forced[:, :, -order:].flip(2)  # (B, n, p, 1)
-    states = [u.new_zeros(batch, order, 1)]
-    for b in range(blocks - 1):
-        states.append(carried[:, b] + tail[:, b] @ states[-1])
-    y = forced + zero_input @ torch.stack(states, dim=1)
+    if carry == "doubling":
+        states = _doubled_states(tail, carried, levels)
+    else:
+        state = [u.new_zeros(batch, order, 1)]
+        for b in range(blocks - 1):
+            state.append(carried[:, b] + tail[:, b] @ state[-1])
+        states = torch.stack(state, dim=1)
+    y = forced + zero_input @ states
     return y.view(batch, blocks * block)[:, :length]
+
+
+def impulse_response(c: torch.Tensor, length: int) -> torch.Tensor:
+    """The first `length` samples of the all-pole filters' impulse responses, h_0 = 1 and
+    h_j = sum_k c_k h_(j-k): c (..., p) -> h (..., length), by the recursion itself."""
+    history = torch.zeros_like(c)  # h_(j-1) .. h_(j-p)
+    history[..., 0] = 1.0
+    steps = [torch.ones_like(c[..., 0])]
+    for _ in range(1, length):
+        steps.append((c * history).sum(-1))
+        history = torch.cat([steps[-1][..., None], history[..., :-1]], dim=-1)
+    return torch.stack(steps, dim=-1)
+
+
+def doubling_levels(blocks: int) -> int:
+    """Rounds of prefix doubling that carry the state across `blocks` blocks: the last block's state
+    composes blocks - 1 maps, and r rounds compose 2^r."""
+    return max(blocks - 2, 0).bit_length()
+
+
+def _doubled_states(tail: torch.Tensor, carried: torch.Tensor, levels: int | None) -> torch.Tensor:
+    """The states entering each block, s_0 = 0 and s_(b+1) = A_b s_b + d_b (A = tail (B, n, p, p),
+    d = carried (B, n, p, 1)), by `levels` rounds of prefix doubling -> (B, n, p, 1). After round r,
+    map b is the composition of the 2^(r+1) maps ending at b (fewer at the start, where the maps before
+    block 0 are the identity); its offset is then the state after block b from a zero state."""
+    batch, blocks, order = carried.shape[:3]
+    if levels is None:
+        levels = doubling_levels(blocks)
+    a, d = tail, carried
+    eye = torch.eye(order, dtype=a.dtype, device=a.device)
+    index = torch.arange(blocks, device=a.device)
+    for level in range(levels):
+        # each block's map composed with the one 2^level blocks before (none before block 0: the
+        # identity), by gathering rather than slicing: a symbolic length in an export stays one symbol
+        shift = 1 << level
+        earlier = (index - shift).clamp(min=0)
+        first = (index < shift)[None, :, None, None]
+        before_d = torch.where(first, torch.zeros_like(d[:, :1]), d[:, earlier])
+        if level + 1 < levels:  # the last round needs only the offsets
+            before_a = torch.where(first, eye, a[:, earlier])
+            d, a = a @ before_d + d, a @ before_a
+        else:
+            d = a @ before_d + d
+    return torch.cat([d.new_zeros(batch, 1, order, 1), d[:, : blocks - 1]], dim=1)

@@ -39,21 +39,23 @@ from torch import nn
 
 from distill.audio.mel import mel_filterbank
 from distill.errors import ConfigError
+from distill.nn.analysis import Float64Analysis, exact
 
 SOURCE_CHANNELS = 4  # MelPitch.source: pulse, sin, cos, voicing
 
 
 def _band_detail(x: torch.Tensor, width: int = 5) -> torch.Tensor:
     """x (..., bands) minus its moving average over `width` bands (edges replicated): the harmonic
-    ripple of a spectrum without its envelope."""
-    lead = x.shape[:-1]
-    flat = x.reshape(-1, 1, x.shape[-1])
-    padded = nn.functional.pad(flat, (width // 2, width // 2), mode="replicate")
-    kernel = torch.full((1, 1, width), 1.0 / width, dtype=x.dtype, device=x.device)
-    return x - nn.functional.conv1d(padded, kernel).reshape(*lead, x.shape[-1])
+    ripple of a spectrum without its envelope. A product with a (bands, bands) averaging matrix, not a
+    convolution: the same sums, in float64 in an ONNX graph too (onnxruntime has no float64 Conv)."""
+    bands = x.shape[-1]
+    reach = torch.arange(width, device=x.device) - width // 2
+    neighbours = (torch.arange(bands, device=x.device)[:, None] + reach[None, :]).clamp(0, bands - 1)
+    average = nn.functional.one_hot(neighbours, bands).sum(1).to(x.dtype) / width  # (bands, bands)
+    return x - x @ average.T
 
 
-class MelPitch(nn.Module):
+class MelPitch(Float64Analysis):
     """F0 and voicing per frame from log-mel frames, and the per-sample source (module doc).
 
     forward(logmel (B, n_mels, F)) -> f0 (B, F) in Hz (the best candidate, also in unvoiced frames, so
@@ -126,18 +128,19 @@ class MelPitch(nn.Module):
     def forward(self, logmel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(device_type=logmel.device.type, enabled=False):
             x = _band_detail(logmel.double().transpose(1, 2)[..., : self.bands])  # (B, F, bands)
-            x = x / (x.norm(dim=-1, keepdim=True) + 1e-9)
-            # the buffers in float64 whatever dtype the owning model was cast to (model.float() casts them)
-            templates, log2_cands = self.templates.double(), self.log2_cands.double()
+            x = x / (x.norm(dim=-1, keepdim=True) + exact(1e-9, x))
+            templates, log2_cands = self.templates, self.log2_cands  # float64 (Float64Analysis)
             score = x @ templates.T  # (B, F, C)
             best = score.argmax(-1).clamp(1, score.shape[-1] - 2)
             a, b, c = (score.gather(-1, (best + o)[..., None])[..., 0] for o in (-1, 0, 1))
             denom = a - 2 * b + c
-            offset = torch.where(denom < 0, 0.5 * (a - c) / denom.clamp(max=-1e-12), torch.zeros_like(b)).clamp(-1, 1)
+            vertex = 0.5 * (a - c) / denom.clamp(max=exact(-1e-12, denom))
+            offset = torch.where(denom < 0, vertex, torch.zeros_like(b)).clamp(-1, 1)
             step = log2_cands[1] - log2_cands[0]
             # voicing: the best similarity averaged over 3 frames (edges replicated); the chance maxima
             # of unvoiced frames are isolated, voiced runs are not (F1 0.92 -> 0.935 on the demo splits)
-            score = nn.functional.avg_pool1d(nn.functional.pad(b[:, None], (1, 1), mode="replicate"), 3, 1)[:, 0]
+            edged = torch.cat([b[:, :1], b, b[:, -1:]], dim=-1)
+            score = (edged[:, :-2] + edged[:, 1:-1] + edged[:, 2:]) / 3
             return 2 ** (log2_cands[best] + offset * step), score
 
     @torch.no_grad()
@@ -150,7 +153,7 @@ class MelPitch(nn.Module):
         f0, score = self(mel)
         with torch.autocast(device_type=mel.device.type, enabled=False):
             lo, hi = self.voicing
-            v = ((score - lo) / (hi - lo)).clamp(0, 1)
+            v = ((score - exact(lo, score)) / exact(hi - lo, score)).clamp(0, 1)
             rows = torch.stack([torch.log(f0), v], dim=1)  # (B, 2, F + 2c)
             frames = rows.shape[-1]
             # the samples of frames c .. F + c - 1, each between its two nearest frame centres (frame i
@@ -162,7 +165,8 @@ class MelPitch(nn.Module):
             w = pos - low
             rows = rows[..., low] * (1 - w) + rows[..., high] * w
             f0_t, v_t = torch.exp(rows[:, 0]), rows[:, 1]
-            phase = torch.remainder(2 * math.pi * torch.cumsum(f0_t / self.sample_rate, dim=-1), 2 * math.pi)
+            turn = exact(2 * math.pi, f0_t)
+            phase = torch.remainder(turn * torch.cumsum(f0_t / self.sample_rate, dim=-1), turn)
             pulse = band_limited_pulse(phase, torch.floor(self.sample_rate / 2 / f0_t))
             out = torch.stack([v_t * pulse, v_t * torch.sin(phase), v_t * torch.cos(phase), v_t], dim=1)
             return out.float()
@@ -174,7 +178,7 @@ def band_limited_pulse(phase: torch.Tensor, harmonics: torch.Tensor) -> torch.Te
     sum_k cos(k p) = (sin((K + 1/2) p) / sin(p / 2) - 1) / 2, whose limit at p = 0 is K."""
     k = harmonics.clamp(min=1)
     half = torch.sin(phase / 2)
-    near = half.abs() < 1e-6
+    near = half.abs() < exact(1e-6, half)
     total = torch.where(
         near, k, (torch.sin((k + 0.5) * phase) / torch.where(near, torch.ones_like(half), half) - 1) / 2
     )

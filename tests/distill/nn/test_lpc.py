@@ -11,7 +11,16 @@ import torch
 
 from distill.audio.mel import LogMel, deemphasis, preemphasis
 from distill.config import FeatureConfig
-from distill.nn.lpc import MelLPC, levinson, lp_predict, lp_synthesis, reflection_to_lpc, synthesis_block
+from distill.nn.lpc import (
+    MelLPC,
+    doubling_levels,
+    impulse_response,
+    levinson,
+    lp_predict,
+    lp_synthesis,
+    reflection_to_lpc,
+    synthesis_block,
+)
 
 
 def ar_process(coeffs, seconds=4.0, sigma=0.01, seed=0) -> torch.Tensor:
@@ -153,6 +162,10 @@ def test_lp_synthesis_equals_the_sample_by_sample_recursion_and_inverts_the_pred
     assert hop % block == 0 and order <= block <= 64
     y = lp_synthesis(u, coeffs, block)
     assert torch.allclose(y, sequential_synthesis(u, coeffs), atol=1e-9, rtol=1e-9)
+    # the state carried by prefix doubling (the ONNX graph's form): the same to rounding, with the
+    # rounds this length needs and with more (a graph's fixed count)
+    for levels in (None, 12):
+        assert torch.allclose(lp_synthesis(u, coeffs, block, "doubling", levels), y, atol=1e-12, rtol=1e-12)
     # u is the prediction error of y: the teacher's predictor applied to the synthesised signal gives it back
     assert torch.allclose(y - lp_predict(y, coeffs), u, atol=1e-9)
     # float32 stays close (resonant filters, blocks carried over many hops)
@@ -160,15 +173,42 @@ def test_lp_synthesis_equals_the_sample_by_sample_recursion_and_inverts_the_pred
     assert (y32.double() - y).abs().max() < 1e-4 * y.abs().max()
 
 
-def test_lp_synthesis_is_causal_linear_and_its_gradient_is_the_adjoint_filter():
+@pytest.mark.parametrize("carry", ["sequential", "doubling"])
+def test_lp_synthesis_is_causal_linear_and_its_gradient_is_the_adjoint_filter(carry):
     order, hop = 4, 16
     coeffs = held_stable_coefficients(1, 3, hop, order, seed=3)
     u = torch.randn(1, 3 * hop, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda v: lp_synthesis(v, coeffs, hop), (u,))
+    assert torch.autograd.gradcheck(lambda v: lp_synthesis(v, coeffs, hop, carry), (u,))
     # output t depends on inputs s <= t only
-    y = lp_synthesis(u, coeffs, hop)
+    y = lp_synthesis(u, coeffs, hop, carry)
     (grad,) = torch.autograd.grad(y[0, 20], u)
     assert grad[0, 21:].abs().max() == 0 and grad[0, 20] == 1.0
+
+
+@pytest.mark.parametrize("order,length", [(1, 5), (4, 40), (16, 64), (16, 13)])
+def test_impulse_response_by_doubling_is_the_filters(order, length):
+    coeffs = held_stable_coefficients(3, 2, 1, order, seed=order)[..., 0]  # (3, p): three filters
+    h = impulse_response(coeffs, length)
+    impulse = np.r_[1.0, np.zeros(length - 1)]
+    for i in range(3):
+        expected = scipy.signal.lfilter([1.0], np.r_[1.0, -coeffs[i].numpy()], impulse)
+        assert np.allclose(h[i].numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_doubling_rounds_cover_two_to_the_rounds_blocks_and_no_more():
+    """`levels` rounds compose 2 ** levels block maps: the states of 2 ** levels + 1 blocks, the contract
+    behind an export's longest input (`doubling_levels`)."""
+    order, block, blocks = 4, 8, 10
+    coeffs = held_stable_coefficients(1, blocks, block, order, seed=5)
+    u = torch.randn(1, blocks * block, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y = lp_synthesis(u, coeffs, block)
+    assert doubling_levels(blocks) == 4 and doubling_levels(9) == 3 and doubling_levels(1) == 0
+    assert torch.allclose(lp_synthesis(u, coeffs, block, "doubling", 4), y, atol=1e-12)
+    short = lp_synthesis(u, coeffs, block, "doubling", 3)  # 8 maps: exact up to block 8 of 0..9
+    assert torch.allclose(short[:, : 9 * block], y[:, : 9 * block], atol=1e-12)
+    assert not torch.allclose(short[:, 9 * block :], y[:, 9 * block :], atol=1e-6)
+    with pytest.raises(ValueError, match="carry must be"):
+        lp_synthesis(u, coeffs, block, "scan")
 
 
 def test_lp_synthesis_stays_in_full_precision_under_bf16_autocast():
@@ -194,3 +234,23 @@ def test_an_unknown_predictor_argument_is_one_config_error_in_a_config_and_in_th
     bad = {"order": 4, "lag_window": 60.0}  # lag_window_hz misspelt
     with pytest.raises(ConfigError, match="linear_prediction: .*lag_window"):
         MelLPC.build(bad, 256, 80, 0.0)
+
+
+def test_a_cast_model_keeps_its_mel_analyses_in_float64():
+    """`model.float()` / `.half()` cast parameters; the predictor's and the pitch tracker's float64
+    buffers keep their values (a float32 round trip of the pseudo-inverse moves a resonant frame's
+    reflection coefficients), and their outputs stay bit-identical."""
+    from distill.nn.pitch import MelPitch
+
+    features = FeatureConfig()
+    mel = LogMel(features)(ar_process(all_pole([(0.98, 500), (0.95, 1500)]), seconds=0.5))[None]
+    holder = torch.nn.Module()
+    holder.lpc, holder.pitch = MelLPC(order=16, preemphasis=0.85), MelPitch()
+    before = {name: buf.clone() for name, buf in holder.named_buffers()}
+    lpc, (f0, score) = holder.lpc(mel), holder.pitch(mel)
+    for cast in (holder.float, holder.half, holder.double):
+        cast()
+        for name, buf in holder.named_buffers():
+            assert buf.dtype == torch.float64 and torch.equal(buf, before[name]), name
+        assert torch.equal(holder.lpc(mel), lpc)
+        assert all(torch.equal(a, b) for a, b in zip(holder.pitch(mel), (f0, score), strict=True))

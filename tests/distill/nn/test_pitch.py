@@ -138,15 +138,3 @@ def test_a_pitch_source_student_conditions_on_the_source_and_stays_an_iaf():
     silent = cond.clone()
     silent[:, 80:] = 0
     assert not torch.allclose(student.flow(z, silent).x, out.x)  # the source reaches the output
-
-
-def test_onnx_export_refuses_a_pitch_source_student_in_one_line(tmp_path):
-    pytest.importorskip("onnx")
-    from students.export import export_onnx
-    from students.iaf import IAFStudent, StudentModelConfig
-
-    student = IAFStudent(StudentModelConfig("gaussian", [1], residual_channels=4, gate_channels=4, skip_channels=4,
-                                            pitch_source=True))
-    with pytest.raises(ConfigError, match="pitch source is not supported"):
-        export_onnx(student, tmp_path / "s.onnx")
-    assert not (tmp_path / "s.onnx").exists()
