@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -89,10 +91,19 @@ def export_onnx(student: IAFStudent, out: str | Path, frames: int = 32) -> Path:
     # addition of a small constant (the analyses' 1e-9 and 1e-12, which keep digital silence finite)
     # traced with autograd on (no parameter needs it): the stacks' out-of-place form; their in-place
     # inference path (`infer`) would become copies and scatters in the graph (onnxruntime 2x slower)
-    with torch.enable_grad():
-        program = torch.onnx.export(SynthesisGraph(student), (z, mel), input_names=["z", "mel"], output_names=["audio"],
-                                    dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, verbose=False,
-                                    optimize=False)
+    # the exporter's notes on itself (torchvision absent, deprecations inside torch) are not the user's
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*axis name.*")
+            program = torch.onnx.export(SynthesisGraph(student).eval(), (z, mel), input_names=["z", "mel"],
+                                        output_names=["audio"], dynamic_shapes=shapes, opset_version=OPSET,
+                                        dynamo=True, verbose=False, optimize=False)
+    finally:
+        quiet.setLevel(level)
     assert program is not None  # torch.onnx.export(dynamo=True) returns a program
     optimizer = _need("onnxscript.optimizer")
     optimizer.fold_constants(program.model)
