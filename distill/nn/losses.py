@@ -11,6 +11,13 @@ teacher run once, teacher-forced on that sample.
   the student's step plus a cross-entropy from N fresh draws x'_t = mu_tot_t + s_tot_t * eps per step
   (x_<t held fixed), scored under the teacher's step-t distribution.
 - `stft_loss` (single or multi-resolution magnitude), `power_loss` (time-averaged power spectrum).
+- Adversarial terms (least-squares GAN, Mao et al. 2017, as in Yamamoto et al. 2019 and HiFi-GAN), on
+  the scores of a `distill.nn.discriminators` discriminator, summed over its sub-discriminators and
+  averaged within each: the discriminator's `discriminator_loss` = E[(1 - D(x))^2] + E[D(x_S)^2] (x real,
+  x_S the student's, detached: it trains the discriminator only); the generator's
+  `generator_adversarial_losses`: "adv" = E[(1 - D(x_S))^2] and "fm" = feature matching, the L1 distance
+  between the discriminator's hidden activations on x_S and on x, averaged over layers, through a copy of
+  the discriminator's weights outside the graph, so that these terms train the generator only.
 """
 
 from __future__ import annotations
@@ -107,3 +114,46 @@ def power_loss(x: torch.Tensor, y: torch.Tensor, n_fft: int = 1024, hop: int = 2
     px = _magnitudes(x, n_fft, hop).pow(2).mean(dim=-1)
     py = _magnitudes(y, n_fft, hop).pow(2).mean(dim=-1)
     return (torch.log(px + eps) - torch.log(py + eps)).abs().mean(dim=-1).mean()
+
+
+def lsgan_discriminator_loss(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
+    """sum over sub-discriminators of mean((1 - D(x))^2) + mean(D(x_S)^2), from their logits."""
+    return sum((((1 - r) ** 2).mean() + (f**2).mean() for r, f in zip(real, fake, strict=True)),
+               torch.zeros((), device=real[0].device))
+
+
+def lsgan_generator_loss(fake: list[torch.Tensor]) -> torch.Tensor:
+    """sum over sub-discriminators of mean((1 - D(x_S))^2), from their logits."""
+    return sum((((1 - f) ** 2).mean() for f in fake), torch.zeros((), device=fake[0].device))
+
+
+def feature_matching_loss(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:
+    """sum over sub-discriminators of the mean over their layers of mean |h(x_S) - h(x)| (x's detached)."""
+    total = torch.zeros((), device=fake[0][0].device)
+    for layers_real, layers_fake in zip(real, fake, strict=True):
+        total = total + sum((torch.mean(torch.abs(f - r.detach())) for r, f in zip(layers_real, layers_fake,
+                                                                                   strict=True)),
+                            torch.zeros((), device=total.device)) / len(layers_fake)
+    return total
+
+
+def discriminator_loss(disc: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The discriminator's least-squares loss on real audio and the student's (B, T), both detached: its
+    gradient reaches the discriminator's weights only."""
+    scores_real, scores_fake = disc(real.detach()), disc(fake.detach())
+    return lsgan_discriminator_loss([r for r, _ in scores_real], [f for f, _ in scores_fake])
+
+
+def generator_adversarial_losses(disc: torch.nn.Module, fake: torch.Tensor,
+                                 real: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """{"adv": the generator's least-squares term, "fm": feature matching (when `real` is given)} for the
+    student's audio `fake` (B, T). The discriminator runs on detached copies of its parameters
+    (`torch.func.functional_call`), so the gradient reaches `fake` and never the discriminator."""
+    weights = {name: p.detach() for name, p in disc.named_parameters()}
+    scores_fake = torch.func.functional_call(disc, weights, (fake,), strict=False)
+    losses = {"adv": lsgan_generator_loss([f for f, _ in scores_fake])}
+    if real is not None:
+        with torch.no_grad():
+            scores_real = torch.func.functional_call(disc, weights, (real,), strict=False)
+        losses["fm"] = feature_matching_loss([h for _, h in scores_real], [h for _, h in scores_fake])
+    return losses

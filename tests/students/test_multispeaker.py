@@ -115,7 +115,8 @@ def test_speakers_without_a_corpus_that_names_them_are_one_line(runs, corpus, tm
 
 def test_eval_synthesises_each_clip_as_its_own_speaker_and_refuses_an_unknown_one(runs, corpus, tmp_path):
     common = ["eval", "--teacher", str(runs["teacher"]), "--student", str(runs["student"]), "--data", str(corpus),
-              "--split", "valid", "--max-seconds", "0.15", "--metrics", "none", "--rtf-runs", "1", "--rtf-seconds", "0.1"]
+              "--split", "valid", "--max-seconds", "0.15", "--metrics", "none", "--rtf-runs", "1",
+              "--rtf-seconds", "0.1"]
     own = cli(*common, "--out", str(tmp_path / "own"))
     assert own.returncode == 0, own.stderr
     assert (tmp_path / "own" / "report.json").is_file()
