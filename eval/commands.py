@@ -64,6 +64,11 @@ def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seco
                         "student distilled with loss.teacher_temperature T already imitates the teacher at T, so "
                         "an explicit value scales a tempered student's noise once more)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--degrade-mels", default="", metavar="SPEC",
+                   help="synthesise every system from degraded mels, a stand-in for a TTS model's: light, medium, "
+                        "strong, or time=T,freq=F,noise=N (Gaussian smoothing across frames and mel bands, std in "
+                        "frames and bands, then Gaussian noise on the log-mel, std in nats); the reference stays the "
+                        "recording (docs/evaluate.md)")
     p.add_argument("--speaker", default=None,
                    help="multi-speaker models: synthesise every clip as this speaker (default: each clip's own, "
                         "named by the corpus as in the teacher's training data)")
@@ -93,7 +98,7 @@ def request_from_args(args, students: list[str]):
         pesq_modes=("wb", "nb") if args.pesq_nb else ("wb",), teacher_sampler=args.teacher_sampler,
         teacher_batch=args.teacher_batch, temperature=args.temperature, student_dtype=args.student_dtype,
         student_compile=args.student_compile, seed=args.seed, rtf_seconds=args.rtf_seconds, rtf_runs=args.rtf_runs,
-        out=args.out,
+        degrade_mels=getattr(args, "degrade_mels", ""), out=args.out,
     )
 
 

@@ -31,6 +31,7 @@ from distill.data.corpus import resolve_corpus
 from distill.data.datasets import UtteranceStore
 from distill.errors import ConfigError, CorpusError
 from eval.baselines import griffin_lim
+from eval.degrade import MelDegradation
 from eval.metrics import LIBRARY_METRICS, library_scores, mel_l1, pesq_scores, stft_distance
 from eval.timing import real_time_factor
 from eval.voices import GROUPS, UNLABELLED, select_utterances
@@ -49,6 +50,13 @@ class Clip:
     mel: torch.Tensor  # (n_mels, F), no context
     speaker: int | None = None  # the speaker id a multi-speaker model synthesises it with
     speaker_name: str = ""  # the corpus's voice label ("" where it names none)
+    degraded: torch.Tensor | None = None  # the mel every system synthesises from instead (eval.degrade)
+
+    @property
+    def input_mel(self) -> torch.Tensor:
+        """The mel the systems synthesise from: `degraded` when set, else the recording's own `mel` (which
+        the metrics and the reference's spectrogram always use)."""
+        return self.mel if self.degraded is None else self.degraded
 
     @property
     def voice(self) -> str:
@@ -94,6 +102,7 @@ class EvalRequest:
     rtf_seconds: float = 1.0  # length of the timing clip (0 = the whole first clip)
     rtf_runs: int = 5
     rtf_warmup: int = 1
+    degrade_mels: str = ""  # eval.degrade: every system synthesises from degraded mels ("": the recordings')
     out: str = "runs/eval"
 
     def validate(self) -> None:
@@ -110,6 +119,7 @@ class EvalRequest:
             raise ConfigError(f"--student-dtype {self.student_dtype!r}: float32 or bfloat16")
         if not set(self.pesq_modes) <= {"wb", "nb"}:
             raise ConfigError(f"PESQ modes {self.pesq_modes}: wb and/or nb")
+        MelDegradation.parse(self.degrade_mels)
 
 
 def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances: int, max_seconds: float,
@@ -146,7 +156,7 @@ def teacher_synthesis(teacher: WaveNetTeacher, clips: list[Clip], features: Feat
     outputs: list[torch.Tensor] = []
     for i in range(0, len(clips), batch_size):
         group = clips[i : i + batch_size]
-        mels = teacher.pad_mels([c.mel for c in group]).to(device)
+        mels = teacher.pad_mels([c.input_mel for c in group]).to(device)
         audio = generate(teacher, mels, method, temperature=temperature, progress=progress,
                          speaker=speakers_of(group, device)).float().cpu()
         outputs += [audio[j, : c.reference.numel()] for j, c in enumerate(group)]
@@ -163,7 +173,7 @@ def student_synthesis(student: IAFStudent, clips: list[Clip], features: FeatureC
                       compile: bool = False) -> list[torch.Tensor]:
     """Parallel copy synthesis, one utterance per pass."""
     return [
-        synthesize(student, student.pad_mels(c.mel).to(device), temperature,
+        synthesize(student, student.pad_mels(c.input_mel).to(device), temperature,
                    autocast_dtype=_autocast(autocast_dtype), compile=compile,
                    speaker=speakers_of([c], device))[0].float().cpu()
         for c in clips
@@ -177,7 +187,7 @@ def teacher_nll(teacher: WaveNetTeacher, clips: list[Clip], audios: list[torch.T
     (a MoL teacher's bin NLL less log(1 / bin width): comparable across heads, students and Gaussians)."""
     out = []
     for clip, audio in zip(clips, audios, strict=True):
-        mel = teacher.pad_mels(clip.mel).to(device)
+        mel = teacher.pad_mels(clip.input_mel).to(device)
         x = audio[: clip.reference.numel()].float().clamp(-1, 1)[None].to(device)
         out.append(float(-teacher.log_density(x, mel, speakers_of([clip], device)).mean()))
     return out
@@ -189,7 +199,7 @@ def timing_clip(clip: Clip, features: FeatureConfig, seconds: float) -> Clip:
         return clip
     frames = max(1, min(clip.mel.shape[-1], int(seconds * features.sample_rate) // features.hop_length))
     return Clip(clip.id, clip.reference[: frames * features.hop_length], clip.mel[:, :frames], clip.speaker,
-                clip.speaker_name)
+                clip.speaker_name, None if clip.degraded is None else clip.degraded[:, :frames])
 
 
 def aggregate(rows: list[dict], pesq_modes: tuple = ("wb",), library_keys: tuple = ()) -> dict:
@@ -307,7 +317,7 @@ def evaluate(
                                             method)
 
     if GRIFFIN_LIM in chosen:
-        run(GRIFFIN_LIM, lambda cs: [griffin_lim(c.mel, features) for c in cs])
+        run(GRIFFIN_LIM, lambda cs: [griffin_lim(c.input_mel, features) for c in cs])
         rtf[GRIFFIN_LIM]["device"], rtf[GRIFFIN_LIM]["device_name"] = "cpu", "cpu (torchaudio Griffin-Lim)"
     teacher_rtf: dict[str, dict] = {}  # the teacher's RTF per sampler: the one evaluated, the reference, the fastest
     if TEACHER in chosen:

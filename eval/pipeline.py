@@ -21,6 +21,7 @@ from distill.errors import ConfigError
 from distill.train.checkpoint import CheckpointManager
 from distill.train.distributed import pick_device
 from distill.train.folders import check_output_folder
+from eval.degrade import MelDegradation
 from eval.evaluate import STUDENT, TEACHER, Clip, EvalRequest, evaluate, load_clips, voice_sections
 from eval.metrics import resolve_metrics
 from eval.report import write_report
@@ -83,6 +84,11 @@ def run(request: EvalRequest) -> dict:
     source = payload.get("config", {}).get("data", {}).get("speakers", "") if speaker_map else ""
     clips = load_clips(request.data, request.split, features, request.max_utterances, request.max_seconds,
                        "" if request.speaker else source)
+    degradation = MelDegradation.parse(request.degrade_mels)
+    if degradation:  # every system from the same degraded mels, each clip's noise from its own seed
+        for i, clip in enumerate(clips):
+            clip.degraded = degradation.apply(clip.mel, request.seed + i)
+        log.info("every system synthesises from degraded mels: %s", degradation.describe())
     if speaker_map is not None:
         _assign_speakers(clips, speaker_map, request.speaker, loaded, student_info)
     elif request.speaker:
@@ -108,6 +114,7 @@ def run(request: EvalRequest) -> dict:
         "audio_seconds": sum(c.reference.numel() for c in clips) / features.sample_rate,
         "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
         "features": payload["features"],
+        "mel_degradation": {**degradation.record(), "description": degradation.describe()},
     }
     report = {
         "settings": settings,

@@ -297,6 +297,8 @@ def _settings_lines(report: dict) -> list[tuple[str, str]]:
         lines.append((name, f"{info['path']} (step {info['step']}, {origin})"))
     lines += [(k, str(s[k])) for k in ("data", "split", "utterances", "selection", "max_seconds", "seed",
                                          "temperature", "device", "device_name", "threads") if k in s]
+    if s.get("degrade_mels"):
+        lines.append(("mels", f"degraded ({s['mel_degradation']['description']}); the reference is the recording"))
     if report.get("groups"):
         lines.append(("voice groups", voice_groups_note(report)))
     lines += [(k, str(v)) for k, v in report["versions"].items()]
