@@ -186,7 +186,7 @@ def test_lp_synthesis_is_causal_linear_and_its_gradient_is_the_adjoint_filter(ca
 
 
 @pytest.mark.parametrize("order,length", [(1, 5), (4, 40), (16, 64), (16, 13)])
-def test_impulse_response_by_doubling_is_the_filters(order, length):
+def test_impulse_response_is_the_filters(order, length):
     coeffs = held_stable_coefficients(3, 2, 1, order, seed=order)[..., 0]  # (3, p): three filters
     h = impulse_response(coeffs, length)
     impulse = np.r_[1.0, np.zeros(length - 1)]
