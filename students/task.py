@@ -9,6 +9,7 @@ otherwise (Parallel WaveNet). Loss weights are keyed by their TensorBoard tags (
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -20,8 +21,17 @@ from distill.audio.plots import mel_figure
 from distill.config import DataConfig, FeatureConfig, TrainConfig, to_dict
 from distill.data.datasets import corpus_voices, speaker_batch
 from distill.errors import ConfigError
+from distill.nn.discriminators import DilatedConvDiscriminator, HiFiGANDiscriminator
 from distill.nn.distributions import Gaussian
-from distill.nn.losses import gaussian_kl, log_scale_regulariser, monte_carlo_kl, power_loss, stft_loss
+from distill.nn.losses import (
+    discriminator_loss,
+    gaussian_kl,
+    generator_adversarial_losses,
+    log_scale_regulariser,
+    monte_carlo_kl,
+    power_loss,
+    stft_loss,
+)
 from distill.train.distributed import unwrap
 from distill.train.logger import RunLogger
 from distill.train.task import Task
@@ -31,7 +41,7 @@ from teachers.wavenet import TeacherModelConfig
 
 __all__ = ["DistillTask", "StudentConfig", "StudentModelConfig", "build_student"]
 
-LOSS_TERMS = ("loss/kl", "loss/kl_reg", "loss/stft", "loss/power", "loss/contrastive")
+LOSS_TERMS = ("loss/kl", "loss/kl_reg", "loss/stft", "loss/power", "loss/contrastive", "loss/adv", "loss/fm")
 
 
 @dataclass
@@ -55,6 +65,30 @@ class DistillLossConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """A discriminator beside the distillation (Yamamoto et al. 2019; `distill.nn.discriminators`): its kind
+    ("" = none), from which step it trains and the generator hears it (Parallel WaveGAN's recipe starts it
+    halfway), and its own optimiser (AdamW, constant LR; clipping at train.grad_clip). The generator's terms
+    are weighted in loss.weights: loss/adv (least squares) and loss/fm (feature matching)."""
+
+    discriminator: str = ""  # "", "dilated_conv" (Parallel WaveGAN's) or "hifigan" (multi-period + multi-scale)
+    layers: int = 10  # dilated_conv: convolutions
+    channels: int = 64  # dilated_conv: their width
+    start_step: int = 0  # the discriminator's first step (its terms join the generator's loss from here)
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.discriminator not in ("", "dilated_conv", "hifigan"):
+            raise ConfigError(f"adversarial.discriminator must be '', 'dilated_conv' or 'hifigan', "
+                              f"got {self.discriminator!r}")
+        if self.start_step < 0 or not self.lr > 0:
+            raise ConfigError(f"adversarial.start_step must be >= 0 and adversarial.lr > 0 "
+                              f"(got {self.start_step}, {self.lr})")
+
+
+@dataclass
 class StudentValidConfig:
     max_utterances: int = 4  # validation KL and mel L1 over the first N validation utterances
     max_seconds: float = 2.0  # each cut to this length
@@ -68,6 +102,7 @@ class StudentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     model: StudentModelConfig = field(default_factory=StudentModelConfig)
     loss: DistillLossConfig = field(default_factory=DistillLossConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     valid: StudentValidConfig = field(default_factory=StudentValidConfig)
 
 
@@ -156,6 +191,18 @@ class DistillTask(Task):
         if config.loss.weights["loss/kl_reg"] > 0 and not gaussian_pair:
             raise ConfigError("loss/kl_reg (ClariNet's log-scale regulariser) needs Gaussian teacher and student; "
                               "set its weight to 0")
+        uses_discriminator = config.loss.weights["loss/adv"] > 0 or config.loss.weights["loss/fm"] > 0
+        if uses_discriminator != bool(config.adversarial.discriminator):
+            raise ConfigError("loss/adv and loss/fm need adversarial.discriminator (dilated_conv or hifigan), and a "
+                              "discriminator needs loss/adv or loss/fm > 0: set both or neither")
+        if config.adversarial.discriminator and config.train.amp == "fp16":
+            raise ConfigError("a discriminator trains under train.amp=bf16 or off, not fp16 (one loss scaler per "
+                              "optimiser is not implemented); use train.amp=bf16")
+        # the teacher runs in a training step only for a term that reads it: with loss/kl, loss/kl_reg and
+        # loss/contrastive at 0 (a teacher-free baseline) a step costs what the student's own terms cost
+        self.uses_teacher = any(config.loss.weights[k] > 0 for k in ("loss/kl", "loss/kl_reg", "loss/contrastive"))
+        self.discriminator: torch.nn.Module | None = None  # set by the trainer (`build_discriminator`)
+        self._fake: torch.Tensor | None = None  # the last step's student audio, for the discriminator's step
         self.logmel = LogMel(config.features)
 
     # ------------------------------------------------------------------ model and data
@@ -171,6 +218,31 @@ class DistillTask(Task):
             for p in student.upsampler.parameters():
                 p.requires_grad_(False)
         return student
+
+    def build_discriminator(self) -> torch.nn.Module | None:
+        """The discriminator `adversarial.discriminator` names (None: none), fresh; the trainer owns it."""
+        adv = self.config.adversarial
+        if adv.discriminator == "dilated_conv":
+            return DilatedConvDiscriminator(adv.layers, adv.channels)
+        if adv.discriminator == "hifigan":
+            return HiFiGANDiscriminator()
+        return None
+
+    def discriminator_train_config(self) -> TrainConfig:
+        """The discriminator's optimiser settings, as a TrainConfig for the trainer's builders: the run's,
+        with adversarial's LR, betas and weight decay, a constant schedule and no warm-up."""
+        adv = self.config.adversarial
+        return dataclasses.replace(self.config.train, lr=adv.lr, betas=list(adv.betas), weight_decay=adv.weight_decay,
+                                   schedule="constant", warmup_steps=0, anneal_fraction=0.0, lr_min=0.0)
+
+    def discriminator_step(self, discriminator: torch.nn.Module, batch: Any,
+                           step: int) -> dict[str, torch.Tensor] | None:
+        """The discriminator's loss on the batch's audio and the student audio of the generator's step just
+        taken (both detached), from adversarial.start_step on; None before."""
+        if step < self.config.adversarial.start_step or self._fake is None:
+            return None
+        loss = discriminator_loss(discriminator, batch["audio"].float(), self._fake)
+        return {"loss": loss, "loss/disc": loss.detach()}
 
     def shares_upsampler(self, student: IAFStudent) -> bool:
         """Whether the student's upsampler is the teacher's, frozen (the presets' setting; checked on the
@@ -240,21 +312,30 @@ class DistillTask(Task):
             lpc = student.predictor(mel) if student.lpc is not None else None
         # under bf16 autocast the convs run in bf16, the flow composition in float32
         out = model(z, mel, speaker, mel_cond=mel_cond, lpc=lpc)
-        with torch.autocast(device_type=audio.device.type, enabled=False):
-            # float32 from here: bf16 rounding of mu would add (d mu)^2 / 2 s^2 to a KL whose scales reach e^-7
-            # teacher-forced on the student's sample
-            teacher_params = self.teacher_law(out.x, mel, speaker, mel_cond, lpc)
-            # a crop cut from inside an utterance: its first steps have a law the teacher never learned
-            # (its linear predictor lacks their history; the teacher's own loss leaves them out too)
-            terms = self.kl_terms(student, out, teacher_params, self.teacher.crop_warmup())
-        values = {
-            "loss/kl": terms["kl"].mean(),
-            "loss/kl_reg": terms["reg"].mean(),
-            "distill/entropy": terms["entropy"].mean(),
-            "distill/cross_entropy": terms["cross_entropy"].mean(),
-        }
-        if weights["loss/stft"] > 0 or weights["loss/power"] > 0:
+        values: dict[str, torch.Tensor] = {}
+        if self.uses_teacher:
+            with torch.autocast(device_type=audio.device.type, enabled=False):
+                # float32 from here: bf16 rounding of mu would add (d mu)^2 / 2 s^2 to a KL whose scales reach e^-7
+                # teacher-forced on the student's sample
+                teacher_params = self.teacher_law(out.x, mel, speaker, mel_cond, lpc)
+                # a crop cut from inside an utterance: its first steps have a law the teacher never learned
+                # (its linear predictor lacks their history; the teacher's own loss leaves them out too)
+                terms = self.kl_terms(student, out, teacher_params, self.teacher.crop_warmup())
+            values = {
+                "loss/kl": terms["kl"].mean(),
+                "loss/kl_reg": terms["reg"].mean(),
+                "distill/entropy": terms["entropy"].mean(),
+                "distill/cross_entropy": terms["cross_entropy"].mean(),
+            }
+        adversarial = self.discriminator is not None and step >= self.config.adversarial.start_step
+        if weights["loss/stft"] > 0 or weights["loss/power"] > 0 or adversarial:
             heard = student.to_audio(out.x.float())  # de-emphasised: compared with the real audio
+        if adversarial:
+            assert self.discriminator is not None  # adversarial says so
+            # through a detached copy of the discriminator's weights: these terms train the student only
+            terms_adv = generator_adversarial_losses(self.discriminator, heard, audio.float())
+            values["loss/adv"], values["loss/fm"] = terms_adv["adv"], terms_adv["fm"]
+            self._fake = heard.detach()  # what the discriminator's step judges
         if weights["loss/stft"] > 0:
             values["loss/stft"] = stft_loss(heard, audio.float(), tuple(map(tuple, self.config.loss.stft_resolutions)))
         if weights["loss/power"] > 0:

@@ -45,11 +45,21 @@ class ToyConfig:
 class ToyTask(Task):
     name = "toy"
 
-    def __init__(self, config: ToyConfig, nan_steps: tuple = (), signal_at: int | None = None):
+    def __init__(self, config: ToyConfig, nan_steps: tuple = (), signal_at: int | None = None,
+                 with_discriminator: bool = False):
         super().__init__(config)
         self.nan_steps = set(nan_steps)
         self.signal_at = signal_at
+        self.with_discriminator = with_discriminator
         self.calls = 0
+
+    def build_discriminator(self):
+        """with_discriminator: a one-conv second model with its own optimiser (its loss reads the batch only)."""
+        return torch.nn.Conv1d(1, 1, 5, padding=2) if self.with_discriminator else None
+
+    def discriminator_step(self, discriminator, batch, step):
+        loss = (discriminator(batch["audio"][:, None]) ** 2).mean()
+        return {"loss": loss, "loss/disc": loss.detach()}
 
     def build_model(self):
         f, d = self.config.features, self.config.data

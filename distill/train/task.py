@@ -84,6 +84,25 @@ class Task(abc.ABC):
         weights as they are; a task whose models can grow from a smaller one's says how."""
         return payload["model"]
 
+    #: the trainer's discriminator (unwrapped), when `build_discriminator` made one
+    discriminator: torch.nn.Module | None = None
+
+    def build_discriminator(self) -> torch.nn.Module | None:
+        """A second model trained beside the first with its own optimiser (an adversarial discriminator),
+        or None (the default). The trainer builds it, keeps it in the run's checkpoints (not in exports),
+        wraps it for DDP, and sets `discriminator` to it before the first step."""
+        return None
+
+    def discriminator_train_config(self) -> TrainConfig:
+        """The discriminator's optimiser and schedule settings (default: the run's `train` section)."""
+        return self.train_config
+
+    def discriminator_step(self, discriminator: torch.nn.Module, batch: Any,
+                           step: int) -> dict[str, torch.Tensor] | None:
+        """The discriminator's losses after the model's step `step` on `batch` (inside autocast): its total
+        under "loss", every term under its tag; None when it does not train at this step."""
+        return None
+
     def checkpoint_extra(self) -> dict:
         """Plain data the task stores in every checkpoint (e.g. which teacher a student came from)."""
         return {}

@@ -148,7 +148,16 @@ class Trainer:
         self.annealing = False  # the wall-clock budget's annealing phase (train.anneal_fraction), per invocation
         self.scheduler = build_scheduler(self.optimizer, cfg, lambda: self.annealing)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
-        self.ema = build_ema(self.model, cfg)
+        self.ema = build_ema(self.model, cfg)  # of the model only, never of a discriminator
+        # a second model with its own optimiser (an adversarial discriminator), when the task has one
+        self.discriminator = self.task.build_discriminator()
+        if self.discriminator is not None:
+            self.discriminator.to(self.device)
+            self.d_params = [p for p in self.discriminator.parameters() if p.requires_grad]
+            d_cfg = self.task.discriminator_train_config()
+            self.d_optimizer = build_optimizer(self.d_params, d_cfg)
+            self.d_scheduler = build_scheduler(self.d_optimizer, d_cfg)
+            self.task.discriminator = self.discriminator
 
         resumed_from = None
         found = self.checkpoints.newest_loadable() if self.resume else None
@@ -169,9 +178,12 @@ class Trainer:
         # never wrote one), so that each step appears once in metrics.jsonl and TensorBoard
         self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, resume_step=self.step if self.resume else None)
         self.train_model: torch.nn.Module | None = self.model  # None once dropped (_leave_process_group)
+        self.train_discriminator = self.discriminator
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+            if self.discriminator is not None:
+                self.train_discriminator = DistributedDataParallel(self.discriminator, device_ids=ids)
         if cfg.compile:
             # torch.compile of a Module returns a Module (OptimizedModule); its stub says a callable
             self.train_model = torch.compile(self.train_model)  # type: ignore[assignment]
@@ -249,6 +261,15 @@ class Trainer:
         self.scheduler.base_lrs = [self.cfg.lr] * len(self.optimizer.param_groups)
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * lr_factor(self.scheduler.last_epoch, self.cfg)
+        if self.discriminator is not None:
+            saved = payload.get("discriminator")
+            if saved is None:
+                log.warning("%s: has no discriminator; the discriminator starts fresh at step %d",
+                            self.checkpoints.named(path), int(payload["step"]))
+            else:
+                load_state(self.discriminator, saved["model"], "discriminator")
+                self.d_optimizer.load_state_dict(saved["optimizer"])
+                self.d_scheduler.load_state_dict(saved["scheduler"])
         self.step = int(payload["step"])
         self.batches_consumed = int(payload["batches_consumed"])
         self.nonfinite_skipped = int(payload["nonfinite_skipped"])
@@ -272,7 +293,11 @@ class Trainer:
             self.task.checkpoint_extra(), ema=self.ema.state_dict() if self.ema is not None else None,
             training={"batches_consumed": self.batches_consumed, "nonfinite_skipped": self.nonfinite_skipped,
                       "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                      "scaler": self.scaler.state_dict(), "rng": rng_states, "world_size": self.dist.world_size},
+                      "scaler": self.scaler.state_dict(), "rng": rng_states, "world_size": self.dist.world_size,
+                      **({"discriminator": {"model": self.discriminator.state_dict(),
+                                            "optimizer": self.d_optimizer.state_dict(),
+                                            "scheduler": self.d_scheduler.state_dict()}}
+                         if self.discriminator is not None else {})},
         )
 
     def save_checkpoint(self) -> Path | None:
@@ -349,6 +374,7 @@ class Trainer:
         if not self.dist.enabled:
             return
         self.train_model = getattr(self, "model", None)
+        self.train_discriminator = getattr(self, "discriminator", None)
         self.loader = None
         gc.collect()
         distributed.cleanup(self.dist, wait=ok)
@@ -475,8 +501,28 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model, applied)
+        if self.train_discriminator is not None:
+            out = {**out, **self._discriminator_step(batch, clip)}
         self.step += 1
         window.add(out, grad_norm, applied, diverged, self.task.batch_samples(batch) * self.dist.world_size)
+
+    def _discriminator_step(self, batch: Any, clip: float) -> dict[str, torch.Tensor]:
+        """The discriminator's update after the model's (its loss on the batch and on the model's output of
+        this step, both detached), with its own clipping and skip-on-non-finite; its terms for the window
+        (none before the task starts it). Nothing waits for the device."""
+        assert self.train_discriminator is not None
+        with self._autocast():
+            out = self.task.discriminator_step(self.train_discriminator, batch, self.step)
+        if out is None:
+            return {}
+        out["loss"].backward()
+        ok = distributed.all_ranks(torch.isfinite(out["loss"].detach()), self.dist)
+        norm = torch.nn.utils.clip_grad_norm_(self.d_params, clip)
+        self.d_optimizer.found_inf = (~(ok & torch.isfinite(norm))).float()  # type: ignore[attr-defined]
+        self.d_optimizer.step()
+        self.d_optimizer.zero_grad(set_to_none=True)
+        self.d_scheduler.step()
+        return {k: v for k, v in out.items() if k != "loss"} | {"train/disc_grad_norm": norm}
 
 
 class StepWindow:

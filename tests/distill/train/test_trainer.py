@@ -227,7 +227,7 @@ def _ddp_worker(rank: int, world: int, port: int, corpus: str, run_dir: str) -> 
     torch.set_num_threads(1)
     cfg = toy_config(corpus, steps=6, batch_size=2, checkpoint_every=3)
     cfg.model.dropout = 0.0
-    Trainer(ToyTask(cfg), run_dir).fit()  # leaves the process group itself: the worker exits normally
+    Trainer(ToyTask(cfg, with_discriminator=True), run_dir).fit()  # leaves the process group itself
 
 
 def test_ddp_two_cpu_processes_match_one_process_with_the_global_batch(synth_corpus, tmp_path):
@@ -239,16 +239,19 @@ def test_ddp_two_cpu_processes_match_one_process_with_the_global_batch(synth_cor
     single = tmp_path / "single"
     cfg = toy_config(synth_corpus, steps=6, batch_size=4, checkpoint_every=3)
     cfg.model.dropout = 0.0
-    Trainer(ToyTask(cfg), single).fit()
+    Trainer(ToyTask(cfg, with_discriminator=True), single).fit()
 
     a, b = state(ddp_run), state(single)
     assert a["world_size"] == 2 and len(a["rng"]) == 2
-    for key in a["model"]:
-        # Adam normalises tiny gradients, so summation-order rounding shows up at ~1e-6 after 6 steps;
-        # different data or unsynchronised gradients would differ by ~1e-3 (the weights move ~1e-2).
-        assert torch.allclose(a["model"][key], b["model"][key], atol=2e-5, rtol=0), key
-    moved = (b["model"]["proj.weight"]
-             - load_checkpoint(single / "checkpoints" / "step_00000003.pt")["model"]["proj.weight"])
+    # the model and a second model with its own optimiser (a discriminator), each wrapped for DDP
+    for mine, theirs in ((a["model"], b["model"]), (a["discriminator"]["model"], b["discriminator"]["model"])):
+        for key in mine:
+            # Adam normalises tiny gradients, so summation-order rounding shows up at ~1e-6 after 6 steps;
+            # different data or unsynchronised gradients would differ by ~1e-3 (the weights move ~1e-2).
+            assert torch.allclose(mine[key], theirs[key], atol=2e-5, rtol=0), key
+    halfway = load_checkpoint(single / "checkpoints" / "step_00000003.pt")
+    assert not torch.allclose(a["discriminator"]["model"]["weight"], halfway["discriminator"]["model"]["weight"])
+    moved = b["model"]["proj.weight"] - halfway["model"]["proj.weight"]
     assert moved.abs().max() > 1e-3
     # only rank 0 wrote: one config, one metrics file, one set of checkpoints
     assert sorted(p.name for p in (ddp_run / "checkpoints").iterdir()) == [

@@ -1,0 +1,109 @@
+"""Adversarial distillation in the shared trainer: the discriminator's own optimiser, its start step, its
+state in the run's checkpoints (exact resume) and not in the student, and the configuration's one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from distill.config import load_config
+from distill.errors import ConfigError
+from distill.train.checkpoint import load_checkpoint
+from distill.train.trainer import Trainer
+from students.pretrained import load_student
+from students.task import DistillTask, StudentConfig
+from tests.models import SMALL
+
+ADVERSARIAL = ["adversarial.discriminator=dilated_conv", "adversarial.layers=3", "adversarial.channels=8",
+               "loss.weights.loss/adv=1.0", "loss.weights.loss/fm=2.0", "loss.weights.loss/stft=1.0"]
+
+
+def config(*extra: str) -> StudentConfig:
+    return load_config(StudentConfig, "configs/student/clarinet_tiny.yaml", SMALL + ADVERSARIAL + list(extra))
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_a_discriminator_is_bit_identical(tmp_path):
+    cfg = config("train.steps=4", "adversarial.start_step=1")
+    Trainer(DistillTask(cfg), tmp_path / "straight").fit()
+    Trainer(DistillTask(cfg), tmp_path / "halves").fit(until_step=2)
+    Trainer(DistillTask(cfg), tmp_path / "halves", resume=True).fit()
+    a, b = (load_checkpoint(tmp_path / run) for run in ("straight", "halves"))
+    assert a["step"] == b["step"] == 4
+    assert same(a["model"], b["model"]) and same(a["ema"]["model"], b["ema"]["model"])
+    assert same(a["discriminator"]["model"], b["discriminator"]["model"])
+    assert a["discriminator"]["scheduler"] == b["discriminator"]["scheduler"]
+    for sa, sb in zip(a["discriminator"]["optimizer"]["state"].values(),
+                      b["discriminator"]["optimizer"]["state"].values(), strict=True):
+        assert same(sa, sb)
+    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if "loss" in r][-1]
+    assert {"loss/adv", "loss/fm", "loss/disc", "train/disc_grad_norm"} <= set(last)
+    # the student loads from the run as any student does; the discriminator is the run's, not the model's
+    student, payload = load_student(tmp_path / "straight")
+    assert not set(a["discriminator"]["model"]) & set(payload["model"]) and student.lpc is not None
+    assert not any("parametrizations" in k for k in payload["model"])  # no weight-normed conv of the discriminator
+
+
+def test_before_its_start_step_a_discriminator_changes_nothing(tmp_path):
+    """The student's weights equal those of a run without a discriminator, and the discriminator's stay
+    as they were built (its terms, and its own updates, begin at adversarial.start_step)."""
+    Trainer(DistillTask(config("train.steps=3", "adversarial.start_step=100")), tmp_path / "waiting").fit()
+    plain = load_config(StudentConfig, "configs/student/clarinet_tiny.yaml",
+                        SMALL + ["train.steps=3", "loss.weights.loss/stft=1.0"])
+    Trainer(DistillTask(plain), tmp_path / "plain").fit()
+    waiting, without = load_checkpoint(tmp_path / "waiting"), load_checkpoint(tmp_path / "plain")
+    assert same(waiting["model"], without["model"]) and "discriminator" not in without
+    torch.manual_seed(0)
+    fresh = DistillTask(config()).build_discriminator()
+    assert fresh is not None and not waiting["discriminator"]["optimizer"]["state"]  # never stepped
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {
+        k: v.shape for k, v in waiting["discriminator"]["model"].items()}
+
+
+def test_the_adversarial_settings_are_checked_in_one_line():
+    with pytest.raises(ConfigError, match="loss/adv and loss/fm need adversarial.discriminator"):
+        DistillTask(load_config(StudentConfig, "configs/student/clarinet_tiny.yaml",
+                                SMALL + ["loss.weights.loss/adv=1.0"]))
+    with pytest.raises(ConfigError, match="a discriminator needs loss/adv or loss/fm"):
+        DistillTask(config("loss.weights.loss/adv=0", "loss.weights.loss/fm=0"))
+    with pytest.raises(ConfigError, match="adversarial.discriminator must be"):
+        config("adversarial.discriminator=melgan")
+    with pytest.raises(ConfigError, match="not fp16"):
+        DistillTask(config("train.amp=fp16"))
+
+
+GRID = ["clarinet_tiny_stft", "clarinet_tiny_stft_gan", "clarinet_tiny_kl", "clarinet_tiny", "clarinet_tiny_gan",
+        "parallel_wavenet_tiny_gan"]
+
+
+def test_the_grid_presets_make_tasks_and_a_teacher_free_step_never_runs_the_teacher(tmp_path):
+    tasks = {name: DistillTask(load_config(StudentConfig, f"configs/student/{name}.yaml", SMALL)) for name in GRID}
+    assert [name for name, task in tasks.items() if not task.uses_teacher] == ["clarinet_tiny_stft",
+                                                                                "clarinet_tiny_stft_gan"]
+    task = tasks["clarinet_tiny_stft_gan"]
+    task.config.adversarial.start_step = 0  # the discriminator's terms from the first step
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("a teacher-free step ran the teacher")
+
+    task.teacher_law = no_teacher  # type: ignore[method-assign]
+    trainer = Trainer(task, tmp_path / "run")
+    trainer.build()
+    trainer.train_to(2)
+    trainer.close()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if "loss" in r][-1]
+    assert "loss/kl" not in last and {"loss/stft", "loss/adv", "loss/disc"} <= set(last)
+
+
+def test_a_discriminator_trains_under_bf16_autocast(tmp_path):
+    Trainer(DistillTask(config("train.steps=2", "train.amp=bf16")), tmp_path / "run").fit()
+    record = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line][-1]
+    assert all(torch.isfinite(torch.tensor(record[k])) for k in ("loss/adv", "loss/fm", "loss/disc"))
