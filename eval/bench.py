@@ -5,7 +5,8 @@ batch 1 and 16; student parallel synthesis samples/s and real-time factor (tiny 
 1 s at batch 1 with its speed-up over the teacher's incremental sampling of the same 1 s, 10 s at
 batch 1, 16 x 1 s), in float32 and, where the device has native bf16, bf16 autocast; a distillation
 step; the glibc allocator settings' effect (default vs tuned, each in a fresh process); the tiny
-student exported to ONNX, onnxruntime beside PyTorch (CPU; not with --quick); on the CPU,
+student exported to ONNX, onnxruntime beside PyTorch (CPU; not with --quick); the ablation grid's training
+steps with the discriminator's share (not with --quick); on the CPU,
 and on CUDA when present. Each figure is the median of >= 5 timed runs after warm-up, with the GPU
 synchronised, and carries its device, dtype, batch and thread count, the model FLOPs per sample, the
 achieved GFLOP/s and its fraction of the device's peak (GPU: the datasheet table; CPU: this CPU's
@@ -323,6 +324,51 @@ def bench_distillation(device: torch.device, quick: bool, dtype: torch.dtype = t
              **t}]
 
 
+GRID = ("clarinet_tiny_stft", "clarinet_tiny_stft_gan", "clarinet_tiny_kl", "clarinet_tiny", "clarinet_tiny_gan",
+        "parallel_wavenet_tiny_gan")  # the ablation grid's presets (docs/distill.md)
+
+
+def bench_grid(device: torch.device, quick: bool, presets: tuple[str, ...] = GRID) -> list[dict]:
+    """The training step of each ablation-grid preset (`Trainer.train_step` on batches of the demo corpus,
+    the discriminator active from the first step), and for a preset with a discriminator its own step
+    alone, with its share of the whole step: what each term costs at equal CPU budget."""
+    import dataclasses
+    import tempfile
+
+    from distill.train.trainer import Trainer
+    from students.task import DistillTask
+
+    rows = []
+    for preset in presets:
+        cfg = load_config(StudentConfig, CONFIGS / "student" / f"{preset}.yaml")
+        cfg.adversarial = dataclasses.replace(cfg.adversarial, start_step=0)
+        cfg.train = dataclasses.replace(cfg.train, device=str(device))
+        if quick:
+            cfg.train = dataclasses.replace(cfg.train, batch_size=2)
+            cfg.data = dataclasses.replace(cfg.data, segment_length=4096)
+        with tempfile.TemporaryDirectory() as run_dir:
+            trainer = Trainer(DistillTask(cfg), run_dir)
+            trainer.build()
+            assert trainer.loader is not None  # built
+            batch = next(iter(trainer.loader))
+            step = timed(functools.partial(trainer.train_step, batch), device, 5, warmup=2)
+            on_device = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            disc = (timed(functools.partial(trainer.discriminator_update, on_device, float("inf")), device, 5,
+                          warmup=1) if trainer.discriminator is not None else None)
+            trainer.close()
+        samples = cfg.train.batch_size * cfg.data.segment_length
+        base = {"model": f"student {preset}", "device": device_name(device), "threads": torch.get_num_threads(),
+                "batch": cfg.train.batch_size, "length": cfg.data.segment_length,
+                "dtype": "bfloat16 autocast" if trainer.amp else "float32"}
+        rows.append({**base, "what": f"grid step, {preset}", "samples_per_s": samples / step["median_s"], **step})
+        if disc is not None:
+            rows.append({**base, "what": f"grid step, {preset}: the discriminator's step", "samples_per_s": None,
+                         **disc})
+            rows.append({**base, "what": f"grid step, {preset}: the discriminator's share of the step",
+                         "samples_per_s": None, "length": None, "ratio": disc["median_s"] / step["median_s"]})
+    return rows
+
+
 def dtype_label(dtype: torch.dtype) -> str:
     """A row's dtype: "float32", or "bfloat16 autocast" (the convolutions in bf16 under autocast)."""
     return "float32" if dtype == torch.float32 else f"{str(dtype).split('.')[-1]} autocast"
@@ -428,8 +474,9 @@ def run_bench(quick: bool = False, devices: list[str] | None = None, cpu_peak_tf
         rows += bench_distillation(device, quick)
         if device.type == "cpu":
             rows += bench_allocator(quick)
-            if not quick:  # the export alone takes about a minute
+            if not quick:  # the export alone takes about a minute; the grid, six trainings
                 rows += bench_onnx(quick)
+                rows += bench_grid(device, quick)
         if cpu_has_bf16() if device.type == "cpu" else torch.cuda.is_bf16_supported():  # native bf16 only
             rows += bench_teacher(device, quick, torch.bfloat16, sampling=False)
             rows += bench_distillation(device, quick, torch.bfloat16)

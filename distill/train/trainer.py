@@ -502,11 +502,11 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model, applied)
         if self.train_discriminator is not None:
-            out = {**out, **self._discriminator_step(batch, clip)}
+            out = {**out, **self.discriminator_update(batch, clip)}
         self.step += 1
         window.add(out, grad_norm, applied, diverged, self.task.batch_samples(batch) * self.dist.world_size)
 
-    def _discriminator_step(self, batch: Any, clip: float) -> dict[str, torch.Tensor]:
+    def discriminator_update(self, batch: Any, clip: float) -> dict[str, torch.Tensor]:
         """The discriminator's update after the model's (its loss on the batch and on the model's output of
         this step, both detached), with its own clipping and skip-on-non-finite; its terms for the window
         (none before the task starts it). Nothing waits for the device."""

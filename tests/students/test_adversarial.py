@@ -107,3 +107,13 @@ def test_a_discriminator_trains_under_bf16_autocast(tmp_path):
     record = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if '"loss"' in line][-1]
     assert all(torch.isfinite(torch.tensor(record[k])) for k in ("loss/adv", "loss/fm", "loss/disc"))
+
+
+def test_bench_times_a_grid_step_and_names_the_discriminators_share():
+    from eval.bench import bench_grid
+
+    rows = bench_grid(torch.device("cpu"), quick=True, presets=("clarinet_tiny_stft_gan",))
+    assert [r["what"] for r in rows] == ["grid step, clarinet_tiny_stft_gan",
+                                         "grid step, clarinet_tiny_stft_gan: the discriminator's step",
+                                         "grid step, clarinet_tiny_stft_gan: the discriminator's share of the step"]
+    assert rows[0]["samples_per_s"] > 0 and rows[1]["median_s"] > 0 and 0 < rows[2]["ratio"] < 1
