@@ -5,8 +5,8 @@ batch 1 and 16; student parallel synthesis samples/s and real-time factor (tiny 
 1 s at batch 1 with its speed-up over the teacher's incremental sampling of the same 1 s, 10 s at
 batch 1, 16 x 1 s), in float32 and, where the device has native bf16, bf16 autocast; a distillation
 step; the glibc allocator settings' effect (default vs tuned, each in a fresh process); the tiny
-student exported to ONNX, onnxruntime beside PyTorch (CPU; not with --quick); the ablation grid's training
-steps with the discriminator's share (not with --quick); on the CPU,
+student exported to ONNX, onnxruntime beside PyTorch, and the ablation grid's training steps with the
+discriminator's share (both on the CPU only, not with --quick); on the CPU,
 and on CUDA when present. Each figure is the median of >= 5 timed runs after warm-up, with the GPU
 synchronised, and carries its device, dtype, batch and thread count, the model FLOPs per sample, the
 achieved GFLOP/s and its fraction of the device's peak (GPU: the datasheet table; CPU: this CPU's

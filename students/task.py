@@ -83,9 +83,14 @@ class AdversarialConfig:
         if self.discriminator not in ("", "dilated_conv", "hifigan"):
             raise ConfigError(f"adversarial.discriminator must be '', 'dilated_conv' or 'hifigan', "
                               f"got {self.discriminator!r}")
-        if self.start_step < 0 or not self.lr > 0:
-            raise ConfigError(f"adversarial.start_step must be >= 0 and adversarial.lr > 0 "
-                              f"(got {self.start_step}, {self.lr})")
+        if self.start_step < 0 or not self.lr > 0 or self.weight_decay < 0:
+            raise ConfigError(f"adversarial.start_step and adversarial.weight_decay must be >= 0 and adversarial.lr "
+                              f"> 0 (got {self.start_step}, {self.weight_decay}, {self.lr})")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"adversarial.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.layers < 2 or self.channels < 1:
+            raise ConfigError(f"adversarial.layers must be >= 2 and adversarial.channels >= 1 "
+                              f"(got {self.layers}, {self.channels})")
 
 
 @dataclass
@@ -191,7 +196,13 @@ class DistillTask(Task):
         if config.loss.weights["loss/kl_reg"] > 0 and not gaussian_pair:
             raise ConfigError("loss/kl_reg (ClariNet's log-scale regulariser) needs Gaussian teacher and student; "
                               "set its weight to 0")
-        uses_discriminator = config.loss.weights["loss/adv"] > 0 or config.loss.weights["loss/fm"] > 0
+        w = config.loss.weights
+        uses_discriminator = w["loss/adv"] > 0 or w["loss/fm"] > 0
+        own_terms = any(w[k] > 0 for k in ("loss/kl", "loss/kl_reg", "loss/stft", "loss/power", "loss/contrastive"))
+        if not own_terms and (not uses_discriminator or config.adversarial.start_step > 0):
+            when = " before adversarial.start_step" if uses_discriminator else ""
+            raise ConfigError(f"no loss term is active{when}: give loss/kl, loss/stft or loss/power a weight > 0"
+                              + (", or set adversarial.start_step=0" if uses_discriminator else ""))
         if uses_discriminator != bool(config.adversarial.discriminator):
             raise ConfigError("loss/adv and loss/fm need adversarial.discriminator (dilated_conv or hifigan), and a "
                               "discriminator needs loss/adv or loss/fm > 0: set both or neither")
@@ -267,7 +278,8 @@ class DistillTask(Task):
         """Student forward + backward (6 FLOPs per MAC); the frozen teacher's forward on the student's
         sample and its backward to that input (4 per MAC; no weight gradients)."""
         flows = cast(IAFStudent, unwrap(model)).flows
-        return 6 * sum(f.macs_per_sample() for f in flows) + 4 * self.teacher.stack.macs_per_sample()
+        teacher = 4 * self.teacher.stack.macs_per_sample() if self.uses_teacher else 0
+        return 6 * sum(f.macs_per_sample() for f in flows) + teacher
 
     # ------------------------------------------------------------------ the objective
     def teacher_law(self, y: torch.Tensor, mel: torch.Tensor, speaker: torch.Tensor | None = None,
@@ -333,8 +345,9 @@ class DistillTask(Task):
         if adversarial:
             assert self.discriminator is not None  # adversarial says so
             # through a detached copy of the discriminator's weights: these terms train the student only
-            terms_adv = generator_adversarial_losses(self.discriminator, heard, audio.float())
-            values["loss/adv"], values["loss/fm"] = terms_adv["adv"], terms_adv["fm"]
+            terms_adv = generator_adversarial_losses(self.discriminator, heard,
+                                                     audio.float() if weights["loss/fm"] > 0 else None)
+            values.update({f"loss/{k}": v for k, v in terms_adv.items()})
             self._fake = heard.detach()  # what the discriminator's step judges
         if weights["loss/stft"] > 0:
             values["loss/stft"] = stft_loss(heard, audio.float(), tuple(map(tuple, self.config.loss.stft_resolutions)))

@@ -148,7 +148,8 @@ def generator_adversarial_losses(disc: torch.nn.Module, fake: torch.Tensor,
                                  real: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """{"adv": the generator's least-squares term, "fm": feature matching (when `real` is given)} for the
     student's audio `fake` (B, T). The discriminator runs on detached copies of its parameters
-    (`torch.func.functional_call`), so the gradient reaches `fake` and never the discriminator."""
+    (`torch.func.functional_call`), so the gradient reaches `fake` and never the discriminator's weights;
+    its buffers are its own (spectral norm's power-iteration vectors advance as in any forward)."""
     weights = {name: p.detach() for name, p in disc.named_parameters()}
     scores_fake = torch.func.functional_call(disc, weights, (fake,), strict=False)
     losses = {"adv": lsgan_generator_loss([f for f, _ in scores_fake])}

@@ -270,6 +270,12 @@ class Trainer:
                 load_state(self.discriminator, saved["model"], "discriminator")
                 self.d_optimizer.load_state_dict(saved["optimizer"])
                 self.d_scheduler.load_state_dict(saved["scheduler"])
+                # as for the model's optimiser: the run's (possibly overridden) settings win
+                d_cfg = self.task.discriminator_train_config()
+                for group in self.d_optimizer.param_groups:
+                    group.update(lr=d_cfg.lr * lr_factor(self.d_scheduler.last_epoch, d_cfg),
+                                 betas=tuple(d_cfg.betas), weight_decay=d_cfg.weight_decay)
+                self.d_scheduler.base_lrs = [d_cfg.lr] * len(self.d_optimizer.param_groups)
         self.step = int(payload["step"])
         self.batches_consumed = int(payload["batches_consumed"])
         self.nonfinite_skipped = int(payload["nonfinite_skipped"])
@@ -518,11 +524,14 @@ class Trainer:
         out["loss"].backward()
         ok = distributed.all_ranks(torch.isfinite(out["loss"].detach()), self.dist)
         norm = torch.nn.utils.clip_grad_norm_(self.d_params, clip)
-        self.d_optimizer.found_inf = (~(ok & torch.isfinite(norm))).float()  # type: ignore[attr-defined]
+        applied = ok & torch.isfinite(norm)
+        self.d_optimizer.found_inf = (~applied).float()  # type: ignore[attr-defined]
         self.d_optimizer.step()
         self.d_optimizer.zero_grad(set_to_none=True)
         self.d_scheduler.step()
-        return {k: v for k, v in out.items() if k != "loss"} | {"train/disc_grad_norm": norm}
+        # a skipped discriminator step logs zeros, not NaN (its terms share the model's step window)
+        terms = {k: v for k, v in out.items() if k != "loss"} | {"train/disc_grad_norm": norm}
+        return {k: torch.where(applied, v.detach().float(), 0.0) for k, v in terms.items()}
 
 
 class StepWindow:
