@@ -49,6 +49,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, annealing()))
 
 
+def apply_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                   cfg: TrainConfig) -> None:
+    """After a resume: a restored optimiser's state carries the hyper-parameters it was saved with; the
+    run's (possibly overridden) `cfg` wins: its betas, weight decay and LR at the schedule's position."""
+    for group in optimizer.param_groups:
+        group["betas"] = tuple(cfg.betas)
+        group["weight_decay"] = cfg.weight_decay
+    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * lr_factor(scheduler.last_epoch, cfg)
+
+
 def build_ema(model: torch.nn.Module, cfg: TrainConfig) -> EMA | None:
     """The EMA of `model`'s weights at `cfg.ema_decay`; None when it is 0 (off)."""
     return EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None

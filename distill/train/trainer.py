@@ -52,7 +52,7 @@ from distill.train.checkpoint import (
 from distill.train.folders import RunLock, check_output_folder
 from distill.train.hardware import device_name, peak_tflops
 from distill.train.logger import RunLogger
-from distill.train.optim import build_ema, build_optimizer, build_scheduler, lr_factor
+from distill.train.optim import apply_settings, build_ema, build_optimizer, build_scheduler, lr_factor
 from distill.train.task import Task
 
 log = logging.getLogger("wavedistill")
@@ -254,13 +254,7 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])
-        # The optimiser state carries the old hyper-parameters; the run's (possibly overridden) config wins.
-        for group in self.optimizer.param_groups:
-            group["betas"] = tuple(self.cfg.betas)
-            group["weight_decay"] = self.cfg.weight_decay
-        self.scheduler.base_lrs = [self.cfg.lr] * len(self.optimizer.param_groups)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.lr * lr_factor(self.scheduler.last_epoch, self.cfg)
+        apply_settings(self.optimizer, self.scheduler, self.cfg)
         if self.discriminator is not None:
             saved = payload.get("discriminator")
             if saved is None:
@@ -270,12 +264,7 @@ class Trainer:
                 load_state(self.discriminator, saved["model"], "discriminator")
                 self.d_optimizer.load_state_dict(saved["optimizer"])
                 self.d_scheduler.load_state_dict(saved["scheduler"])
-                # as for the model's optimiser: the run's (possibly overridden) settings win
-                d_cfg = self.task.discriminator_train_config()
-                for group in self.d_optimizer.param_groups:
-                    group.update(lr=d_cfg.lr * lr_factor(self.d_scheduler.last_epoch, d_cfg),
-                                 betas=tuple(d_cfg.betas), weight_decay=d_cfg.weight_decay)
-                self.d_scheduler.base_lrs = [d_cfg.lr] * len(self.d_optimizer.param_groups)
+                apply_settings(self.d_optimizer, self.d_scheduler, self.task.discriminator_train_config())
         self.step = int(payload["step"])
         self.batches_consumed = int(payload["batches_consumed"])
         self.nonfinite_skipped = int(payload["nonfinite_skipped"])

@@ -44,6 +44,13 @@ def test_resume_with_a_discriminator_is_bit_identical(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if "loss" in r][-1]
     assert {"loss/adv", "loss/fm", "loss/disc", "train/disc_grad_norm"} <= set(last)
+    # resumed with other discriminator settings: the run's config wins over those its optimiser state saved
+    changed = Trainer(DistillTask(config("train.steps=4", "adversarial.start_step=1", "adversarial.lr=3e-4",
+                                         "adversarial.betas=[0.8, 0.99]")), tmp_path / "halves", resume=True)
+    changed.build()
+    group = changed.d_optimizer.param_groups[0]
+    assert (group["lr"], group["betas"]) == (3e-4, (0.8, 0.99)) and changed.d_scheduler.base_lrs == [3e-4]
+    changed.close()
     # the student loads from the run as any student does; the discriminator is the run's, not the model's
     student, payload = load_student(tmp_path / "straight")
     assert student.lpc is not None
