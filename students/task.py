@@ -21,7 +21,7 @@ from distill.audio.plots import mel_figure
 from distill.config import DataConfig, FeatureConfig, TrainConfig, to_dict
 from distill.data.datasets import corpus_voices, speaker_batch
 from distill.errors import ConfigError
-from distill.nn.discriminators import DilatedConvDiscriminator, HiFiGANDiscriminator
+from distill.nn.discriminators import DISCRIMINATORS, DilatedConvDiscriminator
 from distill.nn.distributions import Gaussian
 from distill.nn.losses import (
     discriminator_loss,
@@ -80,8 +80,8 @@ class AdversarialConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.discriminator not in ("", "dilated_conv", "hifigan"):
-            raise ConfigError(f"adversarial.discriminator must be '', 'dilated_conv' or 'hifigan', "
+        if self.discriminator and self.discriminator not in DISCRIMINATORS:
+            raise ConfigError(f"adversarial.discriminator must be '' (none) or one of {', '.join(DISCRIMINATORS)}, "
                               f"got {self.discriminator!r}")
         if self.start_step < 0 or not self.lr > 0 or self.weight_decay < 0:
             raise ConfigError(f"adversarial.start_step and adversarial.weight_decay must be >= 0 and adversarial.lr "
@@ -233,11 +233,10 @@ class DistillTask(Task):
     def build_discriminator(self) -> torch.nn.Module | None:
         """The discriminator `adversarial.discriminator` names (None: none), fresh; the trainer owns it."""
         adv = self.config.adversarial
-        if adv.discriminator == "dilated_conv":
-            return DilatedConvDiscriminator(adv.layers, adv.channels)
-        if adv.discriminator == "hifigan":
-            return HiFiGANDiscriminator()
-        return None
+        if not adv.discriminator:
+            return None
+        kind = DISCRIMINATORS[adv.discriminator]
+        return kind(adv.layers, adv.channels) if kind is DilatedConvDiscriminator else kind()
 
     def discriminator_train_config(self) -> TrainConfig:
         """The discriminator's optimiser settings, as a TrainConfig for the trainer's builders: the run's,

@@ -75,6 +75,17 @@ def test_before_its_start_step_a_discriminator_changes_nothing(tmp_path):
     assert fresh is not None and same(fresh.state_dict(), waiting["discriminator"]["model"])
 
 
+def test_each_discriminator_kind_builds_its_own_model():
+    from distill.nn.discriminators import DilatedConvDiscriminator, HiFiGANDiscriminator
+
+    dilated = DistillTask(config()).build_discriminator()
+    assert isinstance(dilated, DilatedConvDiscriminator) and len(dilated.convs) == 3  # adversarial.layers
+    assert isinstance(DistillTask(config("adversarial.discriminator=hifigan")).build_discriminator(),
+                      HiFiGANDiscriminator)
+    plain = load_config(StudentConfig, "configs/student/clarinet_tiny.yaml", SMALL)
+    assert DistillTask(plain).build_discriminator() is None
+
+
 def test_the_adversarial_settings_are_checked_in_one_line():
     with pytest.raises(ConfigError, match="loss/adv and loss/fm need adversarial.discriminator"):
         DistillTask(load_config(StudentConfig, "configs/student/clarinet_tiny.yaml",
