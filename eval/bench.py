@@ -15,11 +15,14 @@ own float32 and bf16 matrix-product peak, measured first, or --cpu-peak-tflops).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,28 +107,40 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
     return rows
 
 
+def quick_sized(cfg, device: torch.device, quick: bool):
+    """A training config on `device`, with --quick's crops (2 x 4,096 samples) when `quick`."""
+    cfg.train = dataclasses.replace(cfg.train, device=str(device))
+    if quick:
+        cfg.data = dataclasses.replace(cfg.data, segment_length=4096)
+        cfg.train = dataclasses.replace(cfg.train, batch_size=2)
+    return cfg
+
+
+@contextlib.contextmanager
+def built_trainer(task):
+    """(a Trainer of `task` built in a throw-away run folder, one batch of its loader as the loader gives
+    it): what the training-step rows time (`train_step` moves the batch, as the loop does); closed afterwards."""
+    from distill.train.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(task, run_dir)
+        trainer.build()
+        try:
+            assert trainer.loader is not None  # built
+            yield trainer, next(iter(trainer.loader))
+        finally:
+            trainer.close()
+
+
 def bench_trainer(device: torch.device, quick: bool) -> list[dict]:
     """The training loop's own step (`distill.train.trainer.Trainer.train_step`) on the tiny teacher preset:
     forward (autocast as `train.amp=auto` picks: bf16 on CUDA), NLL, backward, clipping, the fused AdamW
     update with its on-device skip flag, the EMA and the loss sums; batches from the demo corpus."""
-    import dataclasses
-    import tempfile
-
-    from distill.train.trainer import Trainer
     from teachers.task import TeacherTask
 
-    cfg = load_config(TeacherConfig, PRESET)
-    if quick:
-        cfg.data = dataclasses.replace(cfg.data, segment_length=4096)
-        cfg.train = dataclasses.replace(cfg.train, batch_size=2)
-    cfg.train = dataclasses.replace(cfg.train, device=str(device))
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(TeacherTask(cfg), run_dir)
-        trainer.build()
-        assert trainer.loader is not None  # built
-        batch = next(iter(trainer.loader))
-        t = timed(lambda: trainer.train_step(batch), device, 5, warmup=2)
-        trainer.close()
+    cfg = quick_sized(load_config(TeacherConfig, PRESET), device, quick)
+    with built_trainer(TeacherTask(cfg)) as (trainer, batch):
+        t = timed(functools.partial(trainer.train_step, batch), device, 5, warmup=2)
     samples = cfg.train.batch_size * cfg.data.segment_length
     return [{"model": "teacher gaussian_tiny", "device": device_name(device), "threads": torch.get_num_threads(),
              "what": "teacher training, Trainer step (+ clipping, fused AdamW, EMA)", "batch": cfg.train.batch_size,
@@ -238,7 +253,6 @@ def bench_onnx(quick: bool) -> list[dict]:
     exported to ONNX (`students.export`), its onnxruntime synthesis beside PyTorch's on the CPU; none
     when the ONNX packages are missing (pip install -e ".[onnx]"). Exporting takes about a minute."""
     import importlib.util
-    import tempfile
 
     if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxscript", "onnxruntime")):
         return []
@@ -332,30 +346,17 @@ def bench_grid(device: torch.device, quick: bool, presets: tuple[str, ...] = GRI
     """The training step of each ablation-grid preset (`Trainer.train_step` on batches of the demo corpus,
     the discriminator active from the first step), and for a preset with a discriminator its own step
     alone, with its share of the whole step: what each term costs at equal CPU budget."""
-    import dataclasses
-    import tempfile
-
-    from distill.train.trainer import Trainer
+    from distill.train.trainer import to_device
     from students.task import DistillTask
 
     rows = []
     for preset in presets:
-        cfg = load_config(StudentConfig, CONFIGS / "student" / f"{preset}.yaml")
+        cfg = quick_sized(load_config(StudentConfig, CONFIGS / "student" / f"{preset}.yaml"), device, quick)
         cfg.adversarial = dataclasses.replace(cfg.adversarial, start_step=0)
-        cfg.train = dataclasses.replace(cfg.train, device=str(device))
-        if quick:
-            cfg.train = dataclasses.replace(cfg.train, batch_size=2)
-            cfg.data = dataclasses.replace(cfg.data, segment_length=4096)
-        with tempfile.TemporaryDirectory() as run_dir:
-            trainer = Trainer(DistillTask(cfg), run_dir)
-            trainer.build()
-            assert trainer.loader is not None  # built
-            batch = next(iter(trainer.loader))
+        with built_trainer(DistillTask(cfg)) as (trainer, batch):
             step = timed(functools.partial(trainer.train_step, batch), device, 5, warmup=2)
-            on_device = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            disc = (timed(functools.partial(trainer.discriminator_update, on_device, float("inf")), device, 5,
-                          warmup=1) if trainer.discriminator is not None else None)
-            trainer.close()
+            disc = (timed(functools.partial(trainer.discriminator_update, to_device(batch, device), float("inf")),
+                          device, 5, warmup=1) if trainer.discriminator is not None else None)
         samples = cfg.train.batch_size * cfg.data.segment_length
         base = {"model": f"student {preset}", "device": device_name(device), "threads": torch.get_num_threads(),
                 "batch": cfg.train.batch_size, "length": cfg.data.segment_length,

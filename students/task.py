@@ -323,7 +323,7 @@ class DistillTask(Task):
             lpc = student.predictor(mel) if student.lpc is not None else None
         # under bf16 autocast the convs run in bf16, the flow composition in float32
         out = model(z, mel, speaker, mel_cond=mel_cond, lpc=lpc)
-        values: dict[str, torch.Tensor] = {}
+        values = {}
         if self.uses_teacher:
             with torch.autocast(device_type=audio.device.type, enabled=False):
                 # float32 from here: bf16 rounding of mu would add (d mu)^2 / 2 s^2 to a KL whose scales reach e^-7
