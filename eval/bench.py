@@ -266,11 +266,10 @@ def bench_onnx(quick: bool) -> list[dict]:
 
 
 def onnx_rows(name: str, student, path: str | Path, quick: bool) -> list[dict]:
-    """Synthesis of 1 s and (not `quick`) 10 s (quick: 0.25 s; each labelled with its length, whole hops) at
-    batch 1 from random mels by PyTorch (float32, eager) and
-    by onnxruntime from the exported file `path` (`OnnxStudent`, de-emphasis included, as many threads as
-    PyTorch's), the same noise for both, 5 timed runs after 2 warm-ups each; an onnxruntime / PyTorch ratio
-    row after each pair."""
+    """Synthesis of 1 s and (not `quick`) 10 s (quick: 0.25 s; each labelled with its length in whole hops)
+    at batch 1 from random mels, by PyTorch (float32, eager) and by onnxruntime from the exported file
+    `path` (`OnnxStudent`, de-emphasis included, as many threads as PyTorch's), the same noise for both,
+    5 timed runs after 2 warm-ups each; an onnxruntime / PyTorch ratio row after each pair."""
     from students.export import OnnxStudent, noise
 
     device, threads = torch.device("cpu"), torch.get_num_threads()
