@@ -139,7 +139,8 @@ class TrainConfig:
     decay_every: int = 200000  # "step" schedule: multiply the LR by decay_gamma every decay_every steps
     decay_gamma: float = 0.5
     # the last part of the budget at a lower LR (warmup-stable-decay): the steps from (1 - anneal_fraction)
-    # x steps on, or, with max_minutes, also the last anneal_fraction of this invocation's wall time
+    # x steps on, or, with max_minutes (max_cpu_minutes), also the last anneal_fraction of this invocation's
+    # wall (CPU) time
     anneal_fraction: float = 0.0  # 0 = off
     anneal_factor: float = 0.25  # the LR's multiplier while annealing (on top of the schedule)
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping (the norm is still logged)
@@ -153,6 +154,9 @@ class TrainConfig:
     keep_last: int = 3  # step checkpoints kept besides latest.pt
     max_nonfinite_in_row: int = 20  # stop after this many consecutive non-finite losses
     max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit. Resume to go on.
+    # stop (with a checkpoint) after this much CPU time of the process, all its threads together; 0 = no
+    # limit. An equal-budget comparison that other processes on the machine do not skew (docs/distill.md)
+    max_cpu_minutes: float = 0.0
     compile: bool = False  # torch.compile the training model (pays on GPUs for long runs; compiling takes minutes)
     peak_tflops: float = 0.0  # the device's dense peak for train/mfu; 0 = the built-in GPU table (CPUs: none); set wins
 
@@ -177,6 +181,7 @@ class TrainConfig:
             ("keep_last", self.keep_last >= 1, ">= 1"),
             ("max_nonfinite_in_row", self.max_nonfinite_in_row >= 1, ">= 1"),
             ("max_minutes", self.max_minutes >= 0, ">= 0 (0 = no limit)"),
+            ("max_cpu_minutes", self.max_cpu_minutes >= 0, ">= 0 (0 = no limit)"),
             ("peak_tflops", self.peak_tflops >= 0, ">= 0 (0 = look the GPU up)"),
         ], self)
 

@@ -18,7 +18,8 @@ from distill.config import TrainConfig
 def lr_factor(step: int, cfg: TrainConfig, annealing: bool = False) -> float:
     """Multiplier of `cfg.lr` at optimiser step `step` (0-based): linear warm-up, then the schedule, times
     `cfg.anneal_factor` in the annealing phase: from step (1 - anneal_fraction) x steps on, or from when
-    the trainer says so (`annealing`: the same fraction of a wall-clock budget, `train.max_minutes`)."""
+    the trainer says so (`annealing`: the same fraction of a time budget, `train.max_minutes` or
+    `train.max_cpu_minutes`)."""
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.anneal_fraction > 0 and step >= (1.0 - cfg.anneal_fraction) * cfg.steps:

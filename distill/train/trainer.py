@@ -89,6 +89,22 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+class TimeBudget:
+    """An invocation's time budget: `max_minutes` of wall time and `max_cpu_minutes` of this process's CPU
+    time (all its threads; time other processes take from the machine is not counted), either 0 = none.
+    `spent()` is the larger fraction used (0 without a budget); the run stops past 1 and anneals from
+    1 - `anneal_fraction` on."""
+
+    def __init__(self, max_minutes: float, max_cpu_minutes: float, anneal_fraction: float) -> None:
+        self._clocks = [(clock, clock(), minutes * 60) for clock, minutes in ((time.monotonic, max_minutes),
+                                                                              (time.process_time, max_cpu_minutes))
+                        if minutes > 0]
+        self.anneals = bool(self._clocks) and anneal_fraction > 0
+
+    def spent(self) -> float:
+        return max(((clock() - start) / seconds for clock, start, seconds in self._clocks), default=0.0)
+
+
 class Trainer:
     """Train `task` in `run_dir`.
 
@@ -145,7 +161,7 @@ class Trainer:
         params = self.task.trainable_parameters(self.model)
         self.params = list(params)
         self.optimizer = build_optimizer(self.params, cfg)
-        self.annealing = False  # the wall-clock budget's annealing phase (train.anneal_fraction), per invocation
+        self.annealing = False  # the time budget's annealing phase (train.anneal_fraction), per invocation
         self.scheduler = build_scheduler(self.optimizer, cfg, lambda: self.annealing)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
         self.ema = build_ema(self.model, cfg)  # of the model only, never of a discriminator
@@ -337,7 +353,8 @@ class Trainer:
 
     def fit(self, until_step: int | None = None) -> Path | None:
         """Train to `train.steps` (or stop early at `until_step`, with a checkpoint, as if interrupted),
-        or until `train.max_minutes` of wall time have passed; returns the last checkpoint written."""
+        or until `train.max_minutes` of wall time (`train.max_cpu_minutes` of CPU time) have passed; returns
+        the last checkpoint written."""
         cfg = self.cfg
         handlers = {}
         with contextlib.suppress(ValueError):  # not in the main thread: keep the default handlers
@@ -375,14 +392,12 @@ class Trainer:
         distributed.cleanup(self.dist, wait=ok)
 
     def train_to(self, until_step: int, bar=None) -> Path | None:
-        """The training loop from the current step to `until_step` (or the clock, or a signal): steps,
+        """The training loop from the current step to `until_step` (or a clock, or a signal): steps,
         logging, validation and checkpoints; returns the last checkpoint written. The step itself never
         waits for the device: finiteness, the skip decision, the counters and the loss sums stay on the
         device and are read every `log_every` steps and at checkpoints."""
         cfg = self.cfg
-        started = time.monotonic()
-        deadline = started + cfg.max_minutes * 60 if cfg.max_minutes > 0 else float("inf")
-        anneal_at = started + (1.0 - cfg.anneal_fraction) * (deadline - started)  # = deadline when off
+        budget = TimeBudget(cfg.max_minutes, cfg.max_cpu_minutes, cfg.anneal_fraction)
         model = self.train_model
         assert model is not None and self.loader is not None  # dropped only after the last loop
         model.train()
@@ -397,9 +412,9 @@ class Trainer:
             self._train_step(model, batch, window, clip)
             if bar is not None:
                 bar.update(1)
-            now = time.monotonic()
-            asked = self._stop_signal is not None or now > deadline
-            anneal = not self.annealing and anneal_at < deadline and now >= anneal_at
+            spent = budget.spent()
+            asked = self._stop_signal is not None or spent > 1.0
+            anneal = not self.annealing and budget.anneals and spent >= 1.0 - cfg.anneal_fraction
             stop, anneal = distributed.any_ranks([asked, anneal], self.dist)  # one host collective per step
             if anneal and not self.annealing:
                 self._start_annealing()
@@ -448,21 +463,21 @@ class Trainer:
             if checkpoint_now:
                 last_ckpt = self.save_checkpoint() or last_ckpt
             if stop:
-                log.warning("stopped at step %d (signal or train.max_minutes); checkpoint written, "
-                            "continue with --resume", self.step)
+                log.warning("stopped at step %d (signal, train.max_minutes or train.max_cpu_minutes); "
+                            "checkpoint written, continue with --resume", self.step)
                 break
         return last_ckpt
 
     def _start_annealing(self) -> None:
-        """The last `train.anneal_fraction` of the wall-clock budget: the LR drops to anneal_factor x the
+        """The last `train.anneal_fraction` of the time budget: the LR drops to anneal_factor x the
         schedule's from the next step on, for the rest of this invocation (a resumed run starts at the full
         LR again and anneals at the end of its own budget)."""
         self.annealing = True
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * lr_factor(self.scheduler.last_epoch, self.cfg, True)
         if self.dist.is_main:
-            log.info("step %d: the last %.0f%% of the %.3g-minute budget, LR x %.3g (train.anneal_fraction)",
-                     self.step, 100 * self.cfg.anneal_fraction, self.cfg.max_minutes, self.cfg.anneal_factor)
+            log.info("step %d: the last %.0f%% of the time budget, LR x %.3g (train.anneal_fraction)",
+                     self.step, 100 * self.cfg.anneal_fraction, self.cfg.anneal_factor)
 
     def _train_step(self, model: torch.nn.Module, batch: Any, window: StepWindow, clip: float) -> None:
         """Forward, backward, clipping, the update (skipped on the device when the loss or a gradient is

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -294,20 +295,35 @@ def test_resume_applies_an_overridden_lr_and_trims_the_interrupted_log(synth_cor
     assert [r for r in records if "loss" in r][-1]["train/lr"] == pytest.approx(1e-5)
 
 
-def test_max_minutes_stops_with_a_checkpoint(synth_corpus, tmp_path):
+@pytest.mark.parametrize("budget", ["max_minutes", "max_cpu_minutes"])
+def test_a_time_budget_stops_with_a_checkpoint(synth_corpus, tmp_path, budget):
     run = tmp_path / "run"
-    Trainer(ToyTask(toy_config(synth_corpus, steps=50, checkpoint_every=100, max_minutes=1e-6)), run).fit()
+    Trainer(ToyTask(toy_config(synth_corpus, steps=50, checkpoint_every=100, **{budget: 1e-6})), run).fit()
     assert state(run)["step"] == 1
 
 
-def test_the_last_part_of_a_wall_clock_budget_is_annealed(synth_corpus, tmp_path, monkeypatch):
-    """train.anneal_fraction with train.max_minutes: the LR drops for the last fraction of the wall time."""
+def test_the_cpu_budget_counts_this_process_only():
+    """train.max_cpu_minutes reads the process's CPU clock: time spent waiting (here sleeping, as when
+    other processes hold the cores) does not count, while the wall budget's clock runs on."""
+    from distill.train.trainer import TimeBudget
+
+    cpu, wall = TimeBudget(0, 1.0, 0.2), TimeBudget(1.0 / 60, 0, 0.2)  # one CPU minute; one wall second
+    time.sleep(0.3)
+    assert cpu.spent() < 0.01 and 0.29 <= wall.spent() < 0.9
+    assert TimeBudget(0, 0, 0.2).spent() == 0.0 and not TimeBudget(0, 0, 0.2).anneals
+    assert cpu.anneals and not TimeBudget(0, 1.0, 0.0).anneals
+
+
+@pytest.mark.parametrize("clock, budget", [("monotonic", "max_minutes"), ("process_time", "max_cpu_minutes")])
+def test_the_last_part_of_a_time_budget_is_annealed(synth_corpus, tmp_path, monkeypatch, clock, budget):
+    """train.anneal_fraction with train.max_minutes (wall time) or train.max_cpu_minutes (the process's CPU
+    time): the LR drops for the last fraction of the budget and the run stops at its end."""
     import distill.train.trainer
 
-    clock = iter(range(0, 10_000))  # one second per reading of the trainer's clock
-    monkeypatch.setattr(distill.train.trainer.time, "monotonic", lambda: float(next(clock)))
+    ticks = iter(range(0, 10_000))  # one second per reading of the budget's clock
+    monkeypatch.setattr(distill.train.trainer.time, clock, lambda: float(next(ticks)))
     cfg = toy_config(synth_corpus, steps=1000, log_every=1, checkpoint_every=1000, valid_every=1000, lr=1e-3,
-                     max_minutes=0.5, anneal_fraction=0.25, anneal_factor=0.1)  # 30 s: anneal from 22.5 s
+                     anneal_fraction=0.25, anneal_factor=0.1, **{budget: 0.5})  # 30 s: anneal from 22.5 s
     run = tmp_path / "run"
     Trainer(ToyTask(cfg), run).fit()
     lrs = [r["train/lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
