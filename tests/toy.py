@@ -46,9 +46,10 @@ class ToyTask(Task):
     name = "toy"
 
     def __init__(self, config: ToyConfig, nan_steps: tuple = (), signal_at: int | None = None,
-                 with_discriminator: bool = False):
+                 with_discriminator: bool = False, disc_nan_steps: tuple = ()):
         super().__init__(config)
         self.nan_steps = set(nan_steps)
+        self.disc_nan_steps = set(disc_nan_steps)  # steps (0-based) whose discriminator loss is NaN
         self.signal_at = signal_at
         self.with_discriminator = with_discriminator
         self.calls = 0
@@ -59,6 +60,8 @@ class ToyTask(Task):
 
     def discriminator_step(self, discriminator, batch, step):
         loss = (discriminator(batch["audio"][:, None]) ** 2).mean()
+        if step in self.disc_nan_steps:
+            loss = loss * float("nan")
         return {"loss": loss, "loss/disc": loss.detach()}
 
     def build_model(self):

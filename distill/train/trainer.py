@@ -533,9 +533,12 @@ class Trainer:
         self.d_optimizer.step()
         self.d_optimizer.zero_grad(set_to_none=True)
         self.d_scheduler.step()
-        # a skipped discriminator step logs zeros, not NaN (its terms share the model's step window)
+        # a skipped discriminator step logs zeros, not NaN (its terms share the model's step window), and
+        # counts in train/disc_skipped: the share of the window's (applied) steps whose discriminator
+        # update was skipped
         terms = {k: v for k, v in out.items() if k != "loss"} | {"train/disc_grad_norm": norm}
-        return {k: torch.where(applied, v.detach().float(), 0.0) for k, v in terms.items()}
+        return {k: torch.where(applied, v.detach().float(), 0.0) for k, v in terms.items()} | {
+            "train/disc_skipped": (~applied).float()}
 
 
 class StepWindow:

@@ -295,6 +295,24 @@ def test_resume_applies_an_overridden_lr_and_trims_the_interrupted_log(synth_cor
     assert [r for r in records if "loss" in r][-1]["train/lr"] == pytest.approx(1e-5)
 
 
+def test_a_skipped_discriminator_step_is_counted_and_leaves_its_weights(synth_corpus, tmp_path):
+    """A non-finite discriminator loss skips that discriminator update (its weights stay), not the model's;
+    train/disc_skipped logs the share of the window's steps whose discriminator update was skipped."""
+    cfg = toy_config(synth_corpus, steps=4, log_every=4, checkpoint_every=100, valid_every=100)
+    trainer = Trainer(ToyTask(cfg, with_discriminator=True, disc_nan_steps=(1, 2)), tmp_path / "r")
+    trainer.build()
+    weights = []
+    for _ in range(4):
+        trainer.train_to(trainer.step + 1)
+        weights.append(trainer.discriminator.weight.detach().clone())
+    assert not torch.equal(weights[0], weights[3]) and torch.equal(weights[0], weights[2])
+    assert trainer.nonfinite_skipped == 0  # the model's updates all went through
+    trainer.close()
+    logged = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    shares = [r["train/disc_skipped"] for r in logged if "train/disc_skipped" in r]
+    assert shares == [0.0, 1.0, 1.0, 0.0]  # one step per window here
+
+
 @pytest.mark.parametrize("budget", ["max_minutes", "max_cpu_minutes"])
 def test_a_time_budget_stops_with_a_checkpoint(synth_corpus, tmp_path, budget):
     run = tmp_path / "run"
