@@ -128,8 +128,10 @@ def test_the_grid_presets_make_tasks_and_a_teacher_free_step_never_runs_the_teac
     assert "loss/kl" not in last and {"loss/stft", "loss/adv", "loss/disc"} <= set(last)
 
 
-def test_a_discriminator_trains_under_bf16_autocast(tmp_path):
-    Trainer(DistillTask(config("train.steps=2", "train.amp=bf16")), tmp_path / "run").fit()
+@pytest.mark.parametrize("kind", ["dilated_conv", "hifigan"])
+def test_a_discriminator_trains_under_bf16_autocast(tmp_path, kind):
+    Trainer(DistillTask(config("train.steps=2", "train.amp=bf16", f"adversarial.discriminator={kind}")),
+            tmp_path / "run").fit()
     record = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if '"loss"' in line][-1]
     assert all(torch.isfinite(torch.tensor(record[k])) for k in ("loss/adv", "loss/fm", "loss/disc"))
