@@ -145,3 +145,37 @@ def test_bench_times_a_grid_step_and_names_the_discriminators_share():
                                          "grid step, clarinet_tiny_stft_gan: the discriminator's step",
                                          "grid step, clarinet_tiny_stft_gan: the discriminator's share of the step"]
     assert rows[0]["samples_per_s"] > 0 and rows[1]["median_s"] > 0 and 0 < rows[2]["ratio"] < 1
+
+
+def _ddp_worker(rank: int, world: int, port: int, run_dir: str, out: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    trainer = Trainer(DistillTask(config("train.steps=3", "adversarial.start_step=1")), run_dir)
+    trainer.fit()  # leaves the process group itself
+    torch.save({"model": trainer.model.state_dict(), "discriminator": trainer.discriminator.state_dict()},
+               f"{out}/rank{rank}.pt")
+
+
+def test_adversarial_distillation_under_ddp_keeps_both_models_in_step_across_ranks(tmp_path):
+    """Two CPU processes (gloo) distil with a discriminator: the student and the discriminator, each
+    wrapped for DDP, end bit-identical on both ranks (their gradients are averaged; each rank draws its
+    own noise and crops), the discriminator has trained, and rank 0's checkpoint holds it."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_ddp_worker, args=(2, port, str(tmp_path / "run"), str(tmp_path)), nprocs=2,
+                       start_method="spawn", join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert same(a["model"], b["model"]) and same(a["discriminator"], b["discriminator"])
+    saved = load_checkpoint(tmp_path / "run")
+    assert saved["world_size"] == 2 and saved["discriminator"]["optimizer"]["state"]  # it took its steps
+    assert same(saved["discriminator"]["model"], a["discriminator"])
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss/adv", "loss/disc"} <= set([r for r in records if "loss" in r][-1])
