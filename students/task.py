@@ -212,7 +212,6 @@ class DistillTask(Task):
         # the teacher runs in a training step only for a term that reads it: with loss/kl, loss/kl_reg and
         # loss/contrastive at 0 (a teacher-free baseline) a step costs what the student's own terms cost
         self.uses_teacher = any(config.loss.weights[k] > 0 for k in ("loss/kl", "loss/kl_reg", "loss/contrastive"))
-        self.discriminator: torch.nn.Module | None = None  # set by the trainer (`build_discriminator`)
         self._fake: torch.Tensor | None = None  # the last step's student audio, for the discriminator's step
         self.logmel = LogMel(config.features)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 
 import torch
@@ -85,3 +86,10 @@ class ToyTask(Task):
             mel = F.pad(item["mel"], (ctx, ctx), value=-11.5)[None]
             total += F.l1_loss(model(mel)[0], item["audio"]).item()
         return {"loss/l1": total / len(valid_data)}
+
+
+def free_port() -> int:
+    """A free local TCP port, for a process group's rendezvous in the DDP and torchrun tests."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -12,9 +12,11 @@ from distill.config import load_config
 from distill.errors import ConfigError
 from distill.train.checkpoint import load_checkpoint
 from distill.train.trainer import Trainer
+from eval.bench import GRID
 from students.pretrained import load_student
 from students.task import DistillTask, StudentConfig
 from tests.models import SMALL
+from tests.toy import free_port
 
 ADVERSARIAL = ["adversarial.discriminator=dilated_conv", "adversarial.layers=3", "adversarial.channels=8",
                "loss.weights.loss/adv=1.0", "loss.weights.loss/fm=2.0", "loss.weights.loss/stft=1.0"]
@@ -104,10 +106,6 @@ def test_the_adversarial_settings_are_checked_in_one_line():
             config(bad)
 
 
-GRID = ["clarinet_tiny_stft", "clarinet_tiny_stft_gan", "clarinet_tiny_kl", "clarinet_tiny", "clarinet_tiny_gan",
-        "parallel_wavenet_tiny_gan"]
-
-
 def test_the_grid_presets_make_tasks_and_a_teacher_free_step_never_runs_the_teacher(tmp_path):
     tasks = {name: DistillTask(load_config(StudentConfig, f"configs/student/{name}.yaml", SMALL)) for name in GRID}
     assert [name for name, task in tasks.items() if not task.uses_teacher] == ["clarinet_tiny_stft",
@@ -163,14 +161,9 @@ def test_adversarial_distillation_under_ddp_keeps_both_models_in_step_across_ran
     """Two CPU processes (gloo) distil with a discriminator: the student and the discriminator, each
     wrapped for DDP, end bit-identical on both ranks (their gradients are averaged; each rank draws its
     own noise and crops), the discriminator has trained, and rank 0's checkpoint holds it."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_ddp_worker, args=(2, port, str(tmp_path / "run"), str(tmp_path)), nprocs=2,
+    mp.start_processes(_ddp_worker, args=(2, free_port(), str(tmp_path / "run"), str(tmp_path)), nprocs=2,
                        start_method="spawn", join=True)
     a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert same(a["model"], b["model"]) and same(a["discriminator"], b["discriminator"])

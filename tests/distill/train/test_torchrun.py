@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import torch
 
 from distill.train.checkpoint import load_checkpoint
+from tests.toy import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 SMALL = ["model.layers=10", "model.cycle=5", "model.residual_channels=8", "model.gate_channels=8",
@@ -58,12 +58,6 @@ def finish(job: subprocess.Popen, timeout: float = 300) -> str:
     assert job.returncode == 0, err[-3000:]
     assert "terminate called" not in err  # no rank aborted at exit (gloo's destructors)
     return err
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker_pid(marker: str, rank: int) -> int | None:

@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from distill.errors import CheckpointError, TrainingDiverged
 from distill.train.checkpoint import load_checkpoint
 from distill.train.optim import EMA, lr_factor
 from distill.train.trainer import Trainer
-from tests.toy import ToyConfig, ToyTask
+from tests.toy import ToyConfig, ToyTask, free_port
 
 
 def toy_config(corpus, **train) -> ToyConfig:
@@ -216,12 +215,6 @@ def test_ema_moves_towards_the_weights():
 # ----------------------------------------------------------------------------- DDP (2 CPU processes, gloo)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, corpus: str, run_dir: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -235,7 +228,7 @@ def test_ddp_two_cpu_processes_match_one_process_with_the_global_batch(synth_cor
     import torch.multiprocessing as mp
 
     ddp_run = tmp_path / "ddp"
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(synth_corpus), str(ddp_run)),
+    mp.start_processes(_ddp_worker, args=(2, free_port(), str(synth_corpus), str(ddp_run)),
                        nprocs=2, start_method="spawn", join=True)
     single = tmp_path / "single"
     cfg = toy_config(synth_corpus, steps=6, batch_size=4, checkpoint_every=3)
