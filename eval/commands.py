@@ -169,6 +169,7 @@ def _demo(args) -> int:
     import dataclasses
 
     from distill.cli.commands import prepare_data, train
+    from distill.config import load_config
     from distill.errors import ConfigError
     from distill.train.checkpoint import load_checkpoint
     from eval.pipeline import run
@@ -176,6 +177,7 @@ def _demo(args) -> int:
 
     if args.minutes <= 0 or (args.steps is not None and args.steps < 1):
         raise ConfigError("--minutes must be > 0 and --steps >= 1 (e.g. --minutes 10, or --steps 500)")
+    load_config(StudentConfig, args.config)  # a bad --config stops here, in one line, before any work
     out = Path(args.out)
     print("== 1/3 data: the bundled demo corpus", flush=True)
     prepare_data("demo", out / "data")

@@ -108,6 +108,15 @@ def test_demo_distils_evaluates_and_prints_the_summary(tmp_path):
     assert load_checkpoint(out / "student")["step"] == 4
 
 
+def test_a_demo_with_a_bad_config_stops_in_one_line_before_writing_anything(tmp_path):
+    out = tmp_path / "demo"
+    result = run("demo", "--config", str(tmp_path / "nope.yaml"), "--steps", "1", "--out", str(out))
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "nope.yaml: config file not found; pass an existing YAML file (presets are in configs/)")
+    assert not out.exists()
+
+
 def test_resume_reads_the_runs_own_config(tmp_path):
     saved = ToyConfig()
     saved.train.lr = 0.123
