@@ -75,7 +75,9 @@ def run(request: EvalRequest) -> dict:
             log.warning("%s was distilled from %s (sha256 %s...), not from the teacher evaluated here (%s)",
                         name, source.get("path"), source["sha256"][:12], teacher_path)
         loaded[name] = student
+        compute = spayload.get("compute") or {}  # what its training loop spent (checkpoints since the count)
         student_info[name] = {"path": str(path), "step": spayload["step"], "teacher_path": source.get("path"),
+                              "cpu_minutes": compute["cpu_s"] / 60 if "cpu_s" in compute else None,
                               "teacher_sha256": source.get("sha256"),
                               "teacher_matches": source.get("sha256") == teacher_sha,
                               "run": str(_run_folder(Path(path)) or ""), "series": str(series or ""),

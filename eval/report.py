@@ -294,7 +294,8 @@ def _settings_lines(report: dict) -> list[tuple[str, str]]:
     for name, info in s["students"].items():
         origin = ("distilled from this teacher" if info["teacher_matches"]
                   else f"distilled from another teacher ({info['teacher_path']})")
-        lines.append((name, f"{info['path']} (step {info['step']}, {origin})"))
+        spent = f", {info['cpu_minutes']:.1f} CPU-minutes" if info.get("cpu_minutes") is not None else ""
+        lines.append((name, f"{info['path']} (step {info['step']}{spent}, {origin})"))
     lines += [(k, str(s[k])) for k in ("data", "split", "utterances", "selection", "max_seconds", "seed",
                                          "temperature", "device", "device_name", "threads") if k in s]
     if s.get("degrade_mels"):

@@ -3,7 +3,8 @@
 A checkpoint is a dict saved with `torch.save` holding only tensors and plain data, so it loads
 with `torch.load(weights_only=True)`: a file that would run code when unpickled is refused.
 
-Keys: format, version, task, step, batches_consumed, nonfinite_skipped, model, ema, optimizer,
+Keys: format, version, task, step, batches_consumed, nonfinite_skipped, compute (the CPU and wall
+seconds the training loop spent, over every invocation), model, ema, optimizer,
 scheduler, scaler, rng (per rank: python, numpy, torch, cuda), config (the full resolved config),
 model_class, model_args (what rebuilds the model: `model_record`), features (the feature settings), extra (task data,
 e.g. which teacher a student was distilled from), versions.

@@ -105,6 +105,30 @@ class TimeBudget:
         return max(((clock() - start) / seconds for clock, start, seconds in self._clocks), default=0.0)
 
 
+class ComputeClock:
+    """The compute a run has spent inside its training loop, summed over every invocation (resumes
+    included): the main process's CPU seconds (all its threads) and wall seconds. Logged as
+    train/cpu_minutes and train/wall_minutes and kept in every checkpoint (`compute`), so a checkpoint
+    says what budget it holds. The clocks are bound here, apart from `time`'s attributes."""
+
+    _CLOCKS = {"cpu_s": time.process_time, "wall_s": time.monotonic}
+
+    def __init__(self, carried: dict | None = None) -> None:
+        self.carried = {k: float((carried or {}).get(k, 0.0)) for k in self._CLOCKS}
+        self._marks: dict | None = None
+
+    def start(self) -> None:
+        self._marks = {k: clock() for k, clock in self._CLOCKS.items()}
+
+    def stop(self) -> None:
+        self.carried, self._marks = self.totals(), None
+
+    def totals(self) -> dict:
+        if self._marks is None:
+            return dict(self.carried)
+        return {k: self.carried[k] + clock() - self._marks[k] for k, clock in self._CLOCKS.items()}
+
+
 class Trainer:
     """Train `task` in `run_dir`.
 
@@ -125,6 +149,7 @@ class Trainer:
         self.step = 0
         self.batches_consumed = 0
         self.nonfinite_skipped = 0
+        self.compute = ComputeClock()
         self._stop_signal: int | None = None
         self.lock: RunLock | None = None
 
@@ -284,6 +309,10 @@ class Trainer:
         self.step = int(payload["step"])
         self.batches_consumed = int(payload["batches_consumed"])
         self.nonfinite_skipped = int(payload["nonfinite_skipped"])
+        if "compute" not in payload:
+            log.warning("%s predates the compute count: train/cpu_minutes and train/wall_minutes count from "
+                        "step %d", self.checkpoints.named(path), self.step)
+        self.compute = ComputeClock(payload.get("compute"))
         states = payload["rng"]
         if len(states) != self.dist.world_size:
             log.warning(
@@ -303,6 +332,7 @@ class Trainer:
             model_record(self.model), self.task.features(), to_dict(self.task.config),
             self.task.checkpoint_extra(), ema=self.ema.state_dict() if self.ema is not None else None,
             training={"batches_consumed": self.batches_consumed, "nonfinite_skipped": self.nonfinite_skipped,
+                      "compute": self.compute.totals(),
                       "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                       "scaler": self.scaler.state_dict(), "rng": rng_states, "world_size": self.dist.world_size,
                       **({"discriminator": {"model": self.discriminator.state_dict(),
@@ -405,7 +435,7 @@ class Trainer:
         window = StepWindow(self.device)
         last_ckpt = self.checkpoints.latest if self.step > 0 else None
         clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-
+        self.compute.start()
         while self.step < until_step:
             batch = to_device(next(data), self.device)
             self.batches_consumed += 1
@@ -446,6 +476,9 @@ class Trainer:
                     if self.peak_tflops:
                         values["train/mfu"] = values["train/tflops"] / self.peak_tflops
                 values["train/nonfinite_skipped"] = self.nonfinite_skipped
+                totals = self.compute.totals()
+                values["train/cpu_minutes"] = totals["cpu_s"] / 60
+                values["train/wall_minutes"] = totals["wall_s"] / 60
                 if self.ema is not None:
                     values["train/ema_decay"] = self.ema.current_decay()
                 self.logger.scalars(values, self.step)
@@ -466,6 +499,7 @@ class Trainer:
                 log.warning("stopped at step %d (signal, train.max_minutes or train.max_cpu_minutes); "
                             "checkpoint written, continue with --resume", self.step)
                 break
+        self.compute.stop()
         return last_ckpt
 
     def _start_annealing(self) -> None:

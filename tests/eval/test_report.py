@@ -106,6 +106,8 @@ def test_the_report_holds_every_system_with_scores_and_timings(report_dir):
         assert systems["reference"]["stoi"] is None and "NaN" in (report_dir / "report.md").read_text()
     settings = report["settings"]
     assert settings["utterances"] == len(CLIPS) and settings["students"]["student_run"]["teacher_matches"]
+    spent = settings["students"]["student_run"]["cpu_minutes"]  # the budget its checkpoint holds
+    assert 0 < spent < 60 and f"{spent:.1f} CPU-minutes" in (report_dir / "report.md").read_text()
     assert settings["temperature"] == 0.8  # no --temperature: the teacher's own synthesis temperature
     assert report["versions"]["torch"] == str(torch.__version__)
     assert len(list((report_dir / "wavs").glob("*.wav"))) == 4 * len(CLIPS)

@@ -325,6 +325,40 @@ def test_the_cpu_budget_counts_this_process_only():
     assert cpu.anneals and not TimeBudget(0, 1.0, 0.0).anneals
 
 
+def test_the_compute_count_adds_up_over_resumes(synth_corpus, tmp_path, monkeypatch, caplog):
+    """train/cpu_minutes and train/wall_minutes, and every checkpoint's `compute`, sum the training loop's
+    clocks over every invocation: a resumed run goes on from what its checkpoint holds. A checkpoint
+    written before the count existed resumes with a warning and counts from its step."""
+    from distill.train.trainer import ComputeClock
+
+    ticks = {"cpu_s": iter(range(0, 10_000, 3)), "wall_s": iter(range(0, 10_000, 6))}  # 3 (6) s a reading
+    monkeypatch.setattr(ComputeClock, "_CLOCKS", {k: (lambda it=it: float(next(it))) for k, it in ticks.items()})
+    cfg = toy_config(synth_corpus, steps=6, log_every=1, checkpoint_every=3, valid_every=100)
+    run = tmp_path / "run"
+    Trainer(ToyTask(cfg), run).fit(until_step=3)
+    first = state(run)["compute"]
+    assert first["cpu_s"] > 0 and first["wall_s"] == 2 * first["cpu_s"]
+    Trainer(ToyTask(cfg), run, resume=True).fit()
+    final = state(run)["compute"]
+    logged = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    cpu = [r["train/cpu_minutes"] for r in logged]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4, 5, 6]
+    assert cpu == sorted(cpu) and cpu[3] > first["cpu_s"] / 60  # the resumed leg adds to the first one's
+    assert final["cpu_s"] > first["cpu_s"] and logged[-1]["train/wall_minutes"] == pytest.approx(2 * cpu[-1])
+
+    old = load_checkpoint(run / "checkpoints" / "latest.pt")  # as a checkpoint that predates the count
+    del old["compute"]
+    for name in ("step_00000006.pt", "latest.pt"):
+        path = run / "checkpoints" / name
+        if not path.is_symlink():
+            torch.save(old, path)
+    with caplog.at_level(logging.WARNING, logger="wavedistill"):
+        Trainer(ToyTask(toy_config(synth_corpus, steps=8, log_every=1, checkpoint_every=3, valid_every=100)), run,
+                resume=True).fit()
+    assert "predates the compute count" in caplog.text and "count from step 6" in caplog.text
+    assert state(run)["step"] == 8 and 0 < state(run)["compute"]["cpu_s"] < final["cpu_s"]
+
+
 @pytest.mark.parametrize("clock, budget", [("monotonic", "max_minutes"), ("process_time", "max_cpu_minutes")])
 def test_the_last_part_of_a_time_budget_is_annealed(synth_corpus, tmp_path, monkeypatch, clock, budget):
     """train.anneal_fraction with train.max_minutes (wall time) or train.max_cpu_minutes (the process's CPU
