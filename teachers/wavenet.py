@@ -14,6 +14,7 @@ g(t) location_net, log scale = log g(t) + log scale_net, with c(t) and g(t) comp
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -76,6 +77,18 @@ class TeacherModelConfig:
     # pulse train, sine, cosine, voicing) joins the conditioning, so that a small teacher need not infer
     # the excitation's period of a voice it never heard from the mel bands alone
     pitch_source: bool = False
+    # > 0 (odd, needs pitch_source): the signal one pitch period back, y(t - T(t) + o) for the `period_taps`
+    # offsets o around 0 (T(t) = sample_rate / F0(t) from the mel, linearly interpolated), joins the
+    # network's input beside y(t - 1): a periodic excitation becomes a copy from one period back instead of a
+    # pattern the dilated stack must rebuild from its receptive field (`period_input`)
+    period_taps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.period_taps < 0 or (self.period_taps and self.period_taps % 2 == 0):
+            raise ConfigError(f"model.period_taps must be 0 (off) or odd (taps centred on one period back), "
+                              f"got {self.period_taps}")
+        if self.period_taps and not self.pitch_source:
+            raise ConfigError("model.period_taps reads the period from the mel's pitch: set model.pitch_source: true")
 
 
 class WaveNetTeacher(MelConditioned, nn.Module):
@@ -105,9 +118,13 @@ class WaveNetTeacher(MelConditioned, nn.Module):
                                       silence_value(features))
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
         source_channels = self.build_pitch(config.pitch_source, pitch)
+        self.period_taps = config.period_taps
+        # the longest period the pitch tracker reports (its lowest candidate F0), in samples
+        self.max_period = (math.ceil(features.sample_rate / 2 ** float(self.pitch.log2_cands[0]))
+                           if self.pitch is not None else 0)
         self.stack = WaveNetStack(
-            1, self.dist.num_params, config.layers, config.cycle, config.kernel_size, config.residual_channels,
-            config.gate_channels, config.skip_channels,
+            1 + self.period_taps, self.dist.num_params, config.layers, config.cycle, config.kernel_size,
+            config.residual_channels, config.gate_channels, config.skip_channels,
             n_mels + (speaker_dim if num_speakers > 0 else 0) + source_channels,
         )
         self.stack.float32_layers = 2  # under bf16 autocast (see WaveNetStack.float32_layers)
@@ -141,26 +158,57 @@ class WaveNetTeacher(MelConditioned, nn.Module):
 
     def with_source_columns(self, state: dict) -> dict:
         """The state dict of a teacher like this one but without a pitch source (the shipped demo teacher,
-        a run of the plain LP preset) -> this teacher's: each layer's conditioning 1x1 gets zero weights
-        for the source's channels (the last ones of the conditioning), so this teacher starts as that
-        one, draw for draw; the new channels then learn from there. Other states are returned as they
-        are (a mismatch stays the loader's one-line error)."""
+        a run of the plain LP preset) or without period taps -> this teacher's: each layer's conditioning
+        1x1 gets zero weights for the source's channels (the last ones of the conditioning), the input 1x1
+        zero weights for the period taps (the last input channels), so this teacher starts as that one,
+        draw for draw; the new channels then learn from there. Other states are returned as they are (a
+        mismatch stays the loader's one-line error)."""
         if self.pitch is None:
             return state
         own = self.state_dict()
         widened = dict(state)
         for name, value in own.items():
             theirs = state.get(name)
-            if (name.endswith(".cond.weight") and theirs is not None and theirs.dim() == 3
-                    and theirs.shape[1] + SOURCE_CHANNELS == value.shape[1] and theirs.shape[0] == value.shape[0]):
-                widened[name] = torch.cat([theirs, theirs.new_zeros(theirs.shape[0], SOURCE_CHANNELS,
-                                                                      theirs.shape[2])], dim=1)
+            if theirs is None or theirs.dim() != 3 or theirs.shape[0] != value.shape[0]:
+                continue
+            if name.endswith(".cond.weight") and theirs.shape[1] + SOURCE_CHANNELS == value.shape[1]:
+                widened[name] = widen(theirs, SOURCE_CHANNELS)
+            elif name == "stack.input.weight" and theirs.shape[1] + self.period_taps == value.shape[1]:
+                widened[name] = widen(theirs, self.period_taps)
         return widened
 
     def receptive_field(self) -> int:
         """Past samples that the network's output at t depends on: y_{t-R} .. y_{t-1}. (With linear
-        prediction the law also reaches p samples back: max(R, p) in all.)"""
-        return self.stack.receptive_field()
+        prediction the law also reaches p samples back: max(R, p) in all.) Period taps reach one longest
+        period (`max_period`) and half the taps and one interpolation sample beyond the stack's field."""
+        return self.stack.receptive_field() + (self.period_reach() if self.period_taps else 0)
+
+    def period_reach(self) -> int:
+        """How far before its own sample a period tap reads: the longest period, half the taps, one more
+        for the interpolation."""
+        return self.max_period + self.period_taps // 2 + 1
+
+    def period(self, mel: torch.Tensor) -> torch.Tensor | None:
+        """mel (B, n_mels, F + 2c) -> the pitch period of every sample in samples (B, F * hop) float64,
+        sample_rate / F0 from the mel (`MelPitch.per_sample`; also in unvoiced frames, where the tracker
+        reports its best candidate), kept within [period_taps // 2 + 2, max_period] so that every tap reads
+        samples before t; None for a teacher without period taps."""
+        if not self.period_taps:
+            return None
+        assert self.pitch is not None, "period taps need the pitch tracker (TeacherModelConfig checks it)"
+        f0, _ = self.pitch.per_sample(mel, self.mel_context)
+        return (self.features.sample_rate / f0).clamp(self.period_taps // 2 + 2, self.max_period)
+
+    def stack_input(self, y: torch.Tensor, lag: torch.Tensor | None, start: int = 0) -> torch.Tensor:
+        """The network's input (B, 1 + period_taps, T) for y (B, T): y(t - 1), then the period taps
+        (`period_input`; lag: `period(mel)` for these samples). start: y's first sample's index in the
+        utterance (a window of it), so that the taps interpolate at exactly the utterance's positions."""
+        x = shift_right(y)[:, None, :]
+        if not self.period_taps:
+            return x
+        if lag is None:
+            raise ValueError("this teacher has period taps: pass lag=teacher.period(mel)")
+        return torch.cat([x, period_input(y, lag, self.period_taps, start).to(x.dtype)], dim=1)
 
     def predictor(self, mel: torch.Tensor) -> torch.Tensor | None:
         """mel (B, n_mels, F + 2c) -> the linear predictor of every sample (B, 1 + p, F * hop) float32
@@ -171,8 +219,10 @@ class WaveNetTeacher(MelConditioned, nn.Module):
     def crop_warmup(self) -> int:
         """Leading samples of a training crop cut from inside an utterance whose law lacks the history
         every other step has: the linear predictor's p taps and pre-emphasis's x_(-1). Their residual is
-        the signal itself, tens of expected residuals wide; the teacher's training loss leaves them out."""
-        return (self.lpc.order if self.lpc is not None else 0) + (1 if self.preemphasis else 0)
+        the signal itself, tens of expected residuals wide; the teacher's training loss leaves them out.
+        Period taps lack their history for one period: the first `period_reach()` samples too."""
+        lp = (self.lpc.order if self.lpc is not None else 0) + (1 if self.preemphasis else 0)
+        return max(lp, self.period_reach() if self.period_taps else 0)
 
     def to_model_domain(self, x: torch.Tensor) -> torch.Tensor:
         """Audio (..., T) -> the signal the teacher models (pre-emphasised when `preemphasis` > 0)."""
@@ -182,9 +232,11 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         """The inverse of `to_model_domain` (de-emphasis)."""
         return deemphasis(y, self.preemphasis)
 
-    def forward_cond(self, y: torch.Tensor, cond: torch.Tensor, lpc: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher-forced parameters. y: (B, T), cond: (B, C, T), lpc: `predictor(mel)` -> params (B, P, T)."""
-        params = self.stack(shift_right(y)[:, None, :], cond)
+    def forward_cond(self, y: torch.Tensor, cond: torch.Tensor, lpc: torch.Tensor | None = None,
+                     lag: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced parameters. y: (B, T), cond: (B, C, T), lpc: `predictor(mel)`, lag: `period(mel)`
+        -> params (B, P, T)."""
+        params = self.stack(self.stack_input(y, lag), cond)
         if self.lpc is None:
             return params
         if lpc is None:
@@ -199,7 +251,7 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         mel_cond, lpc: `upsampler(mel)` and `predictor(mel)` when the caller has them already (distillation
         computes them once for teacher and student)."""
         return self.forward_cond(y, self.conditioning(mel, speaker, mel_cond),
-                                 self.predictor(mel) if lpc is None else lpc)
+                                 self.predictor(mel) if lpc is None else lpc, self.period(mel))
 
     def log_prob(self, x: torch.Tensor, mel: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, T) audio -> (B, T) log p(x_t | x_<t, c) per sample, nats (= log p(y_t | y_<t, c))."""
@@ -211,3 +263,39 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         teachers of every head, and students, compare in one unit."""
         y = self.to_model_domain(x)
         return self.dist.log_density(self.forward(y, mel, speaker), y)
+
+
+def period_offsets(taps: int) -> range:
+    """The period taps' offsets around one period back: -(taps // 2) .. taps // 2."""
+    return range(-(taps // 2), taps // 2 + 1)
+
+
+def _interpolated(y: torch.Tensor, pos: torch.Tensor, start: int) -> torch.Tensor:
+    """y (B, T) holding samples start .. start + T - 1 of an utterance, read at the float64 utterance
+    positions pos (B, N), linearly between the two nearest samples; 0 before the utterance."""
+    low = pos.floor()
+    frac = (pos - low).to(y.dtype)
+    index = low.long() - start
+    a, b = (torch.where(i >= 0, y.gather(1, i.clamp(min=0)), y.new_zeros(())) for i in (index, index + 1))
+    return a + frac * (b - a)
+
+
+def period_input(y: torch.Tensor, lag: torch.Tensor, taps: int, start: int = 0) -> torch.Tensor:
+    """y (B, T) model domain, lag (B, T) the period in samples (float64, >= taps // 2 + 2) -> (B, taps, T):
+    channel k holds y(t - lag(t) + o_k) (`period_offsets`), linearly interpolated, 0 before the utterance;
+    every tap reads samples before t, so the input stays causal. start: y's first sample's index in the
+    utterance (see `WaveNetTeacher.stack_input`). Differentiable in y (distillation's gradient flows through)."""
+    t = torch.arange(start, start + y.shape[-1], device=y.device, dtype=torch.float64)
+    return torch.stack([_interpolated(y, t - lag + o, start) for o in period_offsets(taps)], dim=1)
+
+
+def period_step(audio: torch.Tensor, lag: torch.Tensor, t: int, taps: int) -> torch.Tensor:
+    """The period taps of step t from the samples before it, as `period_input` computes them in parallel.
+    audio: (B, T) the utterance so far (model domain), lag: (B, T) `period(mel)` -> (B, taps)."""
+    pos = torch.stack([t - lag[:, t] + o for o in period_offsets(taps)], dim=1)  # (B, taps) float64
+    return _interpolated(audio, pos, 0)
+
+
+def widen(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """A conv weight (out, in, k) with `channels` zero input channels appended."""
+    return torch.cat([weight, weight.new_zeros(weight.shape[0], channels, weight.shape[2])], dim=1)

@@ -144,11 +144,12 @@ class MelPitch(Float64Analysis):
             return 2 ** (log2_cands[best] + offset * step), score
 
     @torch.no_grad()
-    def source(self, mel: torch.Tensor, mel_context: int = 0) -> torch.Tensor:
-        """mel (B, n_mels, F + 2 mel_context) -> the source (B, 4, F * hop) float32 (module doc). The
+    def per_sample(self, mel: torch.Tensor, mel_context: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """mel (B, n_mels, F + 2 mel_context) -> F0 in Hz and voicing in [0, 1] of every sample, each
+        (B, F * hop) float64: log F0 and voicing interpolated between the two nearest frame centres. The
         context frames condition no sample of their own but are the edge frames' neighbours in the
         voicing average and the interpolation: a mel alone (context = silence) and the same mel padded
-        with silence in a batch get the same source."""
+        with silence in a batch get the same values."""
         c = mel_context
         f0, score = self(mel)
         with torch.autocast(device_type=mel.device.type, enabled=False):
@@ -164,7 +165,14 @@ class MelPitch(Float64Analysis):
             high = (low + 1).clamp(max=frames - 1)
             w = pos - low
             rows = rows[..., low] * (1 - w) + rows[..., high] * w
-            f0_t, v_t = torch.exp(rows[:, 0]), rows[:, 1]
+            return torch.exp(rows[:, 0]), rows[:, 1]
+
+    @torch.no_grad()
+    def source(self, mel: torch.Tensor, mel_context: int = 0) -> torch.Tensor:
+        """mel (B, n_mels, F + 2 mel_context) -> the source (B, 4, F * hop) float32 (module doc), from
+        `per_sample`'s F0 and voicing."""
+        f0_t, v_t = self.per_sample(mel, mel_context)
+        with torch.autocast(device_type=mel.device.type, enabled=False):
             turn = exact(2 * math.pi, f0_t)
             phase = torch.remainder(turn * torch.cumsum(f0_t / self.sample_rate, dim=-1), turn)
             pulse = band_limited_pulse(phase, torch.floor(self.sample_rate / 2 / f0_t))

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from distill.errors import ConfigError
 from distill.nn.layers import shift_right
 from teachers.sampling.stepper import StackStepper
-from teachers.wavenet import WaveNetTeacher
+from teachers.wavenet import WaveNetTeacher, period_step
 
 MODES = ("sample", "mean")
 
@@ -55,33 +55,49 @@ def _step_params(teacher: WaveNetTeacher, params: torch.Tensor, audio: torch.Ten
     return teacher.dist.affine(params, lp_step(audio, lpc, t), lpc[:, :1, t].to(params.dtype))
 
 
+def step_input(teacher: WaveNetTeacher, prev: torch.Tensor, audio: torch.Tensor, lag: torch.Tensor | None,
+               t: int) -> torch.Tensor:
+    """The network's input of step t (B, 1 + period_taps): y(t - 1) (prev, (B, 1)) and, for a teacher with
+    period taps, `period_step` from the samples before t (`WaveNetTeacher.stack_input`, one step)."""
+    if lag is None:
+        return prev
+    return torch.cat([prev, period_step(audio, lag, t, teacher.period_taps).to(prev.dtype)], dim=1)
+
+
+def check_lag(teacher: WaveNetTeacher, lag: torch.Tensor | None) -> None:
+    if (lag is None) != (teacher.period_taps == 0):
+        raise ValueError("pass lag=teacher.period(mel) exactly when the teacher has period taps")
+
+
 @torch.inference_mode()
 def incremental_forward(teacher: WaveNetTeacher, y: torch.Tensor, cond: torch.Tensor,
-                        lpc: torch.Tensor | None = None) -> torch.Tensor:
+                        lpc: torch.Tensor | None = None, lag: torch.Tensor | None = None) -> torch.Tensor:
     """Teacher-forced parameters computed step by step. y: (B, T), cond: (B, C, T), lpc: (B, 1 + p, T) or
-    None -> (B, P, T).
+    None, lag: (B, T) `teacher.period(mel)` or None -> (B, P, T).
 
-    Must equal `teacher.forward_cond(y, cond, lpc)`; this is what the incremental path is tested with.
+    Must equal `teacher.forward_cond(y, cond, lpc, lag)`; this is what the incremental path is tested with.
     """
+    check_lag(teacher, lag)
     batch, _, length = cond.shape
     stepper = StackStepper(teacher.stack, cond)
     prev = torch.zeros(batch, 1, device=cond.device, dtype=cond.dtype)
     out = []
     for t in range(length):
-        out.append(_step_params(teacher, stepper.step(prev)[:, :, None], y, lpc, t)[:, :, 0])
+        params = stepper.step(step_input(teacher, prev, y, lag, t))
+        out.append(_step_params(teacher, params[:, :, None], y, lpc, t)[:, :, 0])
         prev = y[:, t : t + 1]
     return torch.stack(out, dim=-1)
 
 
 # ---------------------------------------------------------------------------------------- the samplers
-# Each: (teacher, cond (B, C, T), lpc or None, audio (B, T) holding the prompt's `start` samples (model
-# domain), mode, temperature, progress) -> audio (B, T) in the model domain.
+# Each: (teacher, cond (B, C, T), lpc or None, lag (B, T) or None, audio (B, T) holding the prompt's `start`
+# samples (model domain), mode, temperature, progress) -> audio (B, T) in the model domain.
 
-def _incremental(teacher, cond, lpc, audio, start, mode, temperature, progress) -> torch.Tensor:
+def _incremental(teacher, cond, lpc, lag, audio, start, mode, temperature, progress) -> torch.Tensor:
     stepper = StackStepper(teacher.stack, cond)
     prev = torch.zeros(audio.shape[0], 1, device=cond.device, dtype=cond.dtype)
     for t in tqdm(range(audio.shape[1]), desc="incremental sampling", disable=not progress, leave=False):
-        params = stepper.step(prev)
+        params = stepper.step(step_input(teacher, prev, audio, lag, t))
         if t < start:  # teacher-forced through the prompt
             prev = audio[:, t : t + 1]
             continue
@@ -90,28 +106,34 @@ def _incremental(teacher, cond, lpc, audio, start, mode, temperature, progress) 
     return audio
 
 
-def _naive(teacher, cond, lpc, audio, start, mode, temperature, progress) -> torch.Tensor:
-    field = teacher.receptive_field()
+def _naive(teacher, cond, lpc, lag, audio, start, mode, temperature, progress) -> torch.Tensor:
+    field = teacher.stack.receptive_field()
     for t in tqdm(range(start, audio.shape[1]), desc="naive sampling", disable=not progress, leave=False):
         lo = max(0, t - field)
-        window = shift_right(audio[:, lo : t + 1])[:, None, :]
+        if lag is None:
+            window = shift_right(audio[:, lo : t + 1])[:, None, :]
+        else:  # the taps of the window's samples read up to period_reach() samples before it
+            first = max(0, lo - teacher.period_reach())
+            window = teacher.stack_input(audio[:, first : t + 1], lag[:, first : t + 1], first)[:, :, lo - first :]
         params = _step_params(teacher, teacher.stack(window, cond[:, :, lo : t + 1])[:, :, -1:], audio, lpc, t)
         audio[:, t] = draw(teacher.dist, params, mode, temperature)[:, 0]
     return audio
 
 
-def _fast(teacher, cond, lpc, audio, start, mode, temperature, progress) -> torch.Tensor:
+def _fast(teacher, cond, lpc, lag, audio, start, mode, temperature, progress) -> torch.Tensor:
     from teachers.sampling.fastloop import fast_generate
 
     if cond.device.type != "cpu":
         raise ConfigError("method='fast' is the CPU loop; on a GPU use method='graph'")
     prompt = audio[:, :start] if start else None
-    return fast_generate(teacher, cond, temperature, mode, prompt, lpc=lpc).to(cond.dtype)
+    return fast_generate(teacher, cond, temperature, mode, prompt, lpc=lpc, lag=lag).to(cond.dtype)
 
 
-def _graph(teacher, cond, lpc, audio, start, mode, temperature, progress) -> torch.Tensor:
+def _graph(teacher, cond, lpc, lag, audio, start, mode, temperature, progress) -> torch.Tensor:
     from teachers.sampling.graph import graph_generate
 
+    if lag is not None:
+        raise ConfigError("the graph sampler does not cover period taps (model.period_taps); use method='incremental'")
     bar = tqdm(total=audio.shape[1], desc="graph sampling", disable=not progress, leave=False)
     prompt = audio[:, :start] if start else None
     out = graph_generate(teacher, cond, temperature, mode, prompt, bar, lpc=lpc)
@@ -181,7 +203,7 @@ def generate(
     teacher.eval()
     try:
         cond = teacher.conditioning(mel, speaker)
-        lpc = teacher.predictor(mel)
+        lpc, lag = teacher.predictor(mel), teacher.period(mel)
         batch, _, length = cond.shape
         check_request(method, mode, temperature, prompt, batch, length)
         audio = torch.zeros(batch, length, device=cond.device, dtype=cond.dtype)
@@ -189,7 +211,7 @@ def generate(
         if prompt is not None:
             start = prompt.shape[-1]
             audio[:, :start] = teacher.to_model_domain(prompt.to(cond.dtype))
-        audio = SAMPLERS[method](teacher, cond, lpc, audio, start, mode, temperature, progress)
+        audio = SAMPLERS[method](teacher, cond, lpc, lag, audio, start, mode, temperature, progress)
     finally:
         teacher.train(was_training)
     if teacher.preemphasis:

@@ -104,7 +104,10 @@ static float draw(int dist, const float *p, int P, const float *u, int mode, flo
 
 /* Returns the number of steps run. Shapes (row-major, float32 unless said):
  *   cond   (n, L, B, 2G)   conditioning projection + conv bias of each step and layer
- *   w_in, b_in (R)         the 1x1 input conv (one input channel)
+ *   w_in (1 + ntaps, R), b_in (R)   the 1x1 input conv: the previous sample's row, then the period taps'
+ *   lags   (n, B) double or NULL: each step's pitch period in samples; the input then also holds ntaps period
+ *          taps, audio at pos - lag + o for o = -(ntaps / 2) .. ntaps / 2, linearly interpolated, 0 before the
+ *          start (`teachers.wavenet.period_input`; every tap reads samples before pos)
  *   w_tap  (L, K*R, 2G)    dilated conv, taps oldest first, the current input last
  *   w_res  (L, G, R), b_res (L, R)   residual 1x1, already scaled by sqrt(1/2)
  *   w_skip (L*G, S), b_skip (S)      all skip 1x1s, already scaled by the skip scale
@@ -128,7 +131,7 @@ int wavenet_steps(int n, int batch, int layers, int residual, int gate, int skip
                   const int *spans, const int *backs, float *audio, int total, long pos, int start,
                   const float *noise, float *params, float *prev, int mode, float temperature,
                   float log_scale_min, float *work, int dist, int num_params, int noise_per_step, int bins,
-                  const float *table, const float *lpc, int order, int loc, int nloc) {
+                  const float *table, const float *lpc, int order, int loc, int nloc, const double *lags, int ntaps) {
     const int R = residual, G = gate, G2 = 2 * gate, S = skip, H = hidden, KR = kernel * residual;
     const int P = num_params, Q = noise_per_step;
     float *h = work;                          /* (B, R) */
@@ -139,8 +142,23 @@ int wavenet_steps(int n, int batch, int layers, int residual, int gate, int skip
     float *o1 = sk + (size_t)batch * S;       /* (B, H) */
     float *o2 = o1 + (size_t)batch * H;       /* (B, P) */
     for (int step = 0; step < n; step++, pos++) {
-        for (int b = 0; b < batch; b++)
-            for (int r = 0; r < R; r++) h[b * R + r] = prev[b] * w_in[r] + b_in[r];
+        for (int b = 0; b < batch; b++) {
+            float *hb = h + (size_t)b * R;
+            for (int r = 0; r < R; r++) hb[r] = prev[b] * w_in[r] + b_in[r];
+            if (!lags) continue;
+            const double lag = lags[(size_t)step * batch + b];
+            const float *past = audio + (size_t)b * total;
+            for (int k = 0; k < ntaps; k++) {
+                const double at = (double)pos - lag + (double)(k - ntaps / 2);
+                const double low = floor(at);
+                const long i = (long)low;
+                const float frac = (float)(at - low);
+                const float x0 = i >= 0 ? past[i] : 0.0f, x1 = i + 1 >= 0 ? past[i + 1] : 0.0f;
+                const float v = x0 + frac * (x1 - x0);
+                const float *w = w_in + (size_t)(1 + k) * R;
+                for (int r = 0; r < R; r++) hb[r] += v * w[r];
+            }
+        }
         for (int l = 0; l < layers; l++) {
             const int span = spans[l];
             float *ring = rings + (size_t)l * span_max * batch * R;

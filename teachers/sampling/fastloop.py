@@ -86,6 +86,7 @@ ARGTYPES: list[type[ctypes._SimpleCData[Any]]] = [
     _p, _i, ctypes.c_long, _i,  # audio, total, pos, start
     _p, _p, _p, _i, _f, _f, _p,  # noise, params, prev, mode, temperature, log_scale_min, work
     _i, _i, _i, _i, _p, _p, _i, _i, _i,  # dist, num_params, noise_per_step, bins, table, lpc, order, loc, nloc
+    _p, _i,  # lags, ntaps
 ]
 
 
@@ -122,8 +123,8 @@ def unsupported(teacher) -> str | None:
     if teacher.dist.name not in KINDS:
         return f"fast sampling covers {', '.join(KINDS)} teachers, not '{teacher.dist.name}'"
     stack = teacher.stack
-    if stack.input.in_channels != 1:
-        return "fast sampling needs a one-channel teacher input"
+    if stack.input.in_channels != 1 + getattr(teacher, "period_taps", 0):
+        return "fast sampling needs a teacher whose input is the previous sample (and its period taps)"
     layers = stack.layers
     if any(layer.kernel_size != layers[0].kernel_size or layer.gate_channels != layers[0].gate_channels
            for layer in layers):
@@ -134,11 +135,12 @@ def unsupported(teacher) -> str | None:
 @torch.inference_mode()
 def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: str = "sample",
                   prompt: torch.Tensor | None = None, noise: torch.Tensor | None = None, chunk: int = 1024,
-                  return_params: bool = False, lpc: torch.Tensor | None = None):
+                  return_params: bool = False, lpc: torch.Tensor | None = None, lag: torch.Tensor | None = None):
     """cond: (B, C, T) upsampled conditioning -> audio (B, T) [, params (B, P, T)], in the teacher's
     model domain (`generate` converts the prompt and de-emphasises the result).
 
-    lpc: (B, 1 + p, T) `teacher.predictor(mel)`, required for a teacher with linear prediction.
+    lpc: (B, 1 + p, T) `teacher.predictor(mel)`, required for a teacher with linear prediction; lag: (B, T)
+    `teacher.period(mel)`, required for a teacher with period taps (read in float64, as the PyTorch paths do).
 
     noise: what each step's draw consumes (default: drawn here, chunk by chunk, from torch's
     generator): (B, T) standard draws for a Gaussian or logistic teacher; (B, Q, T) uniforms in (0, 1)
@@ -164,7 +166,7 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
         return t.detach().float().contiguous()
 
     w = {
-        "w_in": flat(stepper.w_in[0]), "b_in": flat(stepper.b_in),
+        "w_in": flat(stepper.w_in), "b_in": flat(stepper.b_in),  # (1 + taps, R): y(t - 1)'s row first
         "w_tap": flat(torch.stack(stepper.w_tap)), "w_res": flat(torch.stack(stepper.w_res)),
         "b_res": flat(torch.stack(stepper.b_res)), "w_skip": flat(stepper.w_skip), "b_skip": flat(stepper.b_skip),
         "w_h1": flat(stepper.h1[0]), "b_h1": flat(stepper.h1[1]),
@@ -193,6 +195,11 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
         if dist.scale_slice().start != loc.stop:
             raise ValueError("the C loop expects the log scales right after the locations")
         lpc = lpc.detach().float().cpu()
+    taps = getattr(teacher, "period_taps", 0)
+    if (lag is None) != (taps == 0):
+        raise ValueError("pass lag=teacher.period(mel) exactly when the teacher has period taps")
+    if lag is not None:
+        lag = lag.detach().double().cpu()
     n_params = dist.num_params
     params = torch.zeros(length, batch, n_params) if return_params else None
     prev = torch.zeros(batch)
@@ -214,6 +221,7 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
         else:
             eps = torch.rand(n, batch, per_step)
         coeffs = flat(lpc[:, :, t0 : t0 + n].permute(2, 0, 1)) if lpc is not None else None  # (n, B, 1 + p)
+        lags = lag[:, t0 : t0 + n].t().contiguous() if lag is not None else None  # (n, B) float64
         _lib.wavenet_steps(
             n, batch, layers, residual, gate, skip, hidden, kernel, _ptr(proj),
             *(_ptr(w[k]) for k in ("w_in", "b_in", "w_tap", "w_res", "b_res", "w_skip", "b_skip", "w_h1", "b_h1",
@@ -224,6 +232,7 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
             1 if mode == "mean" else 0, ctypes.c_float(temperature),
             ctypes.c_float(getattr(dist, "log_scale_min", 0.0)), _ptr(work), KINDS[dist.name], n_params, per_step,
             getattr(dist, "num_bins", 0), _ptr(table), _ptr(coeffs), order, loc.start, loc.stop - loc.start,
+            _ptr(lags), taps,
         )
     if params is not None:  # return_params
         return audio, params.permute(1, 2, 0).contiguous()

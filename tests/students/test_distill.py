@@ -158,7 +158,7 @@ def test_gradients_flow_through_the_students_sample_into_the_teachers_view(monke
         if detach_sample:
             forward = type(task.teacher).forward_cond
             monkeypatch.setattr(type(task.teacher), "forward_cond",
-                                lambda self, y, cond, lpc=None: forward(self, y.detach(), cond, lpc))
+                                lambda self, y, cond, lpc=None, lag=None: forward(self, y.detach(), cond, lpc, lag))
         torch.manual_seed(4)
         task.training_step(student, batch, 0)["loss/kl"].backward()
         monkeypatch.undo()
