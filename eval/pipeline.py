@@ -47,12 +47,12 @@ def run(request: EvalRequest) -> dict:
         log.warning(line)
     device = pick_device(request.device)
     sampler = request.teacher_sampler
-    if sampler == "auto":  # the reference sampler for evaluation: CUDA graphs on a GPU, incremental on a CPU
-        sampler = reference_method(device)
     if sampler == "fast" and device.type != "cpu":
         raise ConfigError(f"--teacher-sampler fast is the CPU loop; with --device {device} use --teacher-sampler graph")
     teacher_path = Path(request.teacher) if request.teacher else demo_teacher_path()
     teacher, payload = load_teacher(teacher_path, device=device)
+    if sampler == "auto":  # the reference sampler for evaluation: CUDA graphs on a GPU (where they cover the
+        sampler = reference_method(teacher, device)  # teacher), incremental on a CPU
     temperature = request.temperature
     student_temperature = request.student_temperature if temperature is None else temperature
     if temperature is None:  # the temperature its trainer documented for it

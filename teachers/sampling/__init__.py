@@ -129,11 +129,19 @@ def _fast(teacher, cond, lpc, lag, audio, start, mode, temperature, progress) ->
     return fast_generate(teacher, cond, temperature, mode, prompt, lpc=lpc, lag=lag).to(cond.dtype)
 
 
+def graph_unsupported(teacher: WaveNetTeacher) -> str | None:
+    """Why the CUDA-graph sampler cannot sample this teacher (None when it can)."""
+    if getattr(teacher, "period_taps", 0):
+        return "the graph sampler does not cover period taps (model.period_taps); use method='incremental'"
+    return None
+
+
 def _graph(teacher, cond, lpc, lag, audio, start, mode, temperature, progress) -> torch.Tensor:
     from teachers.sampling.graph import graph_generate
 
-    if lag is not None:
-        raise ConfigError("the graph sampler does not cover period taps (model.period_taps); use method='incremental'")
+    reason = graph_unsupported(teacher)
+    if reason:
+        raise ConfigError(reason)
     bar = tqdm(total=audio.shape[1], desc="graph sampling", disable=not progress, leave=False)
     prompt = audio[:, :start] if start else None
     out = graph_generate(teacher, cond, temperature, mode, prompt, bar, lpc=lpc)
@@ -147,19 +155,20 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
 
 
 def fastest_method(teacher: WaveNetTeacher, device: torch.device) -> str:
-    """The fastest sampler for `teacher` on `device`: "graph" on CUDA, "fast" (the C loop) on a CPU
-    where it can be built and covers the teacher, "incremental" otherwise."""
+    """The fastest sampler for `teacher` on `device`: "graph" on CUDA where it covers the teacher, "fast"
+    (the C loop) on a CPU where it can be built and covers the teacher, "incremental" otherwise."""
     from teachers.sampling.fastloop import unsupported
 
     if device.type == "cuda":
-        return "graph"
+        return "graph" if graph_unsupported(teacher) is None else "incremental"
     return "fast" if device.type == "cpu" and unsupported(teacher) is None else "incremental"
 
 
-def reference_method(device: torch.device) -> str:
-    """The sampler an evaluation times the teacher with unless told otherwise: "graph" on CUDA,
-    "incremental" on a CPU (the C loop is timed beside it; `wavedistill eval --teacher-sampler`)."""
-    return "graph" if device.type == "cuda" else "incremental"
+def reference_method(teacher: WaveNetTeacher, device: torch.device) -> str:
+    """The sampler an evaluation times the teacher with unless told otherwise: "graph" on CUDA where it
+    covers the teacher, "incremental" otherwise (on a CPU the C loop is timed beside it; `wavedistill eval
+    --teacher-sampler`)."""
+    return "graph" if device.type == "cuda" and graph_unsupported(teacher) is None else "incremental"
 
 
 def check_request(method: str, mode: str, temperature: float, prompt: torch.Tensor | None, batch: int,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from distill.errors import ConfigError
-from teachers.sampling import generate, incremental_forward
+from teachers.sampling import fastest_method, generate, incremental_forward, reference_method
 from teachers.sampling.fastloop import available, fast_generate
 from teachers.wavenet import LinearPredictionConfig, TeacherModelConfig, WaveNetTeacher, period_input, period_step
 from tests.teachers.test_pitch_teacher import FEATURES, HOP, voiced_mel
@@ -122,6 +122,11 @@ def test_the_pytorch_samplers_draw_from_one_law_and_the_graph_sampler_says_it_do
     assert torch.allclose(draws["incremental"], draws["naive"], atol=1e-9)
     with pytest.raises(ConfigError, match="period taps"):
         generate(model, mel, "graph")
+    # so the "auto" policies do not pick it on a GPU (and still pick it for a teacher without taps)
+    cuda = torch.device("cuda")
+    assert fastest_method(model, cuda) == reference_method(model, cuda) == "incremental"
+    plain = taps_teacher(taps=0)
+    assert fastest_method(plain, cuda) == reference_method(plain, cuda) == "graph"
 
 
 @pytest.mark.skipif(not available(), reason="no C compiler for the fast loop")
