@@ -25,7 +25,6 @@ import torch
 from tqdm import tqdm
 
 from distill.errors import ConfigError
-from distill.nn.layers import shift_right
 from teachers.sampling.stepper import StackStepper
 from teachers.wavenet import WaveNetTeacher, period_step
 
@@ -65,6 +64,7 @@ def step_input(teacher: WaveNetTeacher, prev: torch.Tensor, audio: torch.Tensor,
 
 
 def check_lag(teacher: WaveNetTeacher, lag: torch.Tensor | None) -> None:
+    """One ValueError when the period `lag` is missing for a teacher with period taps, or given to one without."""
     if (lag is None) != (teacher.period_taps == 0):
         raise ValueError("pass lag=teacher.period(mel) exactly when the teacher has period taps")
 
@@ -110,11 +110,10 @@ def _naive(teacher, cond, lpc, lag, audio, start, mode, temperature, progress) -
     field = teacher.stack.receptive_field()
     for t in tqdm(range(start, audio.shape[1]), desc="naive sampling", disable=not progress, leave=False):
         lo = max(0, t - field)
-        if lag is None:
-            window = shift_right(audio[:, lo : t + 1])[:, None, :]
-        else:  # the taps of the window's samples read up to period_reach() samples before it
-            first = max(0, lo - teacher.period_reach())
-            window = teacher.stack_input(audio[:, first : t + 1], lag[:, first : t + 1], first)[:, :, lo - first :]
+        # the period taps of the window's samples read up to period_reach() samples before it
+        first = max(0, lo - teacher.period_reach()) if lag is not None else lo
+        past = None if lag is None else lag[:, first : t + 1]
+        window = teacher.stack_input(audio[:, first : t + 1], past, first)[:, :, lo - first :]
         params = _step_params(teacher, teacher.stack(window, cond[:, :, lo : t + 1])[:, :, -1:], audio, lpc, t)
         audio[:, t] = draw(teacher.dist, params, mode, temperature)[:, 0]
     return audio

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from distill.errors import ConfigError
-from teachers.sampling import check_request
+from teachers.sampling import check_lag, check_request
 from teachers.sampling.stepper import StackStepper
 
 SOURCE = Path(__file__).with_name("fastloop.c")
@@ -195,9 +195,8 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
         if dist.scale_slice().start != loc.stop:
             raise ValueError("the C loop expects the log scales right after the locations")
         lpc = lpc.detach().float().cpu()
-    taps = getattr(teacher, "period_taps", 0)
-    if (lag is None) != (taps == 0):
-        raise ValueError("pass lag=teacher.period(mel) exactly when the teacher has period taps")
+    check_lag(teacher, lag)
+    taps = teacher.period_taps
     if lag is not None:
         lag = lag.detach().double().cpu()
     n_params = dist.num_params
