@@ -111,6 +111,11 @@ class DataConfig:
     silence_threshold: float = 1e-4
     # DataLoader worker processes (0 = load in the training process).
     num_workers: int = 0
+    # Speed perturbation of the training split: for each factor a, every training utterance gets a copy
+    # that plays a times faster with its pitch and formants a times higher (`distill.audio.io.change_speed`;
+    # its mel computed from the copy), a voice the corpus does not have. [] = off; [0.9, 1.1] triples the
+    # training utterances. Validation and evaluation always read the audio as it is. Not with mel_dir.
+    speed_perturb: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_ranges("data", [
@@ -121,7 +126,13 @@ class DataConfig:
             ("silence_threshold", self.silence_threshold >= 0, ">= 0"),
             ("num_workers", self.num_workers >= 0, ">= 0"),
             ("speakers", self.speakers in ("", "folder", "column"), "one of folder, column or \"\""),
+            ("speed_perturb", all(0.5 <= a <= 2 and a != 1 for a in self.speed_perturb)
+             and len(set(self.speed_perturb)) == len(self.speed_perturb),
+             "a list of distinct factors in [0.5, 2], none of them 1 (the audio as it is is always kept)"),
         ], self)
+        if self.speed_perturb and self.mel_dir:
+            raise ConfigError(f"data.speed_perturb {self.speed_perturb} with data.mel_dir {self.mel_dir!r}: the "
+                              "external mels describe the audio as it is; drop one of the two")
 
 
 @dataclass

@@ -12,6 +12,7 @@ import logging
 import math
 import re
 import wave
+from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
 
@@ -113,6 +114,16 @@ def resample(x: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
         return x
     g = math.gcd(int(orig_rate), int(new_rate))
     return torchaudio.functional.resample(x, orig_rate // g, new_rate // g)
+
+
+def change_speed(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Speed perturbation: `x` (..., T) resampled so that, played at its own rate, it lasts T / factor
+    samples with every frequency (pitch and formants) `factor` times higher, as a tape played faster.
+    The factor is taken as a fraction with a denominator up to 100 (0.9 = 9/10); band-limited."""
+    ratio = Fraction(factor).limit_denominator(100)
+    if ratio <= 0:
+        raise ValueError(f"speed factor {factor} must be > 0")
+    return resample(x, ratio.numerator, ratio.denominator)
 
 
 def save_wav(path: str | Path, x: torch.Tensor | np.ndarray, sample_rate: int) -> None:

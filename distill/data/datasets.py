@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from distill.audio.io import load_audio
+from distill.audio.io import change_speed, load_audio
 from distill.audio.mel import LogMel, num_frames, pad_mel
 from distill.audio.melfiles import align_mel, mel_file, read_mel
 from distill.config import DataConfig, FeatureConfig, to_dict
@@ -36,20 +36,23 @@ log = logging.getLogger("wavedistill")
 
 @dataclass
 class LoadedUtterance:
-    """A usable utterance. `audio` (T,) and `mel` (n_mels, T // hop) are None unless preloaded."""
+    """A usable utterance. `audio` (T,) and `mel` (n_mels, T // hop) are None unless preloaded; `speed`
+    != 1: the utterance's speed-perturbed copy (`change_speed`), audio, mel and num_samples of the copy."""
 
     utt: Utterance
     num_samples: int
     audio: torch.Tensor | None = None
     mel: torch.Tensor | None = None
     speaker: int = 0  # the id of utt.speaker in the store's speaker map
+    speed: float = 1.0
 
 
 class MelCache:
     """On-disk cache of log-mels, one `.npy` per utterance, in a folder keyed by the feature settings.
 
     An entry is also keyed by the audio file's size and modification time, so an edited file is
-    recomputed. Writes are atomic (temp file + rename), so an interrupted run never leaves a bad entry.
+    recomputed, and by the speed factor of a speed-perturbed copy. Writes are atomic (temp file + rename),
+    so an interrupted run never leaves a bad entry.
     """
 
     def __init__(self, root: str | Path, features: FeatureConfig):
@@ -62,13 +65,13 @@ class MelCache:
         if not record.exists():
             record.write_text(json.dumps(settings, indent=2))
 
-    def _entry(self, utt: Utterance) -> Path:
+    def _entry(self, utt: Utterance, speed: float) -> Path:
         st = utt.path.stat()
-        name = hashlib.sha1(f"{utt.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-        return self.dir / f"{name}.npy"
+        key = f"{utt.path.resolve()}|{st.st_size}|{st.st_mtime_ns}" + (f"|speed {speed!r}" if speed != 1 else "")
+        return self.dir / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.npy"
 
-    def get(self, utt: Utterance) -> torch.Tensor | None:
-        entry = self._entry(utt)
+    def get(self, utt: Utterance, speed: float = 1.0) -> torch.Tensor | None:
+        entry = self._entry(utt, speed)
         if not entry.exists():
             return None
         try:
@@ -77,15 +80,17 @@ class MelCache:
             entry.unlink(missing_ok=True)  # a damaged entry is recomputed
             return None
 
-    def put(self, utt: Utterance, mel: torch.Tensor) -> None:
-        entry = self._entry(utt)
+    def put(self, utt: Utterance, mel: torch.Tensor, speed: float = 1.0) -> None:
+        entry = self._entry(utt, speed)
         tmp = entry.with_name(f"{entry.stem}.{os.getpid()}.tmp.npy")
         np.save(tmp, mel.numpy(), allow_pickle=False)
         tmp.replace(entry)
 
 
 class UtteranceStore:
-    """Reads, checks and (optionally) keeps in memory the audio and mels of a list of utterances."""
+    """Reads, checks and (optionally) keeps in memory the audio and mels of a list of utterances; with
+    `speed_perturb`, each usable utterance is followed by its copies at those speeds (a copy shorter than
+    `min_samples` is left out)."""
 
     def __init__(
         self,
@@ -98,12 +103,15 @@ class UtteranceStore:
         source: str = "corpus",
         mel_dir: str | Path = "",
         speakers: dict[str, int] | None = None,
+        speed_perturb: Sequence[float] = (),
     ):
         self.features = features
         self.logmel = LogMel(features)
         self.mel_dir = Path(mel_dir) if mel_dir else None
         if self.mel_dir is not None and not self.mel_dir.is_dir():
             raise CorpusError(f"data.mel_dir {mel_dir}: no such folder; pass the folder of <utterance id>.npy mels")
+        if speed_perturb and self.mel_dir is not None:
+            raise CorpusError(f"{source}: speed perturbation needs mels computed from the audio, not data.mel_dir")
         self.cache = MelCache(mel_cache, features) if mel_cache and self.mel_dir is None else None
         self.preload = preload
         self.speakers = speakers  # name -> id; None: a single-speaker store
@@ -152,12 +160,14 @@ class UtteranceStore:
                     trimmed.append((utt.id, off))
                 item.mel = mel if preload else None
                 item.audio = audio if preload else None
-            elif preload:
-                item.audio = audio
-                item.mel = self._compute_mel(utt, audio)
-            elif self.cache is not None and self.cache.get(utt) is None:
-                self.cache.put(utt, self.logmel(audio))
+            else:
+                self._keep(item, audio)
             self.items.append(item)
+            for speed in speed_perturb:
+                copy = change_speed(audio, speed)
+                if copy.numel() >= min_samples:
+                    self.items.append(self._keep(LoadedUtterance(utt, copy.numel(), speaker=item.speaker,
+                                                                 speed=speed), copy))
         if trimmed:
             offs = sorted({off for _, off in trimmed})
             log.warning("%s: %d mel file(s) in %s are %s frame(s) off the audio's T // hop (e.g. %s): their audio or "
@@ -168,6 +178,15 @@ class UtteranceStore:
                 f"{source}: none of its {len(utterances)} files is usable ({skipped} skipped, see the warnings above)"
             )
 
+    def _keep(self, item: LoadedUtterance, audio: torch.Tensor) -> LoadedUtterance:
+        """Keep the audio and mel of `item` in memory (preload), or fill the mel cache with its mel."""
+        if self.preload:
+            item.audio = audio
+            item.mel = self._compute_mel(item.utt, audio, item.speed)
+        elif self.cache is not None and self.cache.get(item.utt, item.speed) is None:
+            self.cache.put(item.utt, self.logmel(audio), item.speed)
+        return item
+
     def _external_mel(self, utt: Utterance, num_samples: int) -> tuple[torch.Tensor, int]:
         """The utterance's mel from data.mel_dir, cut to the audio's frames -> (mel, frames off)."""
         assert self.mel_dir is not None  # asked only with data.mel_dir set
@@ -176,12 +195,12 @@ class UtteranceStore:
             raise MelError(self.mel_dir / f"{utt.id}.npy", "missing (data.mel_dir has no mel for this utterance)")
         return align_mel(read_mel(path, self.features.n_mels), num_samples, self.features.hop_length, path)
 
-    def _compute_mel(self, utt: Utterance, audio: torch.Tensor) -> torch.Tensor:
-        mel = self.cache.get(utt) if self.cache is not None else None
+    def _compute_mel(self, utt: Utterance, audio: torch.Tensor, speed: float = 1.0) -> torch.Tensor:
+        mel = self.cache.get(utt, speed) if self.cache is not None else None
         if mel is None or mel.shape[-1] != num_frames(audio.numel(), self.features.hop_length):
             mel = self.logmel(audio)
             if self.cache is not None:
-                self.cache.put(utt, mel)
+                self.cache.put(utt, mel, speed)
         return mel
 
     def __len__(self) -> int:
@@ -195,7 +214,9 @@ class UtteranceStore:
         audio = load_audio(item.utt.path, self.features.sample_rate)
         if self.mel_dir is not None:
             return audio, self._external_mel(item.utt, audio.numel())[0]
-        return audio, self._compute_mel(item.utt, audio)
+        if item.speed != 1:
+            audio = change_speed(audio, item.speed)
+        return audio, self._compute_mel(item.utt, audio, item.speed)
 
     @property
     def total_seconds(self) -> float:
@@ -242,7 +263,7 @@ def voice_order(labels: list[str]) -> list[int]:
 def load_split(data: DataConfig, features: FeatureConfig, split: str, min_samples: int,
                speakers: dict[str, int] | None = None) -> UtteranceStore:
     """Resolve, read and check one split of the configured corpus (with `speakers`, the map its
-    utterances' speakers must be in)."""
+    utterances' speakers must be in; the train split with its data.speed_perturb copies)."""
     utts = resolve_corpus(data.corpus, split, data.valid_fraction, data.test_fraction, data.speakers)
     return UtteranceStore(
         utts,
@@ -254,6 +275,7 @@ def load_split(data: DataConfig, features: FeatureConfig, split: str, min_sample
         source=f"corpus '{data.corpus}' split '{split}'",
         mel_dir=data.mel_dir,
         speakers=speakers,
+        speed_perturb=data.speed_perturb if split == "train" else (),
     )
 
 

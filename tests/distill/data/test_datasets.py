@@ -11,12 +11,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from distill.audio.io import load_audio
+from distill.audio.io import change_speed, load_audio
 from distill.audio.mel import LogMel
 from distill.config import DataConfig, FeatureConfig
 from distill.data.corpus import demo_corpus_dir, hash_split, resolve_corpus
 from distill.data.datasets import MelCache, SegmentDataset, StreamSampler, UtteranceDataset, UtteranceStore, load_split
-from distill.errors import CorpusError
+from distill.errors import ConfigError, CorpusError
 from tests.conftest import SR, harmonic, write_corpus
 
 FEATURES = FeatureConfig()
@@ -224,6 +224,48 @@ def test_mel_cache_is_used_and_keyed_by_features(tmp_path, synth_corpus, monkeyp
         UtteranceStore(utts, other, 1024, mel_cache=tmp_path / "cache")
     assert len(list((tmp_path / "cache").iterdir())) == 2  # one folder per feature setting
     assert MelCache(tmp_path / "cache", FEATURES).dir.name.startswith("mel-")
+
+
+def test_change_speed_plays_faster_with_every_frequency_scaled():
+    t = np.arange(SR) / SR
+    x = torch.from_numpy(np.sin(2 * np.pi * 200 * t)).float()
+    for factor in (0.9, 1.1):
+        y = change_speed(x, factor)
+        assert abs(y.numel() - SR / factor) < 1  # lasts 1 / factor as long at the same rate
+        spectrum = np.abs(np.fft.rfft(y.numpy() * np.hanning(y.numel())))
+        peak_hz = np.argmax(spectrum) * SR / y.numel()
+        assert abs(peak_hz - 200 * factor) < 2  # 200 Hz -> 180 / 220 Hz
+
+
+def test_speed_perturbation_adds_a_copy_per_factor_to_the_training_split_only(synth_corpus, tmp_path):
+    data = DataConfig(corpus=str(synth_corpus), segment_length=4096, speed_perturb=[0.9, 1.1])
+    train = load_split(data, FEATURES, "train", data.segment_length)
+    assert len(train) == 3 * 4 and [i.speed for i in train.items[:3]] == [1.0, 0.9, 1.1]
+    assert len(load_split(data, FEATURES, "valid", 1024)) == 1  # evaluation reads the audio as it is
+    plain, slow, fast = (train.get(i) for i in range(3))
+    assert torch.equal(slow[0], change_speed(plain[0], 0.9)) and torch.equal(fast[0], change_speed(plain[0], 1.1))
+    logmel = LogMel(FEATURES)
+    for audio, mel in (slow, fast):  # each copy's mel is the copy's own
+        assert torch.allclose(mel, logmel(audio)) and train.items[1].num_samples == slow[0].numel()
+    # read from disk (no preload) through the mel cache: the same audio and mels, cached under their speed
+    lazy = load_split(DataConfig(corpus=str(synth_corpus), speed_perturb=[0.9, 1.1], preload=False,
+                                 mel_cache=str(tmp_path / "cache")), FEATURES, "train", 4096)
+    assert len(list(next((tmp_path / "cache").iterdir()).glob("*.npy"))) == 12
+    for i in range(3):
+        assert torch.equal(lazy.get(i)[0], train.get(i)[0])
+        assert torch.allclose(lazy.get(i)[1], train.get(i)[1])
+    # a copy shorter than one segment is left out, the utterance itself kept
+    short = load_split(DataConfig(corpus=str(synth_corpus), speed_perturb=[1.1]), FEATURES, "train", 15000)
+    assert [i.speed for i in short.items] == [1.0] * 4
+
+
+def test_speed_perturbation_settings_are_checked_in_one_line():
+    with pytest.raises(ConfigError, match=r"data.speed_perturb = \[1.0\] must be"):
+        DataConfig(speed_perturb=[1.0])
+    with pytest.raises(ConfigError, match="data.speed_perturb"):
+        DataConfig(speed_perturb=[0.9, 0.9])
+    with pytest.raises(ConfigError, match="data.mel_dir"):
+        DataConfig(speed_perturb=[0.9], mel_dir="mels")
 
 
 def test_an_ogg_opus_file_in_a_corpus_folder_is_found_and_read(tmp_path):
