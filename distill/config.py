@@ -19,6 +19,7 @@ import difflib
 import types
 import typing
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
@@ -126,13 +127,20 @@ class DataConfig:
             ("silence_threshold", self.silence_threshold >= 0, ">= 0"),
             ("num_workers", self.num_workers >= 0, ">= 0"),
             ("speakers", self.speakers in ("", "folder", "column"), "one of folder, column or \"\""),
-            ("speed_perturb", all(0.5 <= a <= 2 and a != 1 for a in self.speed_perturb)
-             and len(set(self.speed_perturb)) == len(self.speed_perturb),
-             "a list of distinct factors in [0.5, 2], none of them 1 (the audio as it is is always kept)"),
+            ("speed_perturb", all(0.5 <= a <= 2 and speed_ratio(a) != 1 for a in self.speed_perturb)
+             and len({speed_ratio(a) for a in self.speed_perturb}) == len(self.speed_perturb),
+             "a list of factors in [0.5, 2], distinct and none of them 1 as fractions of denominator <= 100 "
+             "(the audio as it is is always kept)"),
         ], self)
         if self.speed_perturb and self.mel_dir:
             raise ConfigError(f"data.speed_perturb {self.speed_perturb} with data.mel_dir {self.mel_dir!r}: the "
                               "external mels describe the audio as it is; drop one of the two")
+
+
+def speed_ratio(factor: float) -> Fraction:
+    """A speed-perturbation factor as the resampling ratio it is applied as: the nearest fraction with a
+    denominator up to 100 (0.9 -> 9/10, 1.004 -> 1)."""
+    return Fraction(factor).limit_denominator(100)
 
 
 @dataclass

@@ -12,7 +12,6 @@ import logging
 import math
 import re
 import wave
-from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 import torchaudio
 
+from distill.config import speed_ratio
 from distill.errors import AudioError, WavedistillError
 
 log = logging.getLogger("wavedistill")
@@ -109,7 +109,8 @@ _WARNED_OVER_FULL_SCALE: set[str] = set()
 
 
 def resample(x: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
-    """Band-limited resampling. x: (..., T) float -> (..., round(T * new / orig))."""
+    """Band-limited resampling. x: (..., T) float -> (..., about T * new / orig: torchaudio's length, which
+    may be a sample or two longer than the rounded ratio)."""
     if orig_rate == new_rate:
         return x
     g = math.gcd(int(orig_rate), int(new_rate))
@@ -119,8 +120,8 @@ def resample(x: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
 def change_speed(x: torch.Tensor, factor: float) -> torch.Tensor:
     """Speed perturbation: `x` (..., T) resampled so that, played at its own rate, it lasts T / factor
     samples with every frequency (pitch and formants) `factor` times higher, as a tape played faster.
-    The factor is taken as a fraction with a denominator up to 100 (0.9 = 9/10); band-limited."""
-    ratio = Fraction(factor).limit_denominator(100)
+    The factor is taken as a fraction with a denominator up to 100 (`speed_ratio`: 0.9 = 9/10); band-limited."""
+    ratio = speed_ratio(factor)
     if ratio <= 0:
         raise ValueError(f"speed factor {factor} must be > 0")
     return resample(x, ratio.numerator, ratio.denominator)

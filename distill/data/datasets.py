@@ -116,7 +116,7 @@ class UtteranceStore:
         self.preload = preload
         self.speakers = speakers  # name -> id; None: a single-speaker store
         self.items: list[LoadedUtterance] = []
-        skipped = 0
+        skipped = short_copies = 0
         trimmed: list[tuple[str, int]] = []  # (id, frames off) of external mels
         for utt in utterances:
             if speakers is not None and utt.speaker not in speakers:
@@ -163,11 +163,16 @@ class UtteranceStore:
             else:
                 self._keep(item, audio)
             self.items.append(item)
-            for speed in speed_perturb:
+            for speed in speed_perturb:  # a copy keeps the utterance's speaker id (and voice label)
                 copy = change_speed(audio, speed)
                 if copy.numel() >= min_samples:
                     self.items.append(self._keep(LoadedUtterance(utt, copy.numel(), speaker=item.speaker,
                                                                  speed=speed), copy))
+                else:
+                    short_copies += 1
+        if short_copies:
+            log.warning("%s: %d speed-perturbed cop%s shorter than one segment (%d samples) left out", source,
+                        short_copies, "y" if short_copies == 1 else "ies", min_samples)
         if trimmed:
             offs = sorted({off for _, off in trimmed})
             log.warning("%s: %d mel file(s) in %s are %s frame(s) off the audio's T // hop (e.g. %s): their audio or "
@@ -221,6 +226,11 @@ class UtteranceStore:
     @property
     def total_seconds(self) -> float:
         return sum(i.num_samples for i in self.items) / self.features.sample_rate
+
+    @property
+    def originals(self) -> list[LoadedUtterance]:
+        """The utterances as they are (no speed-perturbed copies)."""
+        return [i for i in self.items if i.speed == 1]
 
 
 def speaker_batch(item: dict, device: torch.device) -> torch.Tensor | None:

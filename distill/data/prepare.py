@@ -30,13 +30,18 @@ def prepare(cfg: DataStageConfig, splits: list[str], out_dir: str | Path | None 
         # Training files must hold a whole segment; the others (and "all") only need one STFT window.
         min_samples = cfg.data.segment_length if split == "train" else cfg.features.n_fft
         store = load_split(cfg.data, cfg.features, split, min_samples)
-        durations = [item.num_samples / cfg.features.sample_rate for item in store.items]
+        # the utterances as they are; data.speed_perturb's copies of the train split are counted apart
+        durations = [item.num_samples / cfg.features.sample_rate for item in store.originals]
         summary["splits"][split] = {
-            "utterances": len(store),
-            "minutes": round(store.total_seconds / 60, 3),
+            "utterances": len(durations),
+            "minutes": round(sum(durations) / 60, 3),
             "shortest_s": round(min(durations), 3),
             "longest_s": round(max(durations), 3),
         }
+        if len(store) > len(durations):
+            summary["splits"][split]["speed_copies"] = len(store) - len(durations)
+            summary["splits"][split]["speed_copies_minutes"] = round(
+                (store.total_seconds - sum(durations)) / 60, 3)
         if first is None:
             audio, mel = store.get(0)
             first = (store.items[0].utt.id, audio, mel)
@@ -59,6 +64,9 @@ def format_summary(summary: dict) -> str:
     for split, s in summary["splits"].items():
         lines.append(f"| {split} | {s['utterances']} | {s['minutes']:.2f} | {s['shortest_s']:.2f} "
                      f"| {s['longest_s']:.2f} |")
+        if "speed_copies" in s:
+            lines.append(f"| {split}: data.speed_perturb's copies | {s['speed_copies']} | "
+                         f"{s['speed_copies_minutes']:.2f} | | |")
     if "mel_image" in summary:
         lines.append(f"mel image: {summary['mel_image']}")
     return "\n".join(lines)

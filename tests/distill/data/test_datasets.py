@@ -13,9 +13,10 @@ import torch
 
 from distill.audio.io import change_speed, load_audio
 from distill.audio.mel import LogMel
-from distill.config import DataConfig, FeatureConfig
+from distill.config import DataConfig, DataStageConfig, FeatureConfig
 from distill.data.corpus import demo_corpus_dir, hash_split, resolve_corpus
 from distill.data.datasets import MelCache, SegmentDataset, StreamSampler, UtteranceDataset, UtteranceStore, load_split
+from distill.data.prepare import prepare
 from distill.errors import ConfigError, CorpusError
 from tests.conftest import SR, harmonic, write_corpus
 
@@ -237,7 +238,7 @@ def test_change_speed_plays_faster_with_every_frequency_scaled():
         assert abs(peak_hz - 200 * factor) < 2  # 200 Hz -> 180 / 220 Hz
 
 
-def test_speed_perturbation_adds_a_copy_per_factor_to_the_training_split_only(synth_corpus, tmp_path):
+def test_speed_perturbation_adds_a_copy_per_factor_to_the_training_split_only(synth_corpus, tmp_path, caplog):
     data = DataConfig(corpus=str(synth_corpus), segment_length=4096, speed_perturb=[0.9, 1.1])
     train = load_split(data, FEATURES, "train", data.segment_length)
     assert len(train) == 3 * 4 and [i.speed for i in train.items[:3]] == [1.0, 0.9, 1.1]
@@ -254,16 +255,25 @@ def test_speed_perturbation_adds_a_copy_per_factor_to_the_training_split_only(sy
     for i in range(3):
         assert torch.equal(lazy.get(i)[0], train.get(i)[0])
         assert torch.allclose(lazy.get(i)[1], train.get(i)[1])
-    # a copy shorter than one segment is left out, the utterance itself kept
+    # a copy shorter than one segment is left out with one line, the utterance itself kept
     short = load_split(DataConfig(corpus=str(synth_corpus), speed_perturb=[1.1]), FEATURES, "train", 15000)
     assert [i.speed for i in short.items] == [1.0] * 4
+    assert "4 speed-perturbed copies shorter than one segment (15000 samples) left out" in " ".join(
+        warnings_of(caplog))
+    # the data stage counts the utterances as they are, the copies apart
+    splits = prepare(DataStageConfig(data=data), ["train", "valid"])["splits"]
+    assert splits["train"]["utterances"] == 4 and splits["train"]["speed_copies"] == 8
+    assert splits["train"]["minutes"] == pytest.approx(4 * 62 * 256 / SR / 60, abs=1e-3)
+    assert "speed_copies" not in splits["valid"]
 
 
 def test_speed_perturbation_settings_are_checked_in_one_line():
     with pytest.raises(ConfigError, match=r"data.speed_perturb = \[1.0\] must be"):
         DataConfig(speed_perturb=[1.0])
     with pytest.raises(ConfigError, match="data.speed_perturb"):
-        DataConfig(speed_perturb=[0.9, 0.9])
+        DataConfig(speed_perturb=[0.9, 0.9001])  # the same resampling ratio, 9/10
+    with pytest.raises(ConfigError, match="data.speed_perturb"):
+        DataConfig(speed_perturb=[1.004])  # 1/1 at denominators up to 100: the audio as it is
     with pytest.raises(ConfigError, match="data.mel_dir"):
         DataConfig(speed_perturb=[0.9], mel_dir="mels")
 
