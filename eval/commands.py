@@ -18,7 +18,7 @@ log = logging.getLogger("wavedistill")
 def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="copy-synthesise a corpus split with a teacher and students; PESQ, RTF, report")
     p.add_argument("--teacher", default=None,
-                   help="teacher checkpoint or run folder (default: the shipped demo teacher)")
+                   help="teacher checkpoint or run folder (default: the shipped universal teacher)")
     p.add_argument("--student", action="append", default=[], metavar="PATH",
                    help="student checkpoint or run folder; repeat for several (none: teacher and baselines only)")
     p.add_argument("--data", default="demo",

@@ -78,7 +78,7 @@ class EvalRequest:
     teacher's own temperature, the metrics that are installed), then used as it is: `evaluate` reads
     it and the report's settings are this resolved request."""
 
-    teacher: str = ""  # checkpoint or run folder; "" = the shipped demo teacher
+    teacher: str = ""  # checkpoint or run folder; "" = the shipped (universal) teacher
     students: tuple[str, ...] = ()  # checkpoints or run folders
     checkpoints: str = ""  # "" (each run's latest), "all" or steps "1000,2000": quality over training
     data: str = "demo"  # 'demo', an LJSpeech folder or any folder of audio files

@@ -15,7 +15,7 @@ def add_distill(sub) -> None:
     p = sub.add_parser("distill", help="distil a parallel IAF student from a frozen autoregressive teacher")
     add_training_arguments(p, default_config="configs/student/clarinet_tiny.yaml", out_required=False)
     p.add_argument("--teacher", default=None,
-                   help="teacher checkpoint or run folder (default: the shipped demo teacher)")
+                   help="teacher checkpoint or run folder (default: the shipped universal teacher)")
     p.set_defaults(func=_distill)
 
 

@@ -101,7 +101,7 @@ class StudentValidConfig:
 
 @dataclass
 class StudentConfig:
-    teacher: str = ""  # teacher checkpoint or run folder; "" = the shipped demo teacher
+    teacher: str = ""  # teacher checkpoint or run folder; "" = the shipped (universal) teacher
     features: FeatureConfig = field(default_factory=FeatureConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -67,7 +67,7 @@ class Vocoder:
     def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
              dtype: str = "float32") -> Vocoder:
         """A student or teacher checkpoint file or run folder (which one is read from the checkpoint);
-        None: the shipped demo teacher."""
+        None: the shipped universal teacher."""
         model: IAFStudent | WaveNetTeacher
         if path is None:
             model, payload = load_teacher(None, device=device)

@@ -20,7 +20,7 @@ def _train_teacher(args) -> int:
 def add_export_teacher(sub) -> None:
     p = sub.add_parser("export-teacher", help="write the slim, self-describing teacher (EMA weights) of a run")
     p.add_argument("--run", required=True, help="a teacher run folder or one of its checkpoints")
-    p.add_argument("--out", required=True, help="output .pt file (e.g. teachers/pretrained/demo_gaussian_lp_tiny.pt)")
+    p.add_argument("--out", required=True, help="output .pt file (e.g. teachers/pretrained/universal_lp_pitch_tiny.pt)")
     p.add_argument("--temperature", type=float, default=None,
                    help="record this as the teacher's synthesis temperature (its config's valid.temperature, "
                         "`wavedistill eval`'s default for it); default: keep the run's")

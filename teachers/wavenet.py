@@ -157,7 +157,7 @@ class WaveNetTeacher(MelConditioned, nn.Module):
                    args["mel_context"], args.get("pitch"))
 
     def with_source_columns(self, state: dict) -> dict:
-        """The state dict of a teacher like this one but without a pitch source (the shipped demo teacher,
+        """The state dict of a teacher like this one but without a pitch source (the single-voice teacher,
         a run of the plain LP preset) or without period taps -> this teacher's: each layer's conditioning
         1x1 gets zero weights for the source's channels (the last ones of the conditioning), the input 1x1
         zero weights for the period taps (the last input channels), so this teacher starts as that one,

@@ -68,7 +68,8 @@ def test_the_wheel_carries_every_preset_the_demo_corpus_the_teacher_and_the_c_so
     corpus = {str(p.relative_to(ROOT)) for p in (ROOT / "distill" / "data" / "demo_corpus").rglob("*") if p.is_file()
               and p.suffix in (".txt", ".csv", ".flac")}
     assert corpus and corpus <= names
-    assert {"teachers/pretrained/demo_gaussian_lp_tiny.pt", "teachers/sampling/fastloop.c"} <= names
+    assert {"teachers/pretrained/universal_lp_pitch_tiny.pt", "teachers/pretrained/demo_gaussian_lp_tiny.pt",
+            "teachers/sampling/fastloop.c"} <= names
     assert not any(n.startswith(("tests/", "runs/", "teachers/pretrained/training/")) for n in names)
 
 

@@ -1,4 +1,9 @@
-"""Loading teachers (the shipped demo teacher by default) and exporting a run's teacher.
+"""Loading teachers (the shipped teacher by default) and exporting a run's teacher.
+
+Two teachers ship: the universal one (`universal_lp_pitch_tiny.pt`, trained on the demo corpus's eight
+training voices and told the mel's pitch), the default of every command that needs a teacher, and the
+single-voice one it started from (`demo_gaussian_lp_tiny.pt`, slt only), which loads by path. Each has
+its model card beside it.
 
 An exported teacher is a slim checkpoint: the EMA weights as `model`, the model class and its record
 (`model_args`: `WaveNetTeacher.record`), the feature settings and the config, and no optimiser state.
@@ -18,12 +23,18 @@ from distill.errors import CheckpointError
 from distill.train.checkpoint import atomic_save, checkpoint_file, checkpoint_payload, load_checkpoint, load_model
 from teachers.wavenet import WaveNetTeacher
 
-DEMO_TEACHER_NAME = "demo_gaussian_lp_tiny.pt"
+DEMO_TEACHER_NAME = "universal_lp_pitch_tiny.pt"
+SINGLE_VOICE_TEACHER_NAME = "demo_gaussian_lp_tiny.pt"
 
 
 def demo_teacher_path() -> Path:
-    """The pretrained Gaussian teacher for the demo corpus, shipped inside the package."""
+    """The default teacher, shipped inside the package: the universal one (any voice's mel)."""
     return Path(str(resources.files("teachers") / "pretrained" / DEMO_TEACHER_NAME))
+
+
+def single_voice_teacher_path() -> Path:
+    """The single-voice (slt) teacher the universal one started from, shipped beside it."""
+    return demo_teacher_path().with_name(SINGLE_VOICE_TEACHER_NAME)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -41,12 +52,12 @@ def load_teacher(
     device: str | torch.device = "cpu",
 ) -> tuple[WaveNetTeacher, dict]:
     """(teacher in eval mode with its EMA weights, checkpoint payload). `path` may be a checkpoint
-    file or a run folder; None means the shipped demo teacher. With `features`, settings that
+    file or a run folder; None means the shipped default teacher. With `features`, settings that
     differ from the teacher's are an error naming both values."""
     path = Path(path) if path is not None else demo_teacher_path()
     if path == demo_teacher_path() and not path.is_file():
         raise CheckpointError(
-            f"{path}: the shipped demo teacher is missing from this installation; reinstall wavedistill"
+            f"{path}: the shipped teacher is missing from this installation; reinstall wavedistill"
         )
     if isinstance(features, FeatureConfig):
         features = to_dict(features)

@@ -248,15 +248,15 @@ def test_a_student_checkpoint_of_flat_constructor_arguments_loads_as_its_config_
     from distill.train.checkpoint import load_checkpoint
     from students.iaf import IAFStudent, StudentModelConfig
     from students.pretrained import load_student
-    from teachers.pretrained import demo_teacher_path, load_teacher
+    from teachers.pretrained import load_teacher, single_voice_teacher_path
     from tests.models import save_model
 
-    shipped = load_checkpoint(demo_teacher_path())  # flat arguments too
+    shipped = load_checkpoint(single_voice_teacher_path())  # flat arguments too
     features = FeatureConfig(**shipped["features"])
     config = StudentModelConfig(flows=[1, 2], cycle=10, residual_channels=4, gate_channels=4, skip_channels=4,
                                 initial_scale=0.4, linear_prediction=True, pitch_source=True, train_upsampler=True)
     torch.manual_seed(0)
-    student = randomised(IAFStudent(config, load_teacher(demo_teacher_path())[0].config, features,
+    student = randomised(IAFStudent(config, load_teacher(single_voice_teacher_path())[0].config, features,
                                     pitch=FLAT_STUDENT["pitch_source"]))
     save_model(tmp_path / "s.pt", student, "student", model_args=FLAT_STUDENT, features=shipped["features"],
                config={"model": {"train_upsampler": True}}, extra={"teacher": {"model_args": shipped["model_args"]}})

@@ -82,16 +82,21 @@ def test_a_student_or_foreign_checkpoint_is_not_a_teacher(tmp_path):
         load_teacher(tmp_path / "t.pt")
 
 
-def test_the_shipped_demo_teacher_loads_for_the_demo_features():
-    from teachers.pretrained import demo_teacher_path
+def test_the_shipped_teachers_load_for_the_demo_features_the_universal_one_by_default():
+    from teachers.pretrained import demo_teacher_path, single_voice_teacher_path
 
-    assert demo_teacher_path().stat().st_size <= 10 * 2**20
-    teacher, payload = load_teacher(features=FeatureConfig(preemphasis=0.85))  # default: the shipped one
-    assert teacher.config.distribution == "gaussian" and teacher.receptive_field() == 2047
-    assert teacher.lpc is not None and teacher.lpc.order == 16 and teacher.preemphasis == 0.85
-    assert payload["config"]["valid"]["temperature"] == 0.7  # its documented synthesis temperature
-    assert payload["extra"]["samples_seen"] > 0 and payload["step"] > 0
-    assert all(torch.isfinite(p).all() for p in teacher.parameters())
+    for path in (demo_teacher_path(), single_voice_teacher_path()):
+        assert path.stat().st_size <= 10 * 2**20
+        teacher, payload = load_teacher(path, features=FeatureConfig(preemphasis=0.85))
+        assert teacher.config.distribution == "gaussian" and teacher.receptive_field() == 2047
+        assert teacher.lpc is not None and teacher.lpc.order == 16 and teacher.preemphasis == 0.85
+        assert payload["config"]["valid"]["temperature"] == 0.7  # its documented synthesis temperature
+        assert payload["extra"]["samples_seen"] > 0 and payload["step"] > 0
+        assert all(torch.isfinite(p).all() for p in teacher.parameters())
+    teacher, payload = load_teacher(features=FeatureConfig(preemphasis=0.85))  # default: the universal one
+    assert teacher.config.pitch_source and teacher.speaker is None  # any voice's mel, told its pitch
+    assert payload["extra"]["voices"] == ["awb", "cmu_us_slt_arctic_hts", "kal16", "kal_diphone", "lp_diphone",
+                                          "pc_diphone", "rms", "slt"]  # the corpus's eight training voices
 
 
 def test_a_compiled_teacher_trains_like_the_eager_one():

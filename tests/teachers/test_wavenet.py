@@ -373,15 +373,15 @@ def test_teacher_checkpoints_of_flat_constructor_arguments_load_as_their_config_
     from distill.audio.mel import LogMel
     from distill.config import from_dict
     from distill.train.checkpoint import load_checkpoint
-    from teachers.pretrained import demo_teacher_path, load_teacher
+    from teachers.pretrained import load_teacher, single_voice_teacher_path
 
-    for path in (demo_teacher_path(), demo_teacher_path().parent / "training" / "mol_lp_tiny"):
+    for path in (single_voice_teacher_path(), single_voice_teacher_path().parent / "training" / "mol_lp_tiny"):
         payload = load_checkpoint(path)
         assert "model" not in payload["model_args"]
         teacher, _ = load_teacher(path)
         assert teacher.config == from_dict(TeacherModelConfig, payload["config"]["model"])
         assert teacher.mel_context == 2 and teacher.features.preemphasis == 0.85
-    teacher, payload = load_teacher(demo_teacher_path())
+    teacher, payload = load_teacher(single_voice_teacher_path())
     x = load_audio(resolve_corpus("demo", "test")[0].path, 16000)[: 62 * 256][None]
     mel = teacher.pad_mels(LogMel(FeatureConfig(**payload["features"]))(x[0])[:, :62])
     with torch.no_grad():  # measured with the code before the change (flat constructor arguments)
