@@ -307,8 +307,10 @@ def preset_student(cfg: StudentConfig):
 
 def bench_distillation(device: torch.device, quick: bool, dtype: torch.dtype = torch.float32) -> list[dict]:
     """One distillation step of the tiny ClariNet student from the shipped teacher (its shape is the tiny
-    teacher preset): student forward, teacher forward on the sample, KL + STFT, backward, Adam; under
-    autocast for dtype bfloat16, as the Trainer runs it with train.amp=bf16."""
+    teacher preset; the universal one since 2026-12-07, with its pitch source, the single-voice one before:
+    figures from before that date are not comparable one to one): student forward, teacher forward on the
+    sample, KL + STFT, backward, Adam; under autocast for dtype bfloat16, as the Trainer runs it with
+    train.amp=bf16."""
     from students.task import DistillTask
 
     cfg = load_config(StudentConfig, STUDENTS["student clarinet_tiny"])

@@ -156,7 +156,7 @@ class WaveNetStack(nn.Module):
 
     # Under bf16 autocast, the input 1x1 and the first `float32_layers` gated layers run in float32: the
     # previous sample enters the stack there, and rounding it to bf16's 8 bits costs a teacher more than
-    # the later layers do (the shipped teacher's validation log density in bf16 autocast: -0.030
+    # the later layers do (the single-voice teacher's validation log density in bf16 autocast: -0.030
     # nats/sample against float32; input and first two layers in float32: -0.011). Teachers set 2.
     float32_layers = 0
 

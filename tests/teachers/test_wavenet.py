@@ -367,9 +367,9 @@ def test_one_config_builds_the_teacher_and_is_what_its_checkpoint_records(tmp_pa
 
 
 def test_teacher_checkpoints_of_flat_constructor_arguments_load_as_their_config_with_the_same_numbers():
-    """The shipped teacher (written without mel_silence) and the MoL run's checkpoint (with it) predate
+    """The single-voice teacher (written without mel_silence) and the MoL run's checkpoint (with it) predate
     the config as constructor argument: they load as the config their run was trained with, and the
-    shipped teacher gives the log density it gave before the change."""
+    single-voice teacher gives the log density it gave before the change."""
     from distill.audio.mel import LogMel
     from distill.config import from_dict
     from distill.train.checkpoint import load_checkpoint
