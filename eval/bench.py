@@ -86,7 +86,7 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
     for b in (1, 16):
         rates = sampler_rows(model, base, device, quick, b, rows)
         # naive at steady state: every window already holds a full receptive field (a prompt of R samples)
-        new = 2 if quick else 32
+        new = 1 if quick else 32
         frames = -(-(field + new) // hop)
         mel = (torch.randn(b, n_mels, frames + 2 * ctx) - 5).to(device)
         prompt = (0.1 * torch.randn(b, frames * hop - new)).to(device)
@@ -98,7 +98,7 @@ def bench_teacher(device: torch.device, quick: bool, dtype: torch.dtype = torch.
                      "samples_per_s": None, "ratio": rates["incremental"] / naive})
 
     # 1 s of audio at batch 1: the teacher's incremental sampling, the reference for the students
-    frames = (1024 if quick else 16000) // hop
+    frames = (512 if quick else 16000) // hop
     mel = (torch.randn(1, n_mels, frames + 2 * ctx) - 5).to(device)
     t = timed(lambda: generate(model, mel), device, repeats)
     rows.append({**base, "what": "teacher sampling, incremental, 1 s", "batch": 1, "length": frames * hop,
@@ -156,7 +156,7 @@ def sampler_rows(model, base: dict, device: torch.device, quick: bool, batch: in
     faster = {"cuda": [("graph", "graph (CUDA graphs)")],
               "cpu": [("fast", "fast (C loop)")] if fastloop_available() else []}
     hop, n_mels = model.hop_length, model.features.n_mels
-    frames = (512 if quick else 2048) // hop
+    frames = (256 if quick else 2048) // hop
     mel = (torch.randn(batch, n_mels, frames + 2 * model.mel_context) - 5).to(device)
     macs, rates = model.stack.macs_per_sample(), {}
     for method, name in [("incremental", "incremental")] + faster.get(device.type, []):
