@@ -176,7 +176,13 @@ def f0_scores(reference: np.ndarray, audio: np.ndarray) -> dict[str, float]:
     """Pitch and voicing accuracy against the reference (the CARGAN / BigVGAN set, with pyworld's
     trackers): F0 RMSE in cents over the frames both call voiced, voiced/unvoiced F1 with the
     reference's voicing as the truth, and the RMS difference of the two periodicity tracks over all
-    frames. NaN where no frame is voiced in both (F0) or in either (F1)."""
+    frames. NaN where no frame is voiced in both (F0) or in either (F1).
+
+    F1 has two ways to fall, and they call for different fixes: the voicing's precision (of the
+    frames the audio voices, the share the reference voices too; low when a vocoder voices breaths,
+    fricatives or a source's false alarms) and its recall (of the reference's voiced frames, the share
+    the audio voices too; low when sampling noise hides the harmonics from the tracker). NaN where
+    the audio (precision) or the reference (recall) voices no frame."""
     f0_ref, per_ref = f0_track(reference)
     f0_deg, per_deg = f0_track(audio)
     n = min(f0_ref.size, f0_deg.size)
@@ -187,6 +193,8 @@ def f0_scores(reference: np.ndarray, audio: np.ndarray) -> dict[str, float]:
     tp, fp, fn = int(both.sum()), int((v_deg & ~v_ref).sum()), int((v_ref & ~v_deg).sum())
     return {"f0_rmse_cents": float(np.sqrt(np.mean(cents**2))) if both.any() else math.nan,
             "vuv_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan,
+            "vuv_precision": tp / (tp + fp) if tp + fp else math.nan,
+            "vuv_recall": tp / (tp + fn) if tp + fn else math.nan,
             "periodicity_error": float(np.sqrt(np.mean((per_ref - per_deg) ** 2)))}
 
 
@@ -216,7 +224,8 @@ LIBRARY_METRICS = {
         LibraryMetric("dnsmos", ("speechmos", "librosa", "onnxruntime", "requests"),
                       ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808"), False, dnsmos),
         LibraryMetric("stoi", ("pystoi",), ("stoi", "estoi"), True, stoi_scores),
-        LibraryMetric("f0", ("pyworld",), ("f0_rmse_cents", "vuv_f1", "periodicity_error"), True, f0_scores),
+        LibraryMetric("f0", ("pyworld",), ("f0_rmse_cents", "vuv_f1", "vuv_precision", "vuv_recall",
+                                              "periodicity_error"), True, f0_scores),
         LibraryMetric("mcd", ("mel_cepstral_distance", "soundfile"), ("mcd",), True, mcd),
     )
 }

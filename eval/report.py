@@ -35,7 +35,8 @@ SCALARS = ("pesq_wb", "pesq_nb", "mel_l1", "stft_distance", "teacher_nll",
 METRIC_COLUMNS = (
     ("dnsmos_ovrl", "DNSMOS OVRL", 3), ("dnsmos_sig", "DNSMOS SIG", 3), ("dnsmos_bak", "DNSMOS BAK", 3),
     ("dnsmos_p808", "DNSMOS P.808", 3), ("stoi", "STOI", 3), ("estoi", "ESTOI", 3),
-    ("f0_rmse_cents", "F0 RMSE (cents)", 1), ("vuv_f1", "V/UV F1", 3), ("periodicity_error", "periodicity err.", 3),
+    ("f0_rmse_cents", "F0 RMSE (cents)", 1), ("vuv_f1", "V/UV F1", 3), ("vuv_precision", "V/UV prec.", 3),
+    ("vuv_recall", "V/UV recall", 3), ("periodicity_error", "periodicity err.", 3),
     ("mcd", "MCD (dB)", 2),
 )
 TB_AUDIO_CLIPS = 3  # utterances whose audio and spectrograms go to TensorBoard

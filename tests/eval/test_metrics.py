@@ -124,7 +124,8 @@ def test_f0_metrics_are_perfect_for_identical_signals_and_grow_with_a_pitch_shif
 
     from eval.metrics import F0_CEIL, F0_FLOOR, f0_scores
 
-    assert f0_scores(speech64, speech64) == {"f0_rmse_cents": 0.0, "vuv_f1": 1.0, "periodicity_error": 0.0}
+    assert f0_scores(speech64, speech64) == {"f0_rmse_cents": 0.0, "vuv_f1": 1.0, "vuv_precision": 1.0,
+                                             "vuv_recall": 1.0, "periodicity_error": 0.0}
     # the utterance resynthesised by WORLD with its F0 raised by 0, 25, 100, 300 cents: same timing and envelope
     f0, envelope, aperiodicity = pyworld.wav2world(speech64, 16000)
     shifted = [pyworld.synthesize(f0 * 2 ** (c / 1200), envelope, aperiodicity, 16000)[: speech64.size]
@@ -154,6 +155,17 @@ def test_voicing_f1_counts_unvoiced_frames_against_the_reference():
     scores = f0_scores(voiced, half)
     assert 0.5 < scores["vuv_f1"] < 0.8  # about half the reference's voiced frames are missed
     assert scores["f0_rmse_cents"] < 20  # where both are voiced they agree
+    # missing voiced frames lowers the recall and leaves the precision whole
+    assert scores["vuv_precision"] == 1.0 and 0.35 < scores["vuv_recall"] < 0.65
+    f1 = 2 * scores["vuv_precision"] * scores["vuv_recall"] / (scores["vuv_precision"] + scores["vuv_recall"])
+    assert scores["vuv_f1"] == pytest.approx(f1)
+    # voicing frames the reference leaves unvoiced is the other way round: the same F1 by precision
+    over = f0_scores(half, voiced)
+    assert over["vuv_recall"] == 1.0 and over["vuv_precision"] == pytest.approx(scores["vuv_recall"])
+    assert over["vuv_f1"] == pytest.approx(scores["vuv_f1"])
+    # nothing voiced in the audio: recall 0 and no precision to speak of
+    silent = f0_scores(voiced, 0.003 * np.random.default_rng(2).standard_normal(voiced.size))
+    assert silent["vuv_recall"] == 0.0 and math.isnan(silent["vuv_precision"])
 
 
 def test_dnsmos_equals_speechmos_called_directly_and_falls_with_noise(speech64):
