@@ -1,4 +1,5 @@
-"""Baselines every report carries, scored like the models: Griffin-Lim from the same mels."""
+"""Baselines scored like the models: Griffin-Lim from the same mels (every report carries it), and on
+request WORLD analysis-synthesis of the recording itself (`--systems ...,world`)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,27 @@ def griffin_lim(mel: torch.Tensor, features: FeatureConfig, n_iter: int = 60) ->
     length = mel.shape[-1] * f.hop_length
     audio = F.pad(audio, (f.hop_length // 2, 0))[:length]
     return F.pad(audio, (0, length - audio.shape[-1])).clamp(-1, 1)
+
+
+def world_resynthesis(audio: torch.Tensor, sample_rate: int, frame_period_ms: float = 5.0) -> torch.Tensor:
+    """The recording (T,) analysed and resynthesised by the WORLD vocoder (`pyworld`, the eval extra):
+    F0 by DIO refined by StoneMask (in the F0 metric's search range), the spectral envelope by
+    CheapTrick, the aperiodicity by D4C, then WORLD's synthesis -> audio (T,).
+
+    Not from the mel: an oracle, a source-filter vocoder given the recording's own parameters (the
+    classical baseline of WaveNet vocoder papers, here with analysis rather than predicted features).
+    It says what a noise-and-pulse excitation scores on a voice when its parameters are right; a
+    neural vocoder below it loses to its parameters, one near it to the excitation model."""
+    import numpy as np
+    import pyworld
+
+    from eval.metrics import F0_CEIL, F0_FLOOR
+
+    x = audio.detach().double().cpu().numpy()
+    f0, times = pyworld.dio(x, sample_rate, f0_floor=F0_FLOOR, f0_ceil=F0_CEIL, frame_period=frame_period_ms)
+    f0 = pyworld.stonemask(x, f0, times, sample_rate)
+    envelope = pyworld.cheaptrick(x, f0, times, sample_rate)
+    aperiodicity = pyworld.d4c(x, f0, times, sample_rate)
+    y = pyworld.synthesize(f0, envelope, aperiodicity, sample_rate, frame_period_ms)[: x.size]
+    y = np.pad(y, (0, x.size - y.size))
+    return torch.from_numpy(np.clip(y, -1.0, 1.0)).to(audio.dtype)

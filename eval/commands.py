@@ -73,9 +73,10 @@ def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seco
                    help="multi-speaker models: synthesise every clip as this speaker (default: each clip's own, "
                         "named by the corpus as in the teacher's training data)")
     p.add_argument("--systems", default="reference,griffin_lim,teacher,student",
-                   help="comma list of the systems to synthesise and score, from reference, griffin_lim, teacher "
-                        "and student (every --student); leaving out teacher skips its slow sampling (and the "
-                        "speed-ups against it)")
+                   help="comma list of the systems to synthesise and score, from reference, griffin_lim, world, "
+                        "teacher and student (every --student); leaving out teacher skips its slow sampling (and "
+                        "the speed-ups against it); world (not in the default) is WORLD analysis-synthesis of the "
+                        "recording itself, an oracle source-filter vocoder (needs the eval extra)")
     p.add_argument("--metrics", default="all",
                    help="library metrics beside PESQ, log-mel L1 and MR-STFT: all (default), none, or a comma list "
                         "of dnsmos, stoi, f0, mcd; each needs the eval extra (pip install 'wavedistill[eval]') "

@@ -2,7 +2,8 @@
 
 Systems: the reference itself (the PESQ ceiling), Griffin-Lim from the same mels (the floor a neural
 vocoder must beat), the teacher (autoregressive sampling) and each student (one parallel pass); any
-of them can be left out (`EvalRequest.systems`). Every system is scored the same way: PESQ
+of them can be left out (`EvalRequest.systems`). On request, WORLD analysis-synthesis of the
+recording (`eval.baselines.world_resynthesis`, an oracle: not from the mel). Every system is scored the same way: PESQ
 (wideband; narrowband on request), log-mel L1, multi-resolution STFT distance, the teacher's NLL of
 its audio (for a student, an estimate of the cross-entropy H(P_S, P_T), the part of KL(P_S || P_T)
 the teacher sees), and the library metrics that are installed (`eval.metrics.LIBRARY_METRICS`:
@@ -30,7 +31,7 @@ from distill.config import FeatureConfig
 from distill.data.corpus import resolve_corpus
 from distill.data.datasets import UtteranceStore
 from distill.errors import ConfigError, CorpusError
-from eval.baselines import griffin_lim
+from eval.baselines import griffin_lim, world_resynthesis
 from eval.degrade import MelDegradation
 from eval.metrics import LIBRARY_METRICS, library_scores, mel_l1, pesq_scores, stft_distance
 from eval.timing import real_time_factor
@@ -39,8 +40,10 @@ from students.iaf import IAFStudent, synthesize
 from teachers.sampling import fastest_method, generate
 from teachers.wavenet import WaveNetTeacher
 
-REFERENCE, GRIFFIN_LIM, TEACHER, STUDENT = "reference", "griffin_lim", "teacher", "student"
-SYSTEMS = (REFERENCE, GRIFFIN_LIM, TEACHER, STUDENT)  # what --systems chooses from ("student": every student)
+REFERENCE, GRIFFIN_LIM, WORLD, TEACHER, STUDENT = "reference", "griffin_lim", "world", "teacher", "student"
+# what --systems chooses from ("student": every student; "world": on request, an oracle from the recording)
+SYSTEMS = (REFERENCE, GRIFFIN_LIM, WORLD, TEACHER, STUDENT)
+DEFAULT_SYSTEMS = (REFERENCE, GRIFFIN_LIM, TEACHER, STUDENT)
 
 
 @dataclass
@@ -88,7 +91,7 @@ class EvalRequest:
     speaker: str | None = None  # multi-speaker models: synthesise every clip as this speaker
     training_voices: tuple[str, ...] | None = None  # the "training" group; None: the checkpoints' records
     device: str = "auto"
-    systems: tuple[str, ...] = SYSTEMS  # what is synthesised and scored (the reference is always the reference)
+    systems: tuple[str, ...] = DEFAULT_SYSTEMS  # what is synthesised and scored (the reference is always the reference)
     metrics: tuple[str, ...] = ("all",)  # library metrics (eval.metrics.LIBRARY_METRICS), "all" or "none"
     pesq_modes: tuple[str, ...] = ("wb",)
     teacher_sampler: str = "auto"  # auto (graph on CUDA, incremental on a CPU), incremental, graph or fast
@@ -120,6 +123,14 @@ class EvalRequest:
         if not set(self.pesq_modes) <= {"wb", "nb"}:
             raise ConfigError(f"PESQ modes {self.pesq_modes}: wb and/or nb")
         MelDegradation.parse(self.degrade_mels)
+        if WORLD in self.systems:
+            if self.degrade_mels:
+                raise ConfigError("--systems world analyses the recording, not its mel, so --degrade-mels would not "
+                                  "reach it: leave world out of --systems, or --degrade-mels out")
+            import importlib.util
+
+            if importlib.util.find_spec("pyworld") is None:
+                raise ConfigError("--systems world needs pyworld: pip install 'wavedistill[eval]', or leave world out")
 
 
 def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances: int, max_seconds: float,
@@ -291,7 +302,7 @@ def evaluate(
     """Synthesise, time and score every system of `request.systems`. Returns (systems table, audio per system)."""
     chosen = set(request.systems)
     systems: dict[str, list[torch.Tensor]] = {REFERENCE: [c.reference for c in clips]}
-    names = [n for n in (GRIFFIN_LIM, TEACHER) if n in chosen] + (list(students) if STUDENT in chosen else [])
+    names = [n for n in (GRIFFIN_LIM, WORLD, TEACHER) if n in chosen] + (list(students) if STUDENT in chosen else [])
     bar = tqdm(total=len(names) + 2, desc="evaluating", disable=not progress)
     probe = timing_clip(clips[0], features, request.rtf_seconds)
     probe_seconds = probe.reference.numel() / features.sample_rate
@@ -319,6 +330,9 @@ def evaluate(
     if GRIFFIN_LIM in chosen:
         run(GRIFFIN_LIM, lambda cs: [griffin_lim(c.input_mel, features) for c in cs])
         rtf[GRIFFIN_LIM]["device"], rtf[GRIFFIN_LIM]["device_name"] = "cpu", "cpu (torchaudio Griffin-Lim)"
+    if WORLD in chosen:
+        run(WORLD, lambda cs: [world_resynthesis(c.reference, features.sample_rate) for c in cs])
+        rtf[WORLD]["device"], rtf[WORLD]["device_name"] = "cpu", "cpu (pyworld analysis and synthesis)"
     teacher_rtf: dict[str, dict] = {}  # the teacher's RTF per sampler: the one evaluated, the reference, the fastest
     if TEACHER in chosen:
         run(TEACHER, teacher_synth(request.teacher_sampler))
