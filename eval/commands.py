@@ -63,6 +63,10 @@ def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seco
                         "at its own synthesis temperature, its config's valid.temperature, and the students at 1: a "
                         "student distilled with loss.teacher_temperature T already imitates the teacher at T, so "
                         "an explicit value scales a tempered student's noise once more)")
+    p.add_argument("--voiced-temperature", type=float, default=None, metavar="T",
+                   help="a teacher with a pitch source samples voiced speech at this temperature and unvoiced speech "
+                        "at --temperature, following the voicing it reads from the mel (LPCNet's pitch-dependent "
+                        "temperature; docs/teacher.md); default: --temperature everywhere")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--degrade-mels", default="", metavar="SPEC",
                    help="synthesise every system from degraded mels, a stand-in for a TTS model's: light, medium, "
@@ -97,7 +101,8 @@ def request_from_args(args, students: list[str]):
         systems=tuple(n.strip() for n in args.systems.split(",") if n.strip()),
         metrics=tuple(n.strip() for n in args.metrics.split(",") if n.strip()),
         pesq_modes=("wb", "nb") if args.pesq_nb else ("wb",), teacher_sampler=args.teacher_sampler,
-        teacher_batch=args.teacher_batch, temperature=args.temperature, student_dtype=args.student_dtype,
+        teacher_batch=args.teacher_batch, temperature=args.temperature,
+        voiced_temperature=getattr(args, "voiced_temperature", None), student_dtype=args.student_dtype,
         student_compile=args.student_compile, seed=args.seed, rtf_seconds=args.rtf_seconds, rtf_runs=args.rtf_runs,
         degrade_mels=getattr(args, "degrade_mels", ""), out=args.out,
     )

@@ -97,6 +97,8 @@ class EvalRequest:
     teacher_sampler: str = "auto"  # auto (graph on CUDA, incremental on a CPU), incremental, graph or fast
     teacher_batch: int = 16  # utterances the teacher samples together
     temperature: float | None = None  # the teacher's (None: its own synthesis temperature)
+    # the teacher's temperature in voiced speech (`teachers.sampling.step_temperatures`; None: `temperature`)
+    voiced_temperature: float | None = None
     # the students' noise scale (1: a student distilled at loss.teacher_temperature T imitates the teacher at T)
     student_temperature: float = 1.0
     student_dtype: str = "float32"  # students: float32 or bfloat16 (autocast)
@@ -160,7 +162,7 @@ def load_clips(corpus: str, split: str, features: FeatureConfig, max_utterances:
 @torch.inference_mode()
 def teacher_synthesis(teacher: WaveNetTeacher, clips: list[Clip], features: FeatureConfig, device: torch.device,
                       batch_size: int = 16, temperature: float = 1.0, progress: bool = False,
-                      method: str = "incremental") -> list[torch.Tensor]:
+                      method: str = "incremental", voiced_temperature: float | None = None) -> list[torch.Tensor]:
     """AR copy synthesis (`teachers.sampling.generate` method), utterances batched (shorter mels padded
     with silence, as `pad_mels` pads every mel's edges; a multi-speaker model gets each clip's own speaker
     id, so one batch may mix voices)."""
@@ -169,7 +171,7 @@ def teacher_synthesis(teacher: WaveNetTeacher, clips: list[Clip], features: Feat
         group = clips[i : i + batch_size]
         mels = teacher.pad_mels([c.input_mel for c in group]).to(device)
         audio = generate(teacher, mels, method, temperature=temperature, progress=progress,
-                         speaker=speakers_of(group, device)).float().cpu()
+                         speaker=speakers_of(group, device), voiced_temperature=voiced_temperature).float().cpu()
         outputs += [audio[j, : c.reference.numel()] for j, c in enumerate(group)]
     return outputs
 
@@ -325,7 +327,7 @@ def evaluate(
     def teacher_synth(method: str) -> Callable[[list[Clip]], list[torch.Tensor]]:
         return lambda cs: teacher_synthesis(teacher, cs, features, device, request.teacher_batch,
                                             1.0 if request.temperature is None else request.temperature, False,
-                                            method)
+                                            method, request.voiced_temperature)
 
     if GRIFFIN_LIM in chosen:
         run(GRIFFIN_LIM, lambda cs: [griffin_lim(c.input_mel, features) for c in cs])

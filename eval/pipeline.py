@@ -30,7 +30,7 @@ from eval.voices import VOICE_RULE, selection_note, voice_groups
 from students.iaf import IAFStudent
 from students.pretrained import load_student
 from teachers.pretrained import demo_teacher_path, file_sha256, load_teacher
-from teachers.sampling import reference_method
+from teachers.sampling import check_voiced_temperature, reference_method
 
 log = logging.getLogger("wavedistill")
 
@@ -57,6 +57,8 @@ def run(request: EvalRequest) -> dict:
     student_temperature = request.student_temperature if temperature is None else temperature
     if temperature is None:  # the temperature its trainer documented for it
         temperature = float(payload.get("config", {}).get("valid", {}).get("temperature", 1.0))
+    if request.voiced_temperature is not None:
+        check_voiced_temperature(teacher, temperature, request.voiced_temperature)
     request = dataclasses.replace(request, teacher=str(teacher_path), teacher_sampler=sampler, temperature=temperature,
                                   student_temperature=student_temperature, metrics=tuple(m.name for m in metrics))
     features = FeatureConfig(**payload["features"])

@@ -109,6 +109,9 @@ def add_vocode(sub) -> None:
     p.add_argument("--out", required=True, help="folder for the WAVs (OUT/<input stem>.wav)")
     p.add_argument("--temperature", type=float, default=None,
                    help="noise scale (default: a teacher's recorded synthesis temperature; 1 for a student)")
+    p.add_argument("--voiced-temperature", type=float, default=None, metavar="T",
+                   help="teacher with a pitch source only: sample voiced speech at this temperature and unvoiced "
+                        "speech at --temperature, following the voicing it reads from the mel (docs/teacher.md)")
     p.add_argument("--mode", choices=["sample", "mean"], default="sample",
                    help="teacher only: draw each step, or take its mean (no hiss, duller)")
     p.add_argument("--speaker", default=None, help="a multi-speaker model's speaker: a name of its map or an id")
@@ -141,7 +144,8 @@ def _vocode(args) -> int:
     if args.mode != "sample" and vocoder.kind == "student":
         log.warning("--mode applies to teachers; a student always samples")
     result = vocode_files(vocoder, args.inputs, args.out, batch=args.batch, seed=args.seed,
-                          temperature=args.temperature, mode=args.mode, overwrite=args.overwrite, speaker=args.speaker)
+                          temperature=args.temperature, mode=args.mode, overwrite=args.overwrite, speaker=args.speaker,
+                          voiced_temperature=args.voiced_temperature)
     for line in result.failed:
         log.error("%s (skipped)", line)
     if result.skipped:

@@ -64,12 +64,14 @@ class VocodeResult:
 
 def vocode_files(vocoder: Vocoder, specs: list[str], out: str | Path, batch: int = 8, seed: int | None = 0,
                  temperature: float | None = None, mode: str = "sample", overwrite: bool = False,
-                 progress: bool = True, speaker: str | None = None) -> VocodeResult:
+                 progress: bool = True, speaker: str | None = None,
+                 voiced_temperature: float | None = None) -> VocodeResult:
     """Vocode every input (see the module docstring). The i-th input's noise is drawn from seed + i for
     a student, so its audio does not depend on --batch."""
     if batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {batch}")
     vocoder.speaker_ids(speaker, 1)  # a missing or unknown speaker is one line before any file is read
+    vocoder.check_voiced_temperature(vocoder.temperature if temperature is None else temperature, voiced_temperature)
     out = Path(out)
     files, failed = expand_inputs(specs)
     result = VocodeResult([], [], failed)
@@ -103,7 +105,8 @@ def vocode_files(vocoder: Vocoder, specs: list[str], out: str | Path, batch: int
         # one call per run of consecutive indices, so input i always gets seed + i
         for run in _consecutive(group):
             audios = vocoder([m for _, m, _ in run], temperature=temperature,
-                             seed=None if seed is None else seed + run[0][0], mode=mode, speaker=speaker)
+                             seed=None if seed is None else seed + run[0][0], mode=mode, speaker=speaker,
+                             voiced_temperature=voiced_temperature)
             for (_, _, target), audio in zip(run, audios, strict=True):
                 out.mkdir(parents=True, exist_ok=True)
                 partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")

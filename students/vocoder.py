@@ -31,7 +31,7 @@ from distill.train.checkpoint import load_checkpoint
 from students.iaf import IAFStudent, synthesize
 from students.pretrained import load_student
 from teachers.pretrained import load_teacher
-from teachers.sampling import fastest_method, generate
+from teachers.sampling import check_voiced_temperature, fastest_method, generate
 from teachers.wavenet import WaveNetTeacher
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
@@ -110,7 +110,8 @@ class Vocoder:
         return check_values(mel, name)
 
     def __call__(self, mel, temperature: float | None = None, seed: int | None = None,
-                 speaker: int | str | None = None, mode: str = "sample", method: str = "auto"):
+                 speaker: int | str | None = None, mode: str = "sample", method: str = "auto",
+                 voiced_temperature: float | None = None):
         """mel: (n_mels, F) -> audio (F * hop,); (B, n_mels, F) -> (B, F * hop); a list of (n_mels, F_i)
         -> a list of (F_i * hop,), synthesised as one batch (shorter mels padded with silence, outputs cut).
 
@@ -119,7 +120,9 @@ class Vocoder:
         what it is batched with. speaker: a name (of `self.speakers`) or an int id, for a multi-speaker
         model. mode, method: the
         teacher's ("sample" or "mean"; "auto" = the fastest sampler for the device,
-        `teachers.sampling.fastest_method`).
+        `teachers.sampling.fastest_method`). voiced_temperature: a teacher with a pitch source samples
+        voiced speech at this temperature and unvoiced speech at `temperature`
+        (`teachers.sampling.step_temperatures`); a student refuses it.
         """
         if isinstance(mel, np.ndarray):  # a TTS model's .npy, as loaded
             mel = torch.from_numpy(mel)
@@ -132,10 +135,22 @@ class Vocoder:
         temperature = self.temperature if temperature is None else float(temperature)
         if not math.isfinite(temperature) or temperature < 0:
             raise ConfigError(f"temperature must be a finite number >= 0, got {temperature}")
-        audios = self._synthesize(mels, temperature, seed, self.speaker_ids(speaker, len(mels)), mode, method)
+        self.check_voiced_temperature(temperature, voiced_temperature)
+        audios = self._synthesize(mels, temperature, seed, self.speaker_ids(speaker, len(mels)), mode, method,
+                                  voiced_temperature)
         if single:
             return audios[0]
         return torch.stack(audios) if batched else audios
+
+    def check_voiced_temperature(self, temperature: float, voiced_temperature: float | None) -> None:
+        """One ConfigError for a voiced temperature this model cannot honour: a student's noise has no
+        voicing-dependent scale, and a teacher needs a pitch source and temperatures > 0."""
+        if voiced_temperature is None:
+            return
+        if self.kind == "student":
+            raise ConfigError("a voiced temperature is a teacher's: a student samples its noise at one scale; "
+                              "leave it out")
+        check_voiced_temperature(cast(WaveNetTeacher, self.model), temperature, voiced_temperature)
 
     def speaker_ids(self, speaker: int | str | None, batch: int) -> torch.Tensor | None:
         """A speaker name or id -> ids (batch,) on the device (None for a single-speaker model), or one
@@ -165,7 +180,8 @@ class Vocoder:
 
     @torch.inference_mode()
     def _synthesize(self, mels: list[torch.Tensor], temperature: float, seed: int | None,
-                    speaker: torch.Tensor | None, mode: str, method: str) -> list[torch.Tensor]:
+                    speaker: torch.Tensor | None, mode: str, method: str,
+                    voiced_temperature: float | None = None) -> list[torch.Tensor]:
         frames = max(m.shape[-1] for m in mels)
         batch = self.model.pad_mels(mels).to(self.device)
         hop = self.hop_length
@@ -187,6 +203,7 @@ class Vocoder:
             with torch.random.fork_rng(devices=devices, enabled=seed is not None):
                 if seed is not None:
                     torch.manual_seed(seed)
-                audio = generate(teacher, batch, method, temperature=temperature, mode=mode, speaker=speaker)
+                audio = generate(teacher, batch, method, temperature=temperature, mode=mode, speaker=speaker,
+                                 voiced_temperature=voiced_temperature)
         audio = audio.float().cpu()
         return [audio[i, : m.shape[-1] * hop] for i, m in enumerate(mels)]

@@ -48,8 +48,9 @@ class OutputDistribution:
         units, and KL(p || p) is 0)."""
         return self.log_prob(params, x)
 
-    def sample(self, params: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """(B, P, T) -> (B, T) draws; temperature scales the spread (0 = the mean/mode)."""
+    def sample(self, params: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
+        """(B, P, T) -> (B, T) draws; temperature scales the spread (0 = the mean/mode): one number, or
+        each draw's own (B, T), all > 0."""
         raise NotImplementedError
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
@@ -148,6 +149,11 @@ class Logistic(_LocationScale):
         return self.unpack(params)[1] + 2.0
 
 
+def _is_zero(temperature: float | torch.Tensor) -> bool:
+    """Temperature 0 (the mode, no draw): only ever one number; a temperature per draw is > 0."""
+    return not isinstance(temperature, torch.Tensor) and temperature == 0
+
+
 def _log_sigmoid_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """log(sigmoid(a) - sigmoid(b)) for a > b, exact and stable."""
     return F.logsigmoid(a) + F.logsigmoid(-b) + torch.log(-torch.expm1(b - a))
@@ -218,7 +224,7 @@ class DiscretizedMixLogistic(OutputDistribution):
         (`teachers/sampling/fastloop.c` implements the same function.)"""
         logit_pi, mu, log_s = self.unpack(params)
         k = self.num_components
-        if temperature == 0:
+        if _is_zero(temperature):
             gumbel = torch.zeros_like(logit_pi)
         else:
             gumbel = -torch.log(-torch.log(u[:, :k].clamp(1e-10, 1 - 1e-10)))
@@ -269,15 +275,17 @@ class MuLawCategorical(OutputDistribution):
         return self.num_classes
 
     def sample(self, params, temperature=1.0):
-        if temperature == 0:
+        if _is_zero(temperature):
             return self.decode(params.argmax(dim=1)).to(params.dtype)
         return self.draw(params, torch.rand_like(params), temperature)
 
     def draw(self, params, u, temperature=1.0):
         """The class that uniforms u (B, C, T) in (0, 1) select by Gumbel-max of logits / temperature
         (the most likely class at temperature 0), as its amplitude. (`teachers/sampling/fastloop.c` too.)"""
-        if temperature == 0:
+        if _is_zero(temperature):
             return self.decode(params.argmax(dim=1)).to(params.dtype)
+        if isinstance(temperature, torch.Tensor):  # each draw's own (B, T), over the classes' axis
+            temperature = temperature.unsqueeze(1)
         gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-10)))
         return self.decode((params / temperature + gumbel).argmax(dim=1)).to(params.dtype)
 

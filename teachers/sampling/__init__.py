@@ -12,6 +12,14 @@ All accept `temperature` (scales the spread of each draw) and `mode="mean"` (tak
 mean instead of a draw: no sampling hiss in silence, but duller speech). `generate` checks the
 method, mode, temperature and prompt once, then dispatches through `SAMPLERS`.
 
+A temperature may also be each step's own, (B, T): `generate(..., voiced_temperature=Tv)` gives a
+teacher with a pitch source the temperature T + (Tv - T) v(t) at sample t, v the soft voicing its
+source reads from the mel (`step_temperatures`). LPCNet (Valin and Skoglund 2019) lowers its
+temperature with the pitch correlation for the same reason: in voiced speech the noise of each draw
+fills the gaps between the harmonics, which a pitch tracker (and a listener) hears as hoarseness,
+while in unvoiced speech the noise is the signal, and a temperature below 1 takes its energy away
+(20 log10 T dB).
+
 Two "auto" policies, named here: `fastest_method` (validation samples, vocoding: the fastest sampler
 the device has) and `reference_method` (evaluation: the sampler whose speed a paper quotes as the
 teacher's, CUDA graphs on a GPU and the incremental PyTorch sampler on a CPU).
@@ -19,6 +27,7 @@ teacher's, CUDA graphs on a GPU and the incremental PyTorch sampler on a CPU).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -31,12 +40,26 @@ from teachers.wavenet import WaveNetTeacher, period_step
 MODES = ("sample", "mean")
 
 
-def draw(dist, params: torch.Tensor, mode: str, temperature: float) -> torch.Tensor:
+def draw(dist, params: torch.Tensor, mode: str, temperature: float | torch.Tensor) -> torch.Tensor:
     """The one draw of the PyTorch samplers: params (B, P, 1) -> (B, 1), clamped to [-1, 1] in the model
     domain (a pre-emphasised signal could reach 1 + a, which speech at sane levels does not come near).
-    The C loop implements the same function (`fastloop.c`'s `draw`)."""
+    temperature: one number, or each sequence's own (B, 1). The C loop implements the same function
+    (`fastloop.c`'s `draw`)."""
     x = dist.mean(params) if mode == "mean" else dist.sample(params, temperature)
     return x.clamp(-1, 1)
+
+
+def step_temperatures(cond: torch.Tensor, temperature: float, voiced_temperature: float) -> torch.Tensor:
+    """Each sample's temperature (B, T), T + (Tv - T) v(t): `temperature` where the pitch source's soft
+    voicing v is 0 (unvoiced), `voiced_temperature` where it is 1, linear between. cond (B, C, T): the
+    conditioning of a teacher with a pitch source, whose last channel is v (`distill.nn.pitch`)."""
+    voicing = cond[:, -1].clamp(0, 1)
+    return temperature + (voiced_temperature - temperature) * voicing
+
+
+def _at(temperature: float | torch.Tensor, t: int) -> float | torch.Tensor:
+    """Step t's temperature: the one number, or column t (B, 1) of each step's own."""
+    return temperature[:, t : t + 1] if isinstance(temperature, torch.Tensor) else temperature
 
 
 def lp_step(audio: torch.Tensor, lpc: torch.Tensor, t: int) -> torch.Tensor:
@@ -91,7 +114,8 @@ def incremental_forward(teacher: WaveNetTeacher, y: torch.Tensor, cond: torch.Te
 
 # ---------------------------------------------------------------------------------------- the samplers
 # Each: (teacher, cond (B, C, T), lpc or None, lag (B, T) or None, audio (B, T) holding the prompt's `start`
-# samples (model domain), mode, temperature, progress) -> audio (B, T) in the model domain.
+# samples (model domain), mode, temperature (a number, or each step's own (B, T)), progress) -> audio (B, T)
+# in the model domain.
 
 def _incremental(teacher, cond, lpc, lag, audio, start, mode, temperature, progress) -> torch.Tensor:
     stepper = StackStepper(teacher.stack, cond)
@@ -101,7 +125,7 @@ def _incremental(teacher, cond, lpc, lag, audio, start, mode, temperature, progr
         if t < start:  # teacher-forced through the prompt
             prev = audio[:, t : t + 1]
             continue
-        prev = draw(teacher.dist, _step_params(teacher, params[:, :, None], audio, lpc, t), mode, temperature)
+        prev = draw(teacher.dist, _step_params(teacher, params[:, :, None], audio, lpc, t), mode, _at(temperature, t))
         audio[:, t] = prev[:, 0]
     return audio
 
@@ -115,7 +139,7 @@ def _naive(teacher, cond, lpc, lag, audio, start, mode, temperature, progress) -
         past = None if lag is None else lag[:, first : t + 1]
         window = teacher.stack_input(audio[:, first : t + 1], past, first)[:, :, lo - first :]
         params = _step_params(teacher, teacher.stack(window, cond[:, :, lo : t + 1])[:, :, -1:], audio, lpc, t)
-        audio[:, t] = draw(teacher.dist, params, mode, temperature)[:, 0]
+        audio[:, t] = draw(teacher.dist, params, mode, _at(temperature, t))[:, 0]
     return audio
 
 
@@ -170,17 +194,32 @@ def reference_method(teacher: WaveNetTeacher, device: torch.device) -> str:
     return "graph" if device.type == "cuda" and graph_unsupported(teacher) is None else "incremental"
 
 
-def check_request(method: str, mode: str, temperature: float, prompt: torch.Tensor | None, batch: int,
-                  length: int) -> None:
+def check_request(method: str, mode: str, temperature: float | torch.Tensor, prompt: torch.Tensor | None,
+                  batch: int, length: int) -> None:
     """One ValueError for a sampler, mode, temperature or prompt that `generate` cannot honour."""
     if method not in SAMPLERS:
         raise ValueError(f"method must be one of {', '.join(map(repr, SAMPLERS))}, got {method!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
-    if not temperature >= 0:
+    if isinstance(temperature, torch.Tensor):
+        if tuple(temperature.shape) != (batch, length) or not bool((temperature > 0).all()):
+            raise ValueError(f"a temperature per step must be ({batch}, {length}) and > 0 everywhere, got "
+                             f"{tuple(temperature.shape)} from {float(temperature.min()):.3g}")
+    elif not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature!r}")
     if prompt is not None and (prompt.dim() != 2 or prompt.shape[0] != batch or prompt.shape[1] >= length):
         raise ValueError(f"prompt must be (batch={batch}, P) with P < {length} samples, got {tuple(prompt.shape)}")
+
+
+def check_voiced_temperature(teacher: WaveNetTeacher, temperature: float, voiced_temperature: float) -> None:
+    """One ConfigError for a voiced temperature `generate` cannot honour: the teacher must read voicing from
+    the mel (model.pitch_source), and both temperatures must be > 0."""
+    if getattr(teacher, "pitch", None) is None:
+        raise ConfigError("a voiced temperature follows the voicing of the teacher's pitch source, and this teacher "
+                          "has none (model.pitch_source: false): leave the voiced temperature out")
+    if not all(math.isfinite(t) and t > 0 for t in (voiced_temperature, temperature)):
+        raise ConfigError(f"the voiced temperature and the temperature must both be > 0, got {voiced_temperature!r} "
+                          f"and {temperature!r}")
 
 
 @torch.inference_mode()
@@ -193,6 +232,7 @@ def generate(
     speaker: torch.Tensor | None = None,
     progress: bool = False,
     prompt: torch.Tensor | None = None,
+    voiced_temperature: float | None = None,
 ) -> torch.Tensor:
     """mel: (B, n_mels, F + 2c) -> audio (B, F * hop) drawn from the teacher.
 
@@ -204,22 +244,31 @@ def generate(
 
     prompt: (B, P) known audio that the output starts with; sampling continues after it (P < F * hop).
 
+    voiced_temperature: a teacher with a pitch source samples voiced speech at this temperature and
+    unvoiced speech at `temperature`, following the soft voicing it reads from the mel
+    (`step_temperatures`); both > 0. None: `temperature` everywhere.
+
     Every sampler works in the teacher's model domain (pre-emphasised audio when the teacher has
     `preemphasis`; the prompt is converted) with its linear prediction, and the result is de-emphasised.
     """
     was_training = teacher.training
+    if voiced_temperature is not None:
+        check_voiced_temperature(teacher, temperature, voiced_temperature)
     teacher.eval()
     try:
         cond = teacher.conditioning(mel, speaker)
         lpc, lag = teacher.predictor(mel), teacher.period(mel)
         batch, _, length = cond.shape
         check_request(method, mode, temperature, prompt, batch, length)
+        temps: float | torch.Tensor = temperature
+        if voiced_temperature is not None:
+            temps = step_temperatures(cond, temperature, voiced_temperature)
         audio = torch.zeros(batch, length, device=cond.device, dtype=cond.dtype)
         start = 0
         if prompt is not None:
             start = prompt.shape[-1]
             audio[:, :start] = teacher.to_model_domain(prompt.to(cond.dtype))
-        audio = SAMPLERS[method](teacher, cond, lpc, lag, audio, start, mode, temperature, progress)
+        audio = SAMPLERS[method](teacher, cond, lpc, lag, audio, start, mode, temps, progress)
     finally:
         teacher.train(was_training)
     if teacher.preemphasis:

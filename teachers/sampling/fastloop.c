@@ -121,6 +121,8 @@ static float draw(int dist, const float *p, int P, const float *u, int mode, flo
  *          the locations params[loc, loc + nloc) become sum_k c[k] audio[pos - 1 - k] + e^lg location and
  *          the log scales that follow them, params[loc + nloc, loc + 2 nloc), grow by lg
  *   prev   (B)             the input of the next step (the previous sample); updated
+ *   temps  (n, B) or NULL: each step's own sampling temperature (a voicing-dependent temperature,
+ *          `teachers.sampling.step_temperatures`); NULL: `temperature` for every step
  *   dist 0 gaussian, 1 logistic, 2 mixture of logistics (bins: its number of bins), 3 mu-law (table:
  *   the P class amplitudes); mode 0 sample / 1 mean
  */
@@ -130,7 +132,7 @@ int wavenet_steps(int n, int batch, int layers, int residual, int gate, int skip
                   const float *b_h1, const float *w_h2, const float *b_h2, float *rings, int span_max,
                   const int *spans, const int *backs, float *audio, int total, long pos, int start,
                   const float *noise, float *params, float *prev, int mode, float temperature,
-                  float log_scale_min, float *work, int dist, int num_params, int noise_per_step, int bins,
+                  const float *temps, float log_scale_min, float *work, int dist, int num_params, int noise_per_step, int bins,
                   const float *table, const float *lpc, int order, int loc, int nloc, const double *lags, int ntaps) {
     const int R = residual, G = gate, G2 = 2 * gate, S = skip, H = hidden, KR = kernel * residual;
     const int P = num_params, Q = noise_per_step;
@@ -208,7 +210,8 @@ int wavenet_steps(int n, int batch, int layers, int residual, int gate, int skip
             if (pos < start) {
                 x = audio[(size_t)b * total + pos]; /* teacher-forced through the prompt */
             } else {
-                x = draw(dist, o2 + (size_t)b * P, P, noise + ((size_t)step * batch + b) * Q, mode, temperature,
+                const float t = temps ? temps[(size_t)step * batch + b] : temperature;
+                x = draw(dist, o2 + (size_t)b * P, P, noise + ((size_t)step * batch + b) * Q, mode, t,
                          log_scale_min, bins, table);
                 audio[(size_t)b * total + pos] = x;
             }

@@ -84,7 +84,7 @@ ARGTYPES: list[type[ctypes._SimpleCData[Any]]] = [
     _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p,  # cond, w_in, b_in, w_tap, w_res, b_res, w_skip, b_skip, w/b h1, h2
     _p, _i, _p, _p,  # rings, span_max, spans, backs
     _p, _i, ctypes.c_long, _i,  # audio, total, pos, start
-    _p, _p, _p, _i, _f, _f, _p,  # noise, params, prev, mode, temperature, log_scale_min, work
+    _p, _p, _p, _i, _f, _p, _f, _p,  # noise, params, prev, mode, temperature, temps, log_scale_min, work
     _i, _i, _i, _i, _p, _p, _i, _i, _i,  # dist, num_params, noise_per_step, bins, table, lpc, order, loc, nloc
     _p, _i,  # lags, ntaps
 ]
@@ -133,7 +133,7 @@ def unsupported(teacher) -> str | None:
 
 
 @torch.inference_mode()
-def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: str = "sample",
+def fast_generate(teacher, cond: torch.Tensor, temperature: float | torch.Tensor = 1.0, mode: str = "sample",
                   prompt: torch.Tensor | None = None, noise: torch.Tensor | None = None, chunk: int = 1024,
                   return_params: bool = False, lpc: torch.Tensor | None = None, lag: torch.Tensor | None = None):
     """cond: (B, C, T) upsampled conditioning -> audio (B, T) [, params (B, P, T)], in the teacher's
@@ -146,6 +146,7 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
     generator): (B, T) standard draws for a Gaussian or logistic teacher; (B, Q, T) uniforms in (0, 1)
     for a mixture (Q = K + 1) or mu-law (Q = classes) teacher, as their `draw(params, u)` takes them.
     return_params: also return every step's raw parameters (B, P, T).
+    temperature: one for every step, or each step's own (B, T) (`teachers.sampling.step_temperatures`).
     """
     reason = unsupported(teacher)
     if reason:
@@ -157,6 +158,9 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
     cond = cond.detach().float().cpu()
     batch, _, length = cond.shape
     check_request("fast", mode, temperature, prompt, batch, length)
+    temps = None
+    if isinstance(temperature, torch.Tensor):
+        temps, temperature = temperature.detach().float().cpu(), 1.0
     stepper = StackStepper(stack, cond, chunk=chunk)  # its pre-arranged float32 weights
     layers, kernel = len(stepper.w_tap), stack.layers[0].kernel_size
     residual, gate = stack.input.out_channels, stepper.gate[0]
@@ -221,6 +225,7 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
             eps = torch.rand(n, batch, per_step)
         coeffs = flat(lpc[:, :, t0 : t0 + n].permute(2, 0, 1)) if lpc is not None else None  # (n, B, 1 + p)
         lags = lag[:, t0 : t0 + n].t().contiguous() if lag is not None else None  # (n, B) float64
+        step_temps = temps[:, t0 : t0 + n].t().contiguous() if temps is not None else None  # (n, B)
         _lib.wavenet_steps(
             n, batch, layers, residual, gate, skip, hidden, kernel, _ptr(proj),
             *(_ptr(w[k]) for k in ("w_in", "b_in", "w_tap", "w_res", "b_res", "w_skip", "b_skip", "w_h1", "b_h1",
@@ -228,7 +233,7 @@ def fast_generate(teacher, cond: torch.Tensor, temperature: float = 1.0, mode: s
             _ptr(rings), span_max, spans.ctypes.data_as(ctypes.c_void_p), backs.ctypes.data_as(ctypes.c_void_p),
             _ptr(audio), length, ctypes.c_long(t0), start, _ptr(eps),
             _ptr(params[t0 : t0 + n]) if params is not None else None, _ptr(prev),
-            1 if mode == "mean" else 0, ctypes.c_float(temperature),
+            1 if mode == "mean" else 0, ctypes.c_float(temperature), _ptr(step_temps),
             ctypes.c_float(getattr(dist, "log_scale_min", 0.0)), _ptr(work), KINDS[dist.name], n_params, per_step,
             getattr(dist, "num_bins", 0), _ptr(table), _ptr(coeffs), order, loc.start, loc.stop - loc.start,
             _ptr(lags), taps,

@@ -41,7 +41,8 @@ class BlockSampler:
     """Draws from `teacher` for a batch of `batch` sequences, N steps per block.
 
     Built once per (batch, dtype, device, mode, temperature); `run(cond, prompt)` then samples any
-    length. It keeps the teacher's weights as they were when it was built (see `graph_generate`).
+    length. temperature None: each step's own, given to `run` as (batch, T) and loaded per block. It
+    keeps the teacher's weights as they were when it was built (see `graph_generate`).
     """
 
     def __init__(
@@ -50,7 +51,7 @@ class BlockSampler:
         batch: int,
         device: torch.device,
         dtype: torch.dtype,
-        temperature: float = 1.0,
+        temperature: float | None = 1.0,
         mode: str = "sample",
         block: int = BLOCK,
         graph: bool | None = None,
@@ -78,10 +79,12 @@ class BlockSampler:
         self.order = teacher.lpc.order if teacher.lpc is not None else 0
         self.lpc_buf = new(block, batch, 1 + self.order)  # each step's log gain and coefficients
         self.past = new(batch, self.order)  # y_(t-1), ..., y_(t-p)
+        self.temp_buf = new(block, batch, 1) + 1  # each step's temperature (temperature None)
         self._graph: torch.cuda.CUDAGraph | None = None
         self.cond: torch.Tensor | None = None
         self.prompt: torch.Tensor | None = None
         self.lpc: torch.Tensor | None = None
+        self.temps: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ the block
     def _input_row(self, layer: int, i: int) -> torch.Tensor:
@@ -114,7 +117,8 @@ class BlockSampler:
             if self.order:
                 lp = self.lpc_buf[i]
                 params = self.dist.affine(params, (lp[:, 1:] * self.past).sum(1, keepdim=True), lp[:, :1])
-            x = torch.where(self.forced_mask[i], self.forced[i], draw(self.dist, params, self.mode, self.temperature))
+            temperature = self.temp_buf[i] if self.temperature is None else self.temperature
+            x = torch.where(self.forced_mask[i], self.forced[i], draw(self.dist, params, self.mode, temperature))
             self.out[i].copy_(x)
             self.prev.copy_(x)
             if self.order:
@@ -137,6 +141,10 @@ class BlockSampler:
             assert self.lpc is not None  # given to `run` exactly when the teacher has linear prediction
             self.lpc_buf.zero_()
             self.lpc_buf[:m].copy_(self.lpc[:, :, t0 : t0 + m].permute(2, 0, 1))
+        if self.temperature is None:
+            assert self.temps is not None  # given to `run` exactly when the sampler takes each step's own
+            self.temp_buf.fill_(1.0)
+            self.temp_buf[:m].copy_(self.temps[:, t0 : t0 + m].t()[:, :, None])
         self.forced_mask.zero_()
         if self.prompt is not None and t0 < self.prompt.shape[-1]:
             k = min(m, self.prompt.shape[-1] - t0)
@@ -166,16 +174,20 @@ class BlockSampler:
 
     @torch.inference_mode()
     def run(self, cond: torch.Tensor, prompt: torch.Tensor | None = None, progress=None,
-            lpc: torch.Tensor | None = None) -> torch.Tensor:
+            lpc: torch.Tensor | None = None, temps: torch.Tensor | None = None) -> torch.Tensor:
         """cond: (batch, C, T) the teacher's conditioning; prompt: (batch, P) known samples (model domain);
-        lpc: (batch, 1 + p, T) the linear predictor (`teacher.predictor`) (exactly when the teacher has them)
+        lpc: (batch, 1 + p, T) the linear predictor (`teacher.predictor`) (exactly when the teacher has them);
+        temps: (batch, T) each step's temperature (exactly when the sampler was built with temperature None)
         -> (batch, T)."""
         if cond.shape[0] != self.batch or cond.device != self.device:
             raise ValueError(f"this sampler was built for batch {self.batch} on {self.device}, "
                              f"got {cond.shape[0]} on {cond.device}")
         if (lpc is None) != (self.order == 0):
             raise ValueError("pass lpc=teacher.predictor(mel) exactly when the teacher has linear prediction")
+        if (temps is None) != (self.temperature is not None):
+            raise ValueError("pass temps (each step's temperature) exactly when the sampler was built without one")
         self.cond, self.prompt = cond, prompt
+        self.temps = temps.to(self.temp_buf.dtype) if temps is not None else None
         self.lpc = lpc.to(self.lpc_buf.dtype) if lpc is not None else None
         try:
             if self.graph and self._graph is None:
@@ -193,27 +205,30 @@ class BlockSampler:
                 if progress is not None:
                     progress.update(m)
         finally:
-            self.cond = self.prompt = self.lpc = None  # not kept alive by the cache
+            self.cond = self.prompt = self.lpc = self.temps = None  # not kept alive by the cache
         return audio
 
 
-def graph_generate(teacher: WaveNetTeacher, cond: torch.Tensor, temperature: float = 1.0, mode: str = "sample",
+def graph_generate(teacher: WaveNetTeacher, cond: torch.Tensor, temperature: float | torch.Tensor = 1.0,
+                   mode: str = "sample",
                    prompt: torch.Tensor | None = None, progress=None, block: int = BLOCK,
                    lpc: torch.Tensor | None = None) -> torch.Tensor:
     """Sample with a `BlockSampler` kept per teacher and (batch, dtype, device, mode, temperature), so
     that repeated calls (an evaluation's batches, timed runs) reuse its buffers and captured graph. A
     sampler is rebuilt when any of the teacher's parameters was replaced or changed in place since
     (their identities, storages and version counters are compared), so it never samples with stale
-    weights."""
+    weights. temperature: one number, or each step's own (B, T)."""
+    temps = temperature if isinstance(temperature, torch.Tensor) else None
+    fixed = None if temps is not None else float(temperature)
     # (an inference tensor has no version counter; such weights are taken to stay as they are)
     weights = tuple((id(p), p.data_ptr(), -1 if p.is_inference() else p._version) for p in teacher.parameters())
-    key = (cond.shape[0], cond.dtype, str(cond.device), mode, float(temperature), block)
+    key = (cond.shape[0], cond.dtype, str(cond.device), mode, fixed, block)
     cache = _samplers.setdefault(teacher, {})
     entry = cache.get(key)
     if entry is None or entry[0] != weights:
         cache.pop(key, None)
         while len(cache) >= CACHED:
             cache.pop(next(iter(cache)))  # the oldest
-        entry = cache[key] = (weights, BlockSampler(teacher, cond.shape[0], cond.device, cond.dtype, temperature,
+        entry = cache[key] = (weights, BlockSampler(teacher, cond.shape[0], cond.device, cond.dtype, fixed,
                                                     mode, block))
-    return entry[1].run(cond, prompt, progress, lpc)
+    return entry[1].run(cond, prompt, progress, lpc, temps)

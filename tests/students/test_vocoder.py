@@ -235,3 +235,27 @@ def test_the_model_owns_its_context_frames_and_their_silence_value(tmp_path):
     # the silence value is the features' (a model keeps no copy of its own), also after a checkpoint
     save_model(tmp_path / "t.pt", teacher, "teacher", features=to_dict(cfg.features))
     assert load_teacher(tmp_path / "t.pt")[0].upsampler.silence == silence
+
+
+def test_a_voiced_temperature_reaches_a_pitch_teacher_and_the_others_refuse_it(models, tmp_path):
+    torch.manual_seed(1)
+    pitch = WaveNetTeacher(TeacherModelConfig(layers=4, cycle=2, residual_channels=8, gate_channels=8,
+                                              skip_channels=8, pitch_source=True), FEATURES)
+    with torch.no_grad():  # the zero-initialised head would draw every step from one law
+        pitch.stack.head[-1].weight.normal_(0, 0.3)
+    voc = Vocoder.load(_save(pitch, "teacher", tmp_path / "pitch.pt", {"valid": {"temperature": 0.5}}))
+    mel = _mel(0.2, 150.0, 3)
+    plain = voc(mel, seed=1, method="fast")
+    assert torch.equal(plain, voc(mel, seed=1, method="fast", voiced_temperature=0.5))  # T everywhere
+    for method in ("fast", "incremental"):  # voiced speech at 0.1: a different draw
+        assert not torch.equal(voc(mel, seed=1, method=method), voc(mel, seed=1, method=method,
+                                                                       voiced_temperature=0.1))
+    with pytest.raises(ConfigError, match="a student samples its noise at one scale"):
+        Vocoder.load(models["student"])(mel, voiced_temperature=0.5)
+    with pytest.raises(ConfigError, match="has none"):
+        Vocoder.load(models["teacher"])(mel, voiced_temperature=0.5)
+    np.save(tmp_path / "a.npy", mel.numpy())
+    refused = _vocode(str(tmp_path / "a.npy"), "--student", str(models["student"]), "--out", str(tmp_path / "o"),
+                      "--voiced-temperature", "0.5")
+    assert refused.returncode != 0 and "a voiced temperature is a teacher's" in refused.stderr
+    assert not list((tmp_path / "o").glob("*.wav"))

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from distill.config import FeatureConfig, to_dict
+from distill.errors import ConfigError
 from distill.nn.pitch import SOURCE_CHANNELS, MelPitch
-from teachers.sampling import generate, incremental_forward
+from teachers.sampling import generate, incremental_forward, step_temperatures
 from teachers.sampling.fastloop import available, fast_generate
 from teachers.wavenet import LinearPredictionConfig, TeacherModelConfig, WaveNetTeacher
 
@@ -151,3 +152,49 @@ def test_the_checkpoint_records_the_source_and_a_record_without_one_is_a_plain_t
     old = {"model": {k: v for k, v in plain["model"].items() if k != "pitch_source"}, "mel_context": 2}
     loaded = WaveNetTeacher.from_record({"model_args": old, "features": to_dict(FEATURES)})
     assert loaded.pitch is None and loaded.pitch_args is None
+
+
+@pytest.mark.parametrize("method", ["incremental", "naive", "graph", "fast"])
+def test_a_voiced_temperature_equal_to_the_temperature_changes_no_draw(method):
+    if method == "fast" and not available():
+        pytest.skip("no C compiler for the fast loop")
+    dtype = torch.float32 if method == "fast" else torch.float64
+    model, mel = pitch_teacher(dtype=dtype), voiced_mel(frames=10, dtype=dtype)
+    torch.manual_seed(5)
+    plain = generate(model, mel, method, temperature=0.7)
+    torch.manual_seed(5)
+    assert torch.equal(plain, generate(model, mel, method, temperature=0.7, voiced_temperature=0.7))
+
+
+def test_every_sampler_draws_the_same_at_a_voiced_temperature_and_it_changes_only_voiced_steps():
+    model, mel = pitch_teacher(), voiced_mel(frames=10)
+    draws = {}
+    for method in ("incremental", "naive", "graph"):
+        torch.manual_seed(5)
+        draws[method] = generate(model, mel, method, temperature=1.0, voiced_temperature=0.3)
+    assert torch.allclose(draws["incremental"], draws["naive"], atol=1e-9)
+    assert torch.allclose(draws["incremental"], draws["graph"], atol=1e-9)
+    torch.manual_seed(5)
+    plain = generate(model, mel, "incremental", temperature=1.0)
+    # the first item's pulse train is voiced: its draws change; the same noise elsewhere gives the same
+    # audio until the first voiced step (the second item starts with noise, unvoiced)
+    voicing = model.conditioning(mel)[:, -1]
+    assert voicing[0].max() > 0.9 and not torch.equal(draws["incremental"][0], plain[0])
+    first = int((voicing[1] > 0).nonzero()[0])
+    assert first > 0 and torch.equal(draws["incremental"][1, :first], plain[1, :first])
+
+
+def test_step_temperatures_follow_the_source_voicing():
+    cond = torch.zeros(2, 5, 4, dtype=torch.float64)
+    cond[:, -1] = torch.tensor([[0.0, 1.0, 0.5, 0.25], [1.0, 1.0, 0.0, 0.0]])
+    temps = step_temperatures(cond, temperature=1.0, voiced_temperature=0.4)
+    assert torch.allclose(temps, torch.tensor([[1.0, 0.4, 0.7, 0.85], [0.4, 0.4, 1.0, 1.0]], dtype=torch.float64))
+
+
+def test_a_voiced_temperature_needs_a_pitch_source_and_positive_temperatures():
+    mel = voiced_mel(frames=6)
+    with pytest.raises(ConfigError, match="has none"):
+        generate(pitch_teacher(pitch_source=False), mel, "incremental", voiced_temperature=0.5)
+    for temperature, voiced in ((0.0, 0.5), (1.0, 0.0), (1.0, float("nan"))):
+        with pytest.raises(ConfigError, match="both be > 0"):
+            generate(pitch_teacher(), mel, "incremental", temperature=temperature, voiced_temperature=voiced)
