@@ -66,7 +66,8 @@ def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seco
     p.add_argument("--voiced-temperature", type=float, default=None, metavar="T",
                    help="a teacher with a pitch source samples voiced speech at this temperature and unvoiced speech "
                         "at --temperature, following the voicing it reads from the mel (LPCNet's pitch-dependent "
-                        "temperature; docs/teacher.md); default: --temperature everywhere")
+                        "temperature; docs/teacher.md); default: the teacher's recorded one (valid.voiced_temperature) "
+                        "unless --temperature is given, which then applies everywhere")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--degrade-mels", default="", metavar="SPEC",
                    help="synthesise every system from degraded mels, a stand-in for a TTS model's: light, medium, "

@@ -53,13 +53,17 @@ def run(request: EvalRequest) -> dict:
     teacher, payload = load_teacher(teacher_path, device=device)
     if sampler == "auto":  # the reference sampler for evaluation: CUDA graphs on a GPU (where they cover the
         sampler = reference_method(teacher, device)  # teacher), incremental on a CPU
-    temperature = request.temperature
+    temperature, voiced = request.temperature, request.voiced_temperature
     student_temperature = request.student_temperature if temperature is None else temperature
-    if temperature is None:  # the temperature its trainer documented for it
-        temperature = float(payload.get("config", {}).get("valid", {}).get("temperature", 1.0))
-    if request.voiced_temperature is not None:
-        check_voiced_temperature(teacher, temperature, request.voiced_temperature)
+    if temperature is None:  # the temperatures its trainer documented for it (a --temperature alone: everywhere)
+        valid = payload.get("config", {}).get("valid", {})
+        temperature = float(valid.get("temperature", 1.0))
+        if voiced is None:
+            voiced = float(valid.get("voiced_temperature", 0.0)) or None
+    if voiced is not None:
+        check_voiced_temperature(teacher, temperature, voiced)
     request = dataclasses.replace(request, teacher=str(teacher_path), teacher_sampler=sampler, temperature=temperature,
+                                  voiced_temperature=voiced,
                                   student_temperature=student_temperature, metrics=tuple(m.name for m in metrics))
     features = FeatureConfig(**payload["features"])
     if 0 < request.rtf_seconds * features.sample_rate < features.n_fft:

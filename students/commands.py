@@ -111,7 +111,8 @@ def add_vocode(sub) -> None:
                    help="noise scale (default: a teacher's recorded synthesis temperature; 1 for a student)")
     p.add_argument("--voiced-temperature", type=float, default=None, metavar="T",
                    help="teacher with a pitch source only: sample voiced speech at this temperature and unvoiced "
-                        "speech at --temperature, following the voicing it reads from the mel (docs/teacher.md)")
+                        "speech at --temperature, following the voicing it reads from the mel (docs/teacher.md); "
+                        "default: the teacher's recorded one, unless --temperature is given (then: everywhere)")
     p.add_argument("--mode", choices=["sample", "mean"], default="sample",
                    help="teacher only: draw each step, or take its mean (no hiss, duller)")
     p.add_argument("--speaker", default=None, help="a multi-speaker model's speaker: a name of its map or an id")

@@ -71,7 +71,7 @@ def vocode_files(vocoder: Vocoder, specs: list[str], out: str | Path, batch: int
     if batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {batch}")
     vocoder.speaker_ids(speaker, 1)  # a missing or unknown speaker is one line before any file is read
-    vocoder.check_voiced_temperature(vocoder.temperature if temperature is None else temperature, voiced_temperature)
+    vocoder.temperatures(temperature, voiced_temperature)  # one line for a temperature the model cannot take
     out = Path(out)
     files, failed = expand_inputs(specs)
     result = VocodeResult([], [], failed)

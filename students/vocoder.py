@@ -43,7 +43,9 @@ class Vocoder:
     kind: "student" or "teacher"; features: the `FeatureConfig` the model was trained on;
     sample_rate, hop_length, n_mels: from it. temperature: the default noise scale (a teacher's
     recorded synthesis temperature, 1.0 for a student: a student distilled at the teacher's
-    temperature T imitates the teacher at T). dtype: "float32", or "bfloat16" (autocast, students only).
+    temperature T imitates the teacher at T). voiced_temperature: a teacher's recorded temperature in
+    voiced speech (None: none recorded; `teachers.sampling.step_temperatures`). dtype: "float32", or
+    "bfloat16" (autocast, students only).
     """
 
     def __init__(self, model: IAFStudent | WaveNetTeacher, payload: dict, device: str | torch.device = "cpu",
@@ -58,8 +60,9 @@ class Vocoder:
         self.dtype = dtype
         self.payload = payload
         self.features = from_dict(FeatureConfig, payload["features"], "checkpoint features")
-        self.temperature = float(payload.get("config", {}).get("valid", {}).get("temperature", 1.0)) \
-            if self.kind == "teacher" else 1.0
+        valid = payload.get("config", {}).get("valid", {}) if self.kind == "teacher" else {}
+        self.temperature = float(valid.get("temperature", 1.0))
+        self.voiced_temperature: float | None = float(valid.get("voiced_temperature", 0.0)) or None
         self.speakers: dict[str, int] = dict(payload.get("extra", {}).get("speakers", {}) or {})
         self._logmel = LogMel(self.features)
 
@@ -115,7 +118,8 @@ class Vocoder:
         """mel: (n_mels, F) -> audio (F * hop,); (B, n_mels, F) -> (B, F * hop); a list of (n_mels, F_i)
         -> a list of (F_i * hop,), synthesised as one batch (shorter mels padded with silence, outputs cut).
 
-        temperature: the noise scale (default `self.temperature`). seed: reproducible output; for a
+        temperature: the noise scale (default `self.temperature`, with `self.voiced_temperature`; a
+        temperature given alone applies everywhere). seed: reproducible output; for a
         student the noise of item i is drawn from seed + i, so an item's audio does not depend on
         what it is batched with. speaker: a name (of `self.speakers`) or an int id, for a multi-speaker
         model. mode, method: the
@@ -132,25 +136,31 @@ class Vocoder:
         mels = [self.check(m, f"mel {i}" if not single else "mel") for i, m in enumerate(items)]
         if not mels:
             return [] if not batched else torch.zeros(0, 0)
-        temperature = self.temperature if temperature is None else float(temperature)
-        if not math.isfinite(temperature) or temperature < 0:
-            raise ConfigError(f"temperature must be a finite number >= 0, got {temperature}")
-        self.check_voiced_temperature(temperature, voiced_temperature)
+        temperature, voiced_temperature = self.temperatures(temperature, voiced_temperature)
         audios = self._synthesize(mels, temperature, seed, self.speaker_ids(speaker, len(mels)), mode, method,
                                   voiced_temperature)
         if single:
             return audios[0]
         return torch.stack(audios) if batched else audios
 
-    def check_voiced_temperature(self, temperature: float, voiced_temperature: float | None) -> None:
-        """One ConfigError for a voiced temperature this model cannot honour: a student's noise has no
-        voicing-dependent scale, and a teacher needs a pitch source and temperatures > 0."""
-        if voiced_temperature is None:
-            return
-        if self.kind == "student":
-            raise ConfigError("a voiced temperature is a teacher's: a student samples its noise at one scale; "
-                              "leave it out")
-        check_voiced_temperature(cast(WaveNetTeacher, self.model), temperature, voiced_temperature)
+    def temperatures(self, temperature: float | None = None,
+                     voiced_temperature: float | None = None) -> tuple[float, float | None]:
+        """The (temperature, voiced temperature) a call samples at: neither given, the recorded pair; a
+        temperature alone, that temperature everywhere; a voiced temperature alone, with the recorded
+        temperature. One ConfigError for what this model cannot honour: a temperature < 0, a voiced
+        temperature for a student (its noise has one scale) or for a teacher without a pitch source."""
+        if temperature is None:
+            temperature = self.temperature
+            voiced_temperature = self.voiced_temperature if voiced_temperature is None else voiced_temperature
+        temperature = float(temperature)
+        if not math.isfinite(temperature) or temperature < 0:
+            raise ConfigError(f"temperature must be a finite number >= 0, got {temperature}")
+        if voiced_temperature is not None:
+            if self.kind == "student":
+                raise ConfigError("a voiced temperature is a teacher's: a student samples its noise at one scale; "
+                                  "leave it out")
+            check_voiced_temperature(cast(WaveNetTeacher, self.model), temperature, float(voiced_temperature))
+        return temperature, voiced_temperature
 
     def speaker_ids(self, speaker: int | str | None, batch: int) -> torch.Tensor | None:
         """A speaker name or id -> ids (batch,) on the device (None for a single-speaker model), or one

@@ -24,6 +24,9 @@ def add_export_teacher(sub) -> None:
     p.add_argument("--temperature", type=float, default=None,
                    help="record this as the teacher's synthesis temperature (its config's valid.temperature, "
                         "`wavedistill eval`'s default for it); default: keep the run's")
+    p.add_argument("--voiced-temperature", type=float, default=None,
+                   help="record this as its temperature in voiced speech (valid.voiced_temperature; a teacher with "
+                        "a pitch source; 0: none); default: keep the run's")
     p.set_defaults(func=_export_teacher)
 
 
@@ -34,5 +37,5 @@ def _export_teacher(args) -> int:
     from teachers.pretrained import export_teacher
 
     check_output_file(args.out, "--out")
-    print(json.dumps(export_teacher(args.run, args.out, args.temperature), indent=2))
+    print(json.dumps(export_teacher(args.run, args.out, args.temperature, args.voiced_temperature), indent=2))
     return 0

@@ -28,6 +28,18 @@ class TeacherValidConfig:
     max_utterances: int = 4  # validation NLL over the first N validation utterances
     sample_seconds: float = 1.0  # length of the clip synthesised (incremental AR) at each validation; 0 = none
     temperature: float = 1.0  # the teacher's synthesis temperature: that clip's, and `wavedistill eval`'s default
+    # > 0 (a teacher with a pitch source): voiced speech's temperature, `temperature` staying unvoiced speech's
+    # (`teachers.sampling.step_temperatures`); 0: `temperature` everywhere
+    voiced_temperature: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0 and self.voiced_temperature >= 0):
+            raise ConfigError(f"valid.temperature and valid.voiced_temperature must be >= 0, got {self.temperature} "
+                              f"and {self.voiced_temperature}")
+
+    def voiced(self) -> float | None:
+        """The voiced temperature `generate` takes (None: none)."""
+        return self.voiced_temperature if self.voiced_temperature > 0 else None
 
 
 @dataclass
@@ -62,6 +74,10 @@ class TeacherTask(Task):
             raise ConfigError(f"model.num_speakers {declared} differs from the {len(self.speakers)} speakers of the "
                               f"training split ({', '.join(list(self.speakers)[:8])}); "
                               "set it to 0 (taken from the corpus)")
+
+        if config.valid.voiced_temperature > 0 and not config.model.pitch_source:
+            raise ConfigError("valid.voiced_temperature follows the voicing of the teacher's pitch source: set "
+                              "model.pitch_source: true, or valid.voiced_temperature: 0")
 
     def build_model(self) -> WaveNetTeacher:
         return build_teacher(self.config, len(self.speakers) if self.speakers is not None else None)
@@ -121,7 +137,7 @@ class TeacherTask(Task):
             with torch.autocast(device_type=device.type, enabled=False):
                 method = fastest_method(model, device)  # a monitoring sample: the fastest sampler
                 audio = generate(model.float(), mel.float(), method, temperature=cfg.valid.temperature,
-                                 speaker=speaker_batch(item, device))[0].cpu()
+                                 speaker=speaker_batch(item, device), voiced_temperature=cfg.valid.voiced())[0].cpu()
             reference = item["audio"][: frames * feats.hop_length]
             logger.audio("valid/sample", audio, feats.sample_rate, step)
             logger.audio("valid/reference", reference, feats.sample_rate, step)

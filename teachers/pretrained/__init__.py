@@ -13,6 +13,7 @@ It loads without its YAML.
 from __future__ import annotations
 
 import hashlib
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -65,17 +66,26 @@ def load_teacher(
     return model, payload
 
 
-def export_teacher(source: str | Path, out: str | Path, temperature: float | None = None) -> dict:
+def export_teacher(source: str | Path, out: str | Path, temperature: float | None = None,
+                   voiced_temperature: float | None = None) -> dict:
     """Write the slim, self-describing form of a teacher run's latest (or given) checkpoint.
-    temperature: record it as the teacher's synthesis temperature (config valid.temperature)."""
+    temperature: record it as the teacher's synthesis temperature (config valid.temperature);
+    voiced_temperature: as its temperature in voiced speech (valid.voiced_temperature; 0: none), for a
+    teacher with a pitch source."""
     payload = load_checkpoint(source)
     if payload.get("task") != "teacher":
         raise CheckpointError(f"{source}: is a '{payload.get('task')}' checkpoint, not a teacher")
-    if temperature is not None:
-        if not temperature >= 0:
-            raise CheckpointError(f"--temperature must be >= 0, got {temperature}")
+    for flag, value in (("--temperature", temperature), ("--voiced-temperature", voiced_temperature)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise CheckpointError(f"{flag} must be a finite number >= 0, got {value}")
+    if voiced_temperature and not payload["model_args"]["model"].get("pitch_source"):
+        raise CheckpointError(f"{source}: --voiced-temperature follows the voicing of a pitch source, and this "
+                              "teacher has none (model.pitch_source: false)")
+    recorded = {"temperature": temperature, "voiced_temperature": voiced_temperature}
+    recorded = {k: float(v) for k, v in recorded.items() if v is not None}
+    if recorded:
         config = payload["config"]
-        payload["config"] = {**config, "valid": {**config.get("valid", {}), "temperature": float(temperature)}}
+        payload["config"] = {**config, "valid": {**config.get("valid", {}), **recorded}}
     weights = payload["ema"]["model"] if payload.get("ema") else payload["model"]
     batch = payload["config"]["train"]["batch_size"] * payload.get("world_size", 1)
     segment = payload["config"]["data"]["segment_length"]
@@ -88,4 +98,5 @@ def export_teacher(source: str | Path, out: str | Path, temperature: float | Non
     )
     atomic_save(slim, out)
     return {"path": str(out), "step": slim["step"], "bytes": Path(out).stat().st_size,
-            "temperature": slim["config"].get("valid", {}).get("temperature")}
+            "temperature": slim["config"].get("valid", {}).get("temperature"),
+            "voiced_temperature": slim["config"].get("valid", {}).get("voiced_temperature", 0.0)}

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from distill.config import FeatureConfig
-from distill.errors import CheckpointError
+from distill.config import FeatureConfig, load_config
+from distill.errors import CheckpointError, ConfigError
 from distill.train.checkpoint import load_checkpoint
 from teachers.pretrained import export_teacher, load_teacher
+from teachers.task import TeacherConfig, TeacherTask
 from tests.models import small_teacher, teacher_inputs
 
+ROOT = Path(__file__).resolve().parents[2]
 TINY = [
     "model.layers=4", "model.cycle=4", "model.residual_channels=8", "model.gate_channels=8",
     "model.skip_channels=8", "data.segment_length=2048", "train.batch_size=2", "train.log_every=2",
@@ -143,3 +146,22 @@ def test_a_compiled_teacher_under_bf16_autocast_trains_time_major_like_the_eager
         cond = torch.randn(y.shape[0], teacher.stack.layers[0].cond.in_channels, y.shape[-1])
         torch.compile(teacher.stack, backend=backend)(y[:, None], cond)
     assert any("linear" in t for t in traced) and not any("conv1d" in t for t in traced)
+
+
+def test_export_records_a_voiced_temperature_for_a_pitch_teacher_only(teacher_run, tmp_path):
+    from students.vocoder import Vocoder
+
+    with pytest.raises(CheckpointError, match="has none"):
+        export_teacher(teacher_run, tmp_path / "v.pt", voiced_temperature=0.5)
+    state = ROOT / "teachers/pretrained/training/universal_lp_pitch_speed_tiny/checkpoints/latest.pt"
+    info = export_teacher(state, tmp_path / "u.pt", temperature=0.85, voiced_temperature=0.5)
+    assert info["temperature"] == 0.85 and info["voiced_temperature"] == 0.5
+    voc = Vocoder.load(tmp_path / "u.pt")
+    assert (voc.temperature, voc.voiced_temperature) == (0.85, 0.5)
+    # the recorded pair; a temperature alone applies everywhere; a voiced temperature alone keeps the recorded one
+    assert voc.temperatures() == (0.85, 0.5) and voc.temperatures(1.0) == (1.0, None)
+    assert voc.temperatures(None, 0.3) == (0.85, 0.3) and voc.temperatures(1.0, 0.3) == (1.0, 0.3)
+    with pytest.raises(CheckpointError, match="finite number >= 0"):
+        export_teacher(state, tmp_path / "x.pt", voiced_temperature=-1.0)
+    with pytest.raises(ConfigError, match="model.pitch_source: true"):
+        TeacherTask(load_config(TeacherConfig, "configs/teacher/gaussian_tiny.yaml", ["valid.voiced_temperature=0.5"]))
