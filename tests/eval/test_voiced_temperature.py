@@ -24,6 +24,9 @@ def test_eval_samples_the_teacher_at_a_voiced_temperature_and_says_so(tmp_path):
     voiced = run(EvalRequest(**common, temperature=1.0, voiced_temperature=0.3, out=str(tmp_path / "voiced")))
     plain = run(EvalRequest(**common, temperature=1.0, out=str(tmp_path / "plain")))
     assert voiced["settings"]["voiced_temperature"] == 0.3 and plain["settings"]["voiced_temperature"] is None
+    # neither given: the shipped teacher's recorded pair
+    recorded = run(EvalRequest(**common, out=str(tmp_path / "recorded")))["settings"]
+    assert (recorded["temperature"], recorded["voiced_temperature"]) == (0.85, 0.5)
     # the same seed, a different draw in voiced speech
     assert voiced["systems"]["teacher"]["mel_l1"] != plain["systems"]["teacher"]["mel_l1"]
     assert "- voiced temperature: 0.3 (the teacher's, in voiced speech; 1.0 where unvoiced)" in \

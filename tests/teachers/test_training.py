@@ -88,12 +88,15 @@ def test_a_student_or_foreign_checkpoint_is_not_a_teacher(tmp_path):
 def test_the_shipped_teachers_load_for_the_demo_features_the_universal_one_by_default():
     from teachers.pretrained import demo_teacher_path, single_voice_teacher_path
 
-    for path in (demo_teacher_path(), single_voice_teacher_path()):
+    # their documented synthesis temperatures: the universal one's unvoiced and voiced (its pitch source's voicing)
+    temperatures = {demo_teacher_path(): (0.85, 0.5), single_voice_teacher_path(): (0.7, 0.0)}
+    for path, (temperature, voiced) in temperatures.items():
         assert path.stat().st_size <= 10 * 2**20
         teacher, payload = load_teacher(path, features=FeatureConfig(preemphasis=0.85))
         assert teacher.config.distribution == "gaussian" and teacher.receptive_field() == 2047
         assert teacher.lpc is not None and teacher.lpc.order == 16 and teacher.preemphasis == 0.85
-        assert payload["config"]["valid"]["temperature"] == 0.7  # its documented synthesis temperature
+        valid = payload["config"]["valid"]
+        assert (valid["temperature"], valid.get("voiced_temperature", 0.0)) == (temperature, voiced)
         assert payload["extra"]["samples_seen"] > 0 and payload["step"] > 0
         assert all(torch.isfinite(p).all() for p in teacher.parameters())
     teacher, payload = load_teacher(features=FeatureConfig(preemphasis=0.85))  # default: the universal one
