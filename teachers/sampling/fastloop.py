@@ -30,6 +30,9 @@ from teachers.sampling import check_lag, check_request
 from teachers.sampling.stepper import StackStepper
 
 SOURCE = Path(__file__).with_name("fastloop.c")
+# the C source as this module was imported with: a process builds the loop that its own argument list
+# (`ARGTYPES`) describes, even when the file on disk changes under a running process (an upgrade)
+SOURCE_TEXT = SOURCE.read_bytes()
 _lib = None
 _error = ""
 
@@ -48,7 +51,7 @@ def _build() -> ctypes.CDLL | None:
     if not compiler[0]:
         _error = "no C compiler found (install gcc, or set CC)"
         return None
-    source = SOURCE.read_bytes()
+    source = SOURCE_TEXT
     # -ffast-math for the object only (vectorised expf); linking the library without it keeps GCC from
     # adding crtfastmath.o, whose constructor would switch the whole process to flush-to-zero.
     flags = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fPIC"]
@@ -59,8 +62,9 @@ def _build() -> ctypes.CDLL | None:
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                obj, built = Path(tmp) / "fastloop.o", Path(tmp) / target.name
-                for command in ([*compiler, *flags, "-c", str(SOURCE), "-o", str(obj)],
+                code, obj, built = Path(tmp) / SOURCE.name, Path(tmp) / "fastloop.o", Path(tmp) / target.name
+                code.write_bytes(source)
+                for command in ([*compiler, *flags, "-c", str(code), "-o", str(obj)],
                                 [*compiler, "-shared", str(obj), "-o", str(built), "-lm"]):
                     result = subprocess.run(command, capture_output=True, text=True)
                     if result.returncode != 0:

@@ -136,3 +136,22 @@ def test_each_step_is_drawn_at_its_own_temperature(distribution, args):
     # the same temperature at every step is the plain temperature, draw for draw
     same = fast_generate(model, cond, temperature=torch.full_like(temps, 0.6), noise=noise, chunk=50)
     assert torch.equal(same, fast_generate(model, cond, temperature=0.6, noise=noise, chunk=50))
+
+
+def test_the_loop_is_built_from_the_source_the_module_was_imported_with(tmp_path, monkeypatch):
+    """A running process whose fastloop.c changes on disk (an upgrade under a long training) still builds the
+    loop its own argument list describes: the source is read once, at import."""
+    from teachers.sampling import fastloop
+
+    changed = tmp_path / "fastloop.c"
+    changed.write_text("int wavenet_steps(void) { return -1; }  /* another version's signature */\n")
+    monkeypatch.setattr(fastloop, "SOURCE", changed)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no library built before
+    lib = fastloop._build()
+    assert lib is not None and list((tmp_path / "cache" / "wavedistill").glob("fastloop_*.so"))
+    model, _, cond, _ = teacher_and_cond(batch=1, frames=4)
+    noise = torch.randn(1, cond.shape[-1])
+    monkeypatch.setattr(fastloop, "_lib", lib)
+    audio = fast_generate(model, cond, noise=noise, chunk=16)
+    mu, log_s = model.dist.unpack(model.forward_cond(audio, cond))
+    assert torch.allclose(audio, (mu + torch.exp(log_s) * noise).clamp(-1, 1), atol=2e-5)
