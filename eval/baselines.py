@@ -38,7 +38,7 @@ def griffin_lim(mel: torch.Tensor, features: FeatureConfig, n_iter: int = 60) ->
 def world_resynthesis(audio: torch.Tensor, sample_rate: int, frame_period_ms: float = 5.0) -> torch.Tensor:
     """The recording (T,) analysed and resynthesised by the WORLD vocoder (`pyworld`, the eval extra):
     F0 by DIO refined by StoneMask (in the F0 metric's search range), the spectral envelope by
-    CheapTrick, the aperiodicity by D4C, then WORLD's synthesis -> audio (T,).
+    CheapTrick (its window for the same lowest F0), the aperiodicity by D4C, then WORLD's synthesis -> audio (T,).
 
     Not from the mel: an oracle, a source-filter vocoder given the recording's own parameters (the
     classical baseline of WaveNet vocoder papers, here with analysis rather than predicted features).
@@ -52,7 +52,7 @@ def world_resynthesis(audio: torch.Tensor, sample_rate: int, frame_period_ms: fl
     x = audio.detach().double().cpu().numpy()
     f0, times = pyworld.dio(x, sample_rate, f0_floor=F0_FLOOR, f0_ceil=F0_CEIL, frame_period=frame_period_ms)
     f0 = pyworld.stonemask(x, f0, times, sample_rate)
-    envelope = pyworld.cheaptrick(x, f0, times, sample_rate)
+    envelope = pyworld.cheaptrick(x, f0, times, sample_rate, f0_floor=F0_FLOOR)
     aperiodicity = pyworld.d4c(x, f0, times, sample_rate)
     y = pyworld.synthesize(f0, envelope, aperiodicity, sample_rate, frame_period_ms)[: x.size]
     y = np.pad(y, (0, x.size - y.size))

@@ -60,14 +60,15 @@ def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seco
                         "incremental on a CPU")
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature of the teacher and the students' noise scale (default: the teacher "
-                        "at its own synthesis temperature, its config's valid.temperature, and the students at 1: a "
+                        "at its own synthesis temperature, its config's valid.temperature (with its recorded voiced "
+                        "temperature, which a --temperature alone switches off), and the students at 1: a "
                         "student distilled with loss.teacher_temperature T already imitates the teacher at T, so "
                         "an explicit value scales a tempered student's noise once more)")
     p.add_argument("--voiced-temperature", type=float, default=None, metavar="T",
                    help="a teacher with a pitch source samples voiced speech at this temperature and unvoiced speech "
                         "at --temperature, following the voicing it reads from the mel (LPCNet's pitch-dependent "
-                        "temperature; docs/teacher.md); default: the teacher's recorded one (valid.voiced_temperature) "
-                        "unless --temperature is given, which then applies everywhere")
+                        "temperature; docs/teacher.md); 0: none; default: the teacher's recorded one "
+                        "(valid.voiced_temperature) unless --temperature is given, which then applies everywhere")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--degrade-mels", default="", metavar="SPEC",
                    help="synthesise every system from degraded mels, a stand-in for a TTS model's: light, medium, "

@@ -97,7 +97,8 @@ class EvalRequest:
     teacher_sampler: str = "auto"  # auto (graph on CUDA, incremental on a CPU), incremental, graph or fast
     teacher_batch: int = 16  # utterances the teacher samples together
     temperature: float | None = None  # the teacher's (None: its own synthesis temperature)
-    # the teacher's temperature in voiced speech (`teachers.sampling.step_temperatures`; None: `temperature`)
+    # the teacher's temperature in voiced speech (`teachers.sampling.step_temperatures`): None, the recorded one
+    # unless `temperature` is given; 0, none (`temperature` everywhere)
     voiced_temperature: float | None = None
     # the students' noise scale (1: a student distilled at loss.teacher_temperature T imitates the teacher at T)
     student_temperature: float = 1.0

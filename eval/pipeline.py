@@ -60,6 +60,8 @@ def run(request: EvalRequest) -> dict:
         temperature = float(valid.get("temperature", 1.0))
         if voiced is None:
             voiced = float(valid.get("voiced_temperature", 0.0)) or None
+    if voiced == 0:  # an explicit 0: none, the temperature everywhere
+        voiced = None
     if voiced is not None:
         check_voiced_temperature(teacher, temperature, voiced)
     request = dataclasses.replace(request, teacher=str(teacher_path), teacher_sampler=sampler, temperature=temperature,

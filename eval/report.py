@@ -299,7 +299,7 @@ def _settings_lines(report: dict) -> list[tuple[str, str]]:
         lines.append((name, f"{info['path']} (step {info['step']}{spent}, {origin})"))
     lines += [(k, str(s[k])) for k in ("data", "split", "utterances", "selection", "max_seconds", "seed",
                                          "temperature", "device", "device_name", "threads") if k in s]
-    if s.get("voiced_temperature") is not None:
+    if s.get("voiced_temperature") is not None and "teacher" in report["systems"]:
         lines.append(("voiced temperature", f"{s['voiced_temperature']} (the teacher's, in voiced speech; "
                                             f"{s.get('temperature')} where unvoiced)"))
     if s.get("degrade_mels"):

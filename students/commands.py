@@ -108,11 +108,13 @@ def add_vocode(sub) -> None:
                             "shipped pretrained teacher)")
     p.add_argument("--out", required=True, help="folder for the WAVs (OUT/<input stem>.wav)")
     p.add_argument("--temperature", type=float, default=None,
-                   help="noise scale (default: a teacher's recorded synthesis temperature; 1 for a student)")
+                   help="noise scale (default: a teacher's recorded synthesis temperature; 1 for a student); given "
+                        "alone it applies everywhere (a teacher's recorded voiced temperature is then not used)")
     p.add_argument("--voiced-temperature", type=float, default=None, metavar="T",
                    help="teacher with a pitch source only: sample voiced speech at this temperature and unvoiced "
                         "speech at --temperature, following the voicing it reads from the mel (docs/teacher.md); "
-                        "default: the teacher's recorded one, unless --temperature is given (then: everywhere)")
+                        "0: none; default: the teacher's recorded one, unless --temperature is given (then: "
+                        "everywhere)")
     p.add_argument("--mode", choices=["sample", "mean"], default="sample",
                    help="teacher only: draw each step, or take its mean (no hiss, duller)")
     p.add_argument("--speaker", default=None, help="a multi-speaker model's speaker: a name of its map or an id")

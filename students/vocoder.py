@@ -147,12 +147,15 @@ class Vocoder:
                      voiced_temperature: float | None = None) -> tuple[float, float | None]:
         """The (temperature, voiced temperature) a call samples at: neither given, the recorded pair; a
         temperature alone, that temperature everywhere; a voiced temperature alone, with the recorded
-        temperature. One ConfigError for what this model cannot honour: a temperature < 0, a voiced
-        temperature for a student (its noise has one scale) or for a teacher without a pitch source."""
+        temperature; a voiced temperature of 0, none. One ConfigError for what this model cannot honour: a
+        temperature < 0, a voiced temperature for a student (its noise has one scale) or for a teacher
+        without a pitch source."""
         if temperature is None:
             temperature = self.temperature
             voiced_temperature = self.voiced_temperature if voiced_temperature is None else voiced_temperature
         temperature = float(temperature)
+        if voiced_temperature == 0:  # an explicit 0: none, the temperature everywhere
+            voiced_temperature = None
         if not math.isfinite(temperature) or temperature < 0:
             raise ConfigError(f"temperature must be a finite number >= 0, got {temperature}")
         if voiced_temperature is not None:

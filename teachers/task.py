@@ -33,9 +33,12 @@ class TeacherValidConfig:
     voiced_temperature: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (self.temperature >= 0 and self.voiced_temperature >= 0):
-            raise ConfigError(f"valid.temperature and valid.voiced_temperature must be >= 0, got {self.temperature} "
-                              f"and {self.voiced_temperature}")
+        if not all(math.isfinite(t) and t >= 0 for t in (self.temperature, self.voiced_temperature)):
+            raise ConfigError(f"valid.temperature and valid.voiced_temperature must be finite and >= 0, got "
+                              f"{self.temperature} and {self.voiced_temperature}")
+        if self.voiced_temperature > 0 and self.temperature == 0:
+            raise ConfigError("valid.voiced_temperature > 0 needs valid.temperature > 0 (unvoiced speech's); "
+                              "or set valid.voiced_temperature: 0")
 
     def voiced(self) -> float | None:
         """The voiced temperature `generate` takes (None: none)."""

@@ -78,7 +78,7 @@ def export_teacher(source: str | Path, out: str | Path, temperature: float | Non
     for flag, value in (("--temperature", temperature), ("--voiced-temperature", voiced_temperature)):
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise CheckpointError(f"{flag} must be a finite number >= 0, got {value}")
-    if voiced_temperature and not payload["model_args"]["model"].get("pitch_source"):
+    if voiced_temperature and not payload["model_args"].get("model", {}).get("pitch_source"):
         raise CheckpointError(f"{source}: --voiced-temperature follows the voicing of a pitch source, and this "
                               "teacher has none (model.pitch_source: false)")
     recorded = {"temperature": temperature, "voiced_temperature": voiced_temperature}
@@ -86,6 +86,10 @@ def export_teacher(source: str | Path, out: str | Path, temperature: float | Non
     if recorded:
         config = payload["config"]
         payload["config"] = {**config, "valid": {**config.get("valid", {}), **recorded}}
+    valid = payload["config"].get("valid", {})
+    if valid.get("voiced_temperature", 0.0) > 0 and not valid.get("temperature", 1.0) > 0:
+        raise CheckpointError(f"{source}: a voiced temperature needs a temperature > 0 for unvoiced speech (the "
+                              f"recorded one is {valid.get('temperature')}): pass --temperature")
     weights = payload["ema"]["model"] if payload.get("ema") else payload["model"]
     batch = payload["config"]["train"]["batch_size"] * payload.get("world_size", 1)
     segment = payload["config"]["data"]["segment_length"]

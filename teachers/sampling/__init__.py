@@ -202,9 +202,12 @@ def check_request(method: str, mode: str, temperature: float | torch.Tensor, pro
     if mode not in MODES:
         raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
     if isinstance(temperature, torch.Tensor):
-        if tuple(temperature.shape) != (batch, length) or not bool((temperature > 0).all()):
-            raise ValueError(f"a temperature per step must be ({batch}, {length}) and > 0 everywhere, got "
-                             f"{tuple(temperature.shape)} from {float(temperature.min()):.3g}")
+        if tuple(temperature.shape) != (batch, length):
+            raise ValueError(f"a temperature per step must have shape ({batch}, {length}), "
+                             f"got {tuple(temperature.shape)}")
+        if temperature.numel() and not bool((temperature > 0).all() & temperature.isfinite().all()):
+            raise ValueError(f"a temperature per step must be finite and > 0 everywhere; its lowest is "
+                             f"{float(temperature.min()):.3g}")
     elif not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature!r}")
     if prompt is not None and (prompt.dim() != 2 or prompt.shape[0] != batch or prompt.shape[1] >= length):
@@ -218,8 +221,8 @@ def check_voiced_temperature(teacher: WaveNetTeacher, temperature: float, voiced
         raise ConfigError("a voiced temperature follows the voicing of the teacher's pitch source, and this teacher "
                           "has none (model.pitch_source: false): leave the voiced temperature out")
     if not all(math.isfinite(t) and t > 0 for t in (voiced_temperature, temperature)):
-        raise ConfigError(f"the voiced temperature and the temperature must both be > 0, got {voiced_temperature!r} "
-                          f"and {temperature!r}")
+        raise ConfigError(f"the voiced temperature and the temperature must both be finite and > 0, got "
+                          f"{voiced_temperature!r} and {temperature!r}")
 
 
 @torch.inference_mode()

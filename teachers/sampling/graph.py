@@ -186,6 +186,8 @@ class BlockSampler:
             raise ValueError("pass lpc=teacher.predictor(mel) exactly when the teacher has linear prediction")
         if (temps is None) != (self.temperature is not None):
             raise ValueError("pass temps (each step's temperature) exactly when the sampler was built without one")
+        if temps is not None and tuple(temps.shape) != (self.batch, cond.shape[-1]):
+            raise ValueError(f"temps must have shape ({self.batch}, {cond.shape[-1]}), got {tuple(temps.shape)}")
         self.cond, self.prompt = cond, prompt
         self.temps = temps.to(self.temp_buf.dtype) if temps is not None else None
         self.lpc = lpc.to(self.lpc_buf.dtype) if lpc is not None else None

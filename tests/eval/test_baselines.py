@@ -36,6 +36,7 @@ def test_world_keeps_the_length_the_pitch_and_the_voicing_of_the_recording():
     f0_x, f0_y = (f0_track(a.double().numpy())[0] for a in (x, y))
     assert abs(1200 * np.log2(np.median(f0_y[f0_y > 0]) / np.median(f0_x[f0_x > 0]))) < 30
 
+
 def test_eval_scores_world_on_request_and_refuses_it_with_degraded_mels(tmp_path):
     from distill.data.corpus import demo_corpus_dir
     from eval.evaluate import DEFAULT_SYSTEMS, EvalRequest

@@ -195,6 +195,6 @@ def test_a_voiced_temperature_needs_a_pitch_source_and_positive_temperatures():
     mel = voiced_mel(frames=6)
     with pytest.raises(ConfigError, match="has none"):
         generate(pitch_teacher(pitch_source=False), mel, "incremental", voiced_temperature=0.5)
-    for temperature, voiced in ((0.0, 0.5), (1.0, 0.0), (1.0, float("nan"))):
-        with pytest.raises(ConfigError, match="both be > 0"):
+    for temperature, voiced in ((0.0, 0.5), (1.0, 0.0), (1.0, float("nan")), (1.0, float("inf"))):
+        with pytest.raises(ConfigError, match="both be finite and > 0"):
             generate(pitch_teacher(), mel, "incremental", temperature=temperature, voiced_temperature=voiced)

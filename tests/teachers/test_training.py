@@ -166,5 +166,12 @@ def test_export_records_a_voiced_temperature_for_a_pitch_teacher_only(teacher_ru
     assert voc.temperatures(None, 0.3) == (0.85, 0.3) and voc.temperatures(1.0, 0.3) == (1.0, 0.3)
     with pytest.raises(CheckpointError, match="finite number >= 0"):
         export_teacher(state, tmp_path / "x.pt", voiced_temperature=-1.0)
+    with pytest.raises(CheckpointError, match="needs a temperature > 0 for unvoiced speech"):
+        export_teacher(state, tmp_path / "y.pt", temperature=0.0, voiced_temperature=0.5)  # no file to sample
+    from teachers.task import TeacherValidConfig
+
+    for bad in ({"temperature": 0.0, "voiced_temperature": 0.5}, {"voiced_temperature": float("inf")}):
+        with pytest.raises(ConfigError, match="valid.temperature"):
+            TeacherValidConfig(**bad)
     with pytest.raises(ConfigError, match="model.pitch_source: true"):
         TeacherTask(load_config(TeacherConfig, "configs/teacher/gaussian_tiny.yaml", ["valid.voiced_temperature=0.5"]))
