@@ -29,8 +29,8 @@ from eval.timing import device_name
 from eval.voices import VOICE_RULE, selection_note, voice_groups
 from students.iaf import IAFStudent
 from students.pretrained import load_student
-from teachers.pretrained import demo_teacher_path, file_sha256, load_teacher
-from teachers.sampling import check_voiced_temperature, reference_method
+from teachers.pretrained import demo_teacher_path, file_sha256, load_teacher, recorded_temperatures
+from teachers.sampling import check_voiced_temperature, reference_method, resolve_temperatures
 
 log = logging.getLogger("wavedistill")
 
@@ -53,15 +53,10 @@ def run(request: EvalRequest) -> dict:
     teacher, payload = load_teacher(teacher_path, device=device)
     if sampler == "auto":  # the reference sampler for evaluation: CUDA graphs on a GPU (where they cover the
         sampler = reference_method(teacher, device)  # teacher), incremental on a CPU
-    temperature, voiced = request.temperature, request.voiced_temperature
-    student_temperature = request.student_temperature if temperature is None else temperature
-    if temperature is None:  # the temperatures its trainer documented for it (a --temperature alone: everywhere)
-        valid = payload.get("config", {}).get("valid", {})
-        temperature = float(valid.get("temperature", 1.0))
-        if voiced is None:
-            voiced = float(valid.get("voiced_temperature", 0.0)) or None
-    if voiced == 0:  # an explicit 0: none, the temperature everywhere
-        voiced = None
+    student_temperature = request.student_temperature if request.temperature is None else request.temperature
+    # the temperatures its trainer documented for it, unless told (a --temperature alone: everywhere)
+    temperature, voiced = resolve_temperatures(recorded_temperatures(payload), request.temperature,
+                                               request.voiced_temperature)
     if voiced is not None:
         check_voiced_temperature(teacher, temperature, voiced)
     request = dataclasses.replace(request, teacher=str(teacher_path), teacher_sampler=sampler, temperature=temperature,

@@ -30,8 +30,8 @@ from distill.errors import CheckpointError, ConfigError, MelError
 from distill.train.checkpoint import load_checkpoint
 from students.iaf import IAFStudent, synthesize
 from students.pretrained import load_student
-from teachers.pretrained import load_teacher
-from teachers.sampling import check_voiced_temperature, fastest_method, generate
+from teachers.pretrained import load_teacher, recorded_temperatures
+from teachers.sampling import check_voiced_temperature, fastest_method, generate, resolve_temperatures
 from teachers.wavenet import WaveNetTeacher
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
@@ -60,9 +60,7 @@ class Vocoder:
         self.dtype = dtype
         self.payload = payload
         self.features = from_dict(FeatureConfig, payload["features"], "checkpoint features")
-        valid = payload.get("config", {}).get("valid", {}) if self.kind == "teacher" else {}
-        self.temperature = float(valid.get("temperature", 1.0))
-        self.voiced_temperature: float | None = float(valid.get("voiced_temperature", 0.0)) or None
+        self.temperature, self.voiced_temperature = recorded_temperatures(payload if self.kind == "teacher" else {})
         self.speakers: dict[str, int] = dict(payload.get("extra", {}).get("speakers", {}) or {})
         self._logmel = LogMel(self.features)
 
@@ -150,12 +148,8 @@ class Vocoder:
         temperature; a voiced temperature of 0, none. One ConfigError for what this model cannot honour: a
         temperature < 0, a voiced temperature for a student (its noise has one scale) or for a teacher
         without a pitch source."""
-        if temperature is None:
-            temperature = self.temperature
-            voiced_temperature = self.voiced_temperature if voiced_temperature is None else voiced_temperature
-        temperature = float(temperature)
-        if voiced_temperature == 0:  # an explicit 0: none, the temperature everywhere
-            voiced_temperature = None
+        temperature, voiced_temperature = resolve_temperatures((self.temperature, self.voiced_temperature),
+                                                               temperature, voiced_temperature)
         if not math.isfinite(temperature) or temperature < 0:
             raise ConfigError(f"temperature must be a finite number >= 0, got {temperature}")
         if voiced_temperature is not None:

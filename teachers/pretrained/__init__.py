@@ -66,6 +66,13 @@ def load_teacher(
     return model, payload
 
 
+def recorded_temperatures(payload: dict) -> tuple[float, float | None]:
+    """A teacher checkpoint's documented synthesis temperatures: (valid.temperature, default 1;
+    valid.voiced_temperature, None where 0 or absent)."""
+    valid = payload.get("config", {}).get("valid", {})
+    return float(valid.get("temperature", 1.0)), float(valid.get("voiced_temperature", 0.0)) or None
+
+
 def export_teacher(source: str | Path, out: str | Path, temperature: float | None = None,
                    voiced_temperature: float | None = None) -> dict:
     """Write the slim, self-describing form of a teacher run's latest (or given) checkpoint.

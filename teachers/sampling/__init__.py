@@ -225,6 +225,19 @@ def check_voiced_temperature(teacher: WaveNetTeacher, temperature: float, voiced
                           f"{voiced_temperature!r} and {temperature!r}")
 
 
+def resolve_temperatures(recorded: tuple[float, float | None], temperature: float | None = None,
+                         voiced_temperature: float | None = None) -> tuple[float, float | None]:
+    """The (temperature, voiced temperature) a synthesis runs at, from a teacher's recorded pair
+    (`recorded_temperatures`) and what a caller gave: neither, the recorded pair; a temperature alone,
+    that temperature everywhere; a voiced temperature alone, with the recorded temperature; a voiced
+    temperature of 0, none. Nothing is checked here (`check_voiced_temperature` does)."""
+    if temperature is None:
+        temperature = recorded[0]
+        if voiced_temperature is None:
+            voiced_temperature = recorded[1]
+    return float(temperature), (float(voiced_temperature) or None) if voiced_temperature is not None else None
+
+
 @torch.inference_mode()
 def generate(
     teacher: WaveNetTeacher,
