@@ -28,6 +28,7 @@ from distill.nn.losses import (
     gaussian_kl,
     generator_adversarial_losses,
     log_scale_regulariser,
+    mel_loss,
     monte_carlo_kl,
     power_loss,
     stft_loss,
@@ -41,7 +42,8 @@ from teachers.wavenet import TeacherModelConfig
 
 __all__ = ["DistillTask", "StudentConfig", "StudentModelConfig", "build_student"]
 
-LOSS_TERMS = ("loss/kl", "loss/kl_reg", "loss/stft", "loss/power", "loss/contrastive", "loss/adv", "loss/fm")
+LOSS_TERMS = ("loss/kl", "loss/kl_reg", "loss/stft", "loss/mel", "loss/power", "loss/contrastive", "loss/adv",
+              "loss/fm")
 
 
 @dataclass
@@ -198,10 +200,12 @@ class DistillTask(Task):
                               "set its weight to 0")
         w = config.loss.weights
         uses_discriminator = w["loss/adv"] > 0 or w["loss/fm"] > 0
-        own_terms = any(w[k] > 0 for k in ("loss/kl", "loss/kl_reg", "loss/stft", "loss/power", "loss/contrastive"))
+        own_terms = any(w[k] > 0 for k in ("loss/kl", "loss/kl_reg", "loss/stft", "loss/mel", "loss/power",
+                                           "loss/contrastive"))
         if not own_terms and (not uses_discriminator or config.adversarial.start_step > 0):
             when = " before adversarial.start_step" if uses_discriminator else ""
-            raise ConfigError(f"no loss term is active{when}: give loss/kl, loss/stft or loss/power a weight > 0"
+            raise ConfigError(f"no loss term is active{when}: give loss/kl, loss/stft, loss/mel or loss/power a "
+                              "weight > 0"
                               + (", or set adversarial.start_step=0" if uses_discriminator else ""))
         if uses_discriminator != bool(config.adversarial.discriminator):
             raise ConfigError("loss/adv and loss/fm need adversarial.discriminator (dilated_conv or hifigan), and a "
@@ -338,7 +342,7 @@ class DistillTask(Task):
                 "distill/cross_entropy": terms["cross_entropy"].mean(),
             }
         adversarial = self.discriminator is not None and step >= self.config.adversarial.start_step
-        if weights["loss/stft"] > 0 or weights["loss/power"] > 0 or adversarial:
+        if weights["loss/stft"] > 0 or weights["loss/mel"] > 0 or weights["loss/power"] > 0 or adversarial:
             heard = student.to_audio(out.x.float())  # de-emphasised: compared with the real audio
         if adversarial:
             assert self.discriminator is not None  # adversarial says so
@@ -349,6 +353,8 @@ class DistillTask(Task):
             self._fake = heard.detach()  # what the discriminator's step judges
         if weights["loss/stft"] > 0:
             values["loss/stft"] = stft_loss(heard, audio.float(), tuple(map(tuple, self.config.loss.stft_resolutions)))
+        if weights["loss/mel"] > 0:
+            values["loss/mel"] = mel_loss(self.logmel, heard, audio.float())
         if weights["loss/power"] > 0:
             values["loss/power"] = power_loss(heard, audio.float())
         if weights["loss/contrastive"] > 0 and audio.shape[0] > 1:

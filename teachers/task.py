@@ -86,8 +86,9 @@ class TeacherTask(Task):
         return build_teacher(self.config, len(self.speakers) if self.speakers is not None else None)
 
     def initial_weights(self, model, payload: dict) -> dict:
-        """A teacher with a pitch source can start from one without (`WaveNetTeacher.with_source_columns`)."""
-        return cast(WaveNetTeacher, model).with_source_columns(payload["model"])
+        """A teacher can start from a smaller one: without a pitch source or period taps, or narrower
+        (`WaveNetTeacher.grown_from`)."""
+        return cast(WaveNetTeacher, model).grown_from(payload["model"])
 
     def checkpoint_extra(self) -> dict:
         return {**({"speakers": self.speakers} if self.speakers is not None else {}),

@@ -28,7 +28,6 @@ from distill.nn.conditioning import MelConditioned, MelUpsampler
 from distill.nn.distributions import build_distribution
 from distill.nn.layers import shift_right
 from distill.nn.lpc import MelLPC, lp_predict
-from distill.nn.pitch import SOURCE_CHANNELS
 from distill.nn.records import legacy_record, read_record
 from distill.nn.wavenet import WaveNetStack
 
@@ -156,26 +155,23 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         return cls(from_dict(TeacherModelConfig, args["model"], "the checkpoint's model_args"), features,
                    args["mel_context"], args.get("pitch"))
 
-    def with_source_columns(self, state: dict) -> dict:
-        """The state dict of a teacher like this one but without a pitch source (the single-voice teacher,
-        a run of the plain LP preset) or without period taps -> this teacher's: each layer's conditioning
-        1x1 gets zero weights for the source's channels (the last ones of the conditioning), the input 1x1
-        zero weights for the period taps (the last input channels), so this teacher starts as that one,
-        draw for draw; the new channels then learn from there. Other states are returned as they are (a
-        mismatch stays the loader's one-line error)."""
-        if self.pitch is None:
-            return state
-        own = self.state_dict()
-        widened = dict(state)
-        for name, value in own.items():
-            theirs = state.get(name)
-            if theirs is None or theirs.dim() != 3 or theirs.shape[0] != value.shape[0]:
-                continue
-            if name.endswith(".cond.weight") and theirs.shape[1] + SOURCE_CHANNELS == value.shape[1]:
-                widened[name] = widen(theirs, SOURCE_CHANNELS)
-            elif name == "stack.input.weight" and theirs.shape[1] + self.period_taps == value.shape[1]:
-                widened[name] = widen(theirs, self.period_taps)
-        return widened
+    def grown_from(self, state: dict) -> dict:
+        """The state dict of a smaller teacher of the same depth -> this teacher's, computing what that
+        one computes (`distill.nn.wavenet.WaveNetStack.grown_state`): new inputs are read with weight
+        zero, new units keep their fresh initialisation. What it covers:
+
+        - a teacher without a pitch source (the single-voice teacher, a run of the plain LP preset) or
+          without period taps: each layer's conditioning 1x1 reads the source's channels (the last of the
+          conditioning), the input 1x1 the taps (the last input channels), with weight zero;
+        - a narrower teacher (fewer residual, gate or skip channels): the new channels and units.
+
+        So this teacher starts as that one, draw for draw, and the new weights learn from there. Other
+        states are returned as they are (a mismatch stays the loader's one-line error)."""
+        prefix = "stack."
+        stack = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        grown = self.stack.grown_state(stack)
+        return {**{k: v for k, v in state.items() if not k.startswith(prefix)},
+                **{prefix + k: v for k, v in grown.items()}}
 
     def receptive_field(self) -> int:
         """Past samples that the network's output at t depends on: y_{t-R} .. y_{t-1}. (With linear
@@ -295,7 +291,3 @@ def period_step(audio: torch.Tensor, lag: torch.Tensor, t: int, taps: int) -> to
     pos = torch.stack([t - lag[:, t] + o for o in period_offsets(taps)], dim=1)  # (B, taps) float64
     return _interpolated(audio, pos, 0)
 
-
-def widen(weight: torch.Tensor, channels: int) -> torch.Tensor:
-    """A conv weight (out, in, k) with `channels` zero input channels appended."""
-    return torch.cat([weight, weight.new_zeros(weight.shape[0], channels, weight.shape[2])], dim=1)

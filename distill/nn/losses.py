@@ -104,6 +104,14 @@ def stft_loss(
     return total / len(resolutions)
 
 
+def mel_loss(logmel: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Scalar: the mean absolute difference of the log-mels of x and y (B, T), HiFi-GAN's reconstruction
+    term. `logmel` is the model's own log-mel (`distill.audio.mel.LogMel`): the spectrum it is told to
+    vocode, in the bands and on the log scale a mel vocoder's input has, computed in float32."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return (logmel(x.float()) - logmel(y.float())).abs().mean()
+
+
 def power_loss(x: torch.Tensor, y: torch.Tensor, n_fft: int = 1024, hop: int = 256, eps: float = 1e-7) -> torch.Tensor:
     """Scalar: Parallel WaveNet's power loss on a log scale: the mean over frequency bins of
     |log P_x(f) - log P_y(f)|, P(f) = mean_t |STFT|^2 (the time-averaged power spectrum), per item,

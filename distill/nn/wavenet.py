@@ -68,6 +68,54 @@ class WaveNetStack(nn.Module):
         head1, head2 = cast(nn.Conv1d, self.head[1]), cast(nn.Conv1d, self.head[3])
         return total + head1.in_channels * head1.out_channels + head2.in_channels * head2.out_channels
 
+    def grown_state(self, theirs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The state dict (keys relative to the stack) of a stack like this one but narrower (fewer
+        residual, gate or skip channels, fewer input or conditioning channels; the same layers, kernel
+        and dilations) -> this stack's, computing the same function (Net2Net's function-preserving
+        widening, in its zero-read form):
+
+        - every new *input* channel of a weight (a column) reads with weight zero: the new residual
+          channels into each dilated conv, the new gate units into each residual/skip 1x1, the new skip
+          channels and head units into the head, new conditioning or input channels;
+        - every new *output* channel (a row) keeps this stack's own initialisation and a zero bias (a
+          fresh negative bias can leave a new head unit dead behind its ReLU), so the new units compute
+          something and the zero columns reading them get gradients from the first step.
+
+        The gate rows are two halves (filter, gate) and the 1x1 after the gate writes the residual
+        channels then the skip channels: each part is embedded at its own offset. Entries of `theirs`
+        that already have this stack's shape, and anything else (a shape that does not fit, keys this
+        stack does not have), are returned as they are, for the loader to accept or to refuse."""
+        own = self.state_dict()
+        grown = dict(theirs)
+        residual = theirs.get("input.weight")
+        if residual is None:
+            return grown
+        old_residual = residual.shape[0]
+        for name, mine in own.items():
+            old = theirs.get(name)
+            if old is None or old.shape == mine.shape or old.dim() != mine.dim():
+                continue
+            if old.shape[2:] != mine.shape[2:] or any(o > m for o, m in zip(old.shape, mine.shape, strict=True)):
+                continue  # another kernel, or wider than this stack: not a growth
+            rows: tuple[tuple[int, int], ...]  # (old, new) row counts of each part, in order
+            if name.endswith(("conv.weight", "conv.bias", "cond.weight")):  # rows: [filter | gate]
+                rows = ((old.shape[0] // 2, mine.shape[0] // 2),) * 2
+            elif name.endswith(("out.weight", "out.bias")) and name.startswith("layers."):  # [residual | skip]
+                rows = ((old_residual, self.input.out_channels),
+                        (old.shape[0] - old_residual, mine.shape[0] - self.input.out_channels))
+            else:
+                rows = ((old.shape[0], mine.shape[0]),)
+            new = mine.clone() if mine.dim() > 1 else torch.zeros_like(mine)  # new units' biases start at 0
+            if new.dim() > 1:
+                new[:, old.shape[1]:] = 0  # new inputs are read with weight zero
+            columns = new[:, : old.shape[1]] if new.dim() > 1 else new  # a view: writes go into `new`
+            start_old = start_new = 0
+            for n_old, n_new in rows:
+                columns[start_new : start_new + n_old] = old[start_old : start_old + n_old]
+                start_old, start_new = start_old + n_old, start_new + n_new
+            grown[name] = new
+        return grown
+
     def receptive_field(self) -> int:
         """Inputs that output t depends on: (k-1) * sum(dilations) + 1 (the 1x1 convs add none)."""
         return sum((layer.kernel_size - 1) * layer.dilation for layer in self.layers) + 1

@@ -42,6 +42,16 @@ def test_a_step_changes_the_student_and_leaves_the_teacher_bit_identical(tmp_pat
     trainer.close()
 
 
+def test_the_mel_term_alone_trains_a_teacher_free_student(tmp_path):
+    task = DistillTask(config("loss.weights={loss/kl: 0, loss/kl_reg: 0, loss/stft: 0, loss/mel: 1.0}",
+                              "train.steps=2"))
+    assert not task.uses_teacher
+    Trainer(task, tmp_path / "run").fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    mel = [r["loss/mel"] for r in records if "loss/mel" in r]
+    assert mel and all(0 < v < 5 for v in mel) and not any("loss/kl" in r or "loss/stft" in r for r in records)
+
+
 def test_distillation_lowers_the_kl_markedly_on_the_cpu(tmp_path):
     run = tmp_path / "run"
     teacher = single_voice_teacher_path()  # the KL's fall in 60 steps, measured with this teacher (slt's)

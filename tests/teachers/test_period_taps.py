@@ -101,7 +101,7 @@ def test_with_the_taps_switched_off_the_samplers_draw_what_the_teacher_without_t
     dtype = torch.float32 if method == "fast" else torch.float64
     plain = taps_teacher(taps=0, seed=4, dtype=dtype)
     twin = taps_teacher(taps=3, seed=9, dtype=dtype)
-    twin.load_state_dict(twin.with_source_columns(plain.state_dict()))
+    twin.load_state_dict(twin.grown_from(plain.state_dict()))
     assert twin.stack.input.weight[:, 1:].abs().max() == 0
     assert_same_draws(plain, twin, voiced_mel(frames=24, dtype=dtype), method)
 

@@ -92,7 +92,7 @@ def test_the_source_leaves_the_teacher_causal_with_the_same_receptive_field():
 def zero_source_twin(plain: WaveNetTeacher) -> WaveNetTeacher:
     """A pitch-source teacher initialised from `plain` as `--init` does it (zero weights on the source)."""
     twin = pitch_teacher(dtype=next(plain.parameters()).dtype)
-    twin.load_state_dict(twin.with_source_columns(plain.state_dict()))
+    twin.load_state_dict(twin.grown_from(plain.state_dict()))
     assert all(layer.cond.weight[:, N_MELS:].abs().max() == 0 for layer in twin.stack.layers)
     return twin
 

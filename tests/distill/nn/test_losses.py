@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
+from distill.audio.mel import LogMel
+from distill.config import FeatureConfig
 from distill.nn.distributions import DiscretizedMixLogistic, Gaussian, Logistic
-from distill.nn.losses import gaussian_kl, log_scale_regulariser, monte_carlo_kl, power_loss, stft_loss
+from distill.nn.losses import gaussian_kl, log_scale_regulariser, mel_loss, monte_carlo_kl, power_loss, stft_loss
 
 
 def pairs(n=5, seed=0):
@@ -87,3 +89,18 @@ def test_spectral_losses_vanish_for_identical_signals_and_grow_with_damage():
     small, large = x + 0.01 * torch.randn_like(x), x + 0.1 * torch.randn_like(x)
     assert 0 < float(stft_loss(small, x, multi)) < float(stft_loss(large, x, multi))
     assert 0 < float(power_loss(small, x)) < float(power_loss(large, x))
+    logmel = LogMel(FeatureConfig())
+    assert float(mel_loss(logmel, x, x)) == 0.0
+    assert 0 < float(mel_loss(logmel, small, x)) < float(mel_loss(logmel, large, x))
+
+
+def test_the_mel_loss_is_the_mean_log_mel_difference_and_runs_in_float32_under_autocast():
+    torch.manual_seed(0)
+    logmel = LogMel(FeatureConfig())
+    x, y = torch.randn(2, 8192) * 0.1, torch.randn(2, 8192) * 0.05
+    expected = (logmel(x) - logmel(y)).abs().mean()
+    assert float(mel_loss(logmel, x, y)) == pytest.approx(float(expected), rel=1e-6)
+    # a copy at half the amplitude: every band of the natural-log magnitude mel log 2 lower
+    assert float(mel_loss(logmel, x, 0.5 * x)) == pytest.approx(math.log(2), rel=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mel_loss(logmel, x, y).dtype == torch.float32

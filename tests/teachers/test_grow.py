@@ -1,0 +1,108 @@
+"""Growing a teacher (`WaveNetTeacher.grown_from`, what `train-teacher --init` applies): a wider teacher
+started from a narrower one computes the same law and draws the same audio with every sampler, and every
+new weight gets a gradient from the first step (none of them is dead)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distill.nn.pitch import SOURCE_CHANNELS
+from teachers.sampling import generate
+from teachers.sampling.fastloop import available
+from teachers.task import TeacherConfig, TeacherTask
+from teachers.wavenet import LinearPredictionConfig, TeacherModelConfig, WaveNetTeacher
+from tests.teachers.test_pitch_teacher import FEATURES, HOP, N_MELS, voiced_mel
+
+
+def teacher(residual=8, gate=8, skip=8, pitch_source=True, dtype=torch.float64, seed=0) -> WaveNetTeacher:
+    config = TeacherModelConfig("gaussian", layers=6, cycle=3, kernel_size=2, residual_channels=residual,
+                                gate_channels=gate, skip_channels=skip, upsample_scales=[4, 4],
+                                linear_prediction=LinearPredictionConfig(order=4), pitch_source=pitch_source)
+    torch.manual_seed(seed)
+    model = WaveNetTeacher(config, FEATURES, mel_context=2).to(dtype).eval()
+    with torch.no_grad():  # the head starts at zero (the LP-only law); give the network a say
+        model.stack.head[-1].weight.normal_(0, 0.3)
+        model.stack.head[-1].bias.normal_(0, 0.3)
+    return model
+
+
+def grown(small: WaveNetTeacher, **widths) -> WaveNetTeacher:
+    big = teacher(**widths, dtype=next(small.parameters()).dtype, seed=7)
+    big.load_state_dict(big.grown_from(small.state_dict()))
+    return big
+
+
+WIDER = {"residual": 12, "gate": 16, "skip": 10}
+
+
+@pytest.mark.parametrize("pitch_source", [True, False])
+def test_a_grown_teacher_computes_the_narrow_teachers_law(pitch_source):
+    small = teacher(pitch_source=pitch_source)
+    big = grown(small, **WIDER)  # the big one always has a source: from a plain teacher, it is new too
+    assert big.stack.layers[0].conv.weight.shape == (32, 12, 2) and big.stack.head[1].weight.shape == (10, 10, 1)
+    mel = voiced_mel()
+    y = 0.01 * torch.randn(2, 24 * HOP, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(big(y, mel), small(y, mel), atol=1e-12, rtol=0)
+    # the new units compute something: only the zero columns reading them keep them out of the law
+    h = big.stack.input(y.unsqueeze(1))
+    assert h[:, 8:].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("method", ["incremental", "naive", "graph", "fast"])
+def test_a_grown_teacher_draws_what_the_narrow_teacher_draws(method):
+    if method == "fast" and not available():
+        pytest.skip("no C compiler for the fast loop")
+    dtype = torch.float32 if method == "fast" else torch.float64
+    small = teacher(dtype=dtype, seed=4)
+    big = grown(small, **WIDER)
+    mel = voiced_mel(frames=10, dtype=dtype)
+    torch.manual_seed(5)
+    before = generate(small, mel, method, voiced_temperature=0.5)
+    torch.manual_seed(5)
+    after = generate(big, mel, method, voiced_temperature=0.5)
+    assert before.std() > 1e-3
+    assert torch.allclose(before, after, atol=1e-5 if method == "fast" else 1e-10, rtol=0)
+
+
+def test_every_new_weight_of_a_grown_teacher_learns_from_the_first_step():
+    small = teacher(pitch_source=False)
+    big = grown(small, **WIDER).train()
+    mel = voiced_mel()
+    y = 0.01 * torch.randn(2, 24 * HOP, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    (-big.log_prob(y, mel).mean()).backward()
+    layer = big.stack.layers[3]
+    zero_reads = {
+        "conv columns reading the new residual channels": layer.conv.weight.grad[:, 8:],
+        "cond columns reading the pitch source": layer.cond.weight.grad[:, N_MELS:],
+        "residual/skip 1x1 columns reading the new gate units": layer.out.weight.grad[:, 8:],
+        "head columns reading the new skip channels": big.stack.head[1].weight.grad[:, 8:],
+        "output columns reading the new head units": big.stack.head[3].weight.grad[:, 8:],
+    }
+    for what, grad in zero_reads.items():
+        assert grad.abs().max() > 0, what
+    assert layer.cond.weight.shape[1] == N_MELS + SOURCE_CHANNELS
+
+
+def test_a_state_wider_than_the_teacher_stays_the_loaders_one_line_error():
+    big = teacher(**WIDER)
+    small = teacher()
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        small.load_state_dict(small.grown_from(big.state_dict()))
+
+
+def test_train_teacher_init_grows_a_narrower_checkpoint():
+    """`--init` goes through the task's `initial_weights`: a checkpoint's narrower weights come in grown."""
+    small = teacher(dtype=torch.float32)
+    config = TeacherConfig()
+    config.features = FEATURES
+    config.model = big_config = small.config.__class__(**{**small.config.__dict__, "residual_channels": 12,
+                                                          "gate_channels": 16, "skip_channels": 10})
+    task = TeacherTask.__new__(TeacherTask)  # only initial_weights is exercised: no corpus needed
+    torch.manual_seed(7)
+    big = WaveNetTeacher(big_config, FEATURES, mel_context=2)
+    big.load_state_dict(task.initial_weights(big, {"model": small.state_dict()}))
+    mel = voiced_mel(dtype=torch.float32)
+    y = 0.01 * torch.randn(2, 24 * HOP, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(big(y, mel), small(y, mel), atol=1e-5, rtol=0)
