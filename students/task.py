@@ -218,6 +218,7 @@ class DistillTask(Task):
         self.uses_teacher = any(config.loss.weights[k] > 0 for k in ("loss/kl", "loss/kl_reg", "loss/contrastive"))
         self._fake: torch.Tensor | None = None  # the last step's student audio, for the discriminator's step
         self.logmel = LogMel(config.features)
+        self.loss_logmel = self.logmel  # moved to the training device by `setup`
 
     # ------------------------------------------------------------------ model and data
     def build_model(self) -> IAFStudent:
@@ -271,6 +272,9 @@ class DistillTask(Task):
 
     def setup(self, device: torch.device) -> None:
         self.teacher.to(device).eval()
+        # the mel term's own log-mel on the training device (its window and filterbank are buffers);
+        # `self.logmel` stays on the CPU, where validation scores the audio
+        self.loss_logmel = LogMel(self.config.features).to(device)
 
     def checkpoint_extra(self) -> dict:
         return {"teacher": self.teacher_info, **({"speakers": self.speakers} if self.speakers is not None else {}),
@@ -354,7 +358,7 @@ class DistillTask(Task):
         if weights["loss/stft"] > 0:
             values["loss/stft"] = stft_loss(heard, audio.float(), tuple(map(tuple, self.config.loss.stft_resolutions)))
         if weights["loss/mel"] > 0:
-            values["loss/mel"] = mel_loss(self.logmel, heard, audio.float())
+            values["loss/mel"] = mel_loss(self.loss_logmel, heard, audio.float())
         if weights["loss/power"] > 0:
             values["loss/power"] = power_loss(heard, audio.float())
         if weights["loss/contrastive"] > 0 and audio.shape[0] > 1:

@@ -13,7 +13,7 @@ from distill.audio.mel import LogMel
 from distill.audio.plots import mel_figure
 from distill.config import DataConfig, FeatureConfig, TrainConfig
 from distill.data.datasets import corpus_speakers, corpus_voices, speaker_batch, voice_order
-from distill.errors import ConfigError
+from distill.errors import CheckpointError, ConfigError
 from distill.train.distributed import unwrap
 from distill.train.logger import RunLogger
 from distill.train.task import Task
@@ -87,8 +87,19 @@ class TeacherTask(Task):
 
     def initial_weights(self, model, payload: dict) -> dict:
         """A teacher can start from a smaller one: without a pitch source or period taps, or narrower
-        (`WaveNetTeacher.grown_from`)."""
-        return cast(WaveNetTeacher, model).grown_from(payload["model"])
+        (`WaveNetTeacher.grown_from`), of the same depth, dilations and kernel; another of those is a
+        one-line CheckpointError (the state dict alone cannot tell a dilation cycle)."""
+        teacher = cast(WaveNetTeacher, model)
+        if "model_args" in payload and "features" in payload:
+            theirs = WaveNetTeacher.record_config(payload)
+            shape = ("layers", "cycle", "kernel_size")
+            if any(getattr(theirs, k) != getattr(teacher.config, k) for k in shape):
+                def describe(c: TeacherModelConfig) -> str:
+                    return f"{c.layers} layers, dilation cycle {c.cycle}, kernel {c.kernel_size}"
+                raise CheckpointError(f"--init: the checkpoint's teacher has {describe(theirs)}, this config "
+                                      f"{describe(teacher.config)}; a teacher grows in width only: set "
+                                      "model.layers, model.cycle and model.kernel_size to the checkpoint's")
+        return teacher.grown_from(payload["model"])
 
     def checkpoint_extra(self) -> dict:
         return {**({"speakers": self.speakers} if self.speakers is not None else {}),

@@ -82,7 +82,10 @@ class WaveNetStack(nn.Module):
           something and the zero columns reading them get gradients from the first step.
 
         The gate rows are two halves (filter, gate) and the 1x1 after the gate writes the residual
-        channels then the skip channels: each part is embedded at its own offset. Entries of `theirs`
+        channels then the skip channels: each part is embedded at its own offset. Not a growth, and left
+        to the loader: another kernel, another output head (the last 1x1's rows are the law's
+        parameters), more input channels than y(t - 1) alone (period taps sit at offsets around 0, so K
+        taps do not embed in K' > K). Entries of `theirs`
         that already have this stack's shape, and anything else (a shape that does not fit, keys this
         stack does not have), are returned as they are, for the loader to accept or to refuse."""
         own = self.state_dict()
@@ -97,6 +100,10 @@ class WaveNetStack(nn.Module):
                 continue
             if old.shape[2:] != mine.shape[2:] or any(o > m for o, m in zip(old.shape, mine.shape, strict=True)):
                 continue  # another kernel, or wider than this stack: not a growth
+            if name.startswith("head.3.") and old.shape[0] != mine.shape[0]:
+                continue  # the output's rows are the law's parameters: another head is not a growth
+            if name == "input.weight" and old.shape[1] not in (1, mine.shape[1]):
+                continue  # inputs after y(t - 1) are period taps at offsets around 0: only 0 -> K taps grows
             rows: tuple[tuple[int, int], ...]  # (old, new) row counts of each part, in order
             if name.endswith(("conv.weight", "conv.bias", "cond.weight")):  # rows: [filter | gate]
                 rows = ((old.shape[0] // 2, mine.shape[0] // 2),) * 2

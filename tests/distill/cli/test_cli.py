@@ -90,10 +90,10 @@ def test_demo_distils_evaluates_and_prints_the_summary(tmp_path):
     summary = json.loads((out / "data" / "data_summary.json").read_text())
     assert {s: v["utterances"] for s, v in summary["splits"].items()} == {"train": 284, "valid": 32, "test": 58}
     assert load_checkpoint(out / "student")["step"] == 2
-    # the grid's 10-minute winner: the STFT loss alone, no teacher pass in the step
+    # the demo's preset: the STFT loss and the log-mel L1, no teacher pass in the step
     logged = [json.loads(line) for line in (out / "student" / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in logged if "loss" in r][-1]
-    assert "loss/stft" in last and "loss/kl" not in last
+    assert "loss/stft" in last and "loss/mel" in last and "loss/kl" not in last
     report = json.loads((out / "report" / "report.json").read_text())
     assert list(report["systems"]) == ["reference", "griffin_lim", "teacher", "student"]
     assert report["systems"]["reference"]["pesq_wb"] > 4.6 and report["systems"]["student"]["rtf"]["rtf"] > 0
