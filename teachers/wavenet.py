@@ -150,14 +150,14 @@ class WaveNetTeacher(MelConditioned, nn.Module):
     @staticmethod
     def record_config(payload: dict) -> TeacherModelConfig:
         """The hyperparameters a checkpoint records (`record`, or the flat arguments of older checkpoints)."""
-        return from_dict(TeacherModelConfig, _teacher_record(payload)[0]["model"], "the checkpoint's model_args")
+        return _teacher_record(payload)[0]
 
     @classmethod
     def from_record(cls, payload: dict) -> WaveNetTeacher:
         """The teacher a checkpoint describes (`record`, or the flat constructor arguments of checkpoints
         written before models took their config), before its weights are loaded."""
-        args, features = _teacher_record(payload)
-        return cls(cls.record_config(payload), features, args["mel_context"], args.get("pitch"))
+        config, args, features = _teacher_record(payload)
+        return cls(config, features, args["mel_context"], args.get("pitch"))
 
     def grown_from(self, state: dict) -> dict:
         """The state dict of a smaller teacher of the same depth -> this teacher's, computing what that
@@ -265,9 +265,11 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         return self.dist.log_density(self.forward(y, mel, speaker), y)
 
 
-def _teacher_record(payload: dict) -> tuple[dict, FeatureConfig]:
-    """A teacher checkpoint's model record and features (`distill.nn.records.read_record`)."""
-    return read_record(payload, lambda flat, features: legacy_record(flat["model_args"], features))
+def _teacher_record(payload: dict) -> tuple[TeacherModelConfig, dict, FeatureConfig]:
+    """A teacher checkpoint's hyperparameters, its model record and its features, read once
+    (`distill.nn.records.read_record`)."""
+    args, features = read_record(payload, lambda flat, features: legacy_record(flat["model_args"], features))
+    return from_dict(TeacherModelConfig, args["model"], "the checkpoint's model_args"), args, features
 
 
 def period_offsets(taps: int) -> range:

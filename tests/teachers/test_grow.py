@@ -6,6 +6,7 @@ not a growth stays the loader's error."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -16,20 +17,11 @@ from distill.nn.pitch import SOURCE_CHANNELS
 from teachers.sampling import generate
 from teachers.sampling.fastloop import available
 from teachers.task import TeacherTask
-from teachers.wavenet import LinearPredictionConfig, TeacherModelConfig, WaveNetTeacher
-from tests.teachers.test_pitch_teacher import FEATURES, HOP, N_MELS, voiced_mel
+from teachers.wavenet import WaveNetTeacher
+from tests.teachers.test_pitch_teacher import FEATURES, HOP, N_MELS, pitch_teacher, voiced_mel
 
-
-def teacher(residual=8, gate=8, skip=8, pitch_source=True, dtype=torch.float64, seed=0) -> WaveNetTeacher:
-    config = TeacherModelConfig("gaussian", layers=6, cycle=3, kernel_size=2, residual_channels=residual,
-                                gate_channels=gate, skip_channels=skip, upsample_scales=[4, 4],
-                                linear_prediction=LinearPredictionConfig(order=4), pitch_source=pitch_source)
-    torch.manual_seed(seed)
-    model = WaveNetTeacher(config, FEATURES, mel_context=2).to(dtype).eval()
-    with torch.no_grad():  # the head starts at zero (the LP-only law); give the network a say
-        model.stack.head[-1].weight.normal_(0, 0.3)
-        model.stack.head[-1].bias.normal_(0, 0.3)
-    return model
+# the pitch teacher of test_pitch_teacher (6 layers, 8 channels unless told), with kernel 2
+teacher = functools.partial(pitch_teacher, kernel_size=2)
 
 
 def grown(small: WaveNetTeacher, **widths) -> WaveNetTeacher:

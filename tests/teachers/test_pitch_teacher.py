@@ -21,9 +21,10 @@ FEATURES = FeatureConfig(n_mels=40, hop_length=16, n_fft=256, win_length=256, pr
 N_MELS, HOP = FEATURES.n_mels, FEATURES.hop_length
 
 
-def pitch_teacher(pitch_source=True, lp_order=4, kernel_size=3, dtype=torch.float64, seed=0) -> WaveNetTeacher:
-    config = TeacherModelConfig("gaussian", layers=6, cycle=3, kernel_size=kernel_size, residual_channels=8,
-                                gate_channels=8, skip_channels=8, upsample_scales=[4, 4],
+def pitch_teacher(pitch_source=True, lp_order=4, kernel_size=3, dtype=torch.float64, seed=0, residual=8, gate=8,
+                  skip=8) -> WaveNetTeacher:
+    config = TeacherModelConfig("gaussian", layers=6, cycle=3, kernel_size=kernel_size, residual_channels=residual,
+                                gate_channels=gate, skip_channels=skip, upsample_scales=[4, 4],
                                 linear_prediction=LinearPredictionConfig(order=lp_order), pitch_source=pitch_source)
     torch.manual_seed(seed)
     model = WaveNetTeacher(config, FEATURES, mel_context=2).to(dtype).eval()
