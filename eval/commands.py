@@ -75,6 +75,10 @@ def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seco
                         "strong, or time=T,freq=F,noise=N (Gaussian smoothing across frames and mel bands, std in "
                         "frames and bands, then Gaussian noise on the log-mel, std in nats); the reference stays the "
                         "recording (docs/evaluate.md)")
+    p.add_argument("--postfilter", type=int, default=0, metavar="N",
+                   help="also score the teacher and every student after N iterations of the mel post-filter, which "
+                        "moves each frame's mel-band energies to the mel's (distill.audio.postfilter; "
+                        "docs/evaluate.md), as '<system> + post-filter', from the same draws; 0 (default): none")
     p.add_argument("--speaker", default=None,
                    help="multi-speaker models: synthesise every clip as this speaker (default: each clip's own, "
                         "named by the corpus as in the teacher's training data)")
@@ -106,7 +110,7 @@ def request_from_args(args, students: list[str]):
         teacher_batch=args.teacher_batch, temperature=args.temperature,
         voiced_temperature=getattr(args, "voiced_temperature", None), student_dtype=args.student_dtype,
         student_compile=args.student_compile, seed=args.seed, rtf_seconds=args.rtf_seconds, rtf_runs=args.rtf_runs,
-        degrade_mels=getattr(args, "degrade_mels", ""), out=args.out,
+        degrade_mels=getattr(args, "degrade_mels", ""), postfilter=getattr(args, "postfilter", 0), out=args.out,
     )
 
 

@@ -2,14 +2,16 @@
 
 Systems: the reference itself (the PESQ ceiling), Griffin-Lim from the same mels (the floor a neural
 vocoder must beat), the teacher (autoregressive sampling) and each student (one parallel pass); any
-of them can be left out (`EvalRequest.systems`). On request, WORLD analysis-synthesis of the
-recording (`eval.baselines.world_resynthesis`, an oracle: not from the mel). Every system is scored the same way: PESQ
-(wideband; narrowband on request), log-mel L1, multi-resolution STFT distance, the teacher's NLL of
-its audio (for a student, an estimate of the cross-entropy H(P_S, P_T), the part of KL(P_S || P_T)
-the teacher sees), and the library metrics that are installed (`eval.metrics.LIBRARY_METRICS`:
-DNSMOS, STOI, F0 and voicing, MCD). Each synthesising system also gets a real-time factor, timed on
-one clip at batch 1 (see `eval.timing.real_time_factor`); the teacher is timed with its reference
-sampler (incremental) and its fastest one, and every speed-up is quoted against both.
+of them can be left out (`EvalRequest.systems`). On request, WORLD analysis-synthesis of the recording
+(`eval.baselines.world_resynthesis`, an oracle: not from the mel), and the teacher's and the students'
+audio after the mel post-filter (`distill.audio.postfilter`, `EvalRequest.postfilter`). Every system is
+scored the same way: PESQ (wideband; narrowband on request), log-mel L1, multi-resolution STFT
+distance, the teacher's NLL of its audio (for a student, an estimate of the cross-entropy H(P_S, P_T),
+the part of KL(P_S || P_T) the teacher sees), and the library metrics that are installed
+(`eval.metrics.LIBRARY_METRICS`: DNSMOS, STOI, F0 and voicing, MCD). Each synthesising system also gets
+a real-time factor, timed on one clip at batch 1 (see `eval.timing.real_time_factor`); the teacher is
+timed with its reference sampler (incremental) and its fastest one, and every speed-up is quoted
+against both.
 
 Voices: `eval.voices` chooses the utterances of each voice and groups the voices (its docstring states
 the rule); `voice_sections` aggregates the scores per voice and per group of voices like `aggregate`.
@@ -27,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from distill.audio.mel import LogMel
+from distill.audio.postfilter import POST_FILTERED, MelPostFilter
 from distill.config import FeatureConfig
 from distill.data.corpus import resolve_corpus
 from distill.data.datasets import UtteranceStore
@@ -109,6 +112,9 @@ class EvalRequest:
     rtf_runs: int = 5
     rtf_warmup: int = 1
     degrade_mels: str = ""  # eval.degrade: every system synthesises from degraded mels ("": the recordings')
+    # > 0: also score the teacher and every student after this many iterations of the mel post-filter
+    # (`distill.audio.postfilter.MelPostFilter`), as "<system> + post-filter", from the same draws
+    postfilter: int = 0
     out: str = "runs/eval"
 
     def validate(self) -> None:
@@ -126,6 +132,11 @@ class EvalRequest:
         if not set(self.pesq_modes) <= {"wb", "nb"}:
             raise ConfigError(f"PESQ modes {self.pesq_modes}: wb and/or nb")
         MelDegradation.parse(self.degrade_mels)
+        if self.postfilter < 0:
+            raise ConfigError(f"--postfilter {self.postfilter}: the mel post-filter's iterations, >= 0 (0: none)")
+        if self.postfilter and not {TEACHER, STUDENT} & set(self.systems):
+            raise ConfigError("--postfilter filters the teacher's and the students' audio: add teacher or student to "
+                              "--systems, or leave --postfilter out")
         if WORLD in self.systems:
             if self.degrade_mels:
                 raise ConfigError("--systems world analyses the recording, not its mel, so --degrade-mels would not "
@@ -310,6 +321,7 @@ def evaluate(
     probe = timing_clip(clips[0], features, request.rtf_seconds)
     probe_seconds = probe.reference.numel() / features.sample_rate
     rtf: dict[str, dict] = {}
+    synths: dict[str, tuple[Callable[[list[Clip]], list[torch.Tensor]], str, int]] = {}  # the neural systems'
 
     def timing(name: str, synth: Callable[[list[Clip]], list[torch.Tensor]], dtype: str, warmup: int) -> dict:
         log(f"{name}: timing {request.rtf_runs} run(s) of a {probe_seconds:.2f} s clip after {warmup} warm-up")
@@ -323,6 +335,7 @@ def evaluate(
         torch.manual_seed(request.seed)
         systems[name] = synth(clips)
         rtf[name] = timing(name, synth, dtype, warmup)
+        synths[name] = (synth, dtype, warmup)
         bar.update()
 
     def teacher_synth(method: str) -> Callable[[list[Clip]], list[torch.Tensor]]:
@@ -354,6 +367,18 @@ def evaluate(
             # a compiled student meets the probe's shape for the first time: compiling, and under
             # reduce-overhead recording its CUDA graphs, take the first two calls
             request.rtf_warmup + (2 if request.student_compile else 0))
+    if request.postfilter:
+        postfilter = MelPostFilter(features, request.postfilter)
+
+        def filtered(synth: Callable[[list[Clip]], list[torch.Tensor]]) -> Callable[[list[Clip]], list[torch.Tensor]]:
+            return lambda cs: [postfilter(a.cpu(), c.input_mel.cpu()) for a, c in zip(synth(cs), cs, strict=True)]
+
+        for name in [n for n in synths if n not in (GRIFFIN_LIM, WORLD)]:
+            synth, dtype, warmup = synths[name]
+            post = name + POST_FILTERED
+            log(f"{post}: {request.postfilter} iteration(s) of the mel post-filter on {name}'s audio")
+            systems[post] = [postfilter(a.cpu(), c.input_mel.cpu()) for a, c in zip(systems[name], clips, strict=True)]
+            rtf[post] = timing(post, filtered(synth), dtype, warmup)  # synthesis and post-filter together
     bar.set_postfix_str("teacher NLL")
     nll = {name: teacher_nll(teacher, clips, audios, features, device) for name, audios in systems.items()}
     bar.update()

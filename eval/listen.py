@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.audio.io import require_soundfile
+from distill.audio.postfilter import POST_FILTERED
 from distill.errors import ConfigError
 
 FORMAT = "wavedistill-listen/1"
@@ -102,9 +103,11 @@ def build_spec(report_dir: Path, tests: tuple[str, ...] = TESTS, ab: str = "", m
                 raise ConfigError(f"--ab {ab!r}: two different systems of the report, e.g. "
                                   f"--ab '{systems[-1]},{systems[0]}' (it has {', '.join(report['systems'])})")
             ab_pair = (pair[0], pair[1])
-        elif len(systems) >= 2:  # the last student against the teacher (or the system before it)
-            other = "teacher" if "teacher" in systems and systems[-1] != "teacher" else systems[-2]
-            ab_pair = (systems[-1], other)
+        elif len(systems) >= 2:  # the last student against the teacher (or the system before it), both unfiltered
+            models = [s for s in systems if not s.endswith(POST_FILTERED)] or systems
+            last = models[-1]
+            other = "teacher" if "teacher" in models and last != "teacher" else systems[systems.index(last) - 1]
+            ab_pair = (last, other)
         else:
             raise ConfigError(f"{path}: A/B needs two systems; it has {', '.join(systems)} (leave out ab with --tests)")
     audio: dict[str, dict[str, bytes]] = {}

@@ -233,7 +233,8 @@ def timing_note(report: dict) -> str:
             f"{s['device_name']} ({s['device']}), {timing['threads']} CPU threads, torch {timing['torch']}; "
             f"teacher sampler: {s.get('teacher_sampler', 'incremental')}; students in {s['student_dtype']}"
             f"{', compiled' if s.get('student_compile') else ''}. "
-            "Griffin-Lim runs on the CPU (torchaudio).")
+            "Griffin-Lim runs on the CPU (torchaudio)"
+            f"{'; the mel post-filter too, after the model it follows' if s.get('postfilter') else ''}.")
 
 
 def notes(report: dict) -> str:

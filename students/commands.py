@@ -117,6 +117,9 @@ def add_vocode(sub) -> None:
                         "everywhere)")
     p.add_argument("--mode", choices=["sample", "mean"], default="sample",
                    help="teacher only: draw each step, or take its mean (no hiss, duller)")
+    p.add_argument("--postfilter", type=int, default=0, metavar="N",
+                   help="N iterations of the mel post-filter on every output: each frame's mel-band energies moved "
+                        "to the input mel's (distill.audio.postfilter; docs/vocode.md); 0 (default): none")
     p.add_argument("--speaker", default=None, help="a multi-speaker model's speaker: a name of its map or an id")
     p.add_argument("--seed", type=int, default=0, help="input i uses seed + i (students: independent of --batch)")
     p.add_argument("--batch", type=int, default=8, help="mels synthesised together")
@@ -148,7 +151,7 @@ def _vocode(args) -> int:
         log.warning("--mode applies to teachers; a student always samples")
     result = vocode_files(vocoder, args.inputs, args.out, batch=args.batch, seed=args.seed,
                           temperature=args.temperature, mode=args.mode, overwrite=args.overwrite, speaker=args.speaker,
-                          voiced_temperature=args.voiced_temperature)
+                          voiced_temperature=args.voiced_temperature, postfilter=args.postfilter)
     for line in result.failed:
         log.error("%s (skipped)", line)
     if result.skipped:

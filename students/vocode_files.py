@@ -65,11 +65,14 @@ class VocodeResult:
 def vocode_files(vocoder: Vocoder, specs: list[str], out: str | Path, batch: int = 8, seed: int | None = 0,
                  temperature: float | None = None, mode: str = "sample", overwrite: bool = False,
                  progress: bool = True, speaker: str | None = None,
-                 voiced_temperature: float | None = None) -> VocodeResult:
+                 voiced_temperature: float | None = None, postfilter: int = 0) -> VocodeResult:
     """Vocode every input (see the module docstring). The i-th input's noise is drawn from seed + i for
-    a student, so its audio does not depend on --batch."""
+    a student, so its audio does not depend on --batch. postfilter: iterations of the mel post-filter on
+    every output (`Vocoder.__call__`)."""
     if batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {batch}")
+    if postfilter < 0:
+        raise ConfigError(f"--postfilter must be >= 0 (the mel post-filter's iterations; 0: none), got {postfilter}")
     vocoder.speaker_ids(speaker, 1)  # a missing or unknown speaker is one line before any file is read
     vocoder.temperatures(temperature, voiced_temperature)  # one line for a temperature the model cannot take
     out = Path(out)
@@ -106,7 +109,7 @@ def vocode_files(vocoder: Vocoder, specs: list[str], out: str | Path, batch: int
         for run in _consecutive(group):
             audios = vocoder([m for _, m, _ in run], temperature=temperature,
                              seed=None if seed is None else seed + run[0][0], mode=mode, speaker=speaker,
-                             voiced_temperature=voiced_temperature)
+                             voiced_temperature=voiced_temperature, postfilter=postfilter)
             for (_, _, target), audio in zip(run, audios, strict=True):
                 out.mkdir(parents=True, exist_ok=True)
                 partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")

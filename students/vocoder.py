@@ -25,6 +25,7 @@ import torch
 
 from distill.audio.mel import LogMel
 from distill.audio.melfiles import check_values
+from distill.audio.postfilter import MelPostFilter
 from distill.config import FeatureConfig, from_dict
 from distill.errors import CheckpointError, ConfigError, MelError
 from distill.train.checkpoint import load_checkpoint
@@ -112,7 +113,7 @@ class Vocoder:
 
     def __call__(self, mel, temperature: float | None = None, seed: int | None = None,
                  speaker: int | str | None = None, mode: str = "sample", method: str = "auto",
-                 voiced_temperature: float | None = None):
+                 voiced_temperature: float | None = None, postfilter: int = 0):
         """mel: (n_mels, F) -> audio (F * hop,); (B, n_mels, F) -> (B, F * hop); a list of (n_mels, F_i)
         -> a list of (F_i * hop,), synthesised as one batch (shorter mels padded with silence, outputs cut).
 
@@ -124,7 +125,9 @@ class Vocoder:
         teacher's ("sample" or "mean"; "auto" = the fastest sampler for the device,
         `teachers.sampling.fastest_method`). voiced_temperature: a teacher with a pitch source samples
         voiced speech at this temperature and unvoiced speech at `temperature`
-        (`teachers.sampling.step_temperatures`); a student refuses it.
+        (`teachers.sampling.step_temperatures`); a student refuses it. postfilter: > 0, that many
+        iterations of the mel post-filter on each output (`distill.audio.postfilter.MelPostFilter`: each
+        frame's mel-band energies moved to the mel's), on the CPU.
         """
         if isinstance(mel, np.ndarray):  # a TTS model's .npy, as loaded
             mel = torch.from_numpy(mel)
@@ -135,8 +138,13 @@ class Vocoder:
         if not mels:
             return [] if not batched else torch.zeros(0, 0)
         temperature, voiced_temperature = self.temperatures(temperature, voiced_temperature)
+        if postfilter < 0:
+            raise ConfigError(f"postfilter: the mel post-filter's iterations must be >= 0, got {postfilter}")
         audios = self._synthesize(mels, temperature, seed, self.speaker_ids(speaker, len(mels)), mode, method,
                                   voiced_temperature)
+        if postfilter:
+            post = MelPostFilter(self.features, postfilter)
+            audios = [post(a, m.to(a)) for a, m in zip(audios, mels, strict=True)]
         if single:
             return audios[0]
         return torch.stack(audios) if batched else audios

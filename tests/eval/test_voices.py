@@ -14,6 +14,7 @@ import torch
 
 from distill.audio.io import save_wav
 from distill.data.corpus import Utterance, harmonic_signal
+from distill.errors import ConfigError
 from distill.train.checkpoint import atomic_save
 from eval.commands import add_eval, print_summary, request_from_args
 from eval.evaluate import Clip, EvalRequest, aggregate, teacher_synthesis, voice_sections
@@ -199,3 +200,24 @@ def test_a_corpus_with_one_voice_reports_as_one_table(two_voices, tmp_path):
     assert report["settings"]["selection"] == "the first 1 utterance(s) of the split"
     markdown = (out / "report.md").read_text()
     assert "Per voice" not in markdown and "voice groups" not in markdown and group_lines(report) == []
+
+
+def test_eval_scores_the_post_filtered_teacher_beside_the_teacher(two_voices, tmp_path):
+    from eval.pipeline import run
+
+    corpus, teacher = two_voices
+    common = dict(teacher=teacher, data=str(corpus), split="test", max_utterances=1, max_seconds=0.3, metrics=(),
+                  rtf_seconds=0.1, rtf_runs=1, rtf_warmup=0,
+                  teacher_sampler="fast" if fastloop_available() else "auto")
+    report = run(EvalRequest(**common, systems=("reference", "teacher"), postfilter=2, out=str(tmp_path / "pf")))
+    systems = report["systems"]
+    assert list(systems) == ["reference", "teacher", "teacher + post-filter"]
+    plain, post = systems["teacher"], systems["teacher + post-filter"]
+    # the same draws, their mel moved to the recording's: a much smaller log-mel distance
+    assert post["mel_l1"] < 0.5 * plain["mel_l1"]
+    assert post["rtf"]["rtf"] > 0 and "teacher + post-filter" in report["groups"][HELD_OUT]["systems"]
+    with pytest.raises(ConfigError, match="--postfilter -1"):
+        run(EvalRequest(**common, postfilter=-1, out=str(tmp_path / "bad")))
+    with pytest.raises(ConfigError, match="add teacher or student to --systems"):
+        run(EvalRequest(**common, systems=("reference", "griffin_lim"), postfilter=1, out=str(tmp_path / "bad")))
+    assert not (tmp_path / "bad").exists()

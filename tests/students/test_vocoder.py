@@ -259,3 +259,26 @@ def test_a_voiced_temperature_reaches_a_pitch_teacher_and_the_others_refuse_it(m
                       "--voiced-temperature", "0.5")
     assert refused.returncode != 0 and "a voiced temperature is a teacher's" in refused.stderr
     assert not list((tmp_path / "o").glob("*.wav"))
+
+
+def test_the_post_filter_moves_the_output_towards_its_mel_and_vocode_takes_it(models, tmp_path):
+    voc = Vocoder.load(models["student"])
+    mel = _mel(0.5, 140.0, 4)
+    plain, post = voc(mel, seed=5), voc(mel, seed=5, postfilter=2)
+    assert post.shape == plain.shape and not torch.allclose(post, plain)
+    logmel = LogMel(FEATURES)
+    distance = [float((logmel(x) - mel).abs().mean()) for x in (plain, post)]
+    assert distance[1] < 0.5 * distance[0]  # the same draw, its envelope moved to the mel's
+    together = voc([mel, mel], seed=5, postfilter=2)
+    assert torch.allclose(together[0], post, atol=1e-5)
+    with pytest.raises(ConfigError, match="iterations must be >= 0"):
+        voc(mel, postfilter=-1)
+    np.save(tmp_path / "utt.npy", mel.numpy())
+    result = _vocode(str(tmp_path / "utt.npy"), "--student", str(models["student"]), "--out", str(tmp_path / "wavs"),
+                     "--postfilter", "2", "--seed", "5")
+    assert result.returncode == 0, result.stderr
+    written = torch.from_numpy(sf.read(str(tmp_path / "wavs" / "utt.wav"), dtype="float32")[0])
+    assert written.shape == post.shape and torch.allclose(written, post, atol=1e-3)  # 16-bit WAV
+    bad = _vocode(str(tmp_path / "utt.npy"), "--student", str(models["student"]), "--out", str(tmp_path / "bad"),
+                  "--postfilter", "-1")
+    assert bad.returncode != 0 and "--postfilter must be >= 0" in bad.stderr.strip().splitlines()[-1]
