@@ -154,3 +154,19 @@ def test_the_server_serves_the_page_and_writes_posted_results(report, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_default_ab_pair_leaves_the_post_filtered_systems_out(tmp_path):
+    """An evaluation with --postfilter lists '<system> + post-filter' after the models: the default A/B is
+    still the last model against the teacher, and a report with one model pits it against its filtered self."""
+    for names, pair in (([*SYSTEMS, "teacher + post-filter", "student run + post-filter"], ("student run", "teacher")),
+                        (["student run", "student run + post-filter"], ("student run", "student run + post-filter"))):
+        root = tmp_path / str(len(names))
+        (root / "wavs").mkdir(parents=True)
+        wavs = {"utt": {}}
+        for s, name in enumerate([REFERENCE, *names]):
+            sf.write(root / f"wavs/utt_{s}.wav", harmonic(0.5, 120, seed=s), SR, subtype="PCM_16")
+            wavs["utt"][name] = f"wavs/utt_{s}.wav"
+        systems = {name: {"pesq_wb": 1.0} for name in [REFERENCE, *names]}
+        (root / "report.json").write_text(json.dumps({"systems": systems, "wavs": wavs}))
+        assert build_spec(root).ab_pair == pair
