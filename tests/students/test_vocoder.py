@@ -21,6 +21,7 @@ from distill.audio.melfiles import read_mel
 from distill.config import FeatureConfig, to_dict
 from distill.errors import ConfigError, MelError
 from students.iaf import IAFStudent, StudentModelConfig
+from students.vocode_files import vocode_files
 from students.vocoder import Vocoder
 from teachers.wavenet import TeacherModelConfig, WaveNetTeacher
 from tests.conftest import harmonic
@@ -279,6 +280,6 @@ def test_the_post_filter_moves_the_output_towards_its_mel_and_vocode_takes_it(mo
     assert result.returncode == 0, result.stderr
     written = torch.from_numpy(sf.read(str(tmp_path / "wavs" / "utt.wav"), dtype="float32")[0])
     assert written.shape == post.shape and torch.allclose(written, post, atol=1e-3)  # 16-bit WAV
-    bad = _vocode(str(tmp_path / "utt.npy"), "--student", str(models["student"]), "--out", str(tmp_path / "bad"),
-                  "--postfilter", "-1")
-    assert bad.returncode != 0 and "--postfilter must be >= 0" in bad.stderr.strip().splitlines()[-1]
+    with pytest.raises(ConfigError, match="--postfilter must be >= 0"):  # before any file is read or written
+        vocode_files(voc, [str(tmp_path / "utt.npy")], tmp_path / "bad", postfilter=-1)
+    assert not (tmp_path / "bad").exists()
