@@ -370,15 +370,19 @@ def evaluate(
     if request.postfilter:
         postfilter = MelPostFilter(features, request.postfilter)
 
-        def filtered(synth: Callable[[list[Clip]], list[torch.Tensor]]) -> Callable[[list[Clip]], list[torch.Tensor]]:
-            return lambda cs: [postfilter(a.cpu(), c.input_mel.cpu()) for a, c in zip(synth(cs), cs, strict=True)]
+        def filtered(audios: list[torch.Tensor], cs: list[Clip]) -> list[torch.Tensor]:
+            return [postfilter(a.cpu(), c.input_mel.cpu()) for a, c in zip(audios, cs, strict=True)]
+
+        def synthesise_filtered(synth: Callable[[list[Clip]], list[torch.Tensor]],
+                                cs: list[Clip]) -> list[torch.Tensor]:
+            return filtered(synth(cs), cs)  # what the post-filtered system's RTF times: synthesis and filter
 
         for name in [n for n in synths if n not in (GRIFFIN_LIM, WORLD)]:
             synth, dtype, warmup = synths[name]
             post = name + POST_FILTERED
             log(f"{post}: {request.postfilter} iteration(s) of the mel post-filter on {name}'s audio")
-            systems[post] = [postfilter(a.cpu(), c.input_mel.cpu()) for a, c in zip(systems[name], clips, strict=True)]
-            rtf[post] = timing(post, filtered(synth), dtype, warmup)  # synthesis and post-filter together
+            systems[post] = filtered(systems[name], clips)  # the same draws
+            rtf[post] = timing(post, functools.partial(synthesise_filtered, synth), dtype, warmup)
     bar.set_postfix_str("teacher NLL")
     nll = {name: teacher_nll(teacher, clips, audios, features, device) for name, audios in systems.items()}
     bar.update()

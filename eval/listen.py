@@ -106,6 +106,7 @@ def build_spec(report_dir: Path, tests: tuple[str, ...] = TESTS, ab: str = "", m
         elif len(systems) >= 2:  # the last student against the teacher (or the system before it), both unfiltered
             models = [s for s in systems if not s.endswith(POST_FILTERED)] or systems
             last = models[-1]
+            # a model listed first (no teacher, nothing before it) meets the last system: its filtered self
             other = "teacher" if "teacher" in models and last != "teacher" else systems[systems.index(last) - 1]
             ab_pair = (last, other)
         else:

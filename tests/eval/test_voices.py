@@ -216,6 +216,7 @@ def test_eval_scores_the_post_filtered_teacher_beside_the_teacher(two_voices, tm
     # the same draws, their mel moved to the recording's: a much smaller log-mel distance
     assert post["mel_l1"] < 0.5 * plain["mel_l1"]
     assert post["rtf"]["rtf"] > 0 and "teacher + post-filter" in report["groups"][HELD_OUT]["systems"]
+    assert "the mel post-filter too" in (tmp_path / "pf" / "report.md").read_text()  # the timing note says so
     with pytest.raises(ConfigError, match="--postfilter -1"):
         run(EvalRequest(**common, postfilter=-1, out=str(tmp_path / "bad")))
     with pytest.raises(ConfigError, match="add teacher or student to --systems"):
