@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,16 @@ def _logs_reach_caplog():
         if getattr(h, "_wavedistill", False):
             logger.removeHandler(h)
     yield
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`-n 2`, the README's command) each worker, and every process it starts, computes
+    on one thread: two workers share the two cores instead of four threads fighting over them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
