@@ -76,6 +76,9 @@ class StudentModelConfig:
     # True: a pitch-synchronous source computed from the mel (F0 and voicing, distill.nn.pitch) joins the
     # flows' conditioning, so they need not learn to place the pitch pulses from the noise's past
     pitch_source: bool = False
+    # > 1 (odd, needs pitch_source): the source's F0 is the running median of the mel's frame-by-frame F0 over
+    # this many frames (`distill.nn.pitch.MelPitch`, f0_median: fewer isolated jumps on low voices)
+    pitch_f0_median: int = 1
     upsampler_from_teacher: bool = True  # start from the teacher's upsampler weights (training only)
     train_upsampler: bool = False  # False: keep that copy frozen (training only)
 
@@ -127,7 +130,9 @@ class IAFStudent(MelConditioned, nn.Module):
                 raise ConfigError(f"a linear-prediction student needs a hop ({hop_length}) of at least the predictor's "
                                   f"order ({self.lpc.order}); distil with model.linear_prediction: false")
         # a pitch-synchronous source from the mel (distill.nn.pitch), appended to the conditioning
-        source_channels = self.build_pitch(config.pitch_source, pitch)
+        if config.pitch_f0_median != 1 and not config.pitch_source:
+            raise ConfigError("model.pitch_f0_median smooths the mel's pitch: set model.pitch_source: true")
+        source_channels = self.build_pitch(config.pitch_source, pitch, config.pitch_f0_median)
         # a multi-speaker student: its teacher's speakers, embedded and appended to the conditioning
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
         cond_channels = n_mels + (speaker_dim if num_speakers > 0 else 0) + source_channels

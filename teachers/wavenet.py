@@ -76,6 +76,9 @@ class TeacherModelConfig:
     # pulse train, sine, cosine, voicing) joins the conditioning, so that a small teacher need not infer
     # the excitation's period of a voice it never heard from the mel bands alone
     pitch_source: bool = False
+    # > 1 (odd, needs pitch_source): the source's F0 (and the period taps' period) is the running median of the
+    # mel's frame-by-frame F0 over this many frames (`distill.nn.pitch.MelPitch`, f0_median)
+    pitch_f0_median: int = 1
     # > 0 (odd, needs pitch_source): the signal one pitch period back, y(t - T(t) + o) for the `period_taps`
     # offsets o around 0 (T(t) = sample_rate / F0(t) from the mel, linearly interpolated), joins the
     # network's input beside y(t - 1): a periodic excitation becomes a copy from one period back instead of a
@@ -88,6 +91,8 @@ class TeacherModelConfig:
                               f"got {self.period_taps}")
         if self.period_taps and not self.pitch_source:
             raise ConfigError("model.period_taps reads the period from the mel's pitch: set model.pitch_source: true")
+        if self.pitch_f0_median != 1 and not self.pitch_source:
+            raise ConfigError("model.pitch_f0_median smooths the mel's pitch: set model.pitch_source: true")
 
 
 class WaveNetTeacher(MelConditioned, nn.Module):
@@ -116,7 +121,7 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         self.upsampler = MelUpsampler(n_mels, hop_length, config.upsample_scales, config.upsample, mel_context,
                                       silence_value(features))
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
-        source_channels = self.build_pitch(config.pitch_source, pitch)
+        source_channels = self.build_pitch(config.pitch_source, pitch, config.pitch_f0_median)
         self.period_taps = config.period_taps
         # the longest period the pitch tracker reports (its lowest candidate F0), in samples
         self.max_period = (math.ceil(features.sample_rate / 2 ** float(self.pitch.log2_cands[0]))

@@ -129,16 +129,21 @@ class MelConditioned:
     mel_context: int
     features: FeatureConfig  # the log-mel settings the model reads
 
-    def build_pitch(self, enabled: bool, pitch: dict | None) -> int:
+    def build_pitch(self, enabled: bool, pitch: dict | None, f0_median: int = 1) -> int:
         """Set `pitch` and `pitch_args` for a model with (`enabled`) or without a pitch source; pitch: the
-        `MelPitch` arguments a checkpoint recorded (None: `distill.nn.pitch.pitch_arguments(self.features)`).
-        Returns the conditioning channels the source adds (0 without one)."""
-        self.pitch_args = (pitch_arguments(self.features) if pitch is None else dict(pitch)) if enabled else None
+        `MelPitch` arguments a checkpoint recorded (None: `distill.nn.pitch.pitch_arguments(self.features)`
+        with the config's `f0_median`). Returns the conditioning channels the source adds (0 without one)."""
+        fresh = {**pitch_arguments(self.features), "f0_median": f0_median}
+        self.pitch_args = (fresh if pitch is None else dict(pitch)) if enabled else None
         differ = self.features.analysis_differences("pitch", self.pitch_args or {})
         if differ:
             raise ConfigError(f"the pitch source's arguments disagree with the features ({'; '.join(differ)})")
         self.pitch = (MelPitch.build(self.pitch_args, self.features.hop_length, self.features.n_mels)
                       if self.pitch_args is not None else None)
+        if self.pitch is not None and self.mel_context < self.pitch.context_frames():
+            raise ConfigError(f"the pitch source (f0_median {self.pitch.f0_median}) reaches "
+                              f"{self.pitch.context_frames()} mel frames beyond a crop; set data.mel_context >= "
+                              f"{self.pitch.context_frames()} (got {self.mel_context}) or a narrower f0_median")
         return SOURCE_CHANNELS if self.pitch is not None else 0
 
     def pad_mels(self, mels: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:

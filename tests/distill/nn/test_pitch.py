@@ -10,9 +10,9 @@ import scipy.signal
 import torch
 
 from distill.audio.mel import LogMel
-from distill.config import FeatureConfig
+from distill.config import FeatureConfig, to_dict
 from distill.errors import ConfigError
-from distill.nn.pitch import MelPitch, band_limited_pulse, pitch_arguments
+from distill.nn.pitch import MelPitch, band_limited_pulse, pitch_arguments, running_median
 
 SR, HOP = 16000, 256
 
@@ -97,12 +97,78 @@ def test_bad_pitch_arguments_are_one_line_config_errors():
         MelPitch.build({"f0_floor": 50}, HOP, 80)
     with pytest.raises(ConfigError, match="band_hz"):
         MelPitch(band_hz=100)
+    for width in (0, 2, True, 3.0):
+        with pytest.raises(ConfigError, match="f0_median must be an odd number"):
+            MelPitch(f0_median=width)
 
 
 def test_a_student_records_every_pitch_argument():
     args = pitch_arguments(FeatureConfig())
     assert args["f0_min"] == 60.0 and args["sample_rate"] == SR and args["voicing"] == [0.5, 0.7]
+    assert args["f0_median"] == 1  # off
     MelPitch.build(args, HOP, 80)  # what the checkpoint records builds the same tracker
+    del args["f0_median"]  # what checkpoints recorded before the median: off
+    assert MelPitch.build(args, HOP, 80).f0_median == 1
+
+
+def test_the_running_median_removes_an_isolated_jump_and_keeps_steps_and_edges():
+    track = torch.tensor([[7.0, 7.0, 8.0, 7.0, 7.0, 6.0, 6.0, 6.0]], dtype=torch.float64)
+    assert running_median(track, 3).tolist() == [[7.0, 7.0, 7.0, 7.0, 7.0, 6.0, 6.0, 6.0]]
+    assert torch.equal(running_median(track, 1), track)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 50, generator=g, dtype=torch.float64)
+    edged = torch.cat([x[:, :1], x[:, :1], x, x[:, -1:], x[:, -1:]], dim=-1)
+    # torch's own median over the same windows, the edges replicated
+    assert torch.equal(running_median(x, 5), edged.unfold(-1, 5, 1).median(-1).values)
+
+
+def test_the_f0_median_smooths_a_low_voice_s_track_and_leaves_a_steady_one():
+    mel = LogMel(FeatureConfig())(voiced(90.0, 90.0, seconds=1.0)[0])[None]
+    raw, score = MelPitch()(mel)
+    smooth, same_score = MelPitch(f0_median=3)(mel)
+    assert torch.equal(score, same_score)  # the voicing does not change
+    assert torch.equal(smooth, 2 ** running_median(torch.log2(raw), 3))
+    steps = lambda f: (1200 * torch.log2(f[0, 2:-2])).diff().abs()  # noqa: E731
+    assert float(steps(smooth).max()) <= float(steps(raw).max())
+
+
+@pytest.mark.parametrize("width, context, exact", [(1, 2, True), (3, 2, True), (5, 2, False), (5, 3, True)])
+def test_a_crop_with_enough_context_gets_the_whole_utterance_s_source(width, context, exact):
+    """Training crops carry `mel_context` real frames on each side: with as many as `context_frames`, a
+    crop's F0 and voicing are the whole utterance's over its samples (a median of 5 needs 3)."""
+    x, _ = voiced(80.0, 160.0, seconds=1.5, seed=3)
+    # noise from the crop's start on: an F0 track that jumps from frame to frame, which the median changes
+    x[5000:] = 0.05 * torch.randn(x.numel() - 5000, generator=torch.Generator().manual_seed(3))
+    mel = torch.nn.functional.pad(LogMel(FeatureConfig())(x)[None], (context, context), value=math.log(1e-5))
+    pitch = MelPitch(f0_median=width)
+    assert (pitch.context_frames() <= context) == exact
+    f0, v = pitch.per_sample(mel, context)
+    start, frames = 20, 12  # the crop's own frames, with `context` real frames beyond each edge
+    f0_crop, v_crop = pitch.per_sample(mel[..., start : start + frames + 2 * context], context)
+    whole = slice(start * HOP, (start + frames) * HOP)
+    same = torch.allclose(f0_crop, f0[:, whole], rtol=1e-12) and torch.allclose(v_crop, v[:, whole], atol=1e-12)
+    assert same == exact
+
+
+def test_a_median_wider_than_the_mel_context_is_refused_where_the_model_is_built():
+    from students.iaf import IAFStudent, StudentModelConfig
+    from teachers.wavenet import TeacherModelConfig, WaveNetTeacher
+
+    small = dict(flows=[1], cycle=1, residual_channels=4, gate_channels=4, skip_channels=4)
+    student = IAFStudent(StudentModelConfig(pitch_source=True, pitch_f0_median=3, **small))
+    assert student.pitch is not None and student.pitch.f0_median == 3 and student.pitch_args["f0_median"] == 3
+    again = IAFStudent.from_record({"model_args": student.record(), "features": to_dict(FeatureConfig())})
+    assert again.pitch is not None and again.pitch.f0_median == 3  # the checkpoint keeps it
+    with pytest.raises(ConfigError, match=r"reaches 3 mel frames beyond a crop; set data.mel_context >= 3"):
+        IAFStudent(StudentModelConfig(pitch_source=True, pitch_f0_median=5, **small), mel_context=2)
+    assert IAFStudent(StudentModelConfig(pitch_source=True, pitch_f0_median=5, **small), mel_context=3).pitch
+    with pytest.raises(ConfigError, match="set model.pitch_source: true"):
+        IAFStudent(StudentModelConfig(pitch_f0_median=3, **small))
+    with pytest.raises(ConfigError, match="set model.pitch_source: true"):
+        TeacherModelConfig(pitch_f0_median=3)
+    teacher = WaveNetTeacher(TeacherModelConfig(pitch_source=True, pitch_f0_median=3, layers=2, cycle=2,
+                                                residual_channels=4, gate_channels=4, skip_channels=4))
+    assert teacher.pitch is not None and teacher.pitch.f0_median == 3
 
 
 def test_a_pitch_source_student_conditions_on_the_source_and_stays_an_iaf():
