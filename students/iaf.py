@@ -36,6 +36,7 @@ from distill.nn.conditioning import MelConditioned, MelUpsampler
 from distill.nn.distributions import Gaussian, Logistic
 from distill.nn.layers import shift_right
 from distill.nn.lpc import MelLPC, lp_predict, lp_synthesis, synthesis_block
+from distill.nn.pitch import check_f0_median
 from distill.nn.records import legacy_record, read_record
 from distill.nn.wavenet import WaveNetStack
 from teachers.wavenet import TeacherModelConfig
@@ -81,6 +82,9 @@ class StudentModelConfig:
     pitch_f0_median: int = 1
     upsampler_from_teacher: bool = True  # start from the teacher's upsampler weights (training only)
     train_upsampler: bool = False  # False: keep that copy frozen (training only)
+
+    def __post_init__(self) -> None:
+        check_f0_median(self.pitch_f0_median, self.pitch_source)
 
 
 class IAFStudent(MelConditioned, nn.Module):
@@ -130,8 +134,6 @@ class IAFStudent(MelConditioned, nn.Module):
                 raise ConfigError(f"a linear-prediction student needs a hop ({hop_length}) of at least the predictor's "
                                   f"order ({self.lpc.order}); distil with model.linear_prediction: false")
         # a pitch-synchronous source from the mel (distill.nn.pitch), appended to the conditioning
-        if config.pitch_f0_median != 1 and not config.pitch_source:
-            raise ConfigError("model.pitch_f0_median smooths the mel's pitch: set model.pitch_source: true")
         source_channels = self.build_pitch(config.pitch_source, pitch, config.pitch_f0_median)
         # a multi-speaker student: its teacher's speakers, embedded and appended to the conditioning
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None

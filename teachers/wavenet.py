@@ -28,6 +28,7 @@ from distill.nn.conditioning import MelConditioned, MelUpsampler
 from distill.nn.distributions import build_distribution
 from distill.nn.layers import shift_right
 from distill.nn.lpc import MelLPC, lp_predict
+from distill.nn.pitch import check_f0_median
 from distill.nn.records import legacy_record, read_record
 from distill.nn.wavenet import WaveNetStack
 
@@ -91,8 +92,7 @@ class TeacherModelConfig:
                               f"got {self.period_taps}")
         if self.period_taps and not self.pitch_source:
             raise ConfigError("model.period_taps reads the period from the mel's pitch: set model.pitch_source: true")
-        if self.pitch_f0_median != 1 and not self.pitch_source:
-            raise ConfigError("model.pitch_f0_median smooths the mel's pitch: set model.pitch_source: true")
+        check_f0_median(self.pitch_f0_median, self.pitch_source)
 
 
 class WaveNetTeacher(MelConditioned, nn.Module):

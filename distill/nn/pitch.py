@@ -140,7 +140,9 @@ class MelPitch(Float64Analysis):
     def context_frames(self) -> int:
         """Mel frames beyond a crop's edge that its samples' F0 and voicing depend on: the interpolation
         reaches the next frame, whose voicing averages one frame further and whose F0 the median takes
-        from `f0_median // 2` further. What a model's `mel_context` must cover."""
+        from `f0_median // 2` further. What a model's `mel_context` must cover for a crop's source to be the
+        whole utterance's over its samples; a model refuses a median wider than 3 that its context does
+        not cover (narrower ones reach no further than the source always did)."""
         return 1 + max(1, self.f0_median // 2)
 
     @torch.no_grad()
@@ -223,6 +225,15 @@ def band_limited_pulse(phase: torch.Tensor, harmonics: torch.Tensor) -> torch.Te
         near, k, (torch.sin((k + 0.5) * phase) / torch.where(near, torch.ones_like(half), half) - 1) / 2
     )
     return total / torch.sqrt(k / 2)
+
+
+def check_f0_median(width, pitch_source: bool) -> None:
+    """A model config's `pitch_f0_median`: an odd number of frames >= 1 (1: off), and > 1 only with a pitch
+    source; otherwise a one-line ConfigError naming the config key."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1 or width % 2 == 0:
+        raise ConfigError(f"model.pitch_f0_median must be an odd number of frames >= 1 (1: off), got {width!r}")
+    if width > 1 and not pitch_source:
+        raise ConfigError("model.pitch_f0_median smooths the mel's pitch: set model.pitch_source: true")
 
 
 def pitch_arguments(features) -> dict:
