@@ -186,3 +186,38 @@ def test_a_median_wider_than_the_mel_context_is_refused_where_the_model_is_built
     teacher = WaveNetTeacher(TeacherModelConfig(pitch_source=True, pitch_f0_median=3, layers=2, cycle=2,
                                                 residual_channels=4, gate_channels=4, skip_channels=4))
     assert teacher.pitch is not None and teacher.pitch.f0_median == 3
+
+
+def test_a_pitch_source_student_conditions_on_the_source_and_stays_an_iaf():
+    """The source is conditioning (a function of the mel, not of z): the per-step law still depends on
+    strictly earlier noise only, x = mu_tot + s_tot z, and chunked synthesis is still exact."""
+    from distill.nn.pitch import SOURCE_CHANNELS
+    from students.iaf import IAFStudent, StudentModelConfig, synthesize
+
+    torch.manual_seed(0)
+    student = IAFStudent(StudentModelConfig("gaussian", [2, 2], cycle=2, kernel_size=3, residual_channels=8,
+                                            gate_channels=8, skip_channels=8, pitch_source=True)).double()
+    with torch.no_grad():
+        for flow in student.flows:
+            flow.head[-1].weight.normal_(0, 0.3)
+    x, _ = voiced(150.0, 200.0, seconds=0.25)
+    mel = torch.nn.functional.pad(LogMel(FeatureConfig())(x)[None], (2, 2), value=math.log(1e-5)).double()
+    cond = student.conditioning(mel)
+    assert cond.shape == (1, 80 + SOURCE_CHANNELS, (mel.shape[-1] - 4) * HOP)
+    assert torch.equal(cond[:, 80:], MelPitch().source(mel, 2).double())
+    assert next(iter(student.flows[0].project_cond(cond))).shape[1] == 2 * 8  # the stacks take the extra channels
+    z = torch.randn(1, cond.shape[-1], dtype=torch.float64)
+    out = student(z, mel)
+    assert torch.allclose(out.x, out.mu_tot + out.log_s_tot.exp() * z, atol=1e-12)
+    t = 700
+    bumped = z.clone()
+    bumped[0, t] += 1.0
+    again = student(bumped, mel)
+    for name in ("mu_tot", "log_s_tot"):  # step t's law does not see z_t; later steps do
+        a, b = getattr(out, name)[0], getattr(again, name)[0]
+        assert torch.equal(a[: t + 1], b[: t + 1]) and not torch.equal(a[t + 1 :], b[t + 1 :])
+    assert torch.allclose(synthesize(student, mel, z=z, chunk=300), synthesize(student, mel, z=z, chunk=0),
+                          atol=1e-12, rtol=0)
+    silent = cond.clone()
+    silent[:, 80:] = 0
+    assert not torch.allclose(student.flow(z, silent).x, out.x)  # the source reaches the output
