@@ -133,11 +133,14 @@ class MelConditioned:
         """Set `pitch` and `pitch_args` for a model with (`enabled`) or without a pitch source; pitch: the
         `MelPitch` arguments a checkpoint recorded (None: `distill.nn.pitch.pitch_arguments(self.features)`
         with the config's `f0_median`). Returns the conditioning channels the source adds (0 without one)."""
-        fresh = {**pitch_arguments(self.features), "f0_median": f0_median}
         if enabled and pitch is not None and pitch.get("f0_median", 1) != f0_median:
             raise ConfigError(f"the recorded pitch source's f0_median {pitch.get('f0_median', 1)} disagrees with "
                               f"model.pitch_f0_median {f0_median}; use a checkpoint written by wavedistill")
-        self.pitch_args = (fresh if pitch is None else dict(pitch)) if enabled else None
+        if not enabled:
+            self.pitch_args = None
+        else:
+            self.pitch_args = dict(pitch) if pitch is not None else {**pitch_arguments(self.features),
+                                                                     "f0_median": f0_median}
         differ = self.features.analysis_differences("pitch", self.pitch_args or {})
         if differ:
             raise ConfigError(f"the pitch source's arguments disagree with the features ({'; '.join(differ)})")
@@ -145,8 +148,8 @@ class MelConditioned:
                       if self.pitch_args is not None else None)
         # a median wider than 3 reaches further than the source always did (`MelPitch.context_frames`): it must
         # stay inside the crop's context, or crops and whole utterances would see different F0
-        needed = self.pitch.context_frames() if self.pitch is not None else 0
-        if self.pitch is not None and self.pitch.f0_median > 3 and self.mel_context < needed:
+        if self.pitch is not None and self.pitch.f0_median > 3 and self.mel_context < self.pitch.context_frames():
+            needed = self.pitch.context_frames()
             raise ConfigError(f"model.pitch_f0_median {self.pitch.f0_median} reaches {needed} mel frames beyond a "
                               f"crop, data.mel_context is {self.mel_context}; set data.mel_context >= {needed} (a "
                               "student takes its teacher's) or model.pitch_f0_median <= 3")

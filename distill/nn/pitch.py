@@ -95,7 +95,7 @@ class MelPitch(Float64Analysis):
             raise ConfigError(f"pitch_source needs 0 < f0_min < f0_max < sample_rate / 2, got {f0_min}, {f0_max}")
         if len(voicing) != 2 or not voicing[0] < voicing[1]:
             raise ConfigError(f"pitch_source voicing must be [low, high] with low < high, got {voicing}")
-        if isinstance(f0_median, bool) or not isinstance(f0_median, int) or f0_median < 1 or f0_median % 2 == 0:
+        if not odd_width(f0_median):
             raise ConfigError(f"pitch_source f0_median must be an odd number of frames >= 1 (1: off), "
                               f"got {f0_median!r}")
         self.sample_rate, self.hop = sample_rate, hop_length
@@ -227,10 +227,15 @@ def band_limited_pulse(phase: torch.Tensor, harmonics: torch.Tensor) -> torch.Te
     return total / torch.sqrt(k / 2)
 
 
+def odd_width(width) -> bool:
+    """Whether `width` is a median's width: an odd int >= 1 (a bool or a float is not)."""
+    return isinstance(width, int) and not isinstance(width, bool) and width >= 1 and width % 2 == 1
+
+
 def check_f0_median(width, pitch_source: bool) -> None:
     """A model config's `pitch_f0_median`: an odd number of frames >= 1 (1: off), and > 1 only with a pitch
     source; otherwise a one-line ConfigError naming the config key."""
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1 or width % 2 == 0:
+    if not odd_width(width):
         raise ConfigError(f"model.pitch_f0_median must be an odd number of frames >= 1 (1: off), got {width!r}")
     if width > 1 and not pitch_source:
         raise ConfigError("model.pitch_f0_median smooths the mel's pitch: set model.pitch_source: true")
