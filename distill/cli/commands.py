@@ -190,11 +190,21 @@ def add_make_demo_corpus(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="synthesise the --voices named (all without --voices) again; default: keep audio files "
                         "that exist")
+    p.add_argument("--held-out-set", action="store_true",
+                   help="instead, write the wider held-out set into --out: six more festival voices (Czech, Finnish, "
+                        "Russian) reading the test sentences, one sub-folder per voice, for `eval --data DIR "
+                        "--split all`; --voices picks among them")
     p.set_defaults(func=_make_demo_corpus)
 
 
 def _make_demo_corpus(args) -> int:
-    from distill.data.make_demo_corpus import format_summary, make_demo_corpus
+    from distill.data.make_demo_corpus import format_summary, make_demo_corpus, make_held_out_set
 
+    if args.held_out_set:
+        if args.out is None:
+            raise ConfigError("make-demo-corpus --held-out-set needs --out DIR (the set is not bundled); "
+                              "add --out runs/held_out_set")
+        print(format_summary(make_held_out_set(args.out, args.voices, args.force)))
+        return 0
     print(format_summary(make_demo_corpus(args.out, args.voices, args.force)))
     return 0

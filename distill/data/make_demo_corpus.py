@@ -35,6 +35,12 @@ peak is 0.99 and the utterance stays quieter (`match_level`; the peakier wavefor
 and ked_diphone leave them 3-5 dB below slt, awb 1 dB). Silence is trimmed as slt's, and the level matched once
 more. The Italian voices are given '.' for '?': festival's Italian intonation fails on some questions.
 metadata.csv: `id|text|text|voice`, slt's voice column `slt`.
+
+The wider held-out set (`make-demo-corpus --held-out-set --out DIR`, `make_held_out_set`): six more of
+Debian's festival voices (`EXTRA_HELD_OUT`: Czech, Finnish and Russian; two women, three men and a child)
+read slt's 10 test sentences into DIR/<voice>/<voice>_<NNNN>.flac, made as the other voices are (16 kHz,
+trimmed, levels matched to slt's). It is not bundled (the corpus's FLAC budget is spent) and no preset
+trains on it: `wavedistill eval --data DIR --split all` scores every model on it as held-out voices.
 """
 
 from __future__ import annotations
@@ -84,7 +90,7 @@ class Voice:
 
     @property
     def held_out(self) -> bool:
-        return self.name in HELD_OUT_VOICES
+        return self.name in HELD_OUT_VOICES or self.name in EXTRA_BY_NAME
 
     def prefix(self) -> str:
         """The utterance ids' prefix: `demo` for slt (its ids predate the other voices), else the name."""
@@ -104,6 +110,21 @@ VOICES = (
     Voice("upc_ca_ona_hts", "festival", "female", "festvox-ca-ona-hts"),
 )
 VOICE_BY_NAME = {v.name: v for v in VOICES}
+
+# Debian's other festival voices at 16 kHz or more, never in the bundled corpus: a wider held-out set
+# (`make_held_out_set`) of languages, speakers and pitch ranges no training voice has, from a child's 255 Hz
+# (czech_krb, median F0 of a test sentence) to a man's 75 Hz (czech_machac), reading the English test
+# sentences with their own language's letter-to-sound rules. Left out: festvox-czech-ph (a third Czech man),
+# the 8 kHz English voices, and the Indic voices (their front ends read their own scripts only).
+EXTRA_HELD_OUT = (
+    Voice("czech_dita", "festival", "female", "festvox-czech-dita"),
+    Voice("czech_krb", "festival", "child", "festvox-czech-krb"),
+    Voice("czech_machac", "festival", "male", "festvox-czech-machac"),
+    Voice("suo_fi_lj_diphone", "festival", "female", "festvox-suopuhe-lj"),
+    Voice("hy_fi_mv_diphone", "festival", "male", "festvox-suopuhe-mv"),
+    Voice("msu_ru_nsh_clunits", "festival", "male", "festvox-ru"),
+)
+EXTRA_BY_NAME = {v.name: v for v in EXTRA_HELD_OUT}
 
 
 @dataclass(frozen=True)
@@ -273,11 +294,17 @@ def parse_voices(names: str | Sequence[str] | None) -> list[Voice]:
     level every other voice is matched to)."""
     if names is None:
         return list(VOICES)
-    wanted = _names(names)
-    unknown = [n for n in wanted if n not in VOICE_BY_NAME]
-    if unknown:
-        raise WavedistillError(f"unknown voice {unknown[0]!r}; choose from {', '.join(VOICE_BY_NAME)}")
+    wanted = _known(names, VOICE_BY_NAME)
     return [v for v in VOICES if v.name == "slt" or v.name in wanted]
+
+
+def _known(names: str | Sequence[str], catalogue: dict[str, Voice]) -> list[str]:
+    """The names asked for, each checked against `catalogue` (one line naming the first unknown one)."""
+    wanted = _names(names)
+    unknown = [n for n in wanted if n not in catalogue]
+    if unknown:
+        raise WavedistillError(f"unknown voice {unknown[0]!r}; choose from {', '.join(catalogue)}")
+    return wanted
 
 
 def make_demo_corpus(out_dir: str | Path | None = None, voices: str | Sequence[str] | None = None,
@@ -323,6 +350,52 @@ def make_demo_corpus(out_dir: str | Path | None = None, voices: str | Sequence[s
     return summary
 
 
+def plan_held_out_set(sentences: Sequence[str], voices: Sequence[Voice] = EXTRA_HELD_OUT) -> list[Entry]:
+    """The wider held-out set: each of `voices` reads the 10 sentences of slt's test split (texts no voice of
+    the corpus trains on), ids `<voice>_<NNNN>` as in the corpus."""
+    if len(sentences) < SLT_COUNT:
+        raise WavedistillError(f"sentences.txt has {len(sentences)} sentences; the demo corpus needs {SLT_COUNT}")
+    lines = [p for p in range(1, SLT_COUNT + 1) if split_of(p) == "test"]
+    return [Entry(f"{v.name}_{p:04d}", v.name, p, sentences[p - 1], "test") for v in voices for p in lines]
+
+
+def audio_path(out: Path, entry: Entry) -> Path:
+    """Where an utterance's FLAC lives: `wavs/<id>.flac` in the corpus, `<voice>/<id>.flac` in the wider
+    held-out set (a folder with one sub-folder per voice, which `wavedistill eval --data` labels by it)."""
+    folder = entry.voice if entry.voice in EXTRA_BY_NAME else "wavs"
+    return out / folder / f"{entry.id}.flac"
+
+
+def make_held_out_set(out_dir: str | Path, voices: str | Sequence[str] | None = None, force: bool = False,
+                      synth: Synth | None = None, installed: dict[str, set[str] | None] | None = None) -> dict:
+    """Write the wider held-out set of `voices` (names from `EXTRA_HELD_OUT`; default all) into `out_dir`, one
+    sub-folder per voice, resampled to 16 kHz, trimmed and level-matched as the corpus's voices are (to the
+    median active level of the bundled slt). Not part of the bundled corpus and never trained on; existing
+    audio is kept unless `force`. synth/installed as `make_demo_corpus`'s. Returns the summary."""
+    out = Path(out_dir).resolve()
+    if out == demo_corpus_dir().resolve():
+        raise WavedistillError(f"{out} is the bundled demo corpus; give the wider held-out set a folder of its own "
+                               "(make-demo-corpus --held-out-set --out DIR)")
+    chosen = list(EXTRA_HELD_OUT) if voices is None else [EXTRA_BY_NAME[n] for n in _known(voices, EXTRA_BY_NAME)]
+    sentences = read_sentences()
+    entries = plan_held_out_set(sentences, chosen)
+    todo = [e for e in entries if force or not audio_path(out, e).is_file()]
+    if todo:
+        check_voices([v for v in chosen if any(e.voice == v.name for e in todo)],
+                     installed if installed is not None else installed_voices())
+    corpus = demo_corpus_dir()
+    target = slt_level(corpus / "wavs", plan_corpus(sentences, [VOICE_BY_NAME["slt"]]))
+    synth = synth or synthesize
+    for e in todo:
+        path = audio_path(out, e)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), render(EXTRA_BY_NAME[e.voice], e.text, target, synth), SAMPLE_RATE, subtype="PCM_16",
+                 format="FLAC")
+    summary = summarize(out, entries, reference=target)
+    summary.update(made=len(todo), kept=len(entries) - len(todo))
+    return summary
+
+
 def slt_level(wavs: Path, entries: Sequence[Entry]) -> float:
     """The median `active_level` of slt's utterances in `wavs`: the level every other voice is given."""
     levels = [active_level(sf.read(str(wavs / f"{e.id}.flac"), dtype="float32")[0], SAMPLE_RATE)
@@ -330,21 +403,24 @@ def slt_level(wavs: Path, entries: Sequence[Entry]) -> float:
     return float(np.median(levels))
 
 
-def summarize(out: Path, entries: Sequence[Entry]) -> dict:
+def summarize(out: Path, entries: Sequence[Entry], reference: float | None = None) -> dict:
     """Per voice: sex, group, utterances per split, minutes, megabytes of FLAC, shortest/longest seconds
-    and the median active level in dB relative to slt's; and the totals."""
+    and the median active level in dB relative to slt's (to `reference` when given: a set without slt);
+    and the totals. The audio of an entry is `audio_path(out, entry)`."""
     voices: dict[str, dict] = {}
     for e in entries:
-        path = out / "wavs" / f"{e.id}.flac"
+        path = audio_path(out, e)
         x, rate = sf.read(str(path), dtype="float32")
+        voice = VOICE_BY_NAME.get(e.voice) or EXTRA_BY_NAME[e.voice]
         v = voices.setdefault(e.voice, {
-            "sex": VOICE_BY_NAME[e.voice].sex, "group": "held-out" if VOICE_BY_NAME[e.voice].held_out else "train",
+            "sex": voice.sex, "group": "held-out" if voice.held_out else "train",
             "train": 0, "valid": 0, "test": 0, "seconds": [], "bytes": 0, "levels": []})
         v[e.split] += 1
         v["seconds"].append(len(x) / rate)
         v["bytes"] += path.stat().st_size
         v["levels"].append(active_level(x, rate))
-    reference = float(np.median(voices["slt"]["levels"])) if "slt" in voices else 1.0
+    if reference is None:
+        reference = float(np.median(voices["slt"]["levels"])) if "slt" in voices else 1.0
     table = {}
     for name, v in voices.items():
         table[name] = {

@@ -13,16 +13,21 @@ import soundfile as sf
 
 from distill.data.corpus import demo_corpus_dir, harmonic_signal, resolve_corpus
 from distill.data.make_demo_corpus import (
+    EXTRA_BY_NAME,
+    EXTRA_HELD_OUT,
     HELD_OUT_VOICES,
     SAMPLE_RATE,
+    VOICE_BY_NAME,
     VOICES,
     active_level,
     check_voices,
     make_demo_corpus,
+    make_held_out_set,
     match_level,
     parse_voices,
     plan_corpus,
     read_sentences,
+    slt_level,
     split_of,
     trim_silence,
 )
@@ -210,3 +215,41 @@ def test_the_builder_writes_a_level_matched_labelled_corpus_and_keeps_what_exist
     assert calls == [] and again["kept"] == 178 and not list(wavs.glob("ked_diphone_*"))
     with pytest.raises(WavedistillError, match="flite is not installed"):
         make_demo_corpus(tmp_path, "rms", force=True, synth=fake_synth(calls), installed=NONE_INSTALLED)
+
+
+def test_the_wider_held_out_set_reads_the_test_texts_one_folder_per_voice_at_slts_level(tmp_path):
+    # six more voices, none of them in the corpus or its training split, each a held-out voice
+    assert not set(EXTRA_BY_NAME) & set(VOICE_BY_NAME) and all(v.held_out for v in EXTRA_HELD_OUT)
+    assert len(EXTRA_HELD_OUT) == 6 and all(v.engine == "festival" for v in EXTRA_HELD_OUT)
+    calls: list[tuple[str, np.ndarray]] = []
+    installed: dict[str, set[str] | None] = {"flite": None, "festival": set(EXTRA_BY_NAME)}
+    summary = make_held_out_set(tmp_path, "czech_krb,msu_ru_nsh_clunits", synth=fake_synth(calls),
+                                installed=installed)
+    assert Counter(name for name, _ in calls) == {"czech_krb": 10, "msu_ru_nsh_clunits": 10}
+    assert summary["test"] == 20 and summary["train"] == summary["valid"] == 0
+    assert {t["group"] for t in summary["voices"].values()} == {"held-out"}
+    # the texts of slt's test split (which no voice of the corpus trains on), under the corpus's id scheme
+    slt_test = sorted(u.removeprefix("demo_") for u in split_ids()["test"] if u.startswith("demo_"))
+    target = slt_level(demo_corpus_dir() / "wavs", plan_corpus(read_sentences(), [VOICE_BY_NAME["slt"]]))
+    for voice in ("czech_krb", "msu_ru_nsh_clunits"):
+        files = sorted((tmp_path / voice).glob("*.flac"))
+        assert [p.stem.removeprefix(f"{voice}_") for p in files] == slt_test
+        for p in files:
+            x, rate = sf.read(str(p))
+            assert rate == SAMPLE_RATE and active_level(x, rate) == pytest.approx(target, rel=0.01)
+    # `eval --data DIR --split all` labels every file by its sub-folder
+    utts = resolve_corpus(str(tmp_path), "all")
+    assert len(utts) == 20 and {u.speaker for u in utts} == {"czech_krb", "msu_ru_nsh_clunits"}
+
+    # kept on a second run (no synthesiser needed); --force needs the voice; bad names and folders refused
+    calls.clear()
+    assert make_held_out_set(tmp_path, "czech_krb", synth=fake_synth(calls), installed=NONE_INSTALLED)["kept"] == 10
+    assert calls == []
+    with pytest.raises(WavedistillError, match=r"^festival voice czech_krb is not installed; "
+                                               r"apt-get install festvox-czech-krb$"):
+        make_held_out_set(tmp_path, "czech_krb", force=True, synth=fake_synth(calls),
+                          installed={"flite": None, "festival": set()})
+    with pytest.raises(WavedistillError, match="unknown voice 'slt'; choose from czech_dita"):
+        make_held_out_set(tmp_path, "slt", synth=fake_synth(calls), installed=installed)
+    with pytest.raises(WavedistillError, match="is the bundled demo corpus; give the wider held-out set a folder"):
+        make_held_out_set(demo_corpus_dir(), synth=fake_synth(calls), installed=installed)
