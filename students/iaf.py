@@ -36,7 +36,7 @@ from distill.nn.conditioning import MelConditioned, MelUpsampler
 from distill.nn.distributions import Gaussian, Logistic
 from distill.nn.layers import shift_right
 from distill.nn.lpc import MelLPC, lp_predict, lp_synthesis, synthesis_block
-from distill.nn.pitch import check_f0_median
+from distill.nn.pitch import check_f0_median, check_low_f0_voicing
 from distill.nn.records import legacy_record, read_record
 from distill.nn.wavenet import WaveNetStack
 from teachers.wavenet import TeacherModelConfig
@@ -80,11 +80,15 @@ class StudentModelConfig:
     # > 1 (odd, needs pitch_source): the source's F0 is the running median of the mel's frame-by-frame F0 over
     # this many frames (`distill.nn.pitch.MelPitch`, f0_median: fewer isolated jumps on low voices)
     pitch_f0_median: int = 1
+    # > 0 (needs pitch_source): added to the mel's voicing score where its F0 is at or below 75 Hz, falling to
+    # 0 at 120 Hz (`distill.nn.pitch.MelPitch`, low_f0_voicing: a deep voice's harmonics the mel barely resolves)
+    pitch_low_f0_voicing: float = 0.0
     upsampler_from_teacher: bool = True  # start from the teacher's upsampler weights (training only)
     train_upsampler: bool = False  # False: keep that copy frozen (training only)
 
     def __post_init__(self) -> None:
         check_f0_median(self.pitch_f0_median, self.pitch_source)
+        check_low_f0_voicing(self.pitch_low_f0_voicing, self.pitch_source)
 
 
 class IAFStudent(MelConditioned, nn.Module):
@@ -134,7 +138,8 @@ class IAFStudent(MelConditioned, nn.Module):
                 raise ConfigError(f"a linear-prediction student needs a hop ({hop_length}) of at least the predictor's "
                                   f"order ({self.lpc.order}); distil with model.linear_prediction: false")
         # a pitch-synchronous source from the mel (distill.nn.pitch), appended to the conditioning
-        source_channels = self.build_pitch(config.pitch_source, pitch, config.pitch_f0_median)
+        source_channels = self.build_pitch(config.pitch_source, pitch, config.pitch_f0_median,
+                                           config.pitch_low_f0_voicing)
         # a multi-speaker student: its teacher's speakers, embedded and appended to the conditioning
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
         cond_channels = n_mels + (speaker_dim if num_speakers > 0 else 0) + source_channels

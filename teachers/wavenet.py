@@ -28,7 +28,7 @@ from distill.nn.conditioning import MelConditioned, MelUpsampler
 from distill.nn.distributions import build_distribution
 from distill.nn.layers import shift_right
 from distill.nn.lpc import MelLPC, lp_predict
-from distill.nn.pitch import check_f0_median
+from distill.nn.pitch import check_f0_median, check_low_f0_voicing
 from distill.nn.records import legacy_record, read_record
 from distill.nn.wavenet import WaveNetStack
 
@@ -80,6 +80,9 @@ class TeacherModelConfig:
     # > 1 (odd, needs pitch_source): the source's F0 (and the period taps' period) is the running median of the
     # mel's frame-by-frame F0 over this many frames (`distill.nn.pitch.MelPitch`, f0_median)
     pitch_f0_median: int = 1
+    # > 0 (needs pitch_source): added to the mel's voicing score where its F0 is at or below 75 Hz, falling to
+    # 0 at 120 Hz (`distill.nn.pitch.MelPitch`, low_f0_voicing: a deep voice's harmonics the mel barely resolves)
+    pitch_low_f0_voicing: float = 0.0
     # > 0 (odd, needs pitch_source): the signal one pitch period back, y(t - T(t) + o) for the `period_taps`
     # offsets o around 0 (T(t) = sample_rate / F0(t) from the mel, linearly interpolated), joins the
     # network's input beside y(t - 1): a periodic excitation becomes a copy from one period back instead of a
@@ -93,6 +96,7 @@ class TeacherModelConfig:
         if self.period_taps and not self.pitch_source:
             raise ConfigError("model.period_taps reads the period from the mel's pitch: set model.pitch_source: true")
         check_f0_median(self.pitch_f0_median, self.pitch_source)
+        check_low_f0_voicing(self.pitch_low_f0_voicing, self.pitch_source)
 
 
 class WaveNetTeacher(MelConditioned, nn.Module):
@@ -121,7 +125,8 @@ class WaveNetTeacher(MelConditioned, nn.Module):
         self.upsampler = MelUpsampler(n_mels, hop_length, config.upsample_scales, config.upsample, mel_context,
                                       silence_value(features))
         self.speaker = nn.Embedding(num_speakers, speaker_dim) if num_speakers > 0 else None
-        source_channels = self.build_pitch(config.pitch_source, pitch, config.pitch_f0_median)
+        source_channels = self.build_pitch(config.pitch_source, pitch, config.pitch_f0_median,
+                                           config.pitch_low_f0_voicing)
         self.period_taps = config.period_taps
         # the longest period the pitch tracker reports (its lowest candidate F0), in samples
         self.max_period = (math.ceil(features.sample_rate / 2 ** float(self.pitch.log2_cands[0]))

@@ -129,18 +129,22 @@ class MelConditioned:
     mel_context: int
     features: FeatureConfig  # the log-mel settings the model reads
 
-    def build_pitch(self, enabled: bool, pitch: dict | None, f0_median: int = 1) -> int:
+    def build_pitch(self, enabled: bool, pitch: dict | None, f0_median: int = 1, low_f0_voicing: float = 0.0) -> int:
         """Set `pitch` and `pitch_args` for a model with (`enabled`) or without a pitch source; pitch: the
         `MelPitch` arguments a checkpoint recorded (None: `distill.nn.pitch.pitch_arguments(self.features)`
-        with the config's `f0_median`). Returns the conditioning channels the source adds (0 without one)."""
-        if enabled and pitch is not None and pitch.get("f0_median", 1) != f0_median:
-            raise ConfigError(f"the recorded pitch source's f0_median {pitch.get('f0_median', 1)} disagrees with "
-                              f"model.pitch_f0_median {f0_median}; use a checkpoint written by wavedistill")
+        with the config's `f0_median` and `low_f0_voicing`, which a recorded set must agree with). Returns
+        the conditioning channels the source adds (0 without one)."""
+        chosen = {"f0_median": f0_median, "low_f0_voicing": low_f0_voicing}
+        if enabled and pitch is not None:
+            defaults = pitch_arguments(self.features)  # what a record written before an argument existed meant
+            for key, value in chosen.items():
+                if pitch.get(key, defaults[key]) != value:
+                    raise ConfigError(f"the recorded pitch source's {key} {pitch.get(key, defaults[key])} disagrees "
+                                      f"with model.pitch_{key} {value}; use a checkpoint written by wavedistill")
         if not enabled:
             self.pitch_args = None
         else:
-            self.pitch_args = dict(pitch) if pitch is not None else {**pitch_arguments(self.features),
-                                                                     "f0_median": f0_median}
+            self.pitch_args = dict(pitch) if pitch is not None else {**pitch_arguments(self.features), **chosen}
         differ = self.features.analysis_differences("pitch", self.pitch_args or {})
         if differ:
             raise ConfigError(f"the pitch source's arguments disagree with the features ({'; '.join(differ)})")
