@@ -184,9 +184,11 @@ def add_make_demo_corpus(sub) -> None:
     p = sub.add_parser("make-demo-corpus",
                        help="remake the bundled demo corpus: ten flite and festival voices (Debian packages flite, "
                             "festival, festvox-*; a missing one is named)")
-    p.add_argument("--out", default=None, help="folder to write (default: the packaged demo corpus)")
+    p.add_argument("--out", default=None, help="folder to write (default: the packaged demo corpus; required with "
+                                               "--held-out-set)")
     p.add_argument("--voices", default=None, metavar="A,B",
-                   help="only these voices (comma-separated; slt is always made); default: all ten")
+                   help="only these voices (comma-separated; slt is always made); default: all ten (with "
+                        "--held-out-set: among its six, no slt)")
     p.add_argument("--force", action="store_true",
                    help="synthesise the --voices named (all without --voices) again; default: keep audio files "
                         "that exist")

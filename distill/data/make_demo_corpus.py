@@ -112,10 +112,10 @@ VOICES = (
 VOICE_BY_NAME = {v.name: v for v in VOICES}
 
 # Debian's other festival voices at 16 kHz or more, never in the bundled corpus: a wider held-out set
-# (`make_held_out_set`) of languages, speakers and pitch ranges no training voice has, from a child's 255 Hz
-# (czech_krb, median F0 of a test sentence) to a man's 75 Hz (czech_machac), reading the English test
-# sentences with their own language's letter-to-sound rules. Left out: festvox-czech-ph (a third Czech man),
-# the 8 kHz English voices, and the Indic voices (their front ends read their own scripts only).
+# (`make_held_out_set`) of languages, speakers and pitch ranges no training voice has, from a child's 253 Hz
+# (czech_krb; median F0 by pyworld's DIO over the 10 test sentences) to a man's 74 Hz (czech_machac), reading
+# the English test sentences with their own language's letter-to-sound rules. Left out: festvox-czech-ph (a
+# third Czech man), the 8 kHz English voices, and the Hindi, Marathi and Telugu voices (not tried).
 EXTRA_HELD_OUT = (
     Voice("czech_dita", "festival", "female", "festvox-czech-dita"),
     Voice("czech_krb", "festival", "child", "festvox-czech-krb"),
@@ -155,11 +155,17 @@ def _window(items: list[int], start: int, count: int) -> list[int]:
     return sorted(items[(start + i) % len(items)] for i in range(count))
 
 
-def plan_corpus(sentences: Sequence[str], voices: Sequence[Voice] = VOICES) -> list[Entry]:
-    """The utterances of `voices` (slt first, then `VOICES` order) by the rule in the module docstring."""
+def slt_lines(sentences: Sequence[str]) -> dict[str, list[int]]:
+    """The 1-based lines of `sentences` in each of slt's splits (one line naming the shortfall when there are
+    fewer than the corpus needs)."""
     if len(sentences) < SLT_COUNT:
         raise WavedistillError(f"sentences.txt has {len(sentences)} sentences; the demo corpus needs {SLT_COUNT}")
-    lines = {s: [p for p in range(1, SLT_COUNT + 1) if split_of(p) == s] for s in ("train", "valid", "test")}
+    return {s: [p for p in range(1, SLT_COUNT + 1) if split_of(p) == s] for s in ("train", "valid", "test")}
+
+
+def plan_corpus(sentences: Sequence[str], voices: Sequence[Voice] = VOICES) -> list[Entry]:
+    """The utterances of `voices` (slt first, then `VOICES` order) by the rule in the module docstring."""
+    lines = slt_lines(sentences)
     training = [v.name for v in VOICES if v.name != "slt" and not v.held_out]
     entries = []
     for voice in sorted(voices, key=VOICES.index):
@@ -353,10 +359,8 @@ def make_demo_corpus(out_dir: str | Path | None = None, voices: str | Sequence[s
 def plan_held_out_set(sentences: Sequence[str], voices: Sequence[Voice] = EXTRA_HELD_OUT) -> list[Entry]:
     """The wider held-out set: each of `voices` reads the 10 sentences of slt's test split (texts no voice of
     the corpus trains on), ids `<voice>_<NNNN>` as in the corpus."""
-    if len(sentences) < SLT_COUNT:
-        raise WavedistillError(f"sentences.txt has {len(sentences)} sentences; the demo corpus needs {SLT_COUNT}")
-    lines = [p for p in range(1, SLT_COUNT + 1) if split_of(p) == "test"]
-    return [Entry(f"{v.name}_{p:04d}", v.name, p, sentences[p - 1], "test") for v in voices for p in lines]
+    return [Entry(f"{v.name}_{p:04d}", v.name, p, sentences[p - 1], "test") for v in voices
+            for p in slt_lines(sentences)["test"]]
 
 
 def audio_path(out: Path, entry: Entry) -> Path:
@@ -372,18 +376,18 @@ def make_held_out_set(out_dir: str | Path, voices: str | Sequence[str] | None = 
     sub-folder per voice, resampled to 16 kHz, trimmed and level-matched as the corpus's voices are (to the
     median active level of the bundled slt). Not part of the bundled corpus and never trained on; existing
     audio is kept unless `force`. synth/installed as `make_demo_corpus`'s. Returns the summary."""
-    out = Path(out_dir).resolve()
-    if out == demo_corpus_dir().resolve():
-        raise WavedistillError(f"{out} is the bundled demo corpus; give the wider held-out set a folder of its own "
-                               "(make-demo-corpus --held-out-set --out DIR)")
-    chosen = list(EXTRA_HELD_OUT) if voices is None else [EXTRA_BY_NAME[n] for n in _known(voices, EXTRA_BY_NAME)]
+    out, corpus = Path(out_dir).resolve(), demo_corpus_dir().resolve()
+    if out.is_relative_to(corpus) or corpus.is_relative_to(out):
+        raise WavedistillError(f"{out} is or holds the bundled demo corpus; give the wider held-out set a folder of "
+                               "its own (make-demo-corpus --held-out-set --out DIR)")
+    wanted = None if voices is None else set(_known(voices, EXTRA_BY_NAME))
+    chosen = [v for v in EXTRA_HELD_OUT if wanted is None or v.name in wanted]
     sentences = read_sentences()
     entries = plan_held_out_set(sentences, chosen)
     todo = [e for e in entries if force or not audio_path(out, e).is_file()]
     if todo:
         check_voices([v for v in chosen if any(e.voice == v.name for e in todo)],
                      installed if installed is not None else installed_voices())
-    corpus = demo_corpus_dir()
     target = slt_level(corpus / "wavs", plan_corpus(sentences, [VOICE_BY_NAME["slt"]]))
     synth = synth or synthesize
     for e in todo:

@@ -50,6 +50,7 @@ the voicing's F1 is 0.58 (recall 0.42); with 0.15 it is 0.86, hy_fi_mv_diphone (
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -77,8 +78,8 @@ class MelPitch(Float64Analysis):
     """F0 and voicing per frame from log-mel frames, and the per-sample source (module doc).
 
     forward(logmel (B, n_mels, F)) -> f0 (B, F) in Hz (the best candidate, also in unvoiced frames, so
-    the phase runs on), score (B, F) in [-1, 1] (voicing). No parameters; the templates are rebuilt
-    from the arguments, so checkpoints do not hold them.
+    the phase runs on), score (B, F) in [-1, 1 + low_f0_voicing] (voicing). No parameters; the templates are
+    rebuilt from the arguments, so checkpoints do not hold them.
     """
 
     templates: torch.Tensor  # buffers, typed (nn.Module's attribute lookup says Tensor | Module)
@@ -109,9 +110,10 @@ class MelPitch(Float64Analysis):
         if not odd_width(f0_median):
             raise ConfigError(f"pitch_source f0_median must be an odd number of frames >= 1 (1: off), "
                               f"got {f0_median!r}")
-        if not voicing_bonus(low_f0_voicing):
-            raise ConfigError(f"pitch_source low_f0_voicing must be a number in [0, 1) (0: off), "
-                              f"got {low_f0_voicing!r}")
+        if not voicing_bonus(low_f0_voicing) or low_f0_voicing >= voicing[0]:
+            # a silent frame scores 0 and its best candidate is the lowest F0: a bonus of voicing[0] would voice it
+            raise ConfigError(f"pitch_source low_f0_voicing must be a number in [0, {voicing[0]}) (0: off; below the "
+                              f"voicing ramp's start, or silence would voice), got {low_f0_voicing!r}")
         self.sample_rate, self.hop = sample_rate, hop_length
         self.voicing = (float(voicing[0]), float(voicing[1]))
         self.f0_median = f0_median
@@ -252,15 +254,17 @@ def odd_width(width) -> bool:
 
 
 def voicing_bonus(value) -> bool:
-    """Whether `value` is a `low_f0_voicing`: a real number in [0, 1) (a bool is not)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
+    """Whether `value` is a `low_f0_voicing`: a real number in [0, 0.5), 0.5 being where the default voicing
+    ramp starts (a bool is not one)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= float(value) < 0.5
 
 
 def check_low_f0_voicing(value, pitch_source: bool) -> None:
-    """A model config's `pitch_low_f0_voicing`: a number in [0, 1) (0: off), and > 0 only with a pitch source;
+    """A model config's `pitch_low_f0_voicing`: a number in [0, 0.5) (0: off), and > 0 only with a pitch source;
     otherwise a one-line ConfigError naming the config key."""
     if not voicing_bonus(value):
-        raise ConfigError(f"model.pitch_low_f0_voicing must be a number in [0, 1) (0: off), got {value!r}")
+        raise ConfigError(f"model.pitch_low_f0_voicing must be a number in [0, 0.5) (0: off; from 0.5 on, silence "
+                          f"would voice), got {value!r}")
     if value > 0 and not pitch_source:
         raise ConfigError("model.pitch_low_f0_voicing raises the mel's voicing: set model.pitch_source: true")
 

@@ -142,3 +142,30 @@ def test_bench_times_the_export_beside_pytorch(demo):
     assert len(rows) == 3 and all(r["what"].endswith(end) for r, end in zip(rows, ends, strict=True))
     assert rows[0]["samples_per_s"] > 0 and rows[1]["samples_per_s"] > 0 and rows[2]["ratio"] > 0
     assert "onnxruntime / PyTorch speed" in to_markdown({"rows": rows})
+
+
+def test_a_pitch_student_with_the_f0_median_and_the_low_f0_voicing_exports_exactly(tmp_path):
+    """Both pitch options are in the graph: a tiny pitch student with a median of 3 and a low-F0 voicing
+    bonus of 0.15 matches PyTorch on a low voice's mel (kal16, 88 Hz: the bonus is in play)."""
+    from distill.audio.io import load_audio
+    from distill.audio.mel import LogMel
+    from distill.data.corpus import demo_corpus_dir
+    from distill.nn.pitch import MelPitch
+    from students.iaf import IAFStudent, StudentModelConfig
+
+    torch.manual_seed(0)
+    student = IAFStudent(StudentModelConfig(flows=[2], cycle=2, residual_channels=8, gate_channels=8,
+                                            skip_channels=8, pitch_source=True, pitch_f0_median=3,
+                                            pitch_low_f0_voicing=0.15)).eval()
+    with torch.no_grad():
+        for flow in student.flows:
+            flow.head[-1].weight.normal_(0, 0.05)
+    session = OnnxStudent(export_onnx(student, tmp_path / "s.onnx"), threads=1)
+    audio = load_audio(demo_corpus_dir() / "wavs" / "kal16_0030.flac", student.features.sample_rate)[:16000]
+    mel = student.pad_mels([LogMel(student.features)(audio)])
+    assert student.pitch is not None
+    f0, score = student.pitch(mel)
+    assert f0.min() < 120 and (score > MelPitch()(mel)[1]).any()  # the bonus is in play
+    z = noise(student, (1, (mel.shape[-1] - 2 * student.mel_context) * student.hop_length), seed=0)
+    ours = synthesize(student, mel, z=torch.from_numpy(z)).numpy()
+    assert np.abs(session.synthesize(mel.numpy(), z) - ours).max() <= MAX_DIFFERENCE

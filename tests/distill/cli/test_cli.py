@@ -46,7 +46,8 @@ def test_env_fails_with_a_hint_when_something_required_is_missing(monkeypatch, c
         (["data", "data.segmnt_length=4"], "unknown key 'data.segmnt_length'"),
         (["data", "--config", "/no/such.yaml"], "config file not found"),
         (["make-demo-corpus", "--held-out-set"], "--held-out-set needs --out DIR"),
-        (["make-demo-corpus", "--held-out-set", "--out", "/tmp/x", "--voices", "rms"], "unknown voice 'rms'"),
+        (["make-demo-corpus", "--held-out-set", "--out", "/nonexistent/held_out_set", "--voices", "rms"],
+         "unknown voice 'rms'"),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(args, message):

@@ -222,14 +222,24 @@ def test_the_wider_held_out_set_reads_the_test_texts_one_folder_per_voice_at_slt
     assert not set(EXTRA_BY_NAME) & set(VOICE_BY_NAME) and all(v.held_out for v in EXTRA_HELD_OUT)
     assert len(EXTRA_HELD_OUT) == 6 and all(v.engine == "festival" for v in EXTRA_HELD_OUT)
     calls: list[tuple[str, np.ndarray]] = []
+    texts: list[str] = []
+    synth = fake_synth(calls)
+
+    def reading(voice, text):
+        texts.append(text)
+        return synth(voice, text)
+
     installed: dict[str, set[str] | None] = {"flite": None, "festival": set(EXTRA_BY_NAME)}
-    summary = make_held_out_set(tmp_path, "czech_krb,msu_ru_nsh_clunits", synth=fake_synth(calls),
+    summary = make_held_out_set(tmp_path, "czech_krb,msu_ru_nsh_clunits,czech_krb", synth=reading,
                                 installed=installed)
-    assert Counter(name for name, _ in calls) == {"czech_krb": 10, "msu_ru_nsh_clunits": 10}
+    assert Counter(name for name, _ in calls) == {"czech_krb": 10, "msu_ru_nsh_clunits": 10}  # a name given twice
     assert summary["test"] == 20 and summary["train"] == summary["valid"] == 0
     assert {t["group"] for t in summary["voices"].values()} == {"held-out"}
+    assert all(abs(t["level_db"]) < 0.2 for t in summary["voices"].values())  # at slt's level
     # the texts of slt's test split (which no voice of the corpus trains on), under the corpus's id scheme
     slt_test = sorted(u.removeprefix("demo_") for u in split_ids()["test"] if u.startswith("demo_"))
+    texts_of = metadata()
+    assert sorted(texts) == sorted(2 * [texts_of[f"demo_{n}"][0] for n in slt_test])
     target = slt_level(demo_corpus_dir() / "wavs", plan_corpus(read_sentences(), [VOICE_BY_NAME["slt"]]))
     for voice in ("czech_krb", "msu_ru_nsh_clunits"):
         files = sorted((tmp_path / voice).glob("*.flac"))
@@ -251,5 +261,6 @@ def test_the_wider_held_out_set_reads_the_test_texts_one_folder_per_voice_at_slt
                           installed={"flite": None, "festival": set()})
     with pytest.raises(WavedistillError, match="unknown voice 'slt'; choose from czech_dita"):
         make_held_out_set(tmp_path, "slt", synth=fake_synth(calls), installed=installed)
-    with pytest.raises(WavedistillError, match="is the bundled demo corpus; give the wider held-out set a folder"):
-        make_held_out_set(demo_corpus_dir(), synth=fake_synth(calls), installed=installed)
+    for inside in (demo_corpus_dir(), demo_corpus_dir() / "wavs", demo_corpus_dir().parent):
+        with pytest.raises(WavedistillError, match="or holds the bundled demo corpus; give the wider held-out set"):
+            make_held_out_set(inside, synth=fake_synth(calls), installed=installed)

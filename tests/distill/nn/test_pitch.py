@@ -225,22 +225,27 @@ def test_a_pitch_source_student_conditions_on_the_source_and_stays_an_iaf():
 
 def test_the_low_f0_voicing_bonus_raises_only_low_frames_by_its_ramp_in_log_f0():
     """`low_f0_voicing`: the voicing score of a frame gains the whole bonus at or below 75 Hz, nothing from
-    120 Hz up, linearly in log F0 between; the F0 track does not change, and 0 is the source as it was."""
+    120 Hz up, linearly in log F0 between; the F0 track does not change, and silence stays unvoiced."""
     from distill.nn.pitch import LOW_F0_RAMP_HZ
 
     mel = LogMel(FeatureConfig())(voiced(65.0, 200.0, seconds=2.0, seed=5)[0])[None]
     f0, score = MelPitch()(mel)
     boosted_f0, boosted = MelPitch(low_f0_voicing=0.15)(mel)
     assert torch.equal(boosted_f0, f0)
-    assert torch.equal(MelPitch(low_f0_voicing=0.0)(mel)[1], score)
     low, high = (math.log2(f) for f in LOW_F0_RAMP_HZ)
     ramp = ((high - torch.log2(f0)) / (high - low)).clamp(0, 1)
     assert torch.allclose(boosted - score, 0.15 * ramp, atol=1e-12)
     gain = (boosted - score)[0]
     assert float(gain[f0[0] <= 75.0].min()) == pytest.approx(0.15) and float(gain[f0[0] >= 120.0].abs().max()) == 0
     assert bool(((gain > 0) & (gain < 0.15)).any())  # the glide crosses the ramp
-    with pytest.raises(ConfigError, match=r"low_f0_voicing must be a number in \[0, 1\)"):
-        MelPitch(low_f0_voicing=1.0)
+    # a silent mel scores 0 at the lowest candidate: the largest bonus allowed leaves it unvoiced
+    silent = torch.full((1, 80, 20), math.log(1e-5), dtype=torch.float64)
+    _, v = MelPitch(low_f0_voicing=0.49).per_sample(silent)
+    assert float(v.max()) == 0.0
+    for bad in (0.5, 1.0, -0.1):
+        with pytest.raises(ConfigError, match=r"low_f0_voicing must be a number in \[0, 0.5\)"):
+            MelPitch(low_f0_voicing=bad)
+    assert MelPitch(low_f0_voicing=np.float32(0.15)).low_f0_voicing == pytest.approx(0.15)
 
 
 def test_the_low_f0_voicing_is_recorded_checked_and_absent_in_old_records():
@@ -259,14 +264,17 @@ def test_the_low_f0_voicing_is_recorded_checked_and_absent_in_old_records():
         IAFStudent.from_record({"model_args": record, "features": features})
     # a record written before the argument existed: the source as it always was
     plain = IAFStudent(StudentModelConfig(pitch_source=True, **small)).record()
-    del plain["pitch"]["low_f0_voicing"]
+    del plain["pitch"]["low_f0_voicing"], plain["model"]["pitch_low_f0_voicing"]
     old = IAFStudent.from_record({"model_args": plain, "features": features})
     assert old.pitch is not None and old.pitch.low_f0_voicing == 0.0
+    plain["model"]["pitch_low_f0_voicing"] = 0.15  # a config that asks for it cannot read such a record as having it
+    with pytest.raises(ConfigError, match="low_f0_voicing 0.0 disagrees with model.pitch_low_f0_voicing 0.15"):
+        IAFStudent.from_record({"model_args": plain, "features": features})
     for config in (StudentModelConfig, TeacherModelConfig):
         with pytest.raises(ConfigError, match="set model.pitch_source: true"):
             config(pitch_low_f0_voicing=0.15)
-        for bad in (-0.1, 1.0, True):
-            with pytest.raises(ConfigError, match=r"model.pitch_low_f0_voicing must be a number in \[0, 1\)"):
+        for bad in (-0.1, 0.5, True):
+            with pytest.raises(ConfigError, match=r"model.pitch_low_f0_voicing must be a number in \[0, 0.5\)"):
                 config(pitch_source=True, pitch_low_f0_voicing=bad)
     teacher = WaveNetTeacher(TeacherModelConfig(pitch_source=True, pitch_low_f0_voicing=0.15, layers=2, cycle=2,
                                                 residual_channels=4, gate_channels=4, skip_channels=4))
