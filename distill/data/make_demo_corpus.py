@@ -326,7 +326,7 @@ def make_demo_corpus(out_dir: str | Path | None = None, voices: str | Sequence[s
     out = Path(out_dir) if out_dir is not None else demo_corpus_dir()
     wavs = out / "wavs"
     wavs.mkdir(parents=True, exist_ok=True)
-    todo = [e for e in entries if (force and e.voice in forced) or not (wavs / f"{e.id}.flac").is_file()]
+    todo = [e for e in entries if (force and e.voice in forced) or not audio_path(out, e).is_file()]
     if todo:
         needed = [v for v in chosen if any(e.voice == v.name for e in todo)]
         check_voices(needed, installed if installed is not None else installed_voices())
@@ -343,7 +343,7 @@ def make_demo_corpus(out_dir: str | Path | None = None, voices: str | Sequence[s
         if voice.name != "slt" and target is None:
             target = slt_level(wavs, entries)
         x = render(voice, e.text, target, synth)
-        sf.write(str(wavs / f"{e.id}.flac"), x, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
+        sf.write(str(audio_path(out, e)), x, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
         if (i + 1) % 50 == 0:
             log.info("synthesised %d of %d utterances", i + 1, len(todo))
     (out / "metadata.csv").write_text("".join(f"{e.id}|{e.text}|{e.text}|{e.voice}\n" for e in entries),
@@ -359,8 +359,8 @@ def make_demo_corpus(out_dir: str | Path | None = None, voices: str | Sequence[s
 def plan_held_out_set(sentences: Sequence[str], voices: Sequence[Voice] = EXTRA_HELD_OUT) -> list[Entry]:
     """The wider held-out set: each of `voices` reads the 10 sentences of slt's test split (texts no voice of
     the corpus trains on), ids `<voice>_<NNNN>` as in the corpus."""
-    return [Entry(f"{v.name}_{p:04d}", v.name, p, sentences[p - 1], "test") for v in voices
-            for p in slt_lines(sentences)["test"]]
+    lines = slt_lines(sentences)["test"]
+    return [Entry(f"{v.name}_{p:04d}", v.name, p, sentences[p - 1], "test") for v in voices for p in lines]
 
 
 def audio_path(out: Path, entry: Entry) -> Path:

@@ -61,6 +61,7 @@ from distill.nn.analysis import Float64Analysis, exact
 
 SOURCE_CHANNELS = 4  # MelPitch.source: pulse, sin, cos, voicing
 LOW_F0_RAMP_HZ = (75.0, 120.0)  # `low_f0_voicing`: its whole bonus at or below the first F0, none from the second
+VOICING_BONUS_CEILING = 0.5  # `low_f0_voicing` stays below it: the start of the default voicing ramp
 
 
 def _band_detail(x: torch.Tensor, width: int = 5) -> torch.Tensor:
@@ -110,9 +111,10 @@ class MelPitch(Float64Analysis):
         if not odd_width(f0_median):
             raise ConfigError(f"pitch_source f0_median must be an odd number of frames >= 1 (1: off), "
                               f"got {f0_median!r}")
-        if not voicing_bonus(low_f0_voicing) or low_f0_voicing >= voicing[0]:
-            # a silent frame scores 0 and its best candidate is the lowest F0: a bonus of voicing[0] would voice it
-            raise ConfigError(f"pitch_source low_f0_voicing must be a number in [0, {voicing[0]}) (0: off; below the "
+        # a silent frame scores 0 and its best candidate is the lowest F0: a bonus of voicing[0] would voice it
+        ceiling = min(VOICING_BONUS_CEILING, voicing[0])
+        if not voicing_bonus(low_f0_voicing, ceiling):
+            raise ConfigError(f"pitch_source low_f0_voicing must be a number in [0, {ceiling}) (0: off; below the "
                               f"voicing ramp's start, or silence would voice), got {low_f0_voicing!r}")
         self.sample_rate, self.hop = sample_rate, hop_length
         self.voicing = (float(voicing[0]), float(voicing[1]))
@@ -253,10 +255,10 @@ def odd_width(width) -> bool:
     return isinstance(width, int) and not isinstance(width, bool) and width >= 1 and width % 2 == 1
 
 
-def voicing_bonus(value) -> bool:
-    """Whether `value` is a `low_f0_voicing`: a real number in [0, 0.5), 0.5 being where the default voicing
-    ramp starts (a bool is not one)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= float(value) < 0.5
+def voicing_bonus(value, ceiling: float = VOICING_BONUS_CEILING) -> bool:
+    """Whether `value` is a `low_f0_voicing`: a real number in [0, ceiling), by default 0.5, where the default
+    voicing ramp starts (a bool is not one)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= float(value) < ceiling
 
 
 def check_low_f0_voicing(value, pitch_source: bool) -> None:
