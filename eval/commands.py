@@ -88,9 +88,10 @@ def add_eval_arguments(p: argparse.ArgumentParser, max_utterances: int, max_seco
                         "the speed-ups against it); world (not in the default) is WORLD analysis-synthesis of the "
                         "recording itself, an oracle source-filter vocoder (needs the eval extra)")
     p.add_argument("--metrics", default="all",
-                   help="library metrics beside PESQ, log-mel L1 and MR-STFT: all (default), none, or a comma list "
-                        "of dnsmos, stoi, f0, mcd; each needs the eval extra (pip install 'wavedistill[eval]') "
-                        "and is skipped with a warning where its package is missing")
+                   help="library metrics beside PESQ, log-mel L1 and MR-STFT: all (default: dnsmos, stoi, f0, mcd, "
+                        "from the eval extra), none, or a comma list of those and crepe (F0 and voicing read by "
+                        "CREPE, the papers' tracker: the crepe extra, about 6 s per second of audio on a CPU thread, "
+                        "never part of all); each is skipped with a warning where its package is missing")
     p.add_argument("--out", default=out, help="folder for report.json/md/html, wavs/, images/, tensorboard/")
 
 

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the test files that hold `cuda` tests (a CPU test checks that the list is complete); the other test
 # files need soundfile, which a GPU machine with torch alone does not have
 CUDA_TESTS = ["tests/teachers/test_cuda.py", "tests/distill/train/test_trainer.py"]
-OPTIONAL = ["soundfile", "pesq", "speechmos", "pystoi", "pyworld", "onnxruntime", "tensorboard"]
+OPTIONAL = ["soundfile", "pesq", "speechmos", "pystoi", "pyworld", "torchcrepe", "onnxruntime", "tensorboard"]
 
 
 def _env() -> dict:

@@ -38,6 +38,9 @@ METRIC_COLUMNS = (
     ("f0_rmse_cents", "F0 RMSE (cents)", 1), ("vuv_f1", "V/UV F1", 3), ("vuv_precision", "V/UV prec.", 3),
     ("vuv_recall", "V/UV recall", 3), ("periodicity_error", "periodicity err.", 3),
     ("mcd", "MCD (dB)", 2),
+    ("crepe_f0_rmse_cents", "CREPE F0 RMSE (cents)", 1), ("crepe_vuv_f1", "CREPE V/UV F1", 3),
+    ("crepe_vuv_precision", "CREPE V/UV prec.", 3), ("crepe_vuv_recall", "CREPE V/UV recall", 3),
+    ("crepe_periodicity_error", "CREPE periodicity err.", 3),
 )
 TB_AUDIO_CLIPS = 3  # utterances whose audio and spectrograms go to TensorBoard
 
@@ -254,6 +257,8 @@ def metric_note(report: dict) -> str:
         "f0": "F0 RMSE in cents over the frames voiced in both, voiced/unvoiced F1 against the reference's voicing "
               "and the RMS periodicity difference, from pyworld (DIO + StoneMask, D4C; lower is better, F1 higher)",
         "mcd": "mel-cepstral distortion from mel_cepstral_distance (aligned, no DTW; lower is better)",
+        "crepe": "the same F0, V/UV and periodicity figures read by torchcrepe (CARGAN's recipe: the full model, "
+                 "50-550 Hz, silence below -60 dB A-weighted, unvoiced below periodicity 0.21)",
     }
     parts = []
     if s.get("metrics"):

@@ -168,6 +168,102 @@ def test_voicing_f1_counts_unvoiced_frames_against_the_reference():
     assert silent["vuv_recall"] == 0.0 and math.isnan(silent["vuv_precision"])
 
 
+@pytest.fixture
+def tiny_crepe(monkeypatch):
+    """CREPE's tiny model instead of the full one (a third of the time; its tracks are cached under their own
+    name)."""
+    _needs("torchcrepe")
+    import eval.metrics as metrics
+
+    monkeypatch.setattr(metrics, "CREPE_MODEL", "tiny")
+
+
+def _glide(f0: float, seconds: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Five harmonics of an F0 gliding 10% about `f0` at a steady level over a noise floor 38 dB down (CARGAN's
+    silence rule averages A-weighted decibels over every FFT bin: five clean harmonics alone read as silence),
+    and that F0 at every 10 ms."""
+    def track(t):
+        return f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))
+
+    phase = 2 * np.pi * np.cumsum(track(np.arange(int(seconds * 16000)) / 16000)) / 16000
+    noise = 0.003 * np.random.default_rng(0).standard_normal(phase.size)
+    harmonics = 0.25 * sum(np.sin(k * phase) / k for k in range(1, 6))
+    return harmonics + noise, track(np.arange(int(seconds * 100) + 1) / 100)
+
+
+def test_crepe_metrics_read_pitch_and_voicing_with_its_own_keys(tiny_crepe):
+    from eval.metrics import crepe_scores, crepe_track
+
+    voiced, truth = _glide(150)
+    f0, periodicity = crepe_track(voiced)
+    assert f0.size == periodicity.size == 101  # frames centred on 0, 10, ..., 1000 ms, as DIO's
+    inner = slice(5, -5)
+    assert (f0[inner] > 0).all()
+    assert np.sqrt(np.mean((1200 * np.log2(f0[inner] / truth[inner])) ** 2)) < 30
+    assert crepe_scores(voiced, voiced) == {"crepe_f0_rmse_cents": 0.0, "crepe_vuv_f1": 1.0,
+                                            "crepe_vuv_precision": 1.0, "crepe_vuv_recall": 1.0,
+                                            "crepe_periodicity_error": 0.0}
+    # the second half silent: its frames are made aperiodic and unvoiced, so the recall halves
+    half = voiced.copy()
+    half[8000:] = 0.0
+    f0_half, per_half = crepe_track(half)
+    assert (f0_half[55:] == 0).all() and (per_half[55:] == 0).all()
+    scores = crepe_scores(voiced, half)
+    assert scores["crepe_vuv_precision"] == 1.0 and 0.4 < scores["crepe_vuv_recall"] < 0.6
+    # a third of an octave up: the F0 error reads about 400 cents
+    up, _ = _glide(150 * 2 ** (400 / 1200))
+    assert 350 < crepe_scores(voiced, up)["crepe_f0_rmse_cents"] < 450
+
+
+def test_crepe_metrics_use_the_full_model_by_default():
+    _needs("torchcrepe")
+    import eval.metrics as metrics
+
+    assert metrics.CREPE_MODEL == "full"
+    voiced, truth = _glide(200, seconds=0.5)
+    f0, _ = metrics.crepe_track(voiced)
+    assert f0.size == 51 and (f0[5:-5] > 0).all()
+    assert np.sqrt(np.mean((1200 * np.log2(f0[5:-5] / truth[5:-5])) ** 2)) < 30
+
+
+def test_tracks_are_read_once_per_tracker_and_audio(monkeypatch):
+    import eval.metrics as metrics
+
+    calls = []
+
+    def tracker(x):
+        calls.append(x.copy())
+        return x[:2], x[2:4]
+
+    monkeypatch.setattr(metrics, "TRACK_CACHE_SIZE", 3)
+    monkeypatch.setattr(metrics, "_tracks", metrics.OrderedDict())
+    a, b = np.arange(8, dtype=np.float32), np.arange(8.0) + 1
+    first = metrics.cached_track("t", tracker, a)
+    assert first[0].dtype == np.float64 and calls[0].flags["C_CONTIGUOUS"]  # read as contiguous float64
+    assert metrics.cached_track("t", tracker, a.astype(np.float64)) is first and len(calls) == 1  # same samples
+    metrics.cached_track("u", tracker, a)  # another tracker's name: read again
+    metrics.cached_track("t", tracker, b)
+    assert len(calls) == 3
+    metrics.cached_track("t", tracker, a[::-1])  # the fourth track pushes out the least recently used, ("t", a)
+    assert len(calls) == 4
+    metrics.cached_track("u", tracker, a)
+    assert len(calls) == 4
+    metrics.cached_track("t", tracker, a)
+    assert len(calls) == 5
+
+
+def test_the_track_comparison_is_the_same_for_both_trackers():
+    from eval.metrics import compare_tracks
+
+    f0_ref = np.array([0.0, 100.0, 100.0, 200.0, 0.0, 0.0])
+    f0_deg = np.array([0.0, 0.0, 200.0, 200.0, 150.0, 0.0, 90.0])  # one frame longer: cut
+    per_ref, per_deg = np.zeros(6), np.full(7, 0.5)
+    values = compare_tracks((f0_ref, per_ref), (f0_deg, per_deg), prefix="x_")
+    assert values == {"x_f0_rmse_cents": pytest.approx(np.sqrt(1200**2 / 2)), "x_vuv_f1": pytest.approx(4 / 6),
+                      "x_vuv_precision": pytest.approx(2 / 3), "x_vuv_recall": pytest.approx(2 / 3),
+                      "x_periodicity_error": pytest.approx(0.5)}
+
+
 def test_dnsmos_equals_speechmos_called_directly_and_falls_with_noise(speech64):
     _needs("speechmos", "librosa", "onnxruntime")
     from speechmos import dnsmos as direct
@@ -190,10 +286,15 @@ def test_metric_selection_names_unknown_and_missing_packages(monkeypatch):
     from eval.metrics import LIBRARY_METRICS, resolve_metrics
 
     assert resolve_metrics("none") == ([], {})
-    with pytest.raises(ConfigError, match="unknown metric.*pesq2.*dnsmos, stoi, f0, mcd"):
+    with pytest.raises(ConfigError, match="unknown metric.*pesq2.*dnsmos, stoi, f0, mcd, crepe"):
         resolve_metrics("stoi,pesq2")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "pystoi" else real(name))
     run, skipped = resolve_metrics("stoi,mcd")
     assert [m.name for m in run] == (["mcd"] if not LIBRARY_METRICS["mcd"].missing() else [])
     assert skipped["stoi"] == "stoi skipped: pystoi not installed (pip install 'wavedistill[eval]')"
+    # CREPE runs only when named (about 6 s per second of audio on a CPU thread) and names its own extra
+    assert "crepe" not in [m.name for m in resolve_metrics("all")[0]] + list(resolve_metrics("all")[1])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "torchcrepe" else real(name))
+    assert resolve_metrics("crepe")[1]["crepe"] == ("crepe skipped: torchcrepe not installed "
+                                                    "(pip install 'wavedistill[crepe]')")

@@ -292,3 +292,15 @@ def test_the_report_says_when_pesq_resampled_the_audio():
     assert pesq_note(report(16000, ["wb"])) == ""
     assert "22050 Hz; PESQ wb at 16 kHz" in pesq_note(report(22050, ["wb"]))
     assert "PESQ wb at 16 kHz and PESQ nb at 8 kHz" in pesq_note(report(24000, ["wb", "nb"]))
+
+
+def test_every_library_metric_has_its_columns_and_its_line_in_the_note():
+    from eval.metrics import LIBRARY_METRICS
+    from eval.report import METRIC_COLUMNS, metric_note
+
+    columns = [key for key, _, _ in METRIC_COLUMNS]
+    assert len(columns) == len(set(columns))
+    for metric in LIBRARY_METRICS.values():
+        assert set(metric.keys) <= set(columns), metric.name
+        note = metric_note({"settings": {"metrics": [metric.name]}})
+        assert note.startswith("At 16 kHz (other rates resampled). ") and ". . " not in note, metric.name
