@@ -260,8 +260,8 @@ def _crepe_track(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def crepe_scores(reference: np.ndarray, audio: np.ndarray) -> dict[str, float]:
     """`f0_scores`' five values read by CREPE instead of pyworld (keys prefixed `crepe_`): the tracker
     the CARGAN, BigVGAN and Vocos papers report with, a neural one that keeps its voicing where DIO's
-    flickers (DIO's V/UV F1 of a recording against itself delayed by 2.5 ms is 0.76-0.97 per voice of the
-    demo corpus; docs/evaluate.md)."""
+    flickers (DIO's V/UV F1 of a recording against itself delayed by 2.5 ms is 0.75-0.97 per voice of the
+    demo corpus, CREPE's 0.97-0.99; docs/evaluate.md, "Two pitch trackers")."""
     return compare_tracks(crepe_track(reference), crepe_track(audio), prefix="crepe_")
 
 
