@@ -1,6 +1,7 @@
 """Quality metrics against a reference: PESQ (wideband / narrowband), multi-resolution STFT
 distance and log-mel L1; and, from their libraries where installed (the `eval` extra), DNSMOS,
-STOI / ESTOI, F0 RMSE, voicing F1 and periodicity error, and mel-cepstral distortion.
+STOI / ESTOI, F0 RMSE, voicing F1 and periodicity error, and mel-cepstral distortion; the same pitch
+figures read by CREPE with the `crepe` extra, only when asked for.
 
 PESQ runs in worker processes: the C implementation is not thread-safe, and separate processes
 use all cores. An utterance PESQ cannot score (too short, no speech found) becomes NaN with the
@@ -160,12 +161,13 @@ def f0_track(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     than it must be right. On a demo test utterance resynthesised with its F0 raised by 25 cents,
     DIO's tracks differ by an RMS 32.7 cents and Harvest's by 307 (its median is right, 24.9, but it
     jumps octaves on 9% of the frames); with white noise 33 dB below the speech, 13.6 against 340."""
-    return cached_track("dio", _dio_track, audio)
+    return cached_track(f"dio-{F0_FLOOR}-{F0_CEIL}-{F0_FRAME_MS}-{PERIODICITY_BAND_HZ}", _dio_track, audio)
 
 
 # An evaluation scores every system against the same references, one system after another: each track is
-# kept under its tracker's name and the audio's SHA-1, so a reference is read once however many utterances
-# there are (a track is a few kB; the audio would be hundreds).
+# kept under its tracker's name and settings and the audio's SHA-1 (a track is a few kB; the audio would be
+# hundreds), read-only, so a reference is read once as long as one system's tracks fit (each system adds two
+# per utterance and tracker: up to 2,048 utterances with one tracker, 1,024 with both).
 TRACK_CACHE_SIZE = 4096
 _tracks: OrderedDict[tuple[str, bytes], tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
@@ -174,11 +176,14 @@ def cached_track(name: str, tracker: Callable[[np.ndarray], tuple[np.ndarray, np
                  audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """tracker(audio as contiguous float64), or the track it gave for the same samples under the same name."""
     x = np.ascontiguousarray(audio, dtype=np.float64)
-    key = (name, hashlib.sha1(x.tobytes()).digest())
+    key = (name, hashlib.sha1(x.tobytes(), usedforsecurity=False).digest())
     if key in _tracks:
         _tracks.move_to_end(key)
         return _tracks[key]
-    track = _tracks[key] = tracker(x)
+    track = tracker(x)
+    for values in track:
+        values.flags.writeable = False
+    _tracks[key] = track
     if len(_tracks) > TRACK_CACHE_SIZE:
         _tracks.popitem(last=False)
     return track
@@ -228,8 +233,9 @@ def compare_tracks(reference: tuple[np.ndarray, np.ndarray], audio: tuple[np.nda
     return {prefix + key: value for key, value in values.items()}
 
 
-# CARGAN's pitch metrics as BigVGAN and Vocos report them: torchcrepe's full model over 50-550 Hz, Viterbi
-# decoding, frames quieter than -60 dB (A-weighted) made aperiodic, frames with periodicity under 0.21 unvoiced
+# CREPE as Vocos's evaluation reads pitch (its settings, adapted from CARGAN's, which decides voicing by a
+# hysteresis instead): torchcrepe's full model over 50-550 Hz, Viterbi decoding, frames quieter than -60 dB
+# (A-weighted) made aperiodic, frames with periodicity under 0.21 unvoiced
 CREPE_MODEL = "full"
 CREPE_FMIN, CREPE_FMAX = 50.0, 550.0
 CREPE_SILENCE_DB = -60.0
@@ -238,10 +244,11 @@ CREPE_UNVOICED = 0.21
 
 def crepe_track(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(F0 in Hz per 10 ms frame, 0 where unvoiced; periodicity per frame in [0, 1]) from `torchcrepe`,
-    CARGAN's recipe (the constants above), frames centred on multiples of 10 ms as DIO's are. The full
-    model runs on the CPU at about 6 s per second of audio on one thread (2 vCPUs AMD EPYC, torch
-    2.11), hence not part of `--metrics all`."""
-    return cached_track(f"crepe-{CREPE_MODEL}", _crepe_track, audio)
+    Vocos's settings (the constants above), frames centred on multiples of 10 ms as DIO's are. It runs on
+    the CPU, the full model at about 6 s per second of audio on one thread (2 vCPUs AMD EPYC, torch 2.11),
+    hence not part of `--metrics all`."""
+    name = f"crepe-{CREPE_MODEL}-{CREPE_FMIN}-{CREPE_FMAX}-{CREPE_SILENCE_DB}-{CREPE_UNVOICED}"
+    return cached_track(name, _crepe_track, audio)
 
 
 def _crepe_track(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

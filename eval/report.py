@@ -257,8 +257,9 @@ def metric_note(report: dict) -> str:
         "f0": "F0 RMSE in cents over the frames voiced in both, voiced/unvoiced F1 against the reference's voicing "
               "and the RMS periodicity difference, from pyworld (DIO + StoneMask, D4C; lower is better, F1 higher)",
         "mcd": "mel-cepstral distortion from mel_cepstral_distance (aligned, no DTW; lower is better)",
-        "crepe": "the same F0, V/UV and periodicity figures read by torchcrepe (CARGAN's recipe: the full model, "
-                 "50-550 Hz, silence below -60 dB A-weighted, unvoiced below periodicity 0.21)",
+        "crepe": "F0 RMSE, voiced/unvoiced F1 and the RMS periodicity difference read by torchcrepe (Vocos's "
+                 "settings: the full model, 50-550 Hz, silence below -60 dB A-weighted, unvoiced below periodicity "
+                 "0.21; lower is better, F1 higher)",
     }
     parts = []
     if s.get("metrics"):

@@ -179,7 +179,7 @@ def tiny_crepe(monkeypatch):
 
 
 def _glide(f0: float, seconds: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Five harmonics of an F0 gliding 10% about `f0` at a steady level over a noise floor 38 dB down (CARGAN's
+    """Five harmonics of an F0 gliding 10% about `f0` at a steady level over a noise floor 38 dB down (the
     silence rule averages A-weighted decibels over every FFT bin: five clean harmonics alone read as silence),
     and that F0 at every 10 ms."""
     def track(t):
@@ -240,6 +240,7 @@ def test_tracks_are_read_once_per_tracker_and_audio(monkeypatch):
     a, b = np.arange(8, dtype=np.float32), np.arange(8.0) + 1
     first = metrics.cached_track("t", tracker, a)
     assert first[0].dtype == np.float64 and calls[0].flags["C_CONTIGUOUS"]  # read as contiguous float64
+    assert not first[0].flags.writeable and not first[1].flags.writeable  # no caller can change a kept track
     assert metrics.cached_track("t", tracker, a.astype(np.float64)) is first and len(calls) == 1  # same samples
     metrics.cached_track("u", tracker, a)  # another tracker's name: read again
     metrics.cached_track("t", tracker, b)
@@ -255,13 +256,15 @@ def test_tracks_are_read_once_per_tracker_and_audio(monkeypatch):
 def test_the_track_comparison_is_the_same_for_both_trackers():
     from eval.metrics import compare_tracks
 
-    f0_ref = np.array([0.0, 100.0, 100.0, 200.0, 0.0, 0.0])
-    f0_deg = np.array([0.0, 0.0, 200.0, 200.0, 150.0, 0.0, 90.0])  # one frame longer: cut
-    per_ref, per_deg = np.zeros(6), np.full(7, 0.5)
+    f0_ref = np.array([0.0, 100.0, 100.0, 200.0, 0.0, 0.0, 150.0])  # one frame longer: cut
+    f0_deg = np.array([0.0, 0.0, 200.0, 200.0, 150.0, 90.0])
+    per_ref, per_deg = np.zeros(7), np.full(6, 0.5)
+    # both voiced: frames 2 (an octave off) and 3; voiced by the audio alone: 4, 5; by the reference alone: 1
     values = compare_tracks((f0_ref, per_ref), (f0_deg, per_deg), prefix="x_")
-    assert values == {"x_f0_rmse_cents": pytest.approx(np.sqrt(1200**2 / 2)), "x_vuv_f1": pytest.approx(4 / 6),
-                      "x_vuv_precision": pytest.approx(2 / 3), "x_vuv_recall": pytest.approx(2 / 3),
+    assert values == {"x_f0_rmse_cents": pytest.approx(np.sqrt(1200**2 / 2)), "x_vuv_f1": pytest.approx(4 / 7),
+                      "x_vuv_precision": pytest.approx(2 / 4), "x_vuv_recall": pytest.approx(2 / 3),
                       "x_periodicity_error": pytest.approx(0.5)}
+    assert compare_tracks((f0_deg, per_deg), (f0_ref, per_ref))["vuv_precision"] == pytest.approx(2 / 3)
 
 
 def test_dnsmos_equals_speechmos_called_directly_and_falls_with_noise(speech64):
