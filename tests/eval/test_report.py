@@ -227,14 +227,19 @@ def test_systems_and_metrics_can_be_chosen(report_dir, tmp_path):
     teacher = str(report_dir.parent / "teacher.pt")
     result = cli("eval", "--teacher", teacher, "--student", str(report_dir.parent / "student_run"),
                  *one(report_dir), "--max-seconds", "0.5", "--rtf-seconds", "0.25", "--rtf-runs", "1",
-                 "--systems", "griffin_lim,student", "--metrics", "mcd", "--out", str(tmp_path / "some"))
+                 "--systems", "griffin_lim,student", "--metrics", "mcd,crepe", "--out", str(tmp_path / "some"))
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "some" / "report.json").read_text())
     assert list(report["systems"]) == ["griffin_lim", "student_run"]  # no teacher sampling, no reference row
-    assert report["settings"]["systems"] == ["griffin_lim", "student"] and report["settings"]["metrics"] == ["mcd"]
+    crepe = not LIBRARY_METRICS["crepe"].missing()  # CREPE only when named, and where the crepe extra is installed
+    assert report["settings"]["systems"] == ["griffin_lim", "student"]
+    assert report["settings"]["metrics"] == (["mcd", "crepe"] if crepe else ["mcd"])
     student = report["systems"]["student_run"]
     assert "mcd" in student and "stoi" not in student and "speedup_over_teacher" not in student
     assert "speed-up vs teacher" not in result.stdout and "| MCD (dB) |" in result.stdout
+    if crepe:
+        assert all(key in student and key in student["utterances"][0] for key in LIBRARY_METRICS["crepe"].keys)
+        assert "CREPE V/UV F1" in result.stdout and "torchcrepe" in (tmp_path / "some" / "report.md").read_text()
     bad = cli("eval", "--teacher", teacher, "--systems", "teacher,wavenet", "--out", str(tmp_path / "bad"))
     assert bad.returncode != 0 and "--systems 'teacher,wavenet': choose from reference, griffin_lim" in bad.stderr
     bad = cli("eval", "--teacher", teacher, "--metrics", "visqol", "--out", str(tmp_path / "bad2"))
