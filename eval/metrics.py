@@ -105,6 +105,9 @@ METRIC_RATE = 16000
 F0_FRAME_MS = 10.0  # pyworld's frame period for F0, voicing and periodicity
 F0_FLOOR, F0_CEIL = 50.0, 800.0  # Hz: the F0 search range
 PERIODICITY_BAND_HZ = 4000.0  # periodicity = 1 - D4C aperiodicity averaged over 0 .. this
+# the keys of `compare_tracks`' values: the f0 metric's, and the crepe metric's with its prefix
+PITCH_KEYS = ("f0_rmse_cents", "vuv_f1", "vuv_precision", "vuv_recall", "periodicity_error")
+CREPE_PREFIX = "crepe_"
 
 
 @dataclass(frozen=True)
@@ -269,7 +272,7 @@ def crepe_scores(reference: np.ndarray, audio: np.ndarray) -> dict[str, float]:
     the CARGAN, BigVGAN and Vocos papers report with, a neural one that keeps its voicing where DIO's
     flickers (DIO's V/UV F1 of a recording against itself delayed by 2.5 ms is 0.75-0.97 per voice of the
     demo corpus, CREPE's 0.97-0.99; docs/evaluate.md, "Two pitch trackers")."""
-    return compare_tracks(crepe_track(reference), crepe_track(audio), prefix="crepe_")
+    return compare_tracks(crepe_track(reference), crepe_track(audio), prefix=CREPE_PREFIX)
 
 
 def mcd(reference: np.ndarray, audio: np.ndarray) -> dict[str, float]:
@@ -298,12 +301,10 @@ LIBRARY_METRICS = {
         LibraryMetric("dnsmos", ("speechmos", "librosa", "onnxruntime", "requests"),
                       ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808"), False, dnsmos),
         LibraryMetric("stoi", ("pystoi",), ("stoi", "estoi"), True, stoi_scores),
-        LibraryMetric("f0", ("pyworld",), ("f0_rmse_cents", "vuv_f1", "vuv_precision", "vuv_recall",
-                                              "periodicity_error"), True, f0_scores),
+        LibraryMetric("f0", ("pyworld",), PITCH_KEYS, True, f0_scores),
         LibraryMetric("mcd", ("mel_cepstral_distance", "soundfile"), ("mcd",), True, mcd),
-        LibraryMetric("crepe", ("torchcrepe",), ("crepe_f0_rmse_cents", "crepe_vuv_f1", "crepe_vuv_precision",
-                                                 "crepe_vuv_recall", "crepe_periodicity_error"), True,
-                      crepe_scores, extra="crepe", in_all=False),
+        LibraryMetric("crepe", ("torchcrepe",), tuple(CREPE_PREFIX + key for key in PITCH_KEYS), True, crepe_scores,
+                      extra="crepe", in_all=False),
     )
 }
 

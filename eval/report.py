@@ -26,21 +26,23 @@ from distill.audio.plots import curves_figure, mel_figure, save_figure
 from distill.config import FeatureConfig
 from distill.train.logger import RunLogger
 from eval.evaluate import GRIFFIN_LIM, REFERENCE, Clip
-from eval.metrics import LIBRARY_METRICS, METRIC_RATE
+from eval.metrics import CREPE_PREFIX, LIBRARY_METRICS, METRIC_RATE
 from eval.voices import voice_groups_note
 
 SCALARS = ("pesq_wb", "pesq_nb", "mel_l1", "stft_distance", "teacher_nll",
            *(key for metric in LIBRARY_METRICS.values() for key in metric.keys))
-# the library metrics' columns: (report key, heading, digits), in the order of their table
+# the library metrics' columns: (report key, heading, digits), in the order of their table; the pitch
+# figures twice, as DIO and as CREPE read them
+PITCH_COLUMNS = (
+    ("f0_rmse_cents", "F0 RMSE (cents)", 1), ("vuv_f1", "V/UV F1", 3), ("vuv_precision", "V/UV prec.", 3),
+    ("vuv_recall", "V/UV recall", 3), ("periodicity_error", "periodicity err.", 3),
+)
 METRIC_COLUMNS = (
     ("dnsmos_ovrl", "DNSMOS OVRL", 3), ("dnsmos_sig", "DNSMOS SIG", 3), ("dnsmos_bak", "DNSMOS BAK", 3),
     ("dnsmos_p808", "DNSMOS P.808", 3), ("stoi", "STOI", 3), ("estoi", "ESTOI", 3),
-    ("f0_rmse_cents", "F0 RMSE (cents)", 1), ("vuv_f1", "V/UV F1", 3), ("vuv_precision", "V/UV prec.", 3),
-    ("vuv_recall", "V/UV recall", 3), ("periodicity_error", "periodicity err.", 3),
+    *PITCH_COLUMNS,
     ("mcd", "MCD (dB)", 2),
-    ("crepe_f0_rmse_cents", "CREPE F0 RMSE (cents)", 1), ("crepe_vuv_f1", "CREPE V/UV F1", 3),
-    ("crepe_vuv_precision", "CREPE V/UV prec.", 3), ("crepe_vuv_recall", "CREPE V/UV recall", 3),
-    ("crepe_periodicity_error", "CREPE periodicity err.", 3),
+    *((CREPE_PREFIX + key, f"CREPE {heading}", digits) for key, heading, digits in PITCH_COLUMNS),
 )
 TB_AUDIO_CLIPS = 3  # utterances whose audio and spectrograms go to TensorBoard
 
